@@ -1,0 +1,346 @@
+"""GLUE tasks RTE, MRPC and CoLA: the task registry, the loaders and cached tokenization.
+
+Two sources give the same examples:
+  * the hub dataset ``nyu-mll/glue`` through ``datasets.load_dataset`` (needs internet, or
+    its local cache with ``HF_HUB_OFFLINE=1``);
+  * a local folder in the layout of the original GLUE download script,
+    ``<GLUE_DIR>/<RTE|MRPC|CoLA>/{train,dev}.tsv``.
+Label ids are the hub's: RTE 0 = entailment, 1 = not_entailment; MRPC 1 = equivalent;
+CoLA 1 = acceptable.
+
+Tokenization is ``[CLS] a [SEP] b [SEP]`` (``[CLS] a [SEP]`` for CoLA) with token types
+0 / 1, truncated ``longest_first`` to ``max_length`` tokens, and is cached on disk keyed by
+the examples, the task, the split, the tokenizer and ``max_length``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import os
+import socket
+import tempfile
+import urllib.parse
+from pathlib import Path
+from typing import Any, NamedTuple, Sequence
+
+import numpy as np
+
+HUB_DATASET = "nyu-mll/glue"
+SPLITS = ("train", "dev")
+HUB_SPLITS = {"train": "train", "dev": "validation"}
+DEFAULT_MAX_LENGTH = 128
+DEFAULT_CACHE_DIR = Path("~/.cache/cwgnc_jax")
+# Bump when the cached arrays change meaning, so old caches are never trusted.
+_CACHE_FORMAT = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """One GLUE task: where its text and labels are, and how it is scored.
+
+  ``label_names[i]`` is the name of label id ``i``. The ``tsv_*`` fields describe the
+  original GLUE files: ``tsv_header`` is the expected first line (None: no header), and
+  ``tsv_label`` maps the file's label strings to ids.
+  """
+  name: str
+  hub_config: str
+  text_columns: tuple[str, ...]
+  label_names: tuple[str, ...]
+  metric: str
+  tsv_header: tuple[str, ...] | None
+  tsv_columns: int
+  tsv_text: tuple[int, ...]
+  tsv_label_column: int
+  tsv_label: dict[str, int]
+
+  @property
+  def num_labels(self) -> int:
+    return len(self.label_names)
+
+  @property
+  def is_pair(self) -> bool:
+    return len(self.text_columns) == 2
+
+
+TASKS: dict[str, Task] = {
+    "rte": Task(
+        name="RTE", hub_config="rte", text_columns=("sentence1", "sentence2"),
+        label_names=("entailment", "not_entailment"), metric="accuracy",
+        tsv_header=("index", "sentence1", "sentence2", "label"), tsv_columns=4,
+        tsv_text=(1, 2), tsv_label_column=3,
+        tsv_label={"entailment": 0, "not_entailment": 1}),
+    "mrpc": Task(
+        name="MRPC", hub_config="mrpc", text_columns=("sentence1", "sentence2"),
+        label_names=("not_equivalent", "equivalent"), metric="f1",
+        tsv_header=("Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"), tsv_columns=5,
+        tsv_text=(3, 4), tsv_label_column=0, tsv_label={"0": 0, "1": 1}),
+    "cola": Task(
+        name="CoLA", hub_config="cola", text_columns=("sentence",),
+        label_names=("unacceptable", "acceptable"), metric="mcc",
+        tsv_header=None, tsv_columns=4, tsv_text=(3,), tsv_label_column=1,
+        tsv_label={"0": 0, "1": 1}),
+}
+
+
+def get_task(name: str) -> Task:
+  """The task called ``name`` (case-insensitive: 'rte', 'MRPC', 'CoLA')."""
+  task = TASKS.get(str(name).lower())
+  if task is None:
+    raise ValueError(f"unknown GLUE task {name!r}; expected one of {sorted(TASKS)}")
+  return task
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+  """One labelled example; ``text_b`` is None for single-sentence tasks (CoLA).
+
+  ``id`` says where the example came from: ``<file>:<line>`` for a TSV row, the hub's
+  ``idx`` otherwise.
+  """
+  text_a: str
+  text_b: str | None
+  label: int
+  id: str
+
+
+def _check_split(split: str) -> str:
+  if split not in SPLITS:
+    raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+  return split
+
+
+def default_source() -> str:
+  """``$GLUE_DIR`` when set, else 'hub'."""
+  return os.environ.get("GLUE_DIR") or "hub"
+
+
+def load_examples(task_name: str, split: str, source: str | os.PathLike | None = None
+                  ) -> list[Example]:
+  """The examples of one split ('train' or 'dev').
+
+  Args:
+    task_name: 'rte', 'mrpc' or 'cola'.
+    split: 'train' or 'dev' (the hub's 'validation').
+    source: a GLUE folder, or 'hub'; default ``$GLUE_DIR`` when set, else 'hub'.
+  """
+  task = get_task(task_name)
+  _check_split(split)
+  source = default_source() if source is None else source
+  if str(source) == "hub":
+    examples = _load_hub(task, split)
+  else:
+    examples = read_tsv(task, _tsv_path(task, split, Path(source)))
+  if not examples:
+    raise ValueError(f"{task.name} {split} split from {source} is empty")
+  return examples
+
+
+def _tsv_path(task: Task, split: str, glue_dir: Path) -> Path:
+  if not glue_dir.is_dir():
+    raise FileNotFoundError(
+        f"GLUE folder {glue_dir} does not exist; expected a folder holding "
+        f"{task.name}/{split}.tsv (the original GLUE layout), or source='hub'")
+  path = glue_dir / task.name / f"{split}.tsv"
+  if not path.is_file():
+    raise FileNotFoundError(
+        f"{path} does not exist; expected the {task.name} {split} split as "
+        f"<GLUE_DIR>/{task.name}/{split}.tsv")
+  return path
+
+
+def read_tsv(task: Task, path: Path) -> list[Example]:
+  """The examples of one GLUE TSV file (quoting off: sentences contain bare quotes).
+
+  A UTF-8 byte-order mark (the MRPC files start with one) is dropped. A row with the wrong
+  number of columns or an unknown label raises a ValueError naming the file and line.
+  """
+  path = Path(path)
+  examples = []
+  with path.open(encoding="utf-8-sig", newline="") as f:
+    rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+    for line, row in enumerate(rows, start=1):
+      if line == 1 and task.tsv_header is not None:
+        if tuple(row) != task.tsv_header:
+          raise ValueError(
+              f"{path}:1: header {row} is not the {task.name} header {list(task.tsv_header)}")
+        continue
+      if len(row) != task.tsv_columns:
+        raise ValueError(
+            f"{path}:{line}: {len(row)} columns, expected {task.tsv_columns} for {task.name}")
+      label = task.tsv_label.get(row[task.tsv_label_column])
+      if label is None:
+        raise ValueError(
+            f"{path}:{line}: unknown label {row[task.tsv_label_column]!r}, expected one of "
+            f"{sorted(task.tsv_label)}")
+      texts = [row[i] for i in task.tsv_text]
+      examples.append(Example(texts[0], texts[1] if task.is_pair else None, label,
+                              f"{path.name}:{line}"))
+  return examples
+
+
+def _hub_unreachable() -> bool:
+  """True when the hub's host cannot even be resolved and connected to (no internet).
+
+  ``datasets`` retries for ~25 s before failing offline; this probe fails in milliseconds.
+  With ``HF_HUB_OFFLINE`` set or a proxy configured the probe is skipped, and ``datasets``
+  decides (it reads its local cache offline).
+  """
+  if any(os.environ.get(v) for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HTTPS_PROXY",
+                                     "https_proxy", "ALL_PROXY", "all_proxy")):
+    return False
+  endpoint = urllib.parse.urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+  port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+  try:
+    socket.create_connection((endpoint.hostname, port), timeout=5).close()
+  except OSError:
+    return True
+  return False
+
+
+def _hub_error(task: Task, reason: str) -> ConnectionError:
+  return ConnectionError(
+      f"cannot load {HUB_DATASET} config {task.hub_config!r} from the Hugging Face hub "
+      f"({reason}); without internet set GLUE_DIR (or pass source=) to a folder holding "
+      f"{task.name}/{{train,dev}}.tsv in the original GLUE layout")
+
+
+def _load_hub(task: Task, split: str) -> list[Example]:
+  if _hub_unreachable():
+    raise _hub_error(task, "the hub is unreachable")
+  import datasets  # pylint: disable=import-outside-toplevel
+  try:
+    rows = datasets.load_dataset(HUB_DATASET, task.hub_config)[HUB_SPLITS[split]]
+  except Exception as e:  # datasets raises many kinds; all mean "not available".
+    raise _hub_error(task, f"{type(e).__name__}: {e}") from e
+  examples = []
+  for row in rows:
+    texts = [row[c] for c in task.text_columns]
+    examples.append(Example(texts[0], texts[1] if task.is_pair else None, int(row["label"]),
+                            str(row["idx"])))
+  return examples
+
+
+class TokenizedSplit(NamedTuple):
+  """A tokenized split as flat arrays: example ``i`` is ``input_ids[offsets[i]:offsets[i+1]]``.
+
+  Attributes:
+    input_ids: int32 [total tokens], every example ``[CLS] a [SEP] (b [SEP])``.
+    token_type_ids: int32 [total tokens], 0 on ``[CLS] a [SEP]``, 1 on ``b [SEP]``.
+    offsets: int64 [N + 1], start of each example, then the total.
+    labels: int32 [N].
+  """
+  input_ids: np.ndarray
+  token_type_ids: np.ndarray
+  offsets: np.ndarray
+  labels: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  @property
+  def lengths(self) -> np.ndarray:
+    return np.diff(self.offsets)
+
+  def example(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+    """(input_ids, token_type_ids) of example ``i``."""
+    start, stop = self.offsets[i], self.offsets[i + 1]
+    return self.input_ids[start:stop], self.token_type_ids[start:stop]
+
+
+def tokenize(examples: Sequence[Example], tokenizer: Any, max_length: int = DEFAULT_MAX_LENGTH
+             ) -> TokenizedSplit:
+  """Tokenizes ``examples`` with a transformers fast tokenizer in one batched call."""
+  if not examples:
+    raise ValueError("no examples to tokenize")
+  texts_a = [e.text_a for e in examples]
+  pair = examples[0].text_b is not None
+  texts_b = [e.text_b for e in examples] if pair else None
+  encoded = tokenizer(texts_a, texts_b, truncation="longest_first", max_length=max_length,
+                      return_token_type_ids=True, return_attention_mask=False)
+  ids, types = encoded["input_ids"], encoded["token_type_ids"]
+  offsets = np.zeros(len(ids) + 1, np.int64)
+  np.cumsum([len(x) for x in ids], out=offsets[1:])
+  return TokenizedSplit(
+      input_ids=np.fromiter((t for x in ids for t in x), np.int32, count=offsets[-1]),
+      token_type_ids=np.fromiter((t for x in types for t in x), np.int32, count=offsets[-1]),
+      offsets=offsets,
+      labels=np.array([e.label for e in examples], np.int32))
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+  """sha256 of the tokenizer's definition (its ``tokenizer.json``), without call state.
+
+  Transformers stores the last call's truncation settings in the backend tokenizer, so
+  those are cleared on a copy before hashing.
+  """
+  from tokenizers import Tokenizer  # pylint: disable=import-outside-toplevel
+  backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+  backend.no_truncation()
+  backend.no_padding()
+  return hashlib.sha256(backend.to_str().encode()).hexdigest()
+
+
+def cache_key(task: Task, split: str, examples: Sequence[Example], tokenizer: Any,
+              max_length: int) -> str:
+  """Hash of everything the tokenized arrays depend on."""
+  h = hashlib.sha256()
+  h.update(json.dumps([_CACHE_FORMAT, task.name, split, max_length,
+                       tokenizer_fingerprint(tokenizer)]).encode())
+  for e in examples:
+    h.update(json.dumps([e.text_a, e.text_b, e.label]).encode())
+  return h.hexdigest()[:24]
+
+
+def default_cache_dir() -> Path:
+  """``$CWGNC_CACHE`` when set, else ``~/.cache/cwgnc_jax``."""
+  return Path(os.environ.get("CWGNC_CACHE") or DEFAULT_CACHE_DIR).expanduser()
+
+
+def _save_atomically(path: Path, data: TokenizedSplit) -> None:
+  """Writes to a temporary file beside ``path``, then renames it into place.
+
+  The rename is atomic, so an interrupted write never leaves a file at ``path``.
+  """
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      np.savez(f, **data._asdict())
+    os.replace(tmp, path)
+  except BaseException:
+    os.unlink(tmp)
+    raise
+
+
+def _load(path: Path) -> TokenizedSplit:
+  with np.load(path) as arrays:
+    return TokenizedSplit(**{k: arrays[k] for k in TokenizedSplit._fields})
+
+
+def load_tokenized(task_name: str, split: str, tokenizer: Any, *,
+                   source: str | os.PathLike | None = None,
+                   max_length: int = DEFAULT_MAX_LENGTH,
+                   cache_dir: str | os.PathLike | None = None) -> TokenizedSplit:
+  """The tokenized split, from the disk cache when an identical one was made before.
+
+  Args:
+    task_name: 'rte', 'mrpc' or 'cola'.
+    split: 'train' or 'dev'.
+    tokenizer: a transformers fast tokenizer.
+    source: a GLUE folder or 'hub' (see ``load_examples``).
+    max_length: tokens per example after truncation.
+    cache_dir: default ``$CWGNC_CACHE``, else ``~/.cache/cwgnc_jax``.
+  """
+  task = get_task(task_name)
+  examples = load_examples(task_name, split, source)
+  cache_dir = default_cache_dir() if cache_dir is None else Path(cache_dir)
+  path = cache_dir / f"{task.hub_config}-{split}-{max_length}-" \
+                     f"{cache_key(task, split, examples, tokenizer, max_length)}.npz"
+  if path.is_file():
+    return _load(path)
+  data = tokenize(examples, tokenizer, max_length)
+  cache_dir.mkdir(parents=True, exist_ok=True)
+  _save_atomically(path, data)
+  return data

@@ -1,0 +1,218 @@
+"""GLUE tasks, loaders and cached tokenization."""
+
+from __future__ import annotations
+
+import collections
+import time
+
+import numpy as np
+import pytest
+
+from cwgnc_jax.data import glue
+
+MRPC_HEADER = "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
+MRPC_ROWS = [
+    "1\t702876\t702977\tAmrozi accused his brother , whom he called \" the witness \" , of "
+    "deliberately distorting his evidence .\tReferring to him as only \" the witness \" , "
+    "Amrozi accused his brother of deliberately distorting his evidence .\n",
+    "0\t2108705\t2108831\tYucaipa owned Dominick 's before selling the chain to Safeway in "
+    "1998 for $ 2.5 billion .\tYucaipa bought Dominick 's in 1995 for $ 693 million and sold "
+    "it to Safeway for $ 1.8 billion in 1998 .\n",
+    "1\t1330381\t1330521\tThey had published an advertisement on the Internet on June 10 , "
+    "offering the cargo for sale , he added .\tOn June 10 , the ship 's owners had published "
+    "an advertisement on the Internet , offering the explosives for sale .\n",
+]
+
+
+def write(path, text):
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(text, encoding="utf-8")
+  return path
+
+
+@pytest.fixture(scope="module")
+def tokenizer(minilm_dir):
+  transformers = pytest.importorskip("transformers")
+  return transformers.AutoTokenizer.from_pretrained(minilm_dir)
+
+
+class CountingTokenizer:
+  """Delegates to a tokenizer and counts its calls."""
+
+  def __init__(self, tokenizer):
+    self.tokenizer = tokenizer
+    self.calls = 0
+
+  def __call__(self, *args, **kwargs):
+    self.calls += 1
+    return self.tokenizer(*args, **kwargs)
+
+  def __getattr__(self, name):
+    return getattr(self.tokenizer, name)
+
+
+def test_registry_labels_follow_the_hub():
+  assert glue.get_task("RTE").label_names == ("entailment", "not_entailment")
+  assert glue.get_task("mrpc").label_names[1] == "equivalent"
+  assert glue.get_task("CoLA").label_names[1] == "acceptable"
+  assert {t.num_labels for t in glue.TASKS.values()} == {2}
+  assert [glue.get_task(n).metric for n in ("rte", "mrpc", "cola")] == ["accuracy", "f1", "mcc"]
+  assert not glue.get_task("cola").is_pair and glue.get_task("rte").is_pair
+
+
+def test_unknown_task_lists_the_valid_ones():
+  with pytest.raises(ValueError, match=r"'sst2'.*\['cola', 'mrpc', 'rte'\]"):
+    glue.get_task("sst2")
+
+
+@pytest.mark.real
+@pytest.mark.parametrize("task, split, counts", [
+    ("rte", "train", {0: 1249, 1: 1241}),
+    ("rte", "dev", {0: 146, 1: 131}),
+    ("cola", "train", {1: 6023, 0: 2528}),
+    ("cola", "dev", {1: 721, 0: 322}),
+])
+def test_real_splits_have_the_published_counts(glue_dir, task, split, counts):
+  examples = glue.load_examples(task, split, glue_dir)
+  assert collections.Counter(e.label for e in examples) == counts
+  assert all(e.text_a for e in examples)
+  assert all((e.text_b is None) == (task == "cola") for e in examples)
+
+
+@pytest.mark.real
+def test_real_rte_rows_keep_bare_quotes(glue_dir):
+  first = glue.load_examples("rte", "train", glue_dir)[0]
+  assert first == glue.Example("No Weapons of Mass Destruction Found in Iraq Yet.",
+                               "Weapons of Mass Destruction Found in Iraq.", 1, "train.tsv:2")
+  assert any('"' in e.text_a for e in glue.load_examples("rte", "dev", glue_dir))
+
+
+def test_mrpc_reads_the_published_format_with_a_bom(tmp_path):
+  write(tmp_path / "MRPC" / "dev.tsv", MRPC_HEADER + "".join(MRPC_ROWS))
+  examples = glue.load_examples("mrpc", "dev", tmp_path)
+  assert [e.label for e in examples] == [1, 0, 1]
+  assert examples[0].text_a.startswith("Amrozi accused his brother , whom he called \" the")
+  assert examples[1].text_b.endswith("for $ 1.8 billion in 1998 .")
+  assert examples[2].id == "dev.tsv:4"
+
+
+def test_glue_dir_is_the_default_source(tmp_path, monkeypatch):
+  write(tmp_path / "MRPC" / "train.tsv", MRPC_HEADER + MRPC_ROWS[0])
+  monkeypatch.setenv("GLUE_DIR", str(tmp_path))
+  assert [e.label for e in glue.load_examples("mrpc", "train")] == [1]
+
+
+@pytest.mark.parametrize("row, problem", [
+    ("1\t1\t2\tonly three strings\n", "4 columns, expected 5"),
+    ("yes\t1\t2\ta\tb\n", "unknown label 'yes'"),
+])
+def test_malformed_row_names_file_and_line(tmp_path, row, problem):
+  path = write(tmp_path / "MRPC" / "train.tsv", MRPC_HEADER + MRPC_ROWS[0] + row)
+  with pytest.raises(ValueError, match=f"{path}:3: {problem}"):
+    glue.load_examples("mrpc", "train", tmp_path)
+
+
+def test_wrong_header_names_file(tmp_path):
+  path = write(tmp_path / "RTE" / "dev.tsv", "idx\tsentence1\tsentence2\tlabel\n")
+  with pytest.raises(ValueError, match=f"{path}:1: header"):
+    glue.load_examples("rte", "dev", tmp_path)
+
+
+def test_missing_folder_and_file_name_the_path(tmp_path):
+  with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'nope'} does not exist.*RTE/dev.tsv"):
+    glue.load_examples("rte", "dev", tmp_path / "nope")
+  with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'CoLA' / 'train.tsv'} does not"):
+    glue.load_examples("cola", "train", tmp_path)
+  with pytest.raises(ValueError, match="unknown split 'test'"):
+    glue.load_examples("cola", "test", tmp_path)
+
+
+def test_empty_split_is_an_error(tmp_path):
+  write(tmp_path / "RTE" / "train.tsv", "index\tsentence1\tsentence2\tlabel\n")
+  with pytest.raises(ValueError, match="RTE train split from .* is empty"):
+    glue.load_examples("rte", "train", tmp_path)
+
+
+def test_hub_offline_fails_fast_with_one_clear_error(monkeypatch):
+  for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HTTPS_PROXY", "https_proxy",
+              "ALL_PROXY", "all_proxy"):
+    monkeypatch.delenv(var, raising=False)
+  monkeypatch.setenv("HF_ENDPOINT", "https://hub.invalid")
+  start = time.monotonic()
+  with pytest.raises(ConnectionError, match=r"nyu-mll/glue config 'rte'.*set GLUE_DIR"):
+    glue.load_examples("rte", "train", "hub")
+  assert time.monotonic() - start < 10
+
+
+def test_hub_rows_become_examples(monkeypatch):
+  datasets = pytest.importorskip("datasets")
+  rows = {"validation": [{"sentence": "It rained.", "label": 1, "idx": 0},
+                         {"sentence": "Rained it the.", "label": 0, "idx": 1}]}
+  calls = []
+  monkeypatch.setattr(glue, "_hub_unreachable", lambda: False)
+  monkeypatch.setattr(datasets, "load_dataset", lambda *a: calls.append(a) or rows)
+  examples = glue.load_examples("cola", "dev", "hub")
+  assert calls == [("nyu-mll/glue", "cola")]
+  assert examples == [glue.Example("It rained.", None, 1, "0"),
+                      glue.Example("Rained it the.", None, 0, "1")]
+
+  def unavailable(*args):
+    raise FileNotFoundError("no such dataset in the cache")
+  monkeypatch.setattr(datasets, "load_dataset", unavailable)
+  with pytest.raises(ConnectionError, match="FileNotFoundError: no such dataset.*GLUE_DIR"):
+    glue.load_examples("cola", "dev", "hub")
+
+
+@pytest.mark.real
+def test_tokenize_pairs_and_singles(tokenizer):
+  pair = glue.Example("the cat sat", "a dog ran far away", 0, "x")
+  single = glue.Example("the cat sat", None, 1, "y")
+  data = glue.tokenize([pair], tokenizer, max_length=128)
+  ids, types = data.example(0)
+  cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+  a = tokenizer("the cat sat", add_special_tokens=False)["input_ids"]
+  b = tokenizer("a dog ran far away", add_special_tokens=False)["input_ids"]
+  assert ids.tolist() == [cls, *a, sep, *b, sep]
+  assert types.tolist() == [0] * (len(a) + 2) + [1] * (len(b) + 1)
+  assert glue.tokenize([single], tokenizer).example(0)[0].tolist() == [cls, *a, sep]
+  truncated = glue.tokenize([pair], tokenizer, max_length=8)
+  assert truncated.lengths.tolist() == [8]
+  assert truncated.input_ids[-1] == sep and truncated.labels.tolist() == [0]
+
+
+@pytest.mark.real
+def test_cache_hit_on_second_run(tmp_path, tokenizer, monkeypatch):
+  write(tmp_path / "MRPC" / "train.tsv", MRPC_HEADER + "".join(MRPC_ROWS))
+  monkeypatch.setenv("CWGNC_CACHE", str(tmp_path / "cache"))
+  counting = CountingTokenizer(tokenizer)
+  first = glue.load_tokenized("mrpc", "train", counting, source=tmp_path, max_length=32)
+  second = glue.load_tokenized("mrpc", "train", counting, source=tmp_path, max_length=32)
+  assert counting.calls == 1
+  assert len(list((tmp_path / "cache").glob("mrpc-train-32-*.npz"))) == 1
+  for x, y in zip(first, second):
+    np.testing.assert_array_equal(x, y)
+  glue.load_tokenized("mrpc", "train", counting, source=tmp_path, max_length=64)
+  assert counting.calls == 2  # another max_length is another cache entry
+  write(tmp_path / "MRPC" / "train.tsv", MRPC_HEADER + "".join(MRPC_ROWS[:2]))
+  assert len(glue.load_tokenized("mrpc", "train", counting, source=tmp_path,
+                                 max_length=32)) == 2
+  assert counting.calls == 3  # changed file contents are a miss
+
+
+@pytest.mark.real
+def test_interrupted_write_leaves_no_cache(tmp_path, tokenizer, monkeypatch):
+  write(tmp_path / "MRPC" / "dev.tsv", MRPC_HEADER + "".join(MRPC_ROWS))
+  cache = tmp_path / "cache"
+
+  def savez_then_crash(file, **arrays):
+    file.write(b"PK\x03\x04 half an archive")
+    raise KeyboardInterrupt
+  with monkeypatch.context() as m:
+    m.setattr(np, "savez", savez_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+      glue.load_tokenized("mrpc", "dev", tokenizer, source=tmp_path, cache_dir=cache)
+  assert list(cache.iterdir()) == []
+  counting = CountingTokenizer(tokenizer)
+  data = glue.load_tokenized("mrpc", "dev", counting, source=tmp_path, cache_dir=cache)
+  assert counting.calls == 1 and data.labels.tolist() == [1, 0, 1]
+  assert len(list(cache.iterdir())) == 1
