@@ -1,0 +1,186 @@
+"""Batches of a fixed number of examples, laid out padded or packed.
+
+Every step sees ``batch_size`` example slots, in an order fixed by (seed, epoch) alone, so
+the optimizer sees the same examples at every step whatever the layout. A batch is a dict
+of numpy arrays (the contract in notes/contracts.md):
+
+  input_ids, token_type_ids, position_ids, segment_ids   int32 [R, T]
+  cls_index      int32 [B]    flat index row * T + col of each example's [CLS]
+  labels         int32 [B]
+  example_mask   float32 [B]  1 for real examples, 0 for fillers
+
+``segment_ids`` is 0 on padding and k >= 1 on the k-th example of a row; attention is
+allowed from q to k iff ``segment_ids[q] == segment_ids[k] != 0``.
+
+Layouts:
+  * "padded": one example per row, R = B (the reference behaviour).
+  * "packed": first-fit decreasing of the batch's examples into rows of T tokens, with
+    positions and token types restarting at each example; R is the rows needed rounded
+    up to a multiple of ``max(row_multiple, 2)``, so XLA compiles at most
+    ``ceil(B / max(row_multiple, 2))`` shapes (``packed_row_counts``).
+
+Fillers (the tail of the last batch) have no tokens. Their ``cls_index`` points at a
+padding token, so their logits are garbage that ``example_mask`` removes; the model must
+therefore keep rows with no real token finite (a large finite negative attention bias,
+not -inf). Packed batches have such rows anyway when R is rounded up.
+
+The last partial batch of an epoch is kept and filled with fillers (``steps_per_epoch``
+is the ceiling), as the HF Trainer keeps it: every training example is seen once per
+epoch. The loss must then be the mean over real examples,
+``sum(mask * loss) / sum(mask)``, which equals the HF mean over the short batch.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+
+from cwgnc_jax.data.glue import TokenizedSplit
+
+LAYOUTS = ("padded", "packed")
+Batch = dict[str, np.ndarray]
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+  """ceil(num_examples / batch_size): the last partial batch is kept (filled with fillers)."""
+  if num_examples <= 0 or batch_size <= 0:
+    raise ValueError(f"need num_examples > 0 and batch_size > 0, got {num_examples}, "
+                     f"{batch_size}")
+  return -(-num_examples // batch_size)
+
+
+def epoch_order(num_examples: int, *, seed: int, epoch: int) -> np.ndarray:
+  """The permutation of example indices for one epoch, a function of (seed, epoch) only."""
+  return np.random.default_rng([seed, epoch]).permutation(num_examples)
+
+
+def packed_row_counts(batch_size: int, row_multiple: int = 1) -> list[int]:
+  """Every row count R a packed batch of ``batch_size`` examples can have."""
+  step = max(row_multiple, 2)
+  return list(range(step, -(-batch_size // step) * step + 1, step))
+
+
+def _check(layout: str, batch_size: int, max_length: int, row_multiple: int) -> None:
+  if layout not in LAYOUTS:
+    raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
+  if batch_size <= 0 or max_length <= 0 or row_multiple <= 0:
+    raise ValueError(f"need batch_size, max_length, row_multiple > 0, got {batch_size}, "
+                     f"{max_length}, {row_multiple}")
+  if layout == "padded" and batch_size % row_multiple:
+    raise ValueError(f"padded layout: batch_size {batch_size} is not a multiple of "
+                     f"row_multiple {row_multiple}")
+
+
+def first_fit(lengths: np.ndarray, capacity: int) -> list[list[int]]:
+  """Bins of item indices: first-fit of the items in decreasing length into bins of ``capacity``.
+
+  Ties keep the items' order, so the result is a function of ``lengths`` alone.
+  """
+  bins: list[list[int]] = []
+  room: list[int] = []
+  for i in np.argsort(-np.asarray(lengths), kind="stable"):
+    n = int(lengths[i])
+    if n > capacity:
+      raise ValueError(f"example of {n} tokens does not fit max_length {capacity}")
+    for b, free in enumerate(room):
+      if n <= free:
+        bins[b].append(int(i))
+        room[b] -= n
+        break
+    else:
+      bins.append([int(i)])
+      room.append(capacity - n)
+  return bins
+
+
+def make_batch(data: TokenizedSplit, indices: np.ndarray, batch_size: int, *, layout: str,
+               max_length: int, row_multiple: int = 1) -> Batch:
+  """The batch of examples ``indices`` (at most ``batch_size``; the rest are fillers)."""
+  _check(layout, batch_size, max_length, row_multiple)
+  indices = np.asarray(indices, np.int64)
+  if len(indices) > batch_size:
+    raise ValueError(f"{len(indices)} examples do not fit a batch of {batch_size}")
+  lengths = data.lengths[indices]
+  if lengths.size and lengths.max() > max_length:
+    raise ValueError(f"example of {lengths.max()} tokens does not fit max_length {max_length}")
+  if layout == "padded":
+    rows = [[b] for b in range(len(indices))]
+    num_rows = batch_size
+    cls_index = np.arange(batch_size, dtype=np.int32) * max_length
+  else:
+    rows = first_fit(lengths, max_length)
+    step = max(row_multiple, 2)
+    num_rows = max(-(-len(rows) // step), 1) * step
+    # Fillers point at the last slot of the last row: padding or some real token, either
+    # way finite, and masked out of the loss and the metric.
+    cls_index = np.full(batch_size, num_rows * max_length - 1, np.int32)
+
+  shape = (num_rows, max_length)
+  batch = {k: np.zeros(shape, np.int32)
+           for k in ("input_ids", "token_type_ids", "position_ids", "segment_ids")}
+  for r, members in enumerate(rows):
+    col = 0
+    for segment, b in enumerate(members, start=1):
+      ids, types = data.example(indices[b])
+      n = len(ids)
+      batch["input_ids"][r, col:col + n] = ids
+      batch["token_type_ids"][r, col:col + n] = types
+      batch["position_ids"][r, col:col + n] = np.arange(n)
+      batch["segment_ids"][r, col:col + n] = segment
+      cls_index[b] = r * max_length + col
+      col += n
+  labels = np.zeros(batch_size, np.int32)
+  labels[:len(indices)] = data.labels[indices]
+  mask = np.zeros(batch_size, np.float32)
+  mask[:len(indices)] = 1.0
+  batch.update(cls_index=cls_index, labels=labels, example_mask=mask)
+  return batch
+
+
+def train_batches(data: TokenizedSplit, batch_size: int = 16, *, seed: int, epoch: int,
+                  layout: str, max_length: int, row_multiple: int = 1, start_step: int = 0
+                  ) -> Iterator[Batch]:
+  """The batches of one training epoch, from ``start_step`` on (for exact resumption).
+
+  Step s holds examples ``epoch_order(...)[s * B:(s + 1) * B]``, in either layout.
+  """
+  _check(layout, batch_size, max_length, row_multiple)
+  steps = steps_per_epoch(len(data), batch_size)
+  if not 0 <= start_step <= steps:
+    raise ValueError(f"start_step {start_step} outside [0, {steps}] steps of the epoch")
+  order = epoch_order(len(data), seed=seed, epoch=epoch)
+  for step in range(start_step, steps):
+    yield make_batch(data, order[step * batch_size:(step + 1) * batch_size], batch_size,
+                     layout=layout, max_length=max_length, row_multiple=row_multiple)
+
+
+def eval_batches(data: TokenizedSplit, batch_size: int = 16, *, layout: str, max_length: int,
+                 row_multiple: int = 1) -> Iterator[Batch]:
+  """Every example exactly once, in file order; the last batch is filled with fillers.
+
+  Predictions in file order are ``logits[example_mask == 1]`` over the batches.
+  """
+  _check(layout, batch_size, max_length, row_multiple)
+  for start in range(0, len(data), batch_size):
+    yield make_batch(data, np.arange(start, min(start + batch_size, len(data))), batch_size,
+                     layout=layout, max_length=max_length, row_multiple=row_multiple)
+
+
+def packing_efficiency(batch: Batch) -> float:
+  """Fraction of the batch's token slots that hold real tokens."""
+  return float(np.mean(batch["segment_ids"] != 0))
+
+
+def padded_over_packed(data: TokenizedSplit, batch_size: int = 16, *, seed: int = 0,
+                       max_length: int, row_multiple: int = 1) -> float:
+  """Token slots of one padded epoch over those of the same epoch packed (B*T / R*T summed).
+
+  The compute saving of packing, up to the cost of the block-diagonal attention mask.
+  """
+  padded = packed = 0
+  for batch in train_batches(data, batch_size, seed=seed, epoch=0, layout="packed",
+                             max_length=max_length, row_multiple=row_multiple):
+    padded += batch_size
+    packed += batch["input_ids"].shape[0]
+  return padded / packed
