@@ -5,3 +5,20 @@ gradual unfreezing and the many-seed stability protocol, on Flax NNX BERT.
 """
 
 from cwgnc_jax.paths import layer_of, path_to_str, tree_paths
+from cwgnc_jax.clipping import (
+    ComponentClipState,
+    clip_by_component_norm,
+    component_norm_stats,
+    layer_components,
+    qkv_components,
+    tensor_components,
+)
+from cwgnc_jax.optimizers import (
+    bert_adam,
+    build_optimizer,
+    cwgnc,
+    decay_mask,
+    linear_warmup_decay,
+    recipe,
+    scale_by_adam_no_bias_correction,
+)
