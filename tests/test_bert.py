@@ -1,0 +1,209 @@
+"""The Flax BERT: parameter paths, the packed layout, dropout, dtypes, speed, HF parity."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from cwgnc_jax import paths
+from cwgnc_jax.models import bert
+from cwgnc_jax.models import (BertForSequenceClassification, apply_fn, from_pretrained,
+                              load_tokenizer, read_bert_weights, split_params, tiny_config)
+
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "minilm_parity.npz"
+
+
+def tiny_model(num_labels=3, seed=0, **overrides):
+  return BertForSequenceClassification(tiny_config(**overrides), num_labels,
+                                       rngs=nnx.Rngs(seed))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  """A tiny model, its parameters and its jitted pure forward (compiled once per shape)."""
+  model = tiny_model()
+  graph, params = split_params(model)
+  return model, params, jax.jit(apply_fn(graph))
+
+
+def padded_batch(examples, length):
+  """The contract's padded layout: one example per row, segment 1, [CLS] at column 0."""
+  rows = len(examples)
+  batch = {key: np.zeros((rows, length), np.int32)
+           for key in ("input_ids", "token_type_ids", "position_ids", "segment_ids")}
+  for row, (ids, types) in enumerate(examples):
+    n = len(ids)
+    batch["input_ids"][row, :n] = ids
+    batch["token_type_ids"][row, :n] = types
+    batch["position_ids"][row, :n] = np.arange(n)
+    batch["segment_ids"][row, :n] = 1
+  batch["cls_index"] = np.arange(rows, dtype=np.int32) * length
+  return batch
+
+
+def random_examples(rng, lengths, vocab=100):
+  return [(rng.integers(1, vocab, n), (np.arange(n) >= n // 2).astype(np.int32))
+          for n in lengths]
+
+
+def test_parameter_paths_are_the_contract(tiny):
+  _, params, _ = tiny
+  expected = {"embeddings/word_embeddings/embedding", "embeddings/position_embeddings/embedding",
+              "embeddings/token_type_embeddings/embedding", "embeddings/layer_norm/scale",
+              "embeddings/layer_norm/bias", "pooler/kernel", "pooler/bias",
+              "classifier/kernel", "classifier/bias"}
+  for i in range(2):
+    layer = f"encoder/layers/{i}"
+    for name in ("attention/query", "attention/key", "attention/value", "attention/output",
+                 "intermediate", "output"):
+      expected |= {f"{layer}/{name}/kernel", f"{layer}/{name}/bias"}
+    for name in ("attention/layer_norm", "output/layer_norm"):
+      expected |= {f"{layer}/{name}/scale", f"{layer}/{name}/bias"}
+  assert set(jax.tree_util.tree_leaves(paths.tree_paths(params))) == expected
+  assert params["encoder"]["layers"][1]["intermediate"]["kernel"].shape == (32, 64)  # [in, out]
+  assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(params))
+
+
+def test_apply_fn_is_the_model_as_a_pure_function(tiny):
+  model, params, apply = tiny
+  batch = padded_batch(random_examples(np.random.default_rng(0), [7, 4]), 8)
+  np.testing.assert_allclose(apply(params, batch), model(batch), atol=1e-6)
+  shifted = jax.tree_util.tree_map(lambda p: p + 0.01, params)
+  assert not np.allclose(apply(shifted, batch), apply(params, batch), atol=1e-4)
+
+
+def test_packed_rows_give_the_padded_logits(tiny):
+  _, params, apply = tiny
+  examples = random_examples(np.random.default_rng(1), [6, 3, 5])
+  padded = padded_batch(examples, 8)
+  # Packed by hand: examples 0 and 1 end to end in row 0 (segments 1, 2, positions restart),
+  # example 2 alone in row 1, T = 10 with padding at the ends.
+  length = 10
+  packed = {key: np.zeros((2, length), np.int32)
+            for key in ("input_ids", "token_type_ids", "position_ids", "segment_ids")}
+  placements = [(0, 0, 1), (0, 6, 2), (1, 0, 1)]  # row, start column, segment
+  for (ids, types), (row, start, segment) in zip(examples, placements):
+    cols = slice(start, start + len(ids))
+    packed["input_ids"][row, cols] = ids
+    packed["token_type_ids"][row, cols] = types
+    packed["position_ids"][row, cols] = np.arange(len(ids))
+    packed["segment_ids"][row, cols] = segment
+  packed["cls_index"] = np.array([0, 6, length], np.int32)
+  np.testing.assert_allclose(apply(params, packed), apply(params, padded), atol=1e-5)
+
+
+def test_attention_mask_is_block_diagonal_without_padding():
+  mask = np.asarray(bert.attention_mask(jnp.array([[1, 1, 2, 0]])))[0, 0]
+  np.testing.assert_array_equal(mask, [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0]])
+
+
+def test_explicit_attention_equals_dot_product_attention():
+  q, k, v = jax.random.normal(jax.random.key(0), (3, 2, 5, 2, 4))
+  mask = bert.attention_mask(jnp.array([[1, 1, 2, 2, 0], [1, 1, 1, 0, 0]]))
+  explicit = bert.attention_with_dropout(q, k, v, mask, 0.0, jax.random.key(1))
+  np.testing.assert_allclose(explicit, jax.nn.dot_product_attention(q, k, v, mask=mask),
+                             atol=1e-6)
+
+
+def test_dropout_scales_kept_units():
+  x = jnp.ones((200, 500))
+  dropped = np.asarray(bert.dropout(x, 0.1, jax.random.key(0)))
+  assert set(np.unique(dropped)) == {0.0, np.float32(1 / 0.9)}
+  assert abs((dropped == 0).mean() - 0.1) < 0.005
+
+
+def test_dropout_only_with_a_key_and_pure_in_the_key(tiny):
+  _, params, apply = tiny
+  batch = padded_batch(random_examples(np.random.default_rng(2), [8, 5]), 8)
+  eval_logits = apply(params, batch)
+  np.testing.assert_array_equal(apply(params, batch), eval_logits)
+  train_a = apply(params, batch, jax.random.key(1))
+  np.testing.assert_array_equal(apply(params, batch, jax.random.key(1)), train_a)
+  assert not np.allclose(train_a, eval_logits, atol=1e-4)
+  assert not np.allclose(apply(params, batch, jax.random.key(2)), train_a, atol=1e-4)
+
+
+def test_attention_probability_dropout_alone_changes_the_output():
+  model = tiny_model(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.2)
+  batch = padded_batch(random_examples(np.random.default_rng(3), [8, 5]), 8)
+  train = model.outputs(batch, dropout_rng=jax.random.key(0)).sequence_output
+  evaluation = model.outputs(batch).sequence_output
+  assert not np.allclose(train, evaluation, atol=1e-3)
+  no_dropout = tiny_model(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+  np.testing.assert_array_equal(no_dropout(batch, dropout_rng=jax.random.key(0)),
+                                no_dropout(batch))
+
+
+def test_bfloat16_compute_is_close_to_float32():
+  batch = padded_batch(random_examples(np.random.default_rng(4), [8, 6, 3]), 8)
+  full = tiny_model(seed=5)
+  half = BertForSequenceClassification(tiny_config(), 3, rngs=nnx.Rngs(5), dtype=jnp.bfloat16)
+  nnx.update(half, nnx.state(full, nnx.Param))
+  logits_full, logits_half = full(batch), half(batch)
+  assert logits_half.dtype == jnp.float32
+  assert half.outputs(batch).sequence_output.dtype == jnp.bfloat16
+  scale = float(jnp.abs(logits_full).max())
+  np.testing.assert_allclose(logits_half, logits_full, atol=0.05 * scale)
+
+
+def test_tiny_forward_and_backward_under_a_second(tiny):
+  model, params, _ = tiny
+  graph, _ = split_params(model)
+  batch = padded_batch(random_examples(np.random.default_rng(6), [8] * 16), 8)
+  apply = apply_fn(graph)
+  loss = lambda p, key: jnp.sum(apply(p, batch, key) ** 2)
+  grad = jax.jit(jax.grad(loss))
+  jax.block_until_ready(grad(params, jax.random.key(0)))  # compile
+  start = time.perf_counter()
+  grads = jax.block_until_ready(grad(params, jax.random.key(1)))
+  assert time.perf_counter() - start < 1.0
+  assert float(jnp.abs(grads["encoder"]["layers"][0]["attention"]["query"]["kernel"]).sum()) > 0
+
+
+@pytest.fixture(scope="module")
+def minilm(minilm_dir):
+  del minilm_dir  # the fixture skips (or fails in CI) when the model package is missing
+  return from_pretrained("minilm-l6", num_labels=2, seed=0)
+
+
+@pytest.mark.real
+def test_parity_with_hf_pytorch_bert_on_minilm(minilm):
+  """Last hidden state and pooler of HF's PyTorch BertModel (tools/make_parity_fixture.py)."""
+  ref = np.load(FIXTURE)
+  rows, length = ref["input_ids"].shape
+  tokenized = load_tokenizer("minilm-l6")(list(ref["first"]), list(ref["second"]),
+                                         padding=True, return_tensors="np")
+  np.testing.assert_array_equal(tokenized["input_ids"], ref["input_ids"])
+  np.testing.assert_array_equal(tokenized["token_type_ids"], ref["token_type_ids"])
+  batch = {"input_ids": ref["input_ids"], "token_type_ids": ref["token_type_ids"],
+           "position_ids": np.tile(np.arange(length, dtype=np.int32), (rows, 1)),
+           "segment_ids": ref["attention_mask"],
+           "cls_index": np.arange(rows, dtype=np.int32) * length}
+  out = jax.jit(lambda b: minilm.outputs(b))(batch)
+  real = ref["attention_mask"].astype(bool)  # padding queries differ by design (masked here)
+  assert np.abs(np.asarray(out.sequence_output) - ref["last_hidden_state"])[real].max() <= 1e-4
+  assert np.abs(np.asarray(out.pooled_output) - ref["pooler_output"]).max() <= 1e-4
+
+
+@pytest.mark.real
+def test_pretrained_pooler_and_fresh_classifier(minilm, minilm_dir):
+  config = minilm.config
+  flat = {paths.path_to_str(p): leaf
+          for p, leaf in jax.tree_util.tree_leaves_with_path(split_params(minilm)[1])}
+  shapes = {path: leaf.shape for path, leaf in flat.items() if not path.startswith("classifier")}
+  pretrained = read_bert_weights(minilm_dir / "model.safetensors", shapes)
+  np.testing.assert_array_equal(minilm.pooler.kernel[...], pretrained["pooler/kernel"])
+  np.testing.assert_array_equal(minilm.pooler.bias[...], pretrained["pooler/bias"])
+  kernel = np.asarray(minilm.classifier.kernel[...])
+  assert kernel.shape == (384, 2)
+  assert abs(kernel.std() / config.initializer_range - 1) < 0.1 and abs(kernel.mean()) < 0.003
+  np.testing.assert_array_equal(minilm.classifier.bias[...], np.zeros(2))
+  other = from_pretrained("minilm-l6", num_labels=2, seed=1)
+  assert not np.allclose(other.classifier.kernel[...], kernel)
+  np.testing.assert_array_equal(other.pooler.kernel[...], minilm.pooler.kernel[...])
