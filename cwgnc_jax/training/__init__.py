@@ -1,0 +1,1 @@
+"""Training: the sharded jitted steps (step), orbax checkpoints (checkpoint), the loop (loop)."""

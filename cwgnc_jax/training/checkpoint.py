@@ -1,0 +1,99 @@
+"""Checkpoints of a training run with orbax: the train state, best parameters, loop metadata.
+
+A checkpoint of step ``s`` is the folder ``<workdir>/checkpoints/<s>/`` with the items
+
+  state   the TrainState (parameters, optimizer state, step, RNG key data, skip count)
+  best    the parameters of the best evaluation so far (only with ``keep_best``)
+  meta    JSON: the data position (epoch, step in epoch) and the loop's history (evaluations)
+
+orbax writes a checkpoint into ``<s>.orbax-checkpoint-tmp-*`` and renames it to ``<s>`` only
+when complete, so a process killed while saving leaves the previous checkpoints as they were
+(the partial folder is ignored, and removed when the checkpoints are next opened). Saves are synchronous:
+the train step donates its state buffers, which an asynchronous save could still be reading.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import orbax.checkpoint as ocp
+
+STATE, BEST, META = "state", "best", "meta"
+
+# orbax logs every save at INFO; the run's own log says what matters.
+logging.getLogger("absl").setLevel(logging.WARNING)
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint exists but cannot be restored; the message names it and the way out."""
+
+
+class Checkpointer:
+  """The checkpoints of one run directory, the last ``keep`` of them kept."""
+
+  def __init__(self, directory: str | Path, *, keep: int):
+    self.directory = Path(directory).absolute()
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True, enable_async_checkpointing=False,
+        cleanup_tmp_directories=True)
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def steps(self) -> list[int]:
+    """The steps of complete checkpoints, ascending."""
+    return sorted(self._manager.all_steps())
+
+  def path(self, step: int) -> Path:
+    return self.directory / str(step)
+
+  def save(self, step: int, state: Any, meta: dict[str, Any], best: Any = None) -> None:
+    """Saves the checkpoint of ``step`` (complete on return), unless it exists already."""
+    if step in self.steps():
+      return
+    items = {STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(meta)}
+    if best is not None:
+      items[BEST] = ocp.args.StandardSave(best)
+    self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+    self._manager.wait_until_finished()
+
+  def _unusable(self, step: int, error: Exception) -> CheckpointError:
+    older = [s for s in self.steps() if s < step]
+    hint = (f"resume from an older one with --config.resume_step={older[-1]} "
+            f"(available: {older})" if older else "delete it to start over")
+    reason = (str(error).splitlines() or [""])[0][:200]
+    return CheckpointError(f"checkpoint {self.path(step)} cannot be restored "
+                           f"({type(error).__name__}: {reason}); {hint}")
+
+  def read_meta(self, step: int) -> dict[str, Any]:
+    """The loop metadata of the checkpoint of ``step``."""
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(**{
+          META: ocp.args.JsonRestore()}))
+    except Exception as e:  # orbax raises many kinds; all mean "unusable".
+      raise self._unusable(step, e) from e
+    return dict(restored[META])
+
+  def restore(self, step: int, abstract_state: Any, abstract_best: Any = None
+              ) -> tuple[Any, Any]:
+    """``(state, best)`` of the checkpoint of ``step``, laid out as the abstract trees say
+    (shapes, dtypes, shardings); ``best`` is None when ``abstract_best`` is."""
+    items = {STATE: ocp.args.StandardRestore(abstract_state)}
+    if abstract_best is not None:
+      items[BEST] = ocp.args.StandardRestore(abstract_best)
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+    except Exception as e:  # orbax and tensorstore raise many kinds; all mean "unusable".
+      raise self._unusable(step, e) from e
+    return restored[STATE], restored[BEST] if abstract_best is not None else None
+
+  def delete_after(self, step: int) -> list[int]:
+    """Deletes the checkpoints after ``step`` (resuming from an older one); returns them."""
+    later = [s for s in self.steps() if s > step]
+    for s in later:
+      self._manager.delete(s)
+    return later
+
+  def close(self) -> None:
+    self._manager.close()
+

@@ -1,0 +1,398 @@
+"""The training loop: prepare a run (all input checks), train, evaluate, log, checkpoint.
+
+``prepare(config, workdir)`` does every check that depends on user input -- the config, the
+devices, the run directory, the GLUE data, the model -- and loads data and weights, before
+anything is compiled or written. ``train(run)`` then trains for ``num_epochs`` epochs:
+
+  * one jitted step per batch (``step.py``); a step with non-finite loss or gradients is
+    skipped, counted and reported;
+  * a dev evaluation ``evals_per_epoch`` times per epoch, always at each epoch's end; the
+    result is the last evaluation (the final model) or, with ``keep_best``, the best one;
+  * a checkpoint every ``checkpoint_every`` steps and after every evaluation; a run that
+    finds checkpoints in its directory resumes from the latest (or ``resume_step``) and
+    ends exactly as an uninterrupted run would.
+
+The run directory holds ``config.json`` (what the run computes: a run directory is never
+resumed with another config), ``metrics.jsonl`` (one line per step, one per evaluation),
+TensorBoard event files in ``tb/``, ``checkpoints/`` and, at the end, ``results.json``.
+``results.json`` depends only on the config and the seed, except its ``timings`` key (the
+seconds spent, and the sessions the run took when it was interrupted).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from tqdm import tqdm
+
+from cwgnc_jax import config as config_lib
+from cwgnc_jax import metrics, models, optimizers
+from cwgnc_jax.data import batching, glue
+from cwgnc_jax.training import checkpoint as checkpoint_lib
+from cwgnc_jax.training import step as step_lib
+
+ConfigError = config_lib.ConfigError
+
+
+def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
+  """``jax.distributed.initialize()`` when the config or the environment asks for it.
+
+  ``config.distributed`` or ``$JAX_COORDINATOR_ADDRESS`` (with ``$JAX_NUM_PROCESSES`` and
+  ``$JAX_PROCESS_ID``, or a cluster JAX detects: SLURM, Cloud TPU, ...). Must run before
+  anything touches the devices.
+  """
+  if config.distributed or os.environ.get("JAX_COORDINATOR_ADDRESS"):
+    jax.distributed.initialize()
+
+
+def is_main_process() -> bool:
+  return jax.process_index() == 0
+
+
+# -- Preparing a run. ----------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Run:
+  """A run ready to train: validated config, data and pretrained parameters in host memory."""
+  config: ml_collections.ConfigDict
+  workdir: Path
+  task: glue.Task
+  train_data: glue.TokenizedSplit
+  dev_data: glue.TokenizedSplit
+  params: Any
+  apply: Callable[..., jax.Array]
+  num_devices: int
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return batching.steps_per_epoch(len(self.train_data), self.config.batch_size)
+
+  @property
+  def total_steps(self) -> int:
+    return self.config.num_epochs * self.steps_per_epoch
+
+
+def _normalized(values: Any) -> Any:
+  """``values`` as JSON would give them back (tuples as lists), for comparisons."""
+  return json.loads(json.dumps(values))
+
+
+def _flat(values: dict, prefix: str = "") -> dict[str, Any]:
+  flat = {}
+  for key, value in values.items():
+    if isinstance(value, dict):
+      flat.update(_flat(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+CONFIG_FILE = "config.json"
+
+
+def check_run_dir(workdir: Path, config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError if ``workdir`` holds anything but a run of this config."""
+  stored_path = workdir / CONFIG_FILE
+  if stored_path.is_file():
+    stored = _flat(json.loads(stored_path.read_text()))
+    current = _flat(_normalized(config_lib.run_identity(config)))
+    differ = sorted(k for k in stored.keys() | current.keys() if stored.get(k) != current.get(k))
+    if differ:
+      raise ConfigError(
+          f"run directory {workdir} holds a run of another config (differs in "
+          f"{', '.join(differ[:6])}{', ...' if len(differ) > 6 else ''}); pass another "
+          "--workdir or delete that directory")
+  elif workdir.is_dir() and any(workdir.iterdir()):
+    raise ConfigError(f"run directory {workdir} is not empty and holds no {CONFIG_FILE}; "
+                      "pass another --workdir")
+
+
+def head(data: glue.TokenizedSplit, n: int) -> glue.TokenizedSplit:
+  """The first ``n`` examples of a split."""
+  n = min(n, len(data))
+  end = data.offsets[n]
+  return glue.TokenizedSplit(data.input_ids[:end], data.token_type_ids[:end],
+                             data.offsets[:n + 1], data.labels[:n])
+
+
+def prepare(config: ml_collections.ConfigDict, workdir: str | Path) -> Run:
+  """Checks everything a run depends on and loads its data and weights.
+
+  Raises ConfigError, OSError (missing files, an unreachable hub) or ValueError (bad
+  data or weights) with one line naming the culprit; writes nothing.
+  """
+  config_lib.validate(config)
+  num_devices = jax.device_count()
+  config_lib.check_devices(config, num_devices)
+  workdir = Path(workdir)
+  check_run_dir(workdir, config)
+  task = glue.get_task(config.task)
+  model_config = models.load_config(config.model)
+  if config.max_length > model_config.max_position_embeddings:
+    raise ConfigError(f"config.max_length={config.max_length} exceeds the model's "
+                      f"{model_config.max_position_embeddings} positions")
+  tokenizer = models.load_tokenizer(config.model)
+  source = config_lib.glue_source(config)
+  load = lambda split: glue.load_tokenized(config.task, split, tokenizer, source=source,
+                                           max_length=config.max_length,
+                                           cache_dir=config.cache_dir)
+  train_data, dev_data = load("train"), load("dev")
+  if config.train_limit is not None:
+    train_data = head(train_data, config.train_limit)
+  model = models.from_pretrained(config.model, task.num_labels, seed=config.seed,
+                                 dtype=jnp.dtype(config.dtype))
+  graphdef_and_rest, params = models.split_params(model)
+  return Run(config, workdir, task, train_data, dev_data, params,
+             models.apply_fn(graphdef_and_rest), num_devices)
+
+
+# -- Logs. ---------------------------------------------------------------------------------
+
+class MetricsLog:
+  """``metrics.jsonl`` and TensorBoard events of a run, written by the main process.
+
+  On resume at step ``s`` every record after ``s`` (written by the interrupted session after
+  its last checkpoint) is dropped, so the file ends as an uninterrupted run's would.
+  """
+
+  def __init__(self, workdir: Path, start_step: int, enabled: bool):
+    self.enabled = enabled
+    if not enabled:
+      return
+    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+    self.path = workdir / "metrics.jsonl"
+    kept = []
+    if self.path.is_file():
+      for line in self.path.read_text().splitlines():
+        try:
+          record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a kill
+          continue
+        if record["step"] <= start_step:
+          kept.append(line + "\n")
+    self.path.write_text("".join(kept))
+    self.file = self.path.open("a")
+    self.tb = SummaryWriter(str(workdir / "tb"), purge_step=start_step + 1 if start_step else None)
+
+  def write(self, record: dict[str, Any], prefix: str) -> None:
+    if not self.enabled:
+      return
+    self.file.write(json.dumps(record, sort_keys=True) + "\n")
+    for key, value in record.items():
+      if key != "step" and isinstance(value, (int, float)):
+        self.tb.add_scalar(f"{prefix}/{key}", value, record["step"])
+
+  def flush(self) -> None:
+    if self.enabled:
+      self.file.flush()
+      self.tb.flush()
+
+  def close(self) -> None:
+    if self.enabled:
+      self.file.close()
+      self.tb.close()
+
+
+def write_json(path: Path, values: Any) -> None:
+  """Writes ``values`` to ``path`` atomically (a temporary file renamed into place)."""
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+  with os.fdopen(fd, "w") as f:
+    json.dump(values, f, indent=2, sort_keys=True)
+    f.write("\n")
+  os.replace(tmp, path)
+
+
+# -- Evaluation. ---------------------------------------------------------------------------
+
+def evaluate(eval_step: Callable, params: Any, run: Run, mesh: jax.sharding.Mesh
+             ) -> dict[str, float]:
+  """Dev score (x100) and mean cross-entropy over every dev example."""
+  config = run.config
+  logits, labels = [], []
+  for batch in batching.eval_batches(run.dev_data, config.eval_batch_size, layout=config.layout,
+                                     max_length=config.max_length, row_multiple=run.num_devices):
+    real = batch["example_mask"] == 1
+    logits.append(np.asarray(eval_step(params, step_lib.put_batch(batch, mesh)))[real])
+    labels.append(batch["labels"][real])
+  logits, labels = np.concatenate(logits), np.concatenate(labels)
+  return {"score": metrics.score(config.task, logits.argmax(-1), labels),
+          "loss": mean_cross_entropy(logits, labels), "examples": int(len(labels))}
+
+
+def mean_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
+  """``mean(logsumexp(logits) - logits[label])`` in float64 on the host."""
+  logits = logits.astype(np.float64)
+  top = logits.max(-1)
+  log_z = top + np.log(np.exp(logits - top[:, None]).sum(-1))
+  return float(np.mean(log_z - logits[np.arange(len(labels)), labels]))
+
+
+def eval_steps(steps_per_epoch: int, num_epochs: int, evals_per_epoch: int) -> set[int]:
+  """The global steps after which the model is evaluated: evenly spaced in every epoch,
+  the last at the epoch's end."""
+  per_epoch = {-(-k * steps_per_epoch // evals_per_epoch) for k in range(1, evals_per_epoch + 1)}
+  return {e * steps_per_epoch + s for e in range(num_epochs) for s in per_epoch}
+
+
+def best_index(evals: list[dict[str, Any]]) -> int:
+  """The index of the highest dev score (the earliest of equal ones)."""
+  return max(range(len(evals)), key=lambda i: (evals[i]["score"], -i))
+
+
+# -- Training. -----------------------------------------------------------------------------
+
+def _restore(run: Run, checkpoints: checkpoint_lib.Checkpointer, state: Any, shardings: Any,
+             log: Callable[[str], None]) -> tuple[Any, dict[str, Any], Any]:
+  """The state, loop metadata and best parameters to continue from (fresh if none)."""
+  steps = checkpoints.steps()
+  resume_step = run.config.resume_step
+  if resume_step is None and not steps:
+    return state, {"step": 0, "evals": [], "best_index": None}, None
+  if resume_step is not None and resume_step not in steps:
+    raise ConfigError(f"config.resume_step={resume_step} has no checkpoint in "
+                      f"{checkpoints.directory}; available: {steps}")
+  step = steps[-1] if resume_step is None else resume_step
+  meta = checkpoints.read_meta(step)
+  abstract = step_lib.abstract_state(shardings, state)
+  abstract_best = abstract.params if meta.get("best_index") is not None else None
+  restored, best = checkpoints.restore(step, abstract, abstract_best)
+  later = checkpoints.delete_after(step)
+  if later:
+    log(f"resuming from step {step}: deleted the later checkpoints {later}")
+  log(f"resumed from {checkpoints.path(step)}")
+  return restored, meta, best
+
+
+def train(run: Run) -> dict[str, Any]:
+  """Trains, evaluates and checkpoints ``run``; returns (and writes) its results."""
+  config, workdir = run.config, run.workdir
+  main = is_main_process()
+  log = lambda message: tqdm.write(message, file=sys.stderr) if main else None
+  t_start = time.perf_counter()
+  if main:
+    workdir.mkdir(parents=True, exist_ok=True)
+    if not (workdir / CONFIG_FILE).exists():
+      write_json(workdir / CONFIG_FILE, config_lib.run_identity(config))
+
+  data_size, fsdp_size = config_lib.mesh_shape(config, run.num_devices)
+  mesh = step_lib.make_mesh(data_size, fsdp_size)
+  total_steps, steps_per_epoch = run.total_steps, run.steps_per_epoch
+  optimizer = optimizers.build_optimizer(config.optimizer, total_steps)
+  opt = config.optimizer
+  schedule = optimizers.linear_warmup_decay(opt.learning_rate, total_steps, opt.warmup_fraction)
+  state, shardings = step_lib.init_state(run.params, optimizer, config.seed, mesh,
+                                         config.fsdp_min_size)
+  checkpoints = checkpoint_lib.Checkpointer(workdir / "checkpoints",
+                                            keep=config.keep_checkpoints)
+  state, meta, best_params = _restore(run, checkpoints, state, shardings, log)
+  step = int(meta["step"])
+  evals: list[dict[str, Any]] = meta["evals"]
+  sessions = meta.get("sessions", []) + [{"start_step": step, "devices": run.num_devices,
+                                          "mesh": [data_size, fsdp_size]}]
+
+  train_step = step_lib.jit_train_step(run.apply, optimizer, mesh, shardings, schedule)
+  eval_step = step_lib.jit_eval_step(run.apply, mesh, shardings.params)
+  when_eval = eval_steps(steps_per_epoch, config.num_epochs, config.evals_per_epoch)
+  metrics_log = MetricsLog(workdir, step, main)
+  pending: list[tuple[int, dict[str, jax.Array]]] = []
+  window: list[float] = []
+  eval_seconds = 0.0
+
+  def flush_pending():
+    for at, values in jax.device_get(pending):
+      record = {"step": at, "loss": float(values["loss"]),
+                "grad_norm": float(values["grad_norm"]),
+                "learning_rate": float(values["learning_rate"]),
+                "skipped": not bool(values["finite"])}
+      metrics_log.write(record, "train")
+      window.append(record["loss"])
+      if record["skipped"]:
+        log(f"step {at}: loss or gradients not finite; update skipped")
+    pending.clear()
+    metrics_log.flush()
+
+  def save():
+    flush_pending()
+    meta = {"step": step, "epoch": step // steps_per_epoch,
+            "epoch_step": step % steps_per_epoch, "evals": evals,
+            "best_index": best_index(evals) if config.keep_best and evals else None,
+            "sessions": sessions}
+    checkpoints.save(step, state, meta, best_params)
+
+  progress = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True,
+                  disable=not (config.progress and main), file=sys.stderr)
+  t_train, seen = time.perf_counter(), 0
+  while step < total_steps:
+    epoch, epoch_step = divmod(step, steps_per_epoch)
+    for batch in batching.train_batches(
+        run.train_data, config.batch_size, seed=config.seed, epoch=epoch, layout=config.layout,
+        max_length=config.max_length, row_multiple=run.num_devices, start_step=epoch_step):
+      state, step_metrics = train_step(state, step_lib.put_batch(batch, mesh))
+      step += 1
+      seen += int(batch["example_mask"].sum())
+      pending.append((step, step_metrics))
+      if step % config.log_every == 0:
+        flush_pending()
+        progress.set_postfix(loss=f"{np.mean(window):.4f}",
+                             lr=f"{float(step_metrics['learning_rate']):.2e}",
+                             ex_per_s=f"{seen / (time.perf_counter() - t_train):.1f}")
+        window.clear()
+      progress.update()
+      if step in when_eval:
+        flush_pending()
+        t_eval = time.perf_counter()
+        result = {"step": step, "epoch": step / steps_per_epoch,
+                  **evaluate(eval_step, state.params, run, mesh)}
+        eval_seconds += time.perf_counter() - t_eval
+        evals.append(result)
+        metrics_log.write(result, "eval")
+        log(f"step {step} (epoch {result['epoch']:.2f}): dev {run.task.metric} "
+            f"{result['score']:.2f}, loss {result['loss']:.4f}")
+        if config.keep_best and best_index(evals) == len(evals) - 1:
+          best_params = jax.tree.map(jnp.copy, state.params)
+      if step in when_eval or (config.checkpoint_every and step % config.checkpoint_every == 0):
+        save()
+  flush_pending()
+  progress.close()
+  metrics_log.close()
+  checkpoints.close()
+  train_seconds = time.perf_counter() - t_train - eval_seconds
+
+  results = make_results(run, evals, int(state.skipped), step)
+  results["timings"] = {"total_seconds": time.perf_counter() - t_start,
+                        "train_seconds": train_seconds, "eval_seconds": eval_seconds,
+                        "train_examples_per_second": seen / max(train_seconds, 1e-9),
+                        "sessions": sessions}
+  if main:
+    write_json(workdir / "results.json", results)
+  return results
+
+
+def make_results(run: Run, evals: list[dict[str, Any]], skipped: int, steps: int
+                 ) -> dict[str, Any]:
+  """The run's results without timings: a function of the config and the seed."""
+  config = run.config
+  chosen = evals[best_index(evals)] if config.keep_best else evals[-1]
+  majority = metrics.majority_score(config.task, run.train_data.labels, run.dev_data.labels)
+  return {
+      "task": config.task, "model": config.model, "method": config.method,
+      "seed": config.seed, "metric": run.task.metric,
+      "result": "best" if config.keep_best else "final",
+      "score": chosen["score"], "result_step": chosen["step"],
+      "majority_score": majority, "failed": metrics.is_failed(chosen["score"], majority),
+      "evaluations": evals, "skipped_steps": skipped, "steps": steps,
+      "train_examples": len(run.train_data), "dev_examples": len(run.dev_data),
+      "config": config_lib.run_identity(config),
+  }

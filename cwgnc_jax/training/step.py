@@ -1,0 +1,208 @@
+"""The device mesh, the shardings, and the jitted train and eval steps.
+
+Mesh: two axes, ``data`` and ``fsdp``. A batch is split over both (every device sees
+``B / num_devices`` examples); a large parameter (and its optimizer moments) is split over
+``fsdp`` along its largest evenly divisible dimension and replicated over ``data``
+(ZeRO-3 / FSDP); small ones are replicated. With ``fsdp = 1`` this is plain data
+parallelism. XLA inserts the gathers and reduce-scatters (``AxisType.Auto``).
+
+The train step, for a batch with example mask ``m`` and per-example cross-entropy ``l``::
+
+  loss = sum(m * l) / max(sum(m), 1)                  (the mean over real examples)
+  g = d loss / d params,  dropout key = fold_in(key(seed), step)
+  params, opt_state <- optimizer update               if loss and every g are finite
+  params, opt_state unchanged, skipped += 1           otherwise
+  step += 1                                           always (the data moves on)
+
+so a step is a pure function of (state, batch) and a resumed run repeats it bit for bit.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA, FSDP = "data", "fsdp"
+BATCH_AXES = (DATA, FSDP)
+
+
+class TrainState(NamedTuple):
+  """Everything a training run carries from step to step (all jax arrays).
+
+  Attributes:
+    step: int32 [], batches consumed so far (applied or skipped): the data position.
+    params: the model parameters (pure nested dict).
+    opt_state: the optimizer state.
+    rng: uint32 key data of ``jax.random.key(seed)``; step s drops out with
+      ``fold_in(rng, s)``.
+    skipped: int32 [], steps whose loss or gradients were not finite (not applied).
+  """
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  rng: jax.Array
+  skipped: jax.Array
+
+
+# -- Mesh and shardings. -------------------------------------------------------------------
+
+def make_mesh(data: int, fsdp: int, devices: Any = None) -> Mesh:
+  """A ``(data, fsdp)`` mesh over ``devices`` (default: all devices, in topology order)."""
+  axis_types = (jax.sharding.AxisType.Auto,) * 2
+  if devices is None:
+    return jax.make_mesh((data, fsdp), BATCH_AXES, axis_types=axis_types)
+  return Mesh(np.asarray(devices).reshape(data, fsdp), BATCH_AXES, axis_types=axis_types)
+
+
+def param_spec(shape: tuple[int, ...], fsdp_size: int, min_size: int) -> P:
+  """Split the largest dimension divisible by ``fsdp_size`` over ``fsdp``, if the array
+  has at least ``min_size`` entries; else replicate."""
+  if fsdp_size <= 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
+    return P()
+  dims = [d for d in range(len(shape)) if shape[d] % fsdp_size == 0]
+  if not dims:
+    return P()
+  dim = max(dims, key=lambda d: shape[d])  # the first of equal sizes
+  return P(*([None] * dim + [FSDP]))
+
+
+def tree_shardings(mesh: Mesh, tree: Any, min_size: int) -> Any:
+  """A NamedSharding per leaf of ``tree`` (arrays or shape structs), by ``param_spec``.
+
+  Works for parameters and optimizer state alike: a moment has its parameter's shape,
+  so it gets its parameter's sharding.
+  """
+  fsdp_size = mesh.shape[FSDP]
+  return jax.tree.map(
+      lambda x: NamedSharding(mesh, param_spec(tuple(x.shape), fsdp_size, min_size)), tree)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (row or example) axis split over every device."""
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def global_array(value: np.ndarray, sharding: NamedSharding) -> jax.Array:
+  """A global array from a host value that every process holds in full.
+
+  Each process places only the shards of its own devices (``make_array_from_callback``),
+  so the same call works on one host and on many.
+  """
+  value = np.asarray(value)
+  return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+
+def put_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """A host batch as global arrays split over the mesh; every process feeds its slice."""
+  sharding = batch_sharding(mesh)
+  return {key: global_array(value, sharding) for key, value in batch.items()}
+
+
+def put_tree(tree: Any, shardings: Any) -> Any:
+  """Host (or single-device) arrays placed with ``shardings``, leaf by leaf."""
+  return jax.tree.map(lambda x, s: global_array(np.asarray(x), s), tree, shardings)
+
+
+# -- The state. ----------------------------------------------------------------------------
+
+def init_state(params: Any, optimizer: optax.GradientTransformation, seed: int, mesh: Mesh,
+               min_size: int) -> tuple[TrainState, Any]:
+  """The step-0 state, placed on the mesh, and its shardings.
+
+  The optimizer state is created inside ``jit`` directly in its sharded layout, so large
+  moments never exist in full on one device.
+  """
+  def make(params):
+    rng = jax.random.key_data(jax.random.key(seed))
+    zero = jnp.zeros([], jnp.int32)
+    return TrainState(zero, params, optimizer.init(params), rng, zero)
+
+  shardings = tree_shardings(mesh, jax.eval_shape(make, params), min_size)
+  params = put_tree(params, shardings.params)
+  return jax.jit(make, out_shardings=shardings)(params), shardings
+
+
+def abstract_state(state_shardings: Any, state_shapes: Any) -> Any:
+  """``ShapeDtypeStruct``s with shardings: what a checkpoint restores into."""
+  return jax.tree.map(lambda s, x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      state_shardings, state_shapes)
+
+
+# -- Steps. --------------------------------------------------------------------------------
+
+def masked_mean_cross_entropy(logits: jax.Array, labels: jax.Array,
+                              mask: jax.Array) -> jax.Array:
+  """``sum(mask * CE(logits, labels)) / max(sum(mask), 1)``: the mean over real examples."""
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  return jnp.sum(mask * losses) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def all_finite(tree: Any) -> jax.Array:
+  """True iff every entry of every leaf is finite."""
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+ApplyFn = Callable[..., jax.Array]  # (params, inputs, dropout_rng=None) -> logits
+
+
+def train_step_fn(apply: ApplyFn, optimizer: optax.GradientTransformation,
+                  schedule: optax.Schedule | None = None
+                  ) -> Callable[[TrainState, Mapping[str, jax.Array]],
+                                tuple[TrainState, dict[str, jax.Array]]]:
+  """The (unjitted) train step ``(state, batch) -> (state, metrics)`` (module docstring).
+
+  Metrics: ``loss``, ``grad_norm`` (global L2 norm of the raw gradient), ``finite``,
+  ``examples`` (real examples), and ``learning_rate`` = ``schedule(applied updates)``
+  when a schedule is given.
+  """
+  def step(state: TrainState, batch: Mapping[str, jax.Array]):
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+
+    def loss_fn(params):
+      logits = apply(params, batch, dropout_rng=key)
+      return masked_mean_cross_entropy(logits, batch["labels"], batch["example_mask"])
+
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    finite = jnp.logical_and(jnp.isfinite(loss), all_finite(grads))
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    new_state = TrainState(
+        step=state.step + 1,
+        params=keep(params, state.params),
+        opt_state=keep(opt_state, state.opt_state),
+        rng=state.rng,
+        skipped=state.skipped + jnp.where(finite, 0, 1).astype(jnp.int32))
+    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "finite": finite,
+               "examples": jnp.sum(batch["example_mask"])}
+    if schedule is not None:
+      metrics["learning_rate"] = jnp.asarray(schedule(state.step - state.skipped), jnp.float32)
+    return new_state, metrics
+
+  return step
+
+
+def jit_train_step(apply: ApplyFn, optimizer: optax.GradientTransformation, mesh: Mesh,
+                   state_shardings: Any, schedule: optax.Schedule | None = None):
+  """The train step jitted over the mesh; the input state is donated."""
+  return jax.jit(train_step_fn(apply, optimizer, schedule),
+                 in_shardings=(state_shardings, batch_sharding(mesh)),
+                 out_shardings=(state_shardings, replicated(mesh)),
+                 donate_argnums=0)
+
+
+def jit_eval_step(apply: ApplyFn, mesh: Mesh, params_shardings: Any):
+  """``(params, batch) -> logits [B, C]`` without dropout, replicated on every device (so
+  every process can read all of them)."""
+  return jax.jit(lambda params, batch: apply(params, batch),
+                 in_shardings=(params_shardings, batch_sharding(mesh)),
+                 out_shardings=replicated(mesh))

@@ -1,0 +1,57 @@
+"""Fine-tunes a pretrained BERT on a GLUE task: ``python train.py --config rte_cwgnc``.
+
+  python train.py --config NAME_OR_PATH [--config.KEY=VALUE ...] [--workdir DIR]
+
+NAME is a file of ``configs/`` (``rte_cwgnc``, ``demo``, ...) or the path of a config file;
+``--config.optimizer.learning_rate=1e-5``, ``--config.seed=3`` etc. override its values. The
+run directory (default ``runs/<config>_seed<seed>``) receives ``metrics.jsonl``, TensorBoard
+events, checkpoints and ``results.json``; running the same command again resumes from its
+latest checkpoint.
+
+Exit status: 0 done; 2 bad input (config, task, model, data, devices, run directory or
+checkpoint), reported in one line on stderr before anything is compiled or written.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from cwgnc_jax import config as config_lib
+
+USAGE_ERROR = 2
+
+
+def fail(message: str) -> None:
+  print(f"train.py: error: {message}", file=sys.stderr)
+  sys.exit(USAGE_ERROR)
+
+
+def main(argv: list[str]) -> None:
+  if argv and argv[0] in ("-h", "--help"):
+    print(__doc__.strip())
+    print("configs:", ", ".join(config_lib.available()))
+    return
+  try:
+    config, workdir = config_lib.from_command_line(argv)
+  except config_lib.ConfigError as e:
+    fail(str(e))
+  # Imported after the config is checked: a bad command line fails without loading JAX.
+  from cwgnc_jax.training import checkpoint, loop  # pylint: disable=import-outside-toplevel
+  loop.maybe_initialize_distributed(config)
+  try:
+    run = loop.prepare(config, workdir)
+  except (ValueError, OSError) as e:  # ConfigError, missing files, no hub, bad data
+    fail(str(e))
+  try:
+    results = loop.train(run)
+  except (config_lib.ConfigError, checkpoint.CheckpointError) as e:
+    fail(str(e))
+  summary = {k: results[k] for k in ("task", "method", "seed", "metric", "score",
+                                     "majority_score", "failed", "skipped_steps")}
+  print(json.dumps(summary))
+  print(f"results: {workdir}/results.json", file=sys.stderr)
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])
