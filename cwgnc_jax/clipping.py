@@ -25,8 +25,8 @@ with :func:`component_norm_stats` without a second pass over the gradients.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
-from typing import Any, Hashable, NamedTuple
+from collections.abc import Callable, Hashable, Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -155,7 +155,9 @@ def clip_by_component_norm(
     max_norm: the threshold ``c`` (an absolute L2 norm), a scalar for every component or a
       mapping label -> threshold. Only jnp arithmetic touches a scalar threshold, so
       ``optax.inject_hyperparams(clip_by_component_norm)(max_norm=schedule)`` works (pass
-      ``static_args=('components',)`` when ``components`` is a function).
+      ``static_args=('components',)`` when ``components`` is a function, and
+      ``hyperparam_dtype=jnp.float32`` for low-precision params, or the injected threshold
+      takes their dtype).
     components: None (every leaf is its own component, labelled by its path), a kind
       name ('tensor', 'layer', 'qkv': see ``COMPONENT_KINDS``), a label function ``params -> pytree of labels`` (e.g. :func:`layer_components`,
       :func:`qkv_components`), or such a label pytree. Leaves sharing a label form one

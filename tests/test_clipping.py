@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from cwgnc_jax import clipping
+from cwgnc_jax import clipping, paths
 from cwgnc_jax.clipping import clip_by_component_norm, component_norm_stats
 
 EPS = 1e-6
@@ -30,7 +30,7 @@ def random_tree(c, seed=0):
 
 
 def leaves_by_path(tree):
-  return {clipping.paths.path_to_str(k): np.asarray(v, np.float64)
+  return {paths.path_to_str(k): np.asarray(v, np.float64)
           for k, v in jax.tree_util.tree_leaves_with_path(tree)}
 
 
@@ -62,10 +62,10 @@ def test_grouped_components_use_joint_norm():
   c = 1.0
   grads = random_tree(c, seed=1)
   groups = {"far_above": "g1", "near": "g2", "below": "g2", "zero": "g1"}
-  label_tree = clipping.paths.map_paths(lambda path: groups[path.split("/")[0]], grads)
+  label_tree = paths.map_paths(lambda path: groups[path.split("/")[0]], grads)
   by_tree, state = run(clip_by_component_norm(c, components=label_tree), grads)
   by_fn, _ = run(
-      clip_by_component_norm(c, components=lambda g: clipping.paths.map_paths(
+      clip_by_component_norm(c, components=lambda g: paths.map_paths(
           lambda path: groups[path.split("/")[0]], g)),
       grads,
   )
@@ -213,7 +213,7 @@ def test_label_helpers():
   # Layer 0: 5 kernels (4 entries) and 5 biases (2 entries) of ones.
   np.testing.assert_allclose(state.norms["encoder/layers/0"], np.sqrt(30.0))
   _, state = run(clip_by_component_norm(1.0, components="tensor"), grads)
-  assert set(state.norms) == set(jax.tree.leaves(clipping.paths.tree_paths(grads)))
+  assert set(state.norms) == set(jax.tree.leaves(paths.tree_paths(grads)))
 
 
 def test_component_norm_stats_inside_nested_states():

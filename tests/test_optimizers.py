@@ -4,6 +4,7 @@ import re
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -280,4 +281,8 @@ def test_invalid_names_and_steps():
     linear_warmup_decay(0.0, 10, 0.1)
   with pytest.raises(ValueError, match="warmup_fraction"):
     linear_warmup_decay(1.0, 10, -0.1)
+  incomplete = recipe("adamw").to_dict()
+  del incomplete["decay_exclude"]
+  with pytest.raises(ValueError, match="decay_exclude"):
+    build_optimizer(ml_collections.ConfigDict(incomplete), 10)
   assert optimizers.RECIPES[:4] == ("bertadam", "adamw", "mosbach", "cwgnc")
