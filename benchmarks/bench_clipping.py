@@ -141,9 +141,14 @@ def xla_cost(jitted, *args):
 
 
 def time_call(fn, *args):
-  start = time.perf_counter()
+  """(wall seconds, CPU seconds of this process over all its threads) of one call.
+
+  On a shared machine other processes stretch the wall time of whichever call they hit;
+  the CPU time counts only the work this process does, so it is the steadier of the two.
+  """
+  wall, cpu = time.perf_counter(), time.process_time()
   jax.block_until_ready(fn(*args))
-  return time.perf_counter() - start
+  return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def main():
@@ -207,32 +212,28 @@ def main():
     clip_times.append(time_call(clip_update, grads, clip_state))
     norm_times.append(time_call(norms_only, grads))
 
-  median = {label: statistics.median(values) for label, values in times.items()}
-  fastest = {label: min(values) for label, values in times.items()}
-  paired = statistics.median(
-      a / b for a, b in zip(times["with clip"], times["without clip"]))
-  base = median["without clip"]
   print(f"model: {name}, {n_params / 1e6:.1f}M parameters in {n_tensors} tensors; "
         f"batch {args.batch} x {args.length} tokens; {args.rounds} interleaved rounds "
         f"after {args.warmup} warmup; backend {jax.default_backend()}, "
         f"{jax.device_count()} device(s)")
-  for label in setups:
-    print(f"  step {label:12s}: median {median[label] * 1e3:9.2f} ms, min "
-          f"{fastest[label] * 1e3:9.2f} ms; XLA flops {costs[label]['flops']:.4g}, "
-          f"bytes accessed {costs[label]['bytes accessed']:.4g}")
-  overheads = {
-      "ratio of medians": median["with clip"] / base - 1,
-      "ratio of minima": fastest["with clip"] / fastest["without clip"] - 1,
-      "median of paired ratios": paired - 1,
-      "XLA flops": costs["with clip"]["flops"] / costs["without clip"]["flops"] - 1,
-      "XLA bytes accessed": (costs["with clip"]["bytes accessed"]
-                             / costs["without clip"]["bytes accessed"] - 1),
-  }
-  for label, value in overheads.items():
-    print(f"  overhead, {label:24s} {100 * value:+.2f} %")
+  with_clip, without_clip = times["with clip"], times["without clip"]
+  for clock, index in (("wall", 0), ("CPU", 1)):
+    a = [t[index] for t in with_clip]
+    b = [t[index] for t in without_clip]
+    paired = statistics.median(x / y for x, y in zip(a, b))
+    print(f"  {clock:4s} time: with clip median {statistics.median(a) * 1e3:8.1f} ms "
+          f"(min {min(a) * 1e3:8.1f}), without {statistics.median(b) * 1e3:8.1f} ms "
+          f"(min {min(b) * 1e3:8.1f}); overhead: medians "
+          f"{100 * (statistics.median(a) / statistics.median(b) - 1):+.2f} %, minima "
+          f"{100 * (min(a) / min(b) - 1):+.2f} %, paired {100 * (paired - 1):+.2f} %")
+  for quantity in ("flops", "bytes accessed"):
+    ratio = costs["with clip"][quantity] / costs["without clip"][quantity]
+    print(f"  XLA {quantity:14s}: with clip {costs['with clip'][quantity]:.4g}, without "
+          f"{costs['without clip'][quantity]:.4g}; overhead {100 * (ratio - 1):+.2f} %")
+  base = statistics.median(t[0] for t in without_clip)
   for label, values in (("component norms alone", norm_times), ("whole clip alone", clip_times)):
-    value = statistics.median(values)
-    print(f"  {label:21s} (jitted): median {value * 1e3:7.2f} ms = "
+    value = statistics.median(t[0] for t in values)
+    print(f"  {label:21s} (jitted): median wall {value * 1e3:7.2f} ms = "
           f"{100 * value / base:.2f} % of the step")
 
 
