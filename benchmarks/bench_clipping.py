@@ -3,8 +3,14 @@
 Times a full step (forward, backward, optimizer update) with the paper's CWGNC optimizer
 (``recipe('cwgnc')``: per-tensor clip, then AdamW) and with the same optimizer without the
 clip (``clip_norm=None``), alternating the two (order swapped every round) so that load
-from other processes hits both alike. Reports the medians, the overhead ratio and, as a
-noise-free cross-check, the median time of the clip alone on the same gradients.
+from other processes hits both alike. Reports wall and CPU-time medians and minima, the
+overhead ratios (of medians, of minima, median of per-round pairs), and two cross-checks
+that do not depend on the load of a shared machine: XLA's cost analysis of the two compiled
+steps (flops, bytes accessed), and the time of the per-component norms alone (the only
+extra pass: the rescale fuses into Adam's elementwise update) and of the whole clip alone
+(which also writes a clipped copy of every gradient).
+
+Run from the repository root (``pip install -e .`` or ``PYTHONPATH=.``).
 
   python benchmarks/bench_clipping.py                    # real MiniLM-L6 if cwgnc_jax.models exists
   python benchmarks/bench_clipping.py --model synthetic  # BERT-shaped tree (12 x 768 by default)
