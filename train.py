@@ -15,9 +15,13 @@ checkpoint), reported in one line on stderr before anything is compiled or writt
 from __future__ import annotations
 
 import json
+import os
 import sys
 
-from cwgnc_jax import config as config_lib
+# transformers announces at import that it found no PyTorch (this project never uses it).
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+from cwgnc_jax import config as config_lib  # pylint: disable=wrong-import-position
 
 USAGE_ERROR = 2
 

@@ -41,6 +41,7 @@ MODELS = {
     "bert-large-uncased": "google-bert/bert-large-uncased (hub)",
     "bert-base-uncased": "google-bert/bert-base-uncased (hub)",
 }
+DTYPES = ("float32", "bfloat16", "float16")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 # Fields that change how a run is executed or saved, not what it computes: a run directory
@@ -104,6 +105,11 @@ def load(name_or_path: str) -> ml_collections.ConfigDict:
 
 # -- Overrides. ----------------------------------------------------------------------------
 
+def _type_name(value: Any) -> str:
+  return {bool: "true or false", int: "an int", float: "a float", str: "a string",
+          tuple: "a tuple"}.get(type(value), type(value).__name__)
+
+
 def _parse_value(text: str, current: Any, key: str) -> Any:
   """``text`` as a value of the type of ``current`` (the field's present value)."""
   if text.lower() in ("none", "null"):
@@ -121,7 +127,7 @@ def _parse_value(text: str, current: Any, key: str) -> Any:
   except (ValueError, SyntaxError):
     if current is None:  # an unset optional string field (e.g. glue_dir)
       return text
-    raise ConfigError(f"--config.{key}={text}: expected a {type(current).__name__}") from None
+    raise ConfigError(f"--config.{key}={text}: expected {_type_name(current)}") from None
   if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
     value = float(value)
   if isinstance(current, tuple) and isinstance(value, list):
@@ -129,8 +135,8 @@ def _parse_value(text: str, current: Any, key: str) -> Any:
   if isinstance(current, tuple) and isinstance(value, str):
     value = (value,)
   if current is not None and not isinstance(value, type(current)):
-    raise ConfigError(f"--config.{key}={text}: expected a {type(current).__name__}, "
-                      f"got {type(value).__name__}")
+    raise ConfigError(f"--config.{key}={text}: expected {_type_name(current)}, "
+                      f"got {_type_name(value)}")
   return value
 
 
@@ -284,6 +290,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require(config.method in optimizers.RECIPES,
            f"unknown method {config.method!r}; valid: {', '.join(optimizers.RECIPES)}")
   resolve_model(config.model)
+  _require(config.dtype in DTYPES,
+           f"unknown dtype {config.dtype!r}; valid: {', '.join(DTYPES)}")
   _require(config.layout in batching.LAYOUTS,
            f"unknown layout {config.layout!r}; valid: {', '.join(batching.LAYOUTS)}")
   for key in ("batch_size", "eval_batch_size", "num_epochs", "max_length", "evals_per_epoch",

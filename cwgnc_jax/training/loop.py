@@ -74,6 +74,7 @@ class Run:
   params: Any
   apply: Callable[..., jax.Array]
   num_devices: int
+  majority_score: float  # of the train set's majority label (all of it, even with train_limit)
 
   @property
   def steps_per_epoch(self) -> int:
@@ -149,13 +150,14 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | Path) -> Run:
                                            max_length=config.max_length,
                                            cache_dir=config.cache_dir)
   train_data, dev_data = load("train"), load("dev")
+  majority = metrics.majority_score(config.task, train_data.labels, dev_data.labels)
   if config.train_limit is not None:
     train_data = head(train_data, config.train_limit)
   model = models.from_pretrained(config.model, task.num_labels, seed=config.seed,
                                  dtype=jnp.dtype(config.dtype))
   graphdef_and_rest, params = models.split_params(model)
   return Run(config, workdir, task, train_data, dev_data, params,
-             models.apply_fn(graphdef_and_rest), num_devices)
+             models.apply_fn(graphdef_and_rest), num_devices, majority)
 
 
 # -- Logs. ---------------------------------------------------------------------------------
@@ -385,7 +387,7 @@ def make_results(run: Run, evals: list[dict[str, Any]], skipped: int, steps: int
   """The run's results without timings: a function of the config and the seed."""
   config = run.config
   chosen = evals[best_index(evals)] if config.keep_best else evals[-1]
-  majority = metrics.majority_score(config.task, run.train_data.labels, run.dev_data.labels)
+  majority = run.majority_score
   return {
       "task": config.task, "model": config.model, "method": config.method,
       "seed": config.seed, "metric": run.task.metric,

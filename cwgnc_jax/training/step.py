@@ -182,7 +182,7 @@ def train_step_fn(apply: ApplyFn, optimizer: optax.GradientTransformation,
         opt_state=keep(opt_state, state.opt_state),
         rng=state.rng,
         skipped=state.skipped + jnp.where(finite, 0, 1).astype(jnp.int32))
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "finite": finite,
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "finite": finite,
                "examples": jnp.sum(batch["example_mask"])}
     if schedule is not None:
       metrics["learning_rate"] = jnp.asarray(schedule(state.step - state.skipped), jnp.float32)

@@ -1,0 +1,131 @@
+"""Throughput of the training step of a config, and the fraction of this machine's peak.
+
+Builds the run exactly as ``train.py`` does (``loop.prepare``: model, tokenizer, data), takes
+the first ``--steps`` batches of epoch 0, runs them once to compile every batch shape, then
+times the same batches again (``--repeats`` times, the best pass reported). Useful FLOPs count
+only real (non-padding) tokens, for forward and backward::
+
+  6 * P_mm * tokens                       P_mm = L (4 H^2 + 2 H I): the encoder's matmul weights
+  + 12 * L * H * sum_i len_i^2            attention scores and weighted values, per example
+  + 6 * (H^2 + H C) * examples            pooler and classifier on each [CLS]
+
+(embedding lookups, LayerNorm, softmax, GELU and the optimizer update are not matmul FLOPs and
+are not counted). The peak is the best of several jitted 2048 x 2048 float32 matmuls
+(2 * 2048^3 FLOPs each), measured in the same process before and after the steps.
+
+  PYTHONPATH=. GLUE_DIR=../shared/glue python benchmarks/bench_train.py            # demo config
+  PYTHONPATH=. python benchmarks/bench_train.py --config demo --config.layout=padded
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+import jax  # pylint: disable=wrong-import-position
+import jax.numpy as jnp  # pylint: disable=wrong-import-position
+import numpy as np  # pylint: disable=wrong-import-position
+
+from cwgnc_jax import config as config_lib  # pylint: disable=wrong-import-position
+from cwgnc_jax import models, optimizers  # pylint: disable=wrong-import-position
+from cwgnc_jax.data import batching  # pylint: disable=wrong-import-position
+from cwgnc_jax.training import loop  # pylint: disable=wrong-import-position
+from cwgnc_jax.training import step as step_lib  # pylint: disable=wrong-import-position
+
+
+def matmul_peak(size: int = 2048, repeats: int = 10) -> float:
+  """FLOP/s of the best of ``repeats`` jitted ``size x size`` float32 matmuls."""
+  a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+  b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
+  matmul = jax.jit(jnp.matmul)
+  matmul(a, b).block_until_ready()
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    matmul(a, b).block_until_ready()
+    best = min(best, time.perf_counter() - start)
+  return 2 * size**3 / best
+
+
+def useful_flops(batch: dict[str, np.ndarray], model_config: models.BertConfig,
+                 num_labels: int) -> float:
+  """Forward + backward matmul FLOPs of the real tokens of a batch (module docstring)."""
+  h, layers = model_config.hidden_size, model_config.num_hidden_layers
+  p_mm = layers * (4 * h * h + 2 * h * model_config.intermediate_size)
+  segments = batch["segment_ids"]
+  tokens = int((segments != 0).sum())
+  lengths = np.concatenate([np.bincount(row[row != 0])[1:] for row in segments])
+  examples = float(batch["example_mask"].sum())
+  return (6 * p_mm * tokens + 12 * layers * h * float((lengths.astype(np.float64)**2).sum())
+          + 6 * (h * h + h * num_labels) * examples)
+
+
+def main(argv: list[str]) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+  parser.add_argument("--config", default="demo", help="config name or path")
+  parser.add_argument("--steps", type=int, default=12, help="batches per timed pass")
+  parser.add_argument("--repeats", type=int, default=2, help="timed passes (best reported)")
+  args, rest = parser.parse_known_args(argv)
+  config, _ = config_lib.from_command_line(["--config", args.config, *rest])
+  run = loop.prepare(config, tempfile.mkdtemp(prefix="bench_train_"))
+  model_config = models.load_config(config.model)
+
+  data_size, fsdp_size = config_lib.mesh_shape(config, run.num_devices)
+  mesh = step_lib.make_mesh(data_size, fsdp_size)
+  optimizer = optimizers.build_optimizer(config.optimizer, run.total_steps)
+  state, shardings = step_lib.init_state(run.params, optimizer, config.seed, mesh,
+                                         config.fsdp_min_size)
+  train_step = step_lib.jit_train_step(run.apply, optimizer, mesh, shardings)
+  batches = []
+  for batch in batching.train_batches(run.train_data, config.batch_size, seed=config.seed,
+                                      epoch=0, layout=config.layout,
+                                      max_length=config.max_length,
+                                      row_multiple=run.num_devices):
+    batches.append(batch)
+    if len(batches) == args.steps:
+      break
+  flops = sum(useful_flops(b, model_config, run.task.num_labels) for b in batches)
+  examples = sum(float(b["example_mask"].sum()) for b in batches)
+  slots = sum(b["segment_ids"].size for b in batches)
+  tokens = sum(int((b["segment_ids"] != 0).sum()) for b in batches)
+
+  peak_before = matmul_peak()
+  for batch in batches:  # compiles every shape
+    state, metrics = train_step(state, step_lib.put_batch(batch, mesh))
+  jax.block_until_ready(metrics)
+  best = float("inf")
+  for _ in range(args.repeats):
+    placed = [step_lib.put_batch(b, mesh) for b in batches]
+    start = time.perf_counter()
+    for batch in placed:
+      state, metrics = train_step(state, batch)
+    jax.block_until_ready((state, metrics))
+    best = min(best, time.perf_counter() - start)
+  peak = max(peak_before, matmul_peak())
+
+  report = {
+      "config": config_lib.config_name(args.config), "model": config.model, "layout": config.layout, "batch_size": config.batch_size,
+      "devices": run.num_devices, "backend": jax.default_backend(), "steps": len(batches),
+      "seconds_per_step": best / len(batches),
+      "examples_per_second": examples / best,
+      "real_tokens_per_second": tokens / best,
+      "real_token_fraction": tokens / slots,
+      "useful_gflops_per_second": flops / best / 1e9,
+      "matmul_peak_gflops_per_second": peak / 1e9,
+      "fraction_of_peak": flops / best / peak,
+  }
+  print(json.dumps(report, indent=2))
+  print(f"{report['examples_per_second']:.1f} examples/s, "
+        f"{report['useful_gflops_per_second']:.1f} useful GFLOP/s = "
+        f"{100 * report['fraction_of_peak']:.0f}% of the {report['matmul_peak_gflops_per_second']:.0f}"
+        f" GFLOP/s matmul peak", file=sys.stderr)
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])

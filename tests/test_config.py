@@ -1,0 +1,126 @@
+"""Configs: the Table 1 files hold SPEC section 2's values; loading, overrides, validation."""
+
+from __future__ import annotations
+
+import pytest
+
+from cwgnc_jax import config as config_lib
+from cwgnc_jax import optimizers
+from cwgnc_jax.config import ConfigError
+
+TASKS = ("rte", "mrpc", "cola")
+EPOCHS = {"bertadam": 3, "adamw": 3, "mosbach": 20, "cwgnc": 5}
+
+
+def _cli(*args: str):
+  return config_lib.from_command_line(["--config", "demo", *args])
+
+
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("method", EPOCHS)
+def test_table1_configs_hold_the_paper_settings(task, method):
+  config = config_lib.load(f"{task}_{method}")
+  assert config.task == task and config.method == method
+  assert config.model == "google-bert/bert-large-uncased"
+  assert (config.max_length, config.batch_size) == (128, 16)
+  assert config.num_epochs == EPOCHS[method]
+  assert config.optimizer.to_dict() == optimizers.recipe(method).to_dict()
+  assert not config.keep_best  # the final model is the result
+
+
+def test_every_config_file_is_listed_and_valid(monkeypatch):
+  monkeypatch.delenv("GLUE_DIR", raising=False)  # the hub source needs no folder
+  names = config_lib.available()
+  assert {f"{t}_{m}" for t in TASKS for m in EPOCHS} | {"demo"} <= set(names)
+  for name in names:
+    config_lib.validate(config_lib.load(name))
+
+
+def test_demo_is_minilm_cwgnc_on_rte_packed():
+  config = config_lib.load("demo")
+  assert (config.model, config.task, config.method, config.layout) == (
+      "minilm-l6", "rte", "cwgnc", "packed")
+  assert config.optimizer.clip_norm == 0.05 and config.optimizer.max_grad_norm is None
+
+
+def test_load_by_path_and_name_agree():
+  by_name = config_lib.load("rte_cwgnc")
+  by_path = config_lib.load(str(config_lib.CONFIG_DIR / "rte_cwgnc.py"))
+  assert by_name.to_dict() == by_path.to_dict()
+
+
+def test_overrides_are_typed_and_nested(monkeypatch):
+  monkeypatch.delenv("GLUE_DIR", raising=False)
+  config, workdir = _cli("--config.optimizer.learning_rate=1e-5", "--config.seed", "3",
+                         "--config.model=bert-large-uncased", "--config.keep_best=true",
+                         "--config.optimizer.max_grad_norm=2", "--config.num_epochs=4")
+  assert config.optimizer.learning_rate == 1e-5
+  assert config.seed == 3 and isinstance(config.seed, int)
+  assert config.model == "bert-large-uncased" and config.keep_best is True
+  assert config.optimizer.max_grad_norm == 2.0 and config.num_epochs == 4
+  assert workdir == "runs/demo_seed3"
+  _, workdir = _cli("--workdir", "/tmp/x")
+  assert workdir == "/tmp/x"
+
+
+def test_method_override_replaces_the_optimizer_first():
+  config = config_lib.apply_overrides(
+      config_lib.load("rte_cwgnc"),
+      [("optimizer.learning_rate", "3e-5"), ("method", "bertadam")])
+  expected = optimizers.recipe("bertadam")
+  expected.learning_rate = 3e-5
+  assert config.method == "bertadam"
+  assert config.optimizer.to_dict() == expected.to_dict()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config", "nope"], "unknown config 'nope'; valid: cola_adamw"),
+    (["--config", "demo", "--config.foo=1"], "unknown config key 'foo'; valid keys here: "),
+    (["--config", "demo", "--config.optimizer.lr=1"], "valid keys here: b1, b2"),
+    (["--config", "demo", "--config.task=qqp"], "unknown task 'qqp'; valid: rte, mrpc, cola"),
+    (["--config", "demo", "--config.method=sgd"], "unknown method 'sgd'; valid: bertadam"),
+    (["--config", "demo", "--config.model=nope"], "unknown model 'nope'; valid: minilm-l6"),
+    (["--config", "demo", "--config.layout=ragged"], "unknown layout 'ragged'"),
+    (["--config", "demo", "--config.optimizer.clip_norm=0"], "clip_norm (the CWGNC threshold) "
+     "must be > 0, got 0.0"),
+    (["--config", "demo", "--config.optimizer.clip_norm=-1"], "must be > 0"),
+    (["--config", "demo", "--config.glue_dir=/no/such/glue"],
+     "cannot read /no/such/glue/RTE/train.tsv"),
+    (["--config", "demo", "--config.seed=abc"], "--config.seed=abc: expected an int"),
+    (["--config", "demo", "--config.num_epochs=2.5"], "expected an int, got a float"),
+    (["--config", "demo", "--config.keep_best=maybe"], "expected true or false"),
+    (["--config", "demo", "--config.batch_size=0"], "config.batch_size must be an int > 0"),
+    (["--config", "demo", "--config.mesh=4"], "'mesh' is a group; set one of its keys"),
+    (["--config", "demo", "--bogus=1"], "unknown flag --bogus"),
+    (["--config.seed=1"], "--config is required"),
+    (["--config"], "--config needs a value"),
+])
+def test_bad_command_lines_name_the_culprit(args, message):
+  with pytest.raises(ConfigError) as error:
+    config_lib.from_command_line(args)
+  assert message in str(error.value)
+  assert "\n" not in str(error.value)
+
+
+def test_check_devices_and_mesh_shape():
+  config = config_lib.load("demo")
+  config_lib.check_devices(config, 8)
+  assert config_lib.mesh_shape(config, 8) == (8, 1)
+  config.mesh.fsdp = 2
+  assert config_lib.mesh_shape(config, 8) == (4, 2)
+  config.mesh.fsdp = 3
+  with pytest.raises(ConfigError, match="does not fit the 8 devices"):
+    config_lib.mesh_shape(config, 8)
+  config.mesh.fsdp = 1
+  config.batch_size = 12
+  with pytest.raises(ConfigError, match=r"config.batch_size=12 is not divisible by the 8 devices"):
+    config_lib.check_devices(config, 8)
+
+
+def test_run_identity_leaves_out_operational_keys():
+  config = config_lib.load("demo")
+  other = config_lib.apply_overrides(config, [("resume_step", "3"), ("checkpoint_every", "7"),
+                                              ("mesh.fsdp", "2"), ("progress", "false")])
+  assert config_lib.run_identity(config) == config_lib.run_identity(other)
+  seeded = config_lib.apply_overrides(config, [("seed", "2")])
+  assert config_lib.run_identity(config) != config_lib.run_identity(seeded)

@@ -1,0 +1,387 @@
+"""train.py end to end: sharding, exact resume after SIGKILL, determinism, skipped steps, bad
+input, and a few real steps of the demo.
+
+Most runs use a tiny random BERT (2 layers, width 32, the real vocabulary so the real MiniLM
+tokenizer works) in PyTorch naming, built in a temporary folder, on the first rows of the real
+RTE files, so a training process takes seconds. Processes share a persistent compilation cache.
+Device counts come from JAX: the tests run the same on a GPU or TPU host (the fake-device
+test forces 8 CPU devices in its own process).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import pytest
+from flax import nnx
+
+from cwgnc_jax import optimizers, paths
+from cwgnc_jax.models import bert, loading
+from cwgnc_jax.training import loop
+from cwgnc_jax.training import step as step_lib
+
+REPO = Path(__file__).resolve().parent.parent
+NUM_DEVICES = jax.device_count()
+# A batch every device count divides: 8 on up to 8 devices (or 1, 2, 4), else 4 per device.
+BATCH = 8 if 8 % NUM_DEVICES == 0 else 4 * NUM_DEVICES
+TRAIN_ROWS, DEV_ROWS = 6 * BATCH, 2 * BATCH + 3  # 6 steps per epoch; a partial eval batch
+
+
+# -- Fixtures: a tiny model folder, a GLUE subset, the environment of train.py processes. ---
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory, minilm_dir) -> Path:
+  """A random 2-layer BERT folder: config.json, PyTorch-named model.safetensors, tokenizer."""
+  from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
+  folder = tmp_path_factory.mktemp("tiny_model")
+  hf_config = dict(model_type="bert", vocab_size=30522, hidden_size=32, num_hidden_layers=2,
+                   num_attention_heads=2, intermediate_size=64, max_position_embeddings=128,
+                   type_vocab_size=2, hidden_act="gelu")
+  (folder / "config.json").write_text(json.dumps(hf_config))
+  model = bert.BertForSequenceClassification(bert.BertConfig.from_dict(hf_config), 2,
+                                             rngs=nnx.Rngs(0))
+  _, params = bert.split_params(model)
+  names = loading.checkpoint_names(2)
+  flat = {paths.path_to_str(p): np.asarray(x)
+          for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+  save_file({names[p]: np.ascontiguousarray(x.T if p.endswith("/kernel") else x)
+             for p, x in flat.items() if p in names}, str(folder / "model.safetensors"))
+  for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
+               "special_tokens_map.json"):
+    if (minilm_dir / name).is_file():
+      shutil.copy(minilm_dir / name, folder / name)
+  return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_glue(tmp_path_factory, glue_dir) -> Path:
+  """The header and first rows of the real RTE train and dev files."""
+  folder = tmp_path_factory.mktemp("glue")
+  (folder / "RTE").mkdir()
+  for split, rows in (("train", TRAIN_ROWS), ("dev", DEV_ROWS)):
+    lines = (glue_dir / "RTE" / f"{split}.tsv").read_text(encoding="utf-8").splitlines(True)
+    (folder / "RTE" / f"{split}.tsv").write_text("".join(lines[:rows + 1]), encoding="utf-8")
+  return folder
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> dict[str, str]:
+  cache = tmp_path_factory.mktemp("cache")
+  return {**os.environ, "PYTHONPATH": str(REPO), "CWGNC_CACHE": str(cache / "tokens"),
+          "JAX_COMPILATION_CACHE_DIR": str(cache / "jax"),
+          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+
+
+@pytest.fixture(scope="module")
+def tiny_args(tiny_model, tiny_glue) -> list[str]:
+  """train.py arguments of a tiny run: 3 epochs of 6 steps, 2 evaluations per epoch, the best
+  one kept (so checkpoints carry best parameters too), checkpoints every 2 steps."""
+  return ["--config", "demo", f"--config.model={tiny_model}", f"--config.glue_dir={tiny_glue}",
+          f"--config.batch_size={BATCH}", f"--config.eval_batch_size={BATCH}",
+          "--config.num_epochs=3", "--config.checkpoint_every=2", "--config.keep_checkpoints=3",
+          "--config.keep_best=true", "--config.evals_per_epoch=2",
+          "--config.progress=false", "--config.optimizer.learning_rate=1e-3"]
+
+
+def train_py(args, workdir, env, **kwargs) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, "train.py", *args, "--workdir", str(workdir)],
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=600, **kwargs)
+
+
+def deterministic(results: dict) -> dict:
+  return {k: v for k, v in results.items() if k != "timings"}
+
+
+def final_params(workdir: Path) -> dict:
+  """The parameters and the best parameters of the run's last checkpoint, as host arrays."""
+  steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+  folder = workdir / "checkpoints" / str(steps[-1])
+  state = ocp.StandardCheckpointer().restore(folder / "state")
+  best = ocp.StandardCheckpointer().restore(folder / "best") if (folder / "best").is_dir() else None
+  return jax.tree.map(np.asarray, {"params": state["params"], "best": best})
+
+
+def assert_same_run(workdir: Path, reference: Path) -> None:
+  """Same results (timings aside), same metrics.jsonl, bit-identical final parameters."""
+  results = json.loads((workdir / "results.json").read_text())
+  expected = json.loads((reference / "results.json").read_text())
+  assert deterministic(results) == deterministic(expected)
+  assert (workdir / "metrics.jsonl").read_text() == (reference / "metrics.jsonl").read_text()
+  params, expected_params = final_params(workdir), final_params(reference)
+  if expected["config"]["keep_best"]:
+    assert expected_params["best"] is not None
+  jax.tree.map(np.testing.assert_array_equal, params, expected_params)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tiny_args, env) -> Path:
+  """An uninterrupted tiny run."""
+  workdir = tmp_path_factory.mktemp("runs") / "reference"
+  done = train_py(tiny_args, workdir, env)
+  assert done.returncode == 0, done.stderr
+  return workdir
+
+
+# -- The step. -----------------------------------------------------------------------------
+
+def test_param_spec_shards_the_largest_divisible_dimension():
+  assert step_lib.param_spec((1024, 4096), 4, 1) == jax.sharding.PartitionSpec(None, "fsdp")
+  assert step_lib.param_spec((30522, 1024), 4, 1) == jax.sharding.PartitionSpec(None, "fsdp")
+  assert step_lib.param_spec((4096, 1024), 2, 1) == jax.sharding.PartitionSpec("fsdp")
+  assert step_lib.param_spec((1024,), 2, 2**18) == jax.sharding.PartitionSpec()  # small
+  assert step_lib.param_spec((7, 9), 2, 1) == jax.sharding.PartitionSpec()  # indivisible
+  assert step_lib.param_spec((1024, 1024), 1, 1) == jax.sharding.PartitionSpec()  # no fsdp
+
+
+def _tiny_step_inputs():
+  """A tiny model's state and jitted step on one device, and ``batch(example_mask)``."""
+  model = bert.BertForSequenceClassification(bert.tiny_config(), 2, rngs=nnx.Rngs(0))
+  rest, params = bert.split_params(model)
+  opt_config = optimizers.recipe("cwgnc")
+  opt_config.warmup_fraction = 0.0  # so the first applied update has a learning rate > 0
+  optimizer = optimizers.build_optimizer(opt_config, 10)
+  mesh = step_lib.make_mesh(1, 1, jax.devices()[:1])
+  state, shardings = step_lib.init_state(params, optimizer, 0, mesh, 2**18)
+  step = step_lib.jit_train_step(bert.apply_fn(rest), optimizer, mesh, shardings)
+  rng = np.random.default_rng(0)
+  tokens = {"input_ids": rng.integers(1, 100, (4, 16)).astype(np.int32),
+           "token_type_ids": np.zeros((4, 16), np.int32),
+           "position_ids": np.tile(np.arange(16, dtype=np.int32), (4, 1)),
+           "segment_ids": np.ones((4, 16), np.int32),
+           "cls_index": np.arange(4, dtype=np.int32) * 16,
+           "labels": np.array([0, 1, 1, 0], np.int32)}
+  batch = lambda mask: step_lib.put_batch(
+      {**tokens, "example_mask": np.asarray(mask, np.float32)}, mesh)
+  return state, step, batch
+
+
+def test_nonfinite_step_is_skipped_and_counted():
+  state, step, batch = _tiny_step_inputs()
+  before = jax.device_get((state.params, state.opt_state))
+  state, metrics = step(state, batch([1.0, np.nan, 1.0, 1.0]))  # NaN loss and gradients
+  assert not bool(metrics["finite"]) and not math.isfinite(float(metrics["loss"]))
+  assert (int(state.step), int(state.skipped)) == (1, 1)
+  after = jax.device_get((state.params, state.opt_state))
+  jax.tree.map(np.testing.assert_array_equal, after, before)
+  # A finite step afterwards is applied (and not counted).
+  state, metrics = step(state, batch([1.0, 1.0, 1.0, 1.0]))
+  assert bool(metrics["finite"]) and (int(state.step), int(state.skipped)) == (2, 1)
+  changed = jax.tree.map(lambda a, b: not np.array_equal(a, b),
+                         jax.device_get(state.params), before[0])
+  assert all(jax.tree.leaves(changed))
+
+
+def test_loss_is_the_mean_over_real_examples():
+  logits = jnp.array([[2.0, 0.0], [0.0, 1.0], [5.0, -5.0]])
+  labels = jnp.array([0, 0, 1])
+  mask = jnp.array([1.0, 1.0, 0.0])
+  expected = optax.softmax_cross_entropy_with_integer_labels(logits[:2], labels[:2]).mean()
+  np.testing.assert_allclose(step_lib.masked_mean_cross_entropy(logits, labels, mask), expected,
+                             rtol=1e-6)
+
+
+def test_eval_points_and_best_index():
+  assert loop.eval_steps(6, 2, 1) == {6, 12}
+  assert loop.eval_steps(6, 2, 3) == {2, 4, 6, 8, 10, 12}
+  assert loop.eval_steps(5, 1, 2) == {3, 5}
+  assert loop.best_index([{"score": 1.0}, {"score": 3.0}, {"score": 3.0}]) == 1
+
+
+# -- Whole runs. ---------------------------------------------------------------------------
+
+@pytest.mark.real
+def test_eight_fake_devices_match_one(tiny_args, env, tmp_path):
+  """5 steps on a (data 4, fsdp 2) mesh of 8 CPU devices give the single-device losses."""
+  losses = []
+  for devices, mesh in ((1, []), (8, ["--config.mesh.fsdp=2", "--config.fsdp_min_size=1024"])):
+    cpu_env = {**env, "JAX_PLATFORMS": "cpu",
+               "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    args = [*tiny_args, "--config.batch_size=8", "--config.eval_batch_size=8",
+            "--config.train_limit=40", "--config.num_epochs=1", *mesh]
+    done = train_py(args, tmp_path / f"devices{devices}", cpu_env)
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in (tmp_path / f"devices{devices}" / "metrics.jsonl")
+               .read_text().splitlines()]
+    losses.append([r["loss"] for r in records if "grad_norm" in r])
+  assert len(losses[0]) == 5
+  np.testing.assert_allclose(losses[1], losses[0], atol=1e-5, rtol=0)
+
+
+@pytest.mark.real
+def test_same_seed_gives_identical_results(reference, tiny_args, env, tmp_path):
+  done = train_py(tiny_args, tmp_path / "again", env)
+  assert done.returncode == 0, done.stderr
+  assert_same_run(tmp_path / "again", reference)
+  results = json.loads((reference / "results.json").read_text())
+  assert results["seed"] == 1 and results["steps"] == 18 and results["skipped_steps"] == 0
+  evals = results["evaluations"]
+  assert [e["step"] for e in evals] == [3, 6, 9, 12, 15, 18]
+  assert all(e["examples"] == DEV_ROWS for e in evals)
+  best = max(evals, key=lambda e: e["score"])  # keep_best: the first of the best evaluations
+  assert (results["result"], results["score"], results["result_step"]) == (
+      "best", best["score"], best["step"])
+  assert set(results["timings"]) >= {"train_seconds", "eval_seconds"}
+
+
+def _kill_when(process: subprocess.Popen, condition, timeout: float = 120.0) -> None:
+  """SIGKILLs ``process`` as soon as ``condition()`` holds (polled every millisecond)."""
+  end = time.monotonic() + timeout
+  while not condition():
+    assert process.poll() is None, "the run ended before it could be killed"
+    assert time.monotonic() < end, "timed out waiting to kill the run"
+    time.sleep(0.001)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+
+
+def _start(args, workdir, env) -> subprocess.Popen:
+  return subprocess.Popen([sys.executable, "train.py", *args, "--workdir", str(workdir)],
+                          cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+
+
+def _checkpoints(workdir: Path) -> tuple[list[int], list[Path]]:
+  """(complete checkpoint steps, partial save folders) of a run directory."""
+  folder = workdir / "checkpoints"
+  entries = list(folder.iterdir()) if folder.is_dir() else []
+  complete = sorted(int(p.name) for p in entries
+                    if p.name.isdigit() and (p / "commit_success.txt").exists())
+  return complete, [p for p in entries if "tmp" in p.name]
+
+
+@pytest.mark.real
+def test_sigkill_mid_epoch_then_rerun_is_bit_identical(reference, tiny_args, env, tmp_path):
+  workdir = tmp_path / "killed"
+  process = _start(tiny_args, workdir, env)
+  _kill_when(process, lambda: _checkpoints(workdir)[0])  # right after the first checkpoint
+  assert process.returncode == -signal.SIGKILL
+  steps, _ = _checkpoints(workdir)
+  assert not (workdir / "results.json").exists() and steps[-1] < 18
+  done = train_py(tiny_args, workdir, env)
+  assert done.returncode == 0, done.stderr
+  assert "resumed from" in done.stderr
+  assert_same_run(workdir, reference)
+
+
+@pytest.mark.real
+def test_sigkill_during_a_save_leaves_the_previous_checkpoint(reference, tiny_args, env,
+                                                               tmp_path):
+  for attempt in range(5):  # the kill must land inside a save that follows a complete one
+    workdir = tmp_path / f"attempt{attempt}"
+    process = _start(tiny_args, workdir, env)
+    _kill_when(process, lambda: all(_checkpoints(workdir)))
+    complete, partial = _checkpoints(workdir)
+    if partial and complete:
+      break
+  else:
+    pytest.fail("no kill landed inside a save in 5 attempts")
+  done = train_py(tiny_args, workdir, env)
+  assert done.returncode == 0, done.stderr
+  assert f"resumed from {workdir / 'checkpoints' / str(complete[-1])}" in done.stderr
+  assert not _checkpoints(workdir)[1]  # the partial save was removed
+  assert_same_run(workdir, reference)
+
+
+def _tree_digest(folder: Path) -> dict[str, str]:
+  return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+          for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.real
+def test_corrupt_checkpoint_is_named_and_an_older_one_resumes(reference, tiny_args, env,
+                                                               tmp_path):
+  workdir = tmp_path / "corrupt"
+  shutil.copytree(reference, workdir)
+  (workdir / "results.json").unlink()
+  steps, _ = _checkpoints(workdir)
+  for path in (workdir / "checkpoints" / str(steps[-1]) / "state").rglob("*"):
+    if path.is_file() and path.name not in ("_CHECKPOINT_METADATA", "commit_success.txt"):
+      path.write_bytes(path.read_bytes()[:10])  # truncated
+  done = train_py(tiny_args, workdir, env)
+  assert done.returncode == 2
+  assert done.stderr.count("\n") == 1
+  assert f"checkpoint {workdir / 'checkpoints' / str(steps[-1])} cannot be restored" in done.stderr
+  assert f"--config.resume_step={steps[-2]}" in done.stderr
+  done = train_py([*tiny_args, f"--config.resume_step={steps[-2]}"], workdir, env)
+  assert done.returncode == 0, done.stderr
+  assert_same_run(workdir, reference)
+
+
+@pytest.mark.real
+def test_run_directory_of_another_config_is_left_alone(reference, tiny_args, env):
+  before = _tree_digest(reference)
+  done = train_py([*tiny_args, "--config.seed=2"], reference, env)
+  assert done.returncode == 2
+  assert done.stderr.count("\n") == 1
+  assert f"run directory {reference} holds a run of another config (differs in seed)" in done.stderr
+  assert _tree_digest(reference) == before
+
+
+BAD_INPUTS = [
+    (["--config.task=qqp"], "unknown task 'qqp'; valid: rte, mrpc, cola"),
+    (["--config.model=nope"], "unknown model 'nope'; valid: minilm-l6"),
+    (["--config.method=sgd"], "unknown method 'sgd'; valid: bertadam"),
+    (["--config.glue_dir=/no/such/glue"], "cannot read /no/such/glue/RTE/train.tsv"),
+    (["--config.optimizer.clip_norm=0"], "clip_norm (the CWGNC threshold) must be > 0, got 0.0"),
+    (["--config.model=cwgnc-no-such-org/no-such-model"],
+     "model 'cwgnc-no-such-org/no-such-model' is not a local folder and could not be downloaded"),
+]
+
+
+@pytest.mark.real
+@pytest.mark.parametrize("extra, message", BAD_INPUTS)
+def test_bad_input_exits_2_with_one_line(extra, message, tiny_args, env, tmp_path):
+  log_compiles = {**env, "JAX_LOG_COMPILES": "1"}
+  done = train_py([*tiny_args, *extra], tmp_path / "run", log_compiles)
+  assert done.returncode == 2
+  assert done.stderr.startswith("train.py: error: ") and done.stderr.count("\n") == 1
+  assert message in done.stderr
+  assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.real
+def test_unknown_config_and_indivisible_batch_exit_2(tiny_args, env, tmp_path):
+  done = train_py(["--config", "no_such_config"], tmp_path / "run", env)
+  assert done.returncode == 2 and "unknown config 'no_such_config'; valid: " in done.stderr
+  devices = max(2, NUM_DEVICES)
+  cpu_env = {**env, "JAX_PLATFORMS": "cpu", "JAX_LOG_COMPILES": "1",
+             "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+  done = train_py([*tiny_args, f"--config.batch_size={devices + 1}"], tmp_path / "run", cpu_env)
+  assert done.returncode == 2 and done.stderr.count("\n") == 1
+  assert (f"config.batch_size={devices + 1} is not divisible by the {devices} devices"
+          in done.stderr)
+  assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.real
+def test_demo_config_learns_on_real_rte(glue_dir, env, tmp_path):
+  """MiniLM-L6 on 32 real RTE examples, 4 epochs of 2 steps: the training loss falls, and
+  every dev evaluation covers all 277 dev examples."""
+  args = ["--config", "demo", f"--config.glue_dir={glue_dir}", "--config.train_limit=32",
+          "--config.num_epochs=4", "--config.progress=false"]
+  done = train_py(args, tmp_path / "demo", env)
+  assert done.returncode == 0, done.stderr
+  records = [json.loads(line) for line in
+             (tmp_path / "demo" / "metrics.jsonl").read_text().splitlines()]
+  losses = [r["loss"] for r in records if "grad_norm" in r]
+  assert len(losses) == 8
+  assert np.mean(losses[-2:]) < np.mean(losses[:2]) - 0.02, losses  # last vs first epoch
+  results = json.loads((tmp_path / "demo" / "results.json").read_text())
+  assert [e["examples"] for e in results["evaluations"]] == [277] * 4
+  assert results["result"] == "final" and results["score"] == results["evaluations"][-1]["score"]
+  assert results["dev_examples"] == 277
+  assert math.isclose(results["majority_score"], 100 * 146 / 277, rel_tol=1e-9)
