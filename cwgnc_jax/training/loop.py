@@ -16,7 +16,8 @@ The run directory holds ``config.json`` (what the run computes: a run directory 
 resumed with another config), ``metrics.jsonl`` (one line per step, one per evaluation),
 TensorBoard event files in ``tb/``, ``checkpoints/`` and, at the end, ``results.json``.
 ``results.json`` depends only on the config and the seed, except its ``timings`` key (the
-seconds spent, and the sessions the run took when it was interrupted).
+seconds spent, summed over the sessions of an interrupted run up to its last checkpoint, and
+the sessions).
 """
 
 from __future__ import annotations
@@ -282,7 +283,6 @@ def train(run: Run) -> dict[str, Any]:
   config, workdir = run.config, run.workdir
   main = is_main_process()
   log = lambda message: tqdm.write(message, file=sys.stderr) if main else None
-  t_start = time.perf_counter()
   if main:
     workdir.mkdir(parents=True, exist_ok=True)
     if not (workdir / CONFIG_FILE).exists():
@@ -303,6 +303,8 @@ def train(run: Run) -> dict[str, Any]:
   evals: list[dict[str, Any]] = meta["evals"]
   sessions = meta.get("sessions", []) + [{"start_step": step, "devices": run.num_devices,
                                           "mesh": [data_size, fsdp_size]}]
+  # Seconds and examples of the earlier sessions, up to the checkpoint resumed from.
+  before = meta.get("clock", {"train_seconds": 0.0, "eval_seconds": 0.0, "train_examples": 0})
 
   train_step = step_lib.jit_train_step(run.apply, optimizer, mesh, shardings, schedule)
   eval_step = step_lib.jit_eval_step(run.apply, mesh, shardings.params)
@@ -311,6 +313,14 @@ def train(run: Run) -> dict[str, Any]:
   pending: list[tuple[int, dict[str, jax.Array]]] = []
   window: list[float] = []
   eval_seconds = 0.0
+
+  def clock() -> dict[str, float]:
+    """Seconds spent training (compiling and checkpointing included) and evaluating, and
+    examples trained on, over all sessions."""
+    train_seconds = time.perf_counter() - t_train - eval_seconds
+    return {"train_seconds": before["train_seconds"] + train_seconds,
+            "eval_seconds": before["eval_seconds"] + eval_seconds,
+            "train_examples": before["train_examples"] + seen}
 
   def flush_pending():
     for at, values in jax.device_get(pending):
@@ -330,7 +340,7 @@ def train(run: Run) -> dict[str, Any]:
     meta = {"step": step, "epoch": step // steps_per_epoch,
             "epoch_step": step % steps_per_epoch, "evals": evals,
             "best_index": best_index(evals) if config.keep_best and evals else None,
-            "sessions": sessions}
+            "sessions": sessions, "clock": clock()}
     checkpoints.save(step, state, meta, best_params)
 
   progress = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True,
@@ -370,13 +380,12 @@ def train(run: Run) -> dict[str, Any]:
   progress.close()
   metrics_log.close()
   checkpoints.close()
-  train_seconds = time.perf_counter() - t_train - eval_seconds
 
   results = make_results(run, evals, int(state.skipped), step)
-  results["timings"] = {"total_seconds": time.perf_counter() - t_start,
-                        "train_seconds": train_seconds, "eval_seconds": eval_seconds,
-                        "train_examples_per_second": seen / max(train_seconds, 1e-9),
-                        "sessions": sessions}
+  totals = clock()
+  results["timings"] = {**totals, "sessions": sessions,
+                        "train_examples_per_second":
+                            totals["train_examples"] / max(totals["train_seconds"], 1e-9)}
   if main:
     write_json(workdir / "results.json", results)
   return results
