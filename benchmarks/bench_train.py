@@ -79,9 +79,11 @@ def main(argv: list[str]) -> None:
   data_size, fsdp_size = config_lib.mesh_shape(config, run.num_devices)
   mesh = step_lib.make_mesh(data_size, fsdp_size)
   optimizer = optimizers.build_optimizer(config.optimizer, run.total_steps)
-  state, shardings = step_lib.init_state(run.params, optimizer, config.seed, mesh,
-                                         config.fsdp_min_size)
-  train_step = step_lib.jit_train_step(run.apply, optimizer, mesh, shardings)
+  abstract = step_lib.abstract_state(run.params, optimizer, config.seed, mesh,
+                                     config.fsdp_min_size)
+  state = step_lib.init_state(run.params, optimizer, config.seed, abstract)
+  train_step = step_lib.jit_train_step(run.apply, optimizer, mesh,
+                                       step_lib.shardings_of(abstract))
   batches = []
   for batch in batching.train_batches(run.train_data, config.batch_size, seed=config.seed,
                                       epoch=0, layout=config.layout,

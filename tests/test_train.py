@@ -155,8 +155,10 @@ def _tiny_step_inputs():
   opt_config.warmup_fraction = 0.0  # so the first applied update has a learning rate > 0
   optimizer = optimizers.build_optimizer(opt_config, 10)
   mesh = step_lib.make_mesh(1, 1, jax.devices()[:1])
-  state, shardings = step_lib.init_state(params, optimizer, 0, mesh, 2**18)
-  step = step_lib.jit_train_step(bert.apply_fn(rest), optimizer, mesh, shardings)
+  abstract = step_lib.abstract_state(params, optimizer, 0, mesh, 2**18)
+  state = step_lib.init_state(params, optimizer, 0, abstract)
+  step = step_lib.jit_train_step(bert.apply_fn(rest), optimizer, mesh,
+                                 step_lib.shardings_of(abstract))
   rng = np.random.default_rng(0)
   tokens = {"input_ids": rng.integers(1, 100, (4, 16)).astype(np.int32),
            "token_type_ids": np.zeros((4, 16), np.int32),

@@ -256,19 +256,21 @@ def best_index(evals: list[dict[str, Any]]) -> int:
 
 # -- Training. -----------------------------------------------------------------------------
 
-def _restore(run: Run, checkpoints: checkpoint_lib.Checkpointer, state: Any, shardings: Any,
-             log: Callable[[str], None]) -> tuple[Any, dict[str, Any], Any]:
-  """The state, loop metadata and best parameters to continue from (fresh if none)."""
+def _start(run: Run, checkpoints: checkpoint_lib.Checkpointer,
+           optimizer: optax.GradientTransformation, abstract: Any,
+           log: Callable[[str], None]) -> tuple[Any, dict[str, Any], Any]:
+  """The state, loop metadata and best parameters to continue from: the latest checkpoint
+  (or ``resume_step``'s), else the pretrained parameters at step 0."""
   steps = checkpoints.steps()
   resume_step = run.config.resume_step
   if resume_step is None and not steps:
+    state = step_lib.init_state(run.params, optimizer, run.config.seed, abstract)
     return state, {"step": 0, "evals": [], "best_index": None}, None
   if resume_step is not None and resume_step not in steps:
     raise ConfigError(f"config.resume_step={resume_step} has no checkpoint in "
                       f"{checkpoints.directory}; available: {steps}")
   step = steps[-1] if resume_step is None else resume_step
   meta = checkpoints.read_meta(step)
-  abstract = step_lib.abstract_state(shardings, state)
   abstract_best = abstract.params if meta.get("best_index") is not None else None
   restored, best = checkpoints.restore(step, abstract, abstract_best)
   later = checkpoints.delete_after(step)
@@ -294,11 +296,12 @@ def train(run: Run) -> dict[str, Any]:
   optimizer = optimizers.build_optimizer(config.optimizer, total_steps)
   opt = config.optimizer
   schedule = optimizers.linear_warmup_decay(opt.learning_rate, total_steps, opt.warmup_fraction)
-  state, shardings = step_lib.init_state(run.params, optimizer, config.seed, mesh,
-                                         config.fsdp_min_size)
+  abstract = step_lib.abstract_state(run.params, optimizer, config.seed, mesh,
+                                     config.fsdp_min_size)
+  shardings = step_lib.shardings_of(abstract)
   checkpoints = checkpoint_lib.Checkpointer(workdir / "checkpoints",
                                             keep=config.keep_checkpoints)
-  state, meta, best_params = _restore(run, checkpoints, state, shardings, log)
+  state, meta, best_params = _start(run, checkpoints, optimizer, abstract, log)
   step = int(meta["step"])
   evals: list[dict[str, Any]] = meta["evals"]
   sessions = meta.get("sessions", []) + [{"start_step": step, "devices": run.num_devices,

@@ -114,27 +114,38 @@ def put_tree(tree: Any, shardings: Any) -> Any:
 
 # -- The state. ----------------------------------------------------------------------------
 
-def init_state(params: Any, optimizer: optax.GradientTransformation, seed: int, mesh: Mesh,
-               min_size: int) -> tuple[TrainState, Any]:
-  """The step-0 state, placed on the mesh, and its shardings.
-
-  The optimizer state is created inside ``jit`` directly in its sharded layout, so large
-  moments never exist in full on one device.
-  """
+def _state_fn(optimizer: optax.GradientTransformation, seed: int):
   def make(params):
     rng = jax.random.key_data(jax.random.key(seed))
     zero = jnp.zeros([], jnp.int32)
     return TrainState(zero, params, optimizer.init(params), rng, zero)
+  return make
 
-  shardings = tree_shardings(mesh, jax.eval_shape(make, params), min_size)
+
+def abstract_state(params: Any, optimizer: optax.GradientTransformation, seed: int,
+                   mesh: Mesh, min_size: int) -> Any:
+  """The state's ``ShapeDtypeStruct``s, each with its sharding (``tree_shardings``), computed
+  without creating the state: what a checkpoint restores into, and ``init_state`` builds."""
+  shapes = jax.eval_shape(_state_fn(optimizer, seed), params)
+  shardings = tree_shardings(mesh, shapes, min_size)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      shapes, shardings)
+
+
+def shardings_of(abstract: Any) -> Any:
+  return jax.tree.map(lambda x: x.sharding, abstract)
+
+
+def init_state(params: Any, optimizer: optax.GradientTransformation, seed: int,
+               abstract: Any) -> TrainState:
+  """The step-0 state, laid out as ``abstract`` says (``abstract_state``).
+
+  The optimizer state is created inside ``jit`` directly in its sharded layout, so large
+  moments never exist in full on one device.
+  """
+  shardings = shardings_of(abstract)
   params = put_tree(params, shardings.params)
-  return jax.jit(make, out_shardings=shardings)(params), shardings
-
-
-def abstract_state(state_shardings: Any, state_shapes: Any) -> Any:
-  """``ShapeDtypeStruct``s with shardings: what a checkpoint restores into."""
-  return jax.tree.map(lambda s, x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                      state_shardings, state_shapes)
+  return jax.jit(_state_fn(optimizer, seed), out_shardings=shardings)(params)
 
 
 # -- Steps. --------------------------------------------------------------------------------
