@@ -112,7 +112,8 @@ def main(argv: list[str]) -> None:
   peak = max(peak_before, matmul_peak())
 
   report = {
-      "config": config_lib.config_name(args.config), "model": config.model, "layout": config.layout, "batch_size": config.batch_size,
+      "config": config_lib.config_name(args.config), "model": config.model,
+      "layout": config.layout, "batch_size": config.batch_size,
       "devices": run.num_devices, "backend": jax.default_backend(), "steps": len(batches),
       "seconds_per_step": best / len(batches),
       "examples_per_second": examples / best,
@@ -125,8 +126,8 @@ def main(argv: list[str]) -> None:
   print(json.dumps(report, indent=2))
   print(f"{report['examples_per_second']:.1f} examples/s, "
         f"{report['useful_gflops_per_second']:.1f} useful GFLOP/s = "
-        f"{100 * report['fraction_of_peak']:.0f}% of the {report['matmul_peak_gflops_per_second']:.0f}"
-        f" GFLOP/s matmul peak", file=sys.stderr)
+        f"{100 * report['fraction_of_peak']:.0f}% of the "
+        f"{report['matmul_peak_gflops_per_second']:.0f} GFLOP/s matmul peak", file=sys.stderr)
 
 
 if __name__ == "__main__":

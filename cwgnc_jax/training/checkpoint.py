@@ -8,8 +8,9 @@ A checkpoint of step ``s`` is the folder ``<workdir>/checkpoints/<s>/`` with the
 
 orbax writes a checkpoint into ``<s>.orbax-checkpoint-tmp-*`` and renames it to ``<s>`` only
 when complete, so a process killed while saving leaves the previous checkpoints as they were
-(the partial folder is ignored, and removed when the checkpoints are next opened). Saves are synchronous:
-the train step donates its state buffers, which an asynchronous save could still be reading.
+(the partial folder is ignored, and removed when the checkpoints are next opened). Saves are
+synchronous: the train step donates its state buffers, which an asynchronous save could still
+be reading.
 """
 
 from __future__ import annotations
