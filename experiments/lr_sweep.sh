@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Learning-rate sweep of the AdamW baseline (bias-corrected, Table 1's "+ bias correction")
+# on MiniLM-L6, seed 1, 3 epochs, real RTE and CoLA: picks the study's learning rate
+# (docs/results.md). Each run is an ordinary train.py run directory under runs/lr_sweep/;
+# rerunning resumes unfinished runs and skips finished ones.
+#   GLUE_DIR=../shared/glue bash experiments/lr_sweep.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+for task in rte cola; do
+  for lr in 2e-5 5e-5 1e-4 2e-4 4e-4; do
+    dir="runs/lr_sweep/${task}_adamw_lr${lr}_seed1"
+    [[ -f "$dir/results.json" ]] && continue
+    python train.py --config "${task}_adamw" --config.model=minilm-l6 \
+      --config.optimizer.learning_rate="$lr" --config.num_epochs=3 --config.seed=1 \
+      --config.eval_batch_size=64 --config.progress=false --workdir "$dir"
+  done
+done
