@@ -6,12 +6,11 @@
 #   GLUE_DIR=../shared/glue bash experiments/lr_sweep.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-for task in rte cola; do
-  for lr in 2e-5 5e-5 1e-4 2e-4 4e-4; do
-    dir="runs/lr_sweep/${task}_adamw_lr${lr}_seed1"
-    [[ -f "$dir/results.json" ]] && continue
-    python train.py --config "${task}_adamw" --config.model=minilm-l6 \
-      --config.optimizer.learning_rate="$lr" --config.num_epochs=3 --config.seed=1 \
-      --config.eval_batch_size=64 --config.progress=false --workdir "$dir"
-  done
+for run in rte:2e-5 rte:1e-4 cola:1e-4 rte:4e-4 cola:4e-4 cola:2e-5; do
+  task="${run%%:*}" lr="${run##*:}"
+  dir="runs/lr_sweep/${task}_adamw_lr${lr}_seed1"
+  [[ -f "$dir/results.json" ]] && continue
+  python train.py --config "${task}_adamw" --config.model=minilm-l6 \
+    --config.optimizer.learning_rate="$lr" --config.num_epochs=3 --config.seed=1 \
+    --config.eval_batch_size=64 --config.progress=false --workdir "$dir"
 done
