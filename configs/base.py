@@ -38,6 +38,13 @@ def get_config() -> config_dict.ConfigDict:
   config.layout = "packed"
   config.evals_per_epoch = 1
   config.keep_best = False  # True: the result is the best dev evaluation (Mosbach et al.)
+  # Gradual unfreezing (cwgnc_jax/unfreezing.py): 'none', 'gu' or 'gu_restart'. Under GU the
+  # run trains iterations x epochs_per_iteration epochs, and num_epochs must be None.
+  config.unfreezing = config_dict.ConfigDict({
+      "mode": "none",
+      "iterations": config_dict.placeholder(int),  # None: L + 1 (the last one trains all)
+      "epochs_per_iteration": 3,  # Fig. 1
+  })
   # Where it runs and what it saves (may change when a run is resumed).
   config.mesh = config_dict.ConfigDict({"data": -1, "fsdp": 1})  # -1: the remaining devices
   config.fsdp_min_size = 2**18  # parameters with fewer entries are replicated
@@ -48,6 +55,16 @@ def get_config() -> config_dict.ConfigDict:
   config.log_every = 10
   config.progress = True
   config.cache_dir = config_dict.placeholder(str)  # tokenized data; None: ~/.cache/cwgnc_jax
+  return config
+
+
+def gradual_unfreezing(task: str, mode: str) -> config_dict.ConfigDict:
+  """The paper's Fig. 1 setting on ``task``: ``mode`` 'gu' or 'gu_restart' with AdamW with
+  bias correction (the paper's strong Devlin et al. baseline), 3 epochs per iteration and
+  ``L + 1`` iterations (the last trains everything)."""
+  config = table1(task, "adamw")
+  config.num_epochs = None
+  config.unfreezing.mode = mode
   return config
 
 

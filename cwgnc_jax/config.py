@@ -29,7 +29,7 @@ from typing import Any, Sequence
 
 import ml_collections
 
-from cwgnc_jax import optimizers
+from cwgnc_jax import optimizers, unfreezing
 from cwgnc_jax.data import batching, glue
 
 REPO = Path(__file__).resolve().parent.parent
@@ -275,6 +275,26 @@ def _positive_int(config: ml_collections.ConfigDict, key: str, *, zero_ok: bool 
   _require(ok, f"config.{key} must be an int {'>= 0' if zero_ok else '> 0'}, got {value!r}")
 
 
+def _check_unfreezing(config: ml_collections.ConfigDict) -> None:
+  """The epochs of plain fine-tuning (``num_epochs``) or of gradual unfreezing."""
+  gu = config.unfreezing
+  _require(gu.mode in unfreezing.MODES, f"unknown config.unfreezing.mode {gu.mode!r}; valid: "
+           f"{', '.join(unfreezing.MODES)}")
+  if gu.mode == "none":
+    _positive_int(config, "num_epochs")
+    return
+  _require(config.num_epochs is None,
+           f"config.num_epochs must be None under config.unfreezing.mode={gu.mode!r}, which "
+           f"trains unfreezing.iterations x unfreezing.epochs_per_iteration epochs; got "
+           f"{config.num_epochs!r}")
+  for key in ("iterations", "epochs_per_iteration"):
+    value = gu[key]
+    if key == "iterations" and value is None:  # L + 1
+      continue
+    _require(isinstance(value, int) and not isinstance(value, bool) and value > 0,
+             f"config.unfreezing.{key} must be an int > 0, got {value!r}")
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError (one line) on anything a run could not start with.
 
@@ -282,7 +302,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   rate) and that the GLUE folder is readable. Device-dependent checks: ``check_devices``.
   """
   required = ("task", "method", "model", "seed", "batch_size", "eval_batch_size", "num_epochs",
-              "max_length", "layout", "optimizer", "keep_best", "evals_per_epoch", "mesh")
+              "max_length", "layout", "optimizer", "keep_best", "evals_per_epoch", "mesh",
+              "unfreezing")
   missing = [key for key in required if key not in config]
   _require(not missing, f"config lacks the keys {missing}; start from configs/base.py")
   _require(str(config.task).lower() in glue.TASKS,
@@ -294,9 +315,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
            f"unknown dtype {config.dtype!r}; valid: {', '.join(DTYPES)}")
   _require(config.layout in batching.LAYOUTS,
            f"unknown layout {config.layout!r}; valid: {', '.join(batching.LAYOUTS)}")
-  for key in ("batch_size", "eval_batch_size", "num_epochs", "max_length", "evals_per_epoch",
+  for key in ("batch_size", "eval_batch_size", "max_length", "evals_per_epoch",
               "keep_checkpoints", "log_every"):
     _positive_int(config, key)
+  _check_unfreezing(config)
   _positive_int(config, "checkpoint_every", zero_ok=True)
   _require(isinstance(config.seed, int), f"config.seed must be an int, got {config.seed!r}")
   for key in ("train_limit", "resume_step"):

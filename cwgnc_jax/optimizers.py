@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -91,6 +91,53 @@ def scale_by_adam_no_bias_correction(
     return updates, optax.ScaleByAdamState(
         count=optax.safe_increment(state.count), mu=mu, nu=nu
     )
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+class ScaleByAdamPerTensorState(NamedTuple):
+  """Adam's moments with one update count per tensor (``count`` has the params' structure)."""
+  count: Any
+  mu: Any
+  nu: Any
+
+
+def scale_by_adam_per_tensor_count(
+    b1: float = 0.9, b2: float = 0.999, eps: float = 1e-6
+) -> optax.GradientTransformation:
+  """``optax.scale_by_adam`` with a bias-correction count per tensor instead of one per chain.
+
+  For every tensor ``i`` with its own count ``c_i`` (the updates it has had)::
+
+    m_i = b1*m_i + (1-b1)*g_i,  v_i = b2*v_i + (1-b2)*g_i^2,  c_i = c_i + 1
+    u_i = (m_i / (1-b1^c_i)) / (sqrt(v_i / (1-b2^c_i)) + eps)
+
+  While all tensors train from the start, every ``c_i`` equals optax's single count and the
+  updates are ``optax.scale_by_adam``'s (up to float rounding). It exists for gradual
+  unfreezing: a tensor unfrozen later starts with zero moments and count 0, so its bias
+  correction is that of a fresh Adam (a shared count would make its first steps up to
+  ``(1-b1)/sqrt(1-b2)`` = 3.2 times too large, as BertAdam's are), while tensors already
+  training keep theirs.
+  """
+
+  def init_fn(params):
+    return ScaleByAdamPerTensorState(
+        count=jax.tree.map(lambda _: jnp.zeros([], jnp.int32), params),
+        mu=optax.tree_utils.tree_zeros_like(params),
+        nu=optax.tree_utils.tree_zeros_like(params),
+    )
+
+  def update_fn(updates, state, params=None):
+    del params
+    mu = optax.tree_utils.tree_update_moment(updates, state.mu, b1, 1)
+    nu = optax.tree_utils.tree_update_moment_per_elem_norm(updates, state.nu, b2, 2)
+    count = jax.tree.map(optax.safe_increment, state.count)
+    correct = lambda decay: lambda moment, c: optax.tree_utils.tree_bias_correction(
+        moment, decay, c)
+    mu_hat = jax.tree.map(correct(b1), mu, count)
+    nu_hat = jax.tree.map(correct(b2), nu, count)
+    updates = jax.tree.map(lambda m, v: m / (jnp.sqrt(v) + eps), mu_hat, nu_hat)
+    return updates, ScaleByAdamPerTensorState(count=count, mu=mu, nu=nu)
 
   return optax.GradientTransformation(init_fn, update_fn)
 
@@ -229,6 +276,7 @@ def build_optimizer(
     total_steps: int,
     *,
     trainable: Any = None,
+    per_tensor_count: bool = False,
 ) -> optax.GradientTransformation:
   """The optimizer an ``opt_config`` (from :func:`recipe`) describes.
 
@@ -246,6 +294,9 @@ def build_optimizer(
     trainable: optional pytree of bool (or params -> pytree of bool); False leaves are
       frozen: routed through ``optax.partition`` to ``optax.set_to_zero``, so they have no
       optimizer state, no weight decay and a zero update.
+    per_tensor_count: Adam with bias correction counts each tensor's updates on its own
+      (:func:`scale_by_adam_per_tensor_count`; gradual unfreezing) instead of optax's one
+      count for all tensors.
   """
   cfg = opt_config
   _check_config(cfg, total_steps)
@@ -257,7 +308,8 @@ def build_optimizer(
   if cfg.max_grad_norm is not None and cfg.max_grad_norm > 0:
     parts.append(optax.clip_by_global_norm(cfg.max_grad_norm))
   if cfg.bias_correction:
-    parts.append(optax.scale_by_adam(cfg.b1, cfg.b2, cfg.eps))
+    adam = scale_by_adam_per_tensor_count if per_tensor_count else optax.scale_by_adam
+    parts.append(adam(cfg.b1, cfg.b2, cfg.eps))
   else:
     parts.append(scale_by_adam_no_bias_correction(cfg.b1, cfg.b2, cfg.eps))
   exclude = tuple(cfg.decay_exclude)

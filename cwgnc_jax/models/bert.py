@@ -232,8 +232,14 @@ class Encoder(nnx.Module):
     self.layers = nnx.List([Layer(config, linear=linear, dtype=dtype, rngs=rngs)
                             for _ in range(config.num_hidden_layers)])
 
-  def __call__(self, x: jax.Array, mask: jax.Array, rng=None) -> jax.Array:
-    for layer, layer_rng in zip(self.layers, split_rng(rng, len(self.layers))):
+  def __call__(self, x: jax.Array, mask: jax.Array, rng=None,
+               stop_gradient_at: int | None = None) -> jax.Array:
+    """``stop_gradient_at=i``: the hidden state entering layer ``i`` is a constant for autodiff,
+    so no gradient reaches the layers below it or the embeddings, and XLA drops their backward
+    pass (gradual unfreezing trains only layers ``i`` and up)."""
+    for i, (layer, layer_rng) in enumerate(zip(self.layers, split_rng(rng, len(self.layers)))):
+      if i == stop_gradient_at:
+        x = jax.lax.stop_gradient(x)
       x = layer(x, mask, layer_rng)
     return x
 
@@ -266,26 +272,30 @@ class BertForSequenceClassification(nnx.Module):
     self.classifier = linear(hidden, num_labels, kernel_init=_normal(config), dtype=dtype,
                              rngs=rngs)
 
-  def outputs(self, inputs: Mapping[str, jax.Array], *,
-              dropout_rng: jax.Array | None = None) -> BertOutputs:
-    """The last hidden state, the pooled [CLS] states and the logits of a batch."""
+  def outputs(self, inputs: Mapping[str, jax.Array], *, dropout_rng: jax.Array | None = None,
+              stop_gradient_at: int | None = None) -> BertOutputs:
+    """The last hidden state, the pooled [CLS] states and the logits of a batch.
+
+    ``stop_gradient_at``: no gradient flows below encoder layer ``i`` (``Encoder``)."""
     missing = [key for key in INPUT_KEYS if key not in inputs]
     if missing:
       raise KeyError(f"the batch lacks {missing}: the model reads {list(INPUT_KEYS)}")
     rng_embed, rng_encoder, rng_pooler, rng_drop, rng_classifier = split_rng(dropout_rng, 5)
     x = self.embeddings(inputs["input_ids"], inputs["position_ids"], inputs["token_type_ids"],
                         rng_embed)
-    sequence = self.encoder(x, attention_mask(inputs["segment_ids"]), rng_encoder)
+    sequence = self.encoder(x, attention_mask(inputs["segment_ids"]), rng_encoder,
+                            stop_gradient_at)
     cls = sequence.reshape(-1, sequence.shape[-1])[inputs["cls_index"]]
     pooled = jnp.tanh(self.pooler(cls, rng_pooler))
     features = dropout(pooled, self.config.classifier_dropout_rate, rng_drop)
     logits = self.classifier(features, rng_classifier).astype(jnp.float32)
     return BertOutputs(sequence, pooled, logits)
 
-  def __call__(self, inputs: Mapping[str, jax.Array], *,
-               dropout_rng: jax.Array | None = None) -> jax.Array:
+  def __call__(self, inputs: Mapping[str, jax.Array], *, dropout_rng: jax.Array | None = None,
+               stop_gradient_at: int | None = None) -> jax.Array:
     """Logits [B, num_labels], float32. ``dropout_rng`` None: deterministic (evaluation)."""
-    return self.outputs(inputs, dropout_rng=dropout_rng).logits
+    return self.outputs(inputs, dropout_rng=dropout_rng,
+                        stop_gradient_at=stop_gradient_at).logits
 
 
 def split_params(model: nnx.Module) -> tuple[tuple[Any, Any], dict]:
@@ -296,11 +306,14 @@ def split_params(model: nnx.Module) -> tuple[tuple[Any, Any], dict]:
 
 
 def apply_fn(graphdef_and_rest: tuple[Any, Any]) -> Callable[..., jax.Array]:
-  """``fn(params, inputs, dropout_rng=None) -> logits``: the model as a pure function."""
+  """``fn(params, inputs, dropout_rng=None, stop_gradient_at=None) -> logits``: the model as a
+  pure function."""
   graphdef, rest = graphdef_and_rest
 
   def apply(params: dict, inputs: Mapping[str, jax.Array],
-            dropout_rng: jax.Array | None = None) -> jax.Array:
-    return nnx.merge(graphdef, params, rest)(inputs, dropout_rng=dropout_rng)
+            dropout_rng: jax.Array | None = None,
+            stop_gradient_at: int | None = None) -> jax.Array:
+    return nnx.merge(graphdef, params, rest)(inputs, dropout_rng=dropout_rng,
+                                             stop_gradient_at=stop_gradient_at)
 
   return apply

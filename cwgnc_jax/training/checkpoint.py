@@ -4,6 +4,8 @@ A checkpoint of step ``s`` is the folder ``<workdir>/checkpoints/<s>/`` with the
 
   state   the TrainState (parameters, optimizer state, step, RNG key data, skip count)
   best    the parameters of the best evaluation so far (only with ``keep_best``)
+  previous  the parameters at the end of the previous gradual-unfreezing iteration (only
+          from GU's second iteration on: its layer drift is measured against them)
   meta    JSON: the data position (epoch, step in epoch) and the loop's history (evaluations)
 
 orbax writes a checkpoint into ``<s>.orbax-checkpoint-tmp-*`` and renames it to ``<s>`` only
@@ -21,7 +23,7 @@ from typing import Any
 
 import orbax.checkpoint as ocp
 
-STATE, BEST, META = "state", "best", "meta"
+STATE, BEST, META, PREVIOUS = "state", "best", "meta", "previous"
 
 # orbax logs every save at INFO; the run's own log says what matters.
 logging.getLogger("absl").setLevel(logging.WARNING)
@@ -48,13 +50,16 @@ class Checkpointer:
   def path(self, step: int) -> Path:
     return self.directory / str(step)
 
-  def save(self, step: int, state: Any, meta: dict[str, Any], best: Any = None) -> None:
+  def save(self, step: int, state: Any, meta: dict[str, Any], best: Any = None,
+           previous: Any = None) -> None:
     """Saves the checkpoint of ``step`` (complete on return), unless it exists already."""
     if step in self.steps():
       return
     items = {STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(meta)}
     if best is not None:
       items[BEST] = ocp.args.StandardSave(best)
+    if previous is not None:
+      items[PREVIOUS] = ocp.args.StandardSave(previous)
     self._manager.save(step, args=ocp.args.Composite(**items), force=True)
     self._manager.wait_until_finished()
 
@@ -87,6 +92,16 @@ class Checkpointer:
     except Exception as e:  # orbax and tensorstore raise many kinds; all mean "unusable".
       raise self._unusable(step, e) from e
     return restored[STATE], restored[BEST] if abstract_best is not None else None
+
+  def restore_previous(self, step: int, abstract_params: Any) -> Any:
+    """The ``previous`` parameters of the checkpoint of ``step``, laid out as
+    ``abstract_params`` says."""
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(**{
+          PREVIOUS: ocp.args.StandardRestore(abstract_params)}))
+    except Exception as e:  # orbax and tensorstore raise many kinds; all mean "unusable".
+      raise self._unusable(step, e) from e
+    return restored[PREVIOUS]
 
   def delete_after(self, step: int) -> list[int]:
     """Deletes the checkpoints after ``step`` (resuming from an older one); returns them."""

@@ -1,0 +1,212 @@
+"""Gradual unfreezing: stages and masks, frozen tensors untouched and stateless, Adam moments
+carried per tensor, GU restart from the pretrained weights, the backward pass cut below the
+lowest trained layer, whole train.py runs (resumed across iterations), and a real MiniLM run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from cwgnc_jax import optimizers, paths, unfreezing
+from cwgnc_jax.models import bert
+from cwgnc_jax.training import step as step_lib
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def gu_config(mode: str = "gu", iterations=None, epochs: int = 1) -> ml_collections.ConfigDict:
+  opt = optimizers.recipe("cwgnc")
+  opt.warmup_fraction = 0.0  # so every stage's first update has a learning rate > 0
+  opt.learning_rate = 1e-3
+  return ml_collections.ConfigDict({
+      "num_epochs": None if mode != "none" else 2, "optimizer": opt,
+      "unfreezing": {"mode": mode, "iterations": iterations, "epochs_per_iteration": epochs}})
+
+
+def by_path(tree) -> dict:
+  return {paths.path_to_str(p): x for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def state_paths(opt_state) -> list[str]:
+  return [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(opt_state)]
+
+
+# -- Stages. -------------------------------------------------------------------------------
+
+def test_stages_unfreeze_top_down_embeddings_last():
+  stages = unfreezing.stages(gu_config(epochs=3), num_layers_=2, steps_per_epoch=5)
+  assert [(s.index, s.start_step, s.end_step, s.bottom) for s in stages] == [
+      (0, 0, 15, 1), (1, 15, 30, 0), (2, 30, 45, unfreezing.EMBEDDINGS)]
+  assert [s.stop_gradient_at for s in stages] == [1, 0, None]
+  assert [s.trained_layers(2) for s in stages] == [
+      ["head", "encoder/layers/1"], ["head", "encoder/layers/1", "encoder/layers/0"],
+      ["head", "encoder/layers/1", "encoder/layers/0", "embeddings"]]
+  assert unfreezing.num_epochs(gu_config(epochs=3), 2) == 9
+  assert unfreezing.num_epochs(gu_config(iterations=2, epochs=3), 24) == 6
+  assert [unfreezing.stage_at(stages, s).index for s in (0, 1, 15, 16, 30, 45)] == [
+      0, 0, 0, 1, 1, 2]
+  plain = unfreezing.stages(gu_config("none"), 2, 5)
+  assert [(s.start_step, s.end_step, s.bottom, s.stop_gradient_at) for s in plain] == [
+      (0, 10, None, None)]
+
+
+def test_masks_follow_the_layer_stack():
+  _, params = bert.split_params(bert.BertForSequenceClassification(
+      bert.tiny_config(num_hidden_layers=3), 2, rngs=nnx.Rngs(0)))
+  assert unfreezing.num_layers(params) == 3
+  stages = unfreezing.stages(gu_config(), 3, 1)
+  for stage in stages:
+    trained = set(stage.trained_layers(3))
+    for path, flag in by_path(stage.trainable(params)).items():
+      assert flag == (paths.layer_of(path) in trained), (stage.index, path)
+  assert all(jax.tree.leaves(unfreezing.stages(gu_config("none"), 3, 1)[0].trainable(params)))
+
+
+# -- Optimizer state across iterations. ----------------------------------------------------
+
+def test_per_tensor_count_adam_is_optax_adam_and_restarts_bias_correction():
+  params = {"a": jnp.ones((3, 4)), "b": jnp.zeros(5)}
+  ours = optimizers.scale_by_adam_per_tensor_count(0.9, 0.999, 1e-6)
+  theirs = optax.scale_by_adam(0.9, 0.999, 1e-6)
+  s_ours, s_theirs = ours.init(params), theirs.init(params)
+  for i in range(4):
+    grads = jax.tree.map(lambda p: jax.random.normal(jax.random.key(i), p.shape), params)
+    u_ours, s_ours = jax.jit(ours.update)(grads, s_ours)
+    u_theirs, s_theirs = jax.jit(theirs.update)(grads, s_theirs)
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6), u_ours, u_theirs)
+  assert {int(c) for c in jax.tree.leaves(s_ours.count)} == {4}
+  # A tensor whose count restarts at 0 with zero moments takes a fresh Adam's first step,
+  # g / |g| (up to eps), whatever the other tensor's count.
+  s_ours = s_ours._replace(count={"a": s_ours.count["a"], "b": jnp.zeros([], jnp.int32)},
+                           mu={**s_ours.mu, "b": jnp.zeros(5)}, nu={**s_ours.nu, "b": jnp.zeros(5)})
+  grads = {"a": jnp.ones((3, 4)), "b": jnp.array([0.5, -2.0, 1e-2, -1e-2, 3.0])}
+  updates, _ = ours.update(grads, s_ours)
+  np.testing.assert_allclose(updates["b"], np.sign(grads["b"]), rtol=1e-3)
+
+
+def _tiny_setup(num_layers: int = 2):
+  model = bert.BertForSequenceClassification(bert.tiny_config(num_hidden_layers=num_layers), 2,
+                                             rngs=nnx.Rngs(0))
+  rest, params = bert.split_params(model)
+  mesh = step_lib.make_mesh(1, 1, jax.devices()[:1])
+  rng = np.random.default_rng(0)
+  batch = step_lib.put_batch({
+      "input_ids": rng.integers(1, 100, (4, 16)).astype(np.int32),
+      "token_type_ids": np.zeros((4, 16), np.int32),
+      "position_ids": np.tile(np.arange(16, dtype=np.int32), (4, 1)),
+      "segment_ids": np.ones((4, 16), np.int32),
+      "cls_index": np.arange(4, dtype=np.int32) * 16,
+      "labels": np.array([0, 1, 1, 0], np.int32),
+      "example_mask": np.ones(4, np.float32)}, mesh)
+  return bert.apply_fn(rest), params, mesh, batch
+
+
+def _stage_step(config, stage, apply, params, mesh):
+  optimizer = unfreezing.stage_optimizer(config.optimizer, stage)
+  abstract = step_lib.abstract_state(params, optimizer, 0, mesh, 2**18)
+  step = jax.jit(step_lib.train_step_fn(unfreezing.stage_apply(apply, stage), optimizer))
+  return optimizer, abstract, step
+
+
+def test_frozen_tensors_stay_put_without_state_and_moments_carry_over():
+  config = gu_config()
+  apply, pretrained, mesh, batch = _tiny_setup()
+  stages = unfreezing.stages(config, 2, steps_per_epoch=2)
+  optimizer, abstract, step = _stage_step(config, stages[0], apply, pretrained, mesh)
+  state = step_lib.init_state(pretrained, optimizer, 0, abstract)
+  for _ in range(2):
+    state, _ = step(state, batch)
+  trained0 = stages[0].trained_layers(2)
+  frozen_paths = [p for p in by_path(pretrained) if paths.layer_of(p) not in trained0]
+  assert frozen_paths and all(p.startswith(("embeddings", "encoder/layers/0/"))
+                              for p in frozen_paths)
+  after = by_path(jax.device_get(state.params))
+  for path, before in by_path(pretrained).items():
+    changed = not np.array_equal(after[path], before)
+    assert changed == (path not in frozen_paths), path  # frozen: bit-identical
+  # No optimizer state for frozen tensors: no state leaf names one.
+  names = state_paths(state.opt_state)
+  assert not [n for n in names if "'embeddings'" in n or "[0]['attention']" in n
+              or "'encoder/layers/0/" in n or "'embeddings/" in n]
+  assert any("'encoder/layers/1/attention/query/kernel'" in n for n in names)  # clip norms
+  old_adam = state.opt_state.inner_states["trainable"].inner_state[1]
+
+  # Iteration 1: layer 0 unfrozen with zero moments; the rest keeps its moments and counts.
+  optimizer, abstract, step = _stage_step(config, stages[1], apply, pretrained, mesh)
+  state = unfreezing.next_state("gu", state, pretrained, optimizer, abstract, seed=0)
+  adam = state.opt_state.inner_states["trainable"].inner_state[1]
+  schedule_state = state.opt_state.inner_states["trainable"].inner_state[3]
+  assert int(schedule_state.count) == 0  # each iteration has its own schedule
+  for field in ("mu", "nu", "count"):
+    new, old = by_path(getattr(adam, field)), by_path(getattr(old_adam, field))
+    for path, value in new.items():
+      if path.startswith("encoder/layers/0/"):
+        assert not np.any(np.asarray(value)), (field, path)
+      else:
+        np.testing.assert_array_equal(value, old[path])
+    assert set(old) < set(new) and not [p for p in new if p.startswith("embeddings")]
+  assert {int(c) for p, c in by_path(adam.count).items()
+          if not p.startswith("encoder/layers/0/")} == {2}
+  before = by_path(jax.device_get(state.params))
+  state, _ = step(state, batch)
+  adam = state.opt_state.inner_states["trainable"].inner_state[1]
+  counts = by_path(adam.count)
+  assert {int(c) for p, c in counts.items() if p.startswith("encoder/layers/0/")} == {1}
+  assert {int(c) for p, c in counts.items() if not p.startswith("encoder/layers/0/")} == {3}
+  after = by_path(jax.device_get(state.params))
+  for path in before:
+    assert np.array_equal(after[path], before[path]) == path.startswith("embeddings"), path
+
+
+def test_gu_restart_starts_each_iteration_from_the_pretrained_weights():
+  config = gu_config("gu_restart")
+  apply, pretrained, mesh, batch = _tiny_setup()
+  stages = unfreezing.stages(config, 2, steps_per_epoch=2)
+  optimizer, abstract, step = _stage_step(config, stages[0], apply, pretrained, mesh)
+  state = step_lib.init_state(pretrained, optimizer, 0, abstract)
+  for _ in range(2):
+    state, _ = step(state, batch)
+  assert not np.array_equal(state.params["classifier"]["kernel"],
+                            pretrained["classifier"]["kernel"])
+  optimizer, abstract, _ = _stage_step(config, stages[1], apply, pretrained, mesh)
+  state = unfreezing.next_state("gu_restart", state, pretrained, optimizer, abstract, seed=0)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), pretrained)
+  assert not any(np.any(np.asarray(x)) for x in jax.tree.leaves(state.opt_state))
+  assert (int(state.step), int(state.skipped)) == (2, 0)
+
+
+def test_stop_gradient_cuts_the_backward_pass_of_frozen_layers():
+  """The trained tensors' gradients are those of full backprop; frozen ones get exact zeros,
+  and the compiled step does fewer FLOPs (XLA drops the frozen layers' backward pass)."""
+  apply, params, mesh, batch = _tiny_setup(num_layers=4)
+  stage = unfreezing.stages(gu_config(), 4, 1)[0]  # trains layer 3 and the head
+
+  def grads(fn):
+    loss = lambda p: step_lib.masked_mean_cross_entropy(fn(p, batch), batch["labels"],
+                                                        batch["example_mask"])
+    return jax.jit(jax.grad(loss))
+
+  full, cut = grads(apply), grads(unfreezing.stage_apply(apply, stage))
+  full_grads, cut_grads = by_path(full(params)), by_path(cut(params))
+  trained = stage.trained_layers(4)
+  for path, value in cut_grads.items():
+    if paths.layer_of(path) in trained:
+      np.testing.assert_allclose(value, full_grads[path], rtol=1e-5, atol=1e-7)
+    else:
+      assert not np.any(np.asarray(value)) and np.any(np.asarray(full_grads[path])), path
+  flops = lambda fn: fn.lower(params).compile().cost_analysis()["flops"]
+  # Forward (4 layers) + backward of 1 of 4 layers vs forward + backward of all of them.
+  assert flops(cut) < 0.6 * flops(full), (flops(cut), flops(full))
