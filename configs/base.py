@@ -53,6 +53,7 @@ def get_config() -> config_dict.ConfigDict:
   config.keep_checkpoints = 2
   config.resume_step = config_dict.placeholder(int)  # None: the latest checkpoint
   config.log_every = 10
+  config.diagnostics_every = 10  # steps between gradient-norm records (grad_norms.npz); 0: off
   config.progress = True
   config.cache_dir = config_dict.placeholder(str)  # tokenized data; None: ~/.cache/cwgnc_jax
   return config

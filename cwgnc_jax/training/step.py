@@ -27,6 +27,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from cwgnc_jax import clipping, paths
+
 DATA, FSDP = "data", "fsdp"
 BATCH_AXES = (DATA, FSDP)
 
@@ -166,14 +168,15 @@ ApplyFn = Callable[..., jax.Array]  # (params, inputs, dropout_rng=None) -> logi
 
 
 def train_step_fn(apply: ApplyFn, optimizer: optax.GradientTransformation,
-                  schedule: optax.Schedule | None = None
+                  schedule: optax.Schedule | None = None, *, diagnostics: bool = False
                   ) -> Callable[[TrainState, Mapping[str, jax.Array]],
                                 tuple[TrainState, dict[str, jax.Array]]]:
   """The (unjitted) train step ``(state, batch) -> (state, metrics)`` (module docstring).
 
   Metrics: ``loss``, ``grad_norm`` (global L2 norm of the raw gradient), ``finite``,
-  ``examples`` (real examples), and ``learning_rate`` = ``schedule(applied updates)``
-  when a schedule is given.
+  ``examples`` (real examples), ``learning_rate`` = ``schedule(applied updates)``
+  when a schedule is given, and with ``diagnostics`` the per-tensor gradient norms of
+  ``gradient_norms``.
   """
   def step(state: TrainState, batch: Mapping[str, jax.Array]):
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
@@ -197,15 +200,58 @@ def train_step_fn(apply: ApplyFn, optimizer: optax.GradientTransformation,
                "examples": jnp.sum(batch["example_mask"])}
     if schedule is not None:
       metrics["learning_rate"] = jnp.asarray(schedule(state.step - state.skipped), jnp.float32)
+    if diagnostics:
+      metrics.update(gradient_norms(grads, opt_state))
     return new_state, metrics
 
   return step
 
 
+def gradient_norms(grads: Any, opt_state: Any) -> dict[str, jax.Array]:
+  """This step's pre-clip gradient norm of every tensor, and what a component clip did.
+
+  ``tensor_norms``: float32 [N], ``||g_t||_2`` of every gradient tensor ``t`` in leaf order
+  (names: ``gradient_norm_names``). A tensor that is a component of its own in a
+  ``clip_by_component_norm`` (CWGNC) takes the norm the clip computed, read from the new
+  optimizer state (so no second pass over the gradients); others are computed here (the
+  same per-tensor sums of squares as ``grad_norm``'s, which XLA shares).
+  ``component_norms``, ``clipped``: float32 [C] and bool [C], the pre-clip norm of each of
+  the clip's C components and whether it was clipped, by ``str(label)`` order; present only
+  when the optimizer has a component clip. ``opt_state`` is the state ``update`` returned,
+  before a non-finite step is undone, so the values are always this step's.
+  """
+  stats = clipping.component_norm_stats(opt_state)
+  tensor_norms = []
+  for path, grad in jax.tree_util.tree_flatten_with_path(grads)[0]:
+    name = paths.path_to_str(path)
+    if name in stats["norms"]:
+      tensor_norms.append(stats["norms"][name])
+    else:
+      tensor_norms.append(jnp.sqrt(jnp.sum(jnp.square(grad.astype(jnp.float32)))))
+  norms = {"tensor_norms": jnp.stack(tensor_norms)}
+  if stats["norms"]:
+    labels = sorted(stats["norms"], key=str)
+    norms["component_norms"] = jnp.stack([stats["norms"][label] for label in labels])
+    norms["clipped"] = jnp.stack([stats["clipped"][label] for label in labels])
+  return norms
+
+
+def gradient_norm_names(params: Any, opt_state: Any) -> dict[str, list[str]]:
+  """The names of the entries of ``gradient_norms``: tensor paths, and component labels (as
+  strings) under ``component_norms`` when there is a component clip. Works on abstract
+  trees (``abstract_state``)."""
+  names = {"tensor_norms": list(jax.tree.leaves(paths.tree_paths(params)))}
+  labels = clipping.component_norm_stats(opt_state)["norms"]
+  if labels:
+    names["component_norms"] = [str(label) for label in sorted(labels, key=str)]
+  return names
+
+
 def jit_train_step(apply: ApplyFn, optimizer: optax.GradientTransformation, mesh: Mesh,
-                   state_shardings: Any, schedule: optax.Schedule | None = None):
+                   state_shardings: Any, schedule: optax.Schedule | None = None, *,
+                   diagnostics: bool = False):
   """The train step jitted over the mesh; the input state is donated."""
-  return jax.jit(train_step_fn(apply, optimizer, schedule),
+  return jax.jit(train_step_fn(apply, optimizer, schedule, diagnostics=diagnostics),
                  in_shardings=(state_shardings, batch_sharding(mesh)),
                  out_shardings=(state_shardings, replicated(mesh)),
                  donate_argnums=0)

@@ -1,0 +1,232 @@
+"""A config over many seeds in one process, and its summary: ``python -m cwgnc_jax.study``.
+
+  python -m cwgnc_jax.study --config NAME_OR_PATH [--seeds 25 | --seeds 1,2,5]
+      [--config.KEY=VALUE ...] [--out DIR]
+
+``--seeds N`` trains seeds 1..N (default 25, the paper's count); ``--seeds 1,2,5`` those
+seeds. Each seed is an ordinary ``train.py`` run directory ``DIR/<group>/seed_<s>/`` (DIR
+defaults to ``runs/study``); the group is the config name followed by its overrides, e.g.
+``rte_cwgnc__optimizer.clip_norm=0.1`` (operational keys such as ``--config.progress`` or
+``--config.diagnostics_every`` leave it unchanged; ``--config.seed`` is refused: the seeds
+come from ``--seeds``).
+
+The seeds train one after the other and share their jitted steps (``loop.steps_key``), so
+each batch shape is compiled once per process, not once per seed. Run the same command
+again to resume an interrupted study: a seed with ``results.json`` is not rerun, a seed with
+checkpoints resumes from its latest one.
+
+After every seed, ``DIR/<group>/summary.json`` holds the aggregates of the finished seeds
+(SPEC section 3): ``std`` (population, ddof 0), ``mean``, ``max``, ``min`` of the dev score
+(x100), ``failed_percent`` (runs not beating the majority classifier), and one entry per
+seed under ``runs``. Exit status as ``train.py``: 0 done, 2 bad input (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import ml_collections
+import numpy as np
+
+from cwgnc_jax import config as config_lib
+
+ConfigError = config_lib.ConfigError
+
+DEFAULT_SEEDS = 25  # the paper's seeds per Table 1 cell
+DEFAULT_OUT = os.path.join("runs", "study")
+SUMMARY_FILE = "summary.json"
+USAGE = ("usage: python -m cwgnc_jax.study --config NAME_OR_PATH [--seeds N | --seeds S1,S2,...] "
+         "[--config.KEY=VALUE ...] [--out DIR]")
+
+
+# -- The command line. ---------------------------------------------------------------------
+
+def parse_seeds(text: str) -> list[int]:
+  """``'10'`` -> seeds 1..10; ``'1,2,5'`` -> those seeds (distinct ints >= 0)."""
+  try:
+    if "," not in text:
+      count = int(text)
+      if count <= 0:
+        raise ValueError
+      return list(range(1, count + 1))
+    seeds = [int(part) for part in text.split(",")]
+  except ValueError:
+    raise ConfigError(f"--seeds {text}: expected a count > 0 or a comma list of seeds "
+                      "such as 1,2,5") from None
+  if any(seed < 0 for seed in seeds) or len(set(seeds)) != len(seeds):
+    raise ConfigError(f"--seeds {text}: seeds must be distinct ints >= 0")
+  return seeds
+
+
+def parse_args(argv: Sequence[str]) -> tuple[str, list[tuple[str, str]], list[int], Path]:
+  """``(config name or path, [(dotted key, value text)], seeds, output folder)``."""
+  seeds, out, rest = None, None, []
+  args = list(argv)
+  i = 0
+  while i < len(args):
+    flag, has_value, value = args[i].partition("=")
+    if flag in ("--seeds", "--out"):
+      if not has_value:
+        if i + 1 >= len(args) or args[i + 1].startswith("--"):
+          raise ConfigError(f"{flag} needs a value")
+        value = args[i + 1]
+        i += 1
+      if flag == "--seeds":
+        seeds = parse_seeds(value)
+      else:
+        out = value
+    elif flag == "--workdir":
+      raise ConfigError(f"--workdir is not a study flag: runs go to --out DIR; {USAGE}")
+    else:
+      rest.append(args[i])
+    i += 1
+  config_arg, overrides, _ = config_lib.parse_args(rest)
+  if any(key == "seed" for key, _ in overrides):
+    raise ConfigError("--config.seed is not allowed in a study: pass --seeds instead")
+  return (config_arg, overrides, seeds or parse_seeds(str(DEFAULT_SEEDS)),
+          Path(out or DEFAULT_OUT))
+
+
+def _value(config: ml_collections.ConfigDict, dotted: str) -> Any:
+  node = config
+  for part in dotted.split("."):
+    node = node[part]
+  return node
+
+
+def group_overrides(config: ml_collections.ConfigDict,
+                    overrides: Sequence[tuple[str, str]]) -> dict[str, Any]:
+  """The overrides that change what a run computes, by key, with their resolved values
+  (``1e-4`` and ``0.0001`` are one value); operational keys are left out."""
+  keys = sorted({key for key, _ in overrides
+                 if key.split(".")[0] not in config_lib.OPERATIONAL_KEYS})
+  return {key: _value(config, key) for key in keys}
+
+
+def group_name(config_arg: str, values: dict[str, Any]) -> str:
+  """``<config>`` or ``<config>__<key>=<value>__...``, safe as a folder name (characters other
+  than letters, digits and ``._=+-`` become ``-``; a long name is cut and given a hash)."""
+  name = "__".join([config_lib.config_name(config_arg)]
+                   + [f"{key}={value}" for key, value in values.items()])
+  name = re.sub(r"[^A-Za-z0-9._=+-]", "-", name)
+  if len(name) > 150:
+    name = f"{name[:140]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+  return name
+
+
+# -- Aggregates. ---------------------------------------------------------------------------
+
+def aggregate(scores: Sequence[float], failed: Sequence[bool]) -> dict[str, float | None]:
+  """Std (population, ddof 0), mean, max and min of the scores and the failed-run
+  percentage; None for each when there is no score yet."""
+  if not scores:
+    return {"std": None, "mean": None, "max": None, "min": None, "failed_percent": None}
+  values = np.asarray(scores, np.float64)
+  return {"std": float(np.std(values)), "mean": float(np.mean(values)),
+          "max": float(np.max(values)), "min": float(np.min(values)),
+          "failed_percent": 100.0 * float(np.mean(np.asarray(failed, bool)))}
+
+
+def summarize(group: str, config_arg: str, overrides: dict[str, Any],
+              config: ml_collections.ConfigDict, seeds: Sequence[int],
+              results: dict[int, dict[str, Any]]) -> dict[str, Any]:
+  """The summary of a group: what it ran, the aggregates of its finished seeds, and each
+  finished seed's score, failure, skipped steps and seconds (in ``seeds`` order)."""
+  done = [results[seed] for seed in seeds if seed in results]
+  identity = config_lib.run_identity(config)
+  identity.pop("seed")
+  majority = done[0]["majority_score"] if done else None
+  runs = [{"seed": r["seed"], "score": r["score"], "failed": r["failed"],
+           "skipped_steps": r["skipped_steps"],
+           "seconds": r["timings"]["train_seconds"] + r["timings"]["eval_seconds"]}
+          for r in done]
+  return {
+      "group": group, "config_name": config_lib.config_name(config_arg),
+      "overrides": overrides, "task": config.task, "method": config.method,
+      "model": config.model, "metric": done[0]["metric"] if done else None,
+      "majority_score": majority, "seeds": list(seeds), "finished": len(done),
+      **aggregate([r["score"] for r in done], [r["failed"] for r in done]),
+      "failed_runs": sum(r["failed"] for r in done), "runs": runs, "config": identity,
+  }
+
+
+def read_summary(group_dir: str | Path) -> dict[str, Any]:
+  return json.loads((Path(group_dir) / SUMMARY_FILE).read_text())
+
+
+# -- The study. ----------------------------------------------------------------------------
+
+def run_study(config_arg: str, overrides: Sequence[tuple[str, str]], seeds: Sequence[int],
+              out: str | Path) -> dict[str, Any]:
+  """Trains (or resumes, or skips) every seed of the group; returns its summary.
+
+  Every seed's config and run directory are checked before anything trains.
+  """
+  # Imported here: a bad command line fails before JAX loads.
+  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  from cwgnc_jax.training import loop  # pylint: disable=import-outside-toplevel
+
+  config = config_lib.apply_overrides(config_lib.load(config_arg), overrides)
+  config_lib.validate(config)
+  config_lib.check_devices(config, jax.device_count())
+  values = group_overrides(config, overrides)
+  group = group_name(config_arg, values)
+  group_dir = Path(out) / group
+  configs = {}
+  for seed in seeds:
+    configs[seed] = config.copy_and_resolve_references()
+    configs[seed].seed = seed
+    loop.check_run_dir(group_dir / f"seed_{seed}", configs[seed])
+
+  main = loop.is_main_process()
+  results: dict[int, dict[str, Any]] = {}
+  steps_cache: dict[str, Any] = {}
+  progress = tqdm(seeds, desc=group, unit="seed", dynamic_ncols=True, file=sys.stderr,
+                  disable=not (config.progress and main))
+  for seed in progress:
+    workdir = group_dir / f"seed_{seed}"
+    if (workdir / "results.json").is_file():
+      results[seed] = json.loads((workdir / "results.json").read_text())
+    else:
+      try:
+        run = loop.prepare(configs[seed], workdir)
+      except (ValueError, OSError) as e:  # missing files, bad data or weights
+        raise ConfigError(f"seed {seed}: {e}") from e
+      results[seed] = loop.train(run, steps_cache)
+    summary = summarize(group, config_arg, values, config, seeds, results)
+    if main:
+      group_dir.mkdir(parents=True, exist_ok=True)
+      loop.write_json(group_dir / SUMMARY_FILE, summary)
+    progress.set_postfix(mean=f"{summary['mean']:.2f}", std=f"{summary['std']:.2f}",
+                         failed=f"{summary['failed_runs']}/{summary['finished']}")
+  progress.close()
+  return summarize(group, config_arg, values, config, seeds, results)
+
+
+def main(argv: list[str]) -> None:
+  if argv and argv[0] in ("-h", "--help"):
+    print(__doc__.strip())
+    print("configs:", ", ".join(config_lib.available()))
+    return
+  from cwgnc_jax.training import checkpoint  # pylint: disable=import-outside-toplevel
+  try:
+    config_arg, overrides, seeds, out = parse_args(argv)
+    summary = run_study(config_arg, overrides, seeds, out)
+  except (ConfigError, checkpoint.CheckpointError) as e:
+    print(f"cwgnc_jax.study: error: {e}", file=sys.stderr)
+    sys.exit(2)
+  print(json.dumps({k: summary[k] for k in ("group", "finished", "std", "mean", "max", "min",
+                                            "failed_percent")}))
+  print(f"summary: {Path(out) / summary['group'] / SUMMARY_FILE}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+  os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+  main(sys.argv[1:])

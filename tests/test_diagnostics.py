@@ -1,0 +1,201 @@
+"""Diagnostics: per-tensor gradient norms in the train step and grad_norms.npz; layer drift."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from flax import nnx
+
+from cwgnc_jax import config as config_lib
+from cwgnc_jax import diagnostics, optimizers, paths
+from cwgnc_jax.models import bert
+from cwgnc_jax.training import loop
+from cwgnc_jax.training import step as step_lib
+
+
+# -- Gradient norms in the step. ------------------------------------------------------------
+
+def _tiny_batch(mesh):
+  rng = np.random.default_rng(0)
+  return step_lib.put_batch({
+      "input_ids": rng.integers(1, 100, (4, 16)).astype(np.int32),
+      "token_type_ids": np.zeros((4, 16), np.int32),
+      "position_ids": np.tile(np.arange(16, dtype=np.int32), (4, 1)),
+      "segment_ids": np.ones((4, 16), np.int32),
+      "cls_index": np.arange(4, dtype=np.int32) * 16,
+      "labels": np.array([0, 1, 1, 0], np.int32),
+      "example_mask": np.ones(4, np.float32)}, mesh)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  """A 1-layer tiny BERT, a batch, the dropout key of step 0 of seed 0, and the gradient of
+  the step's loss at the initial parameters (computed here, independently of the step)."""
+  model = bert.BertForSequenceClassification(bert.tiny_config(num_hidden_layers=1), 2,
+                                             rngs=nnx.Rngs(0))
+  rest, params = bert.split_params(model)
+  apply = bert.apply_fn(rest)
+  mesh = step_lib.make_mesh(1, 1, jax.devices()[:1])
+  batch = _tiny_batch(mesh)
+  key = jax.random.fold_in(jax.random.key(0), 0)
+
+  def loss_fn(p):
+    logits = apply(p, batch, dropout_rng=key)
+    return step_lib.masked_mean_cross_entropy(logits, batch["labels"], batch["example_mask"])
+
+  grads = jax.jit(jax.grad(loss_fn))(params)
+  norms = {paths.path_to_str(p): float(np.linalg.norm(np.asarray(g, np.float64)))
+           for p, g in jax.tree_util.tree_flatten_with_path(grads)[0]}
+  return {"params": params, "apply": apply, "mesh": mesh, "batch": batch, "norms": norms}
+
+
+def _step_metrics(tiny, opt_config):
+  """The metrics of one jitted step with diagnostics, and the names of the norms."""
+  optimizer = optimizers.build_optimizer(opt_config, 10)
+  abstract = step_lib.abstract_state(tiny["params"], optimizer, 0, tiny["mesh"], 2**18)
+  state = step_lib.init_state(tiny["params"], optimizer, 0, abstract)
+  step = step_lib.jit_train_step(tiny["apply"], optimizer, tiny["mesh"],
+                                 step_lib.shardings_of(abstract), diagnostics=True)
+  names = step_lib.gradient_norm_names(abstract.params, abstract.opt_state)
+  return jax.device_get(step(state, tiny["batch"])[1]), names
+
+
+def _assert_norms(actual, expected: dict[str, float]) -> None:
+  # atol: the key biases' gradient is 0 up to rounding (softmax is shift invariant).
+  np.testing.assert_allclose(actual, list(expected.values()), rtol=2e-5, atol=1e-9)
+
+
+def test_tensor_norms_equal_numpy_norms_of_the_gradient(tiny):
+  metrics, names = _step_metrics(tiny, optimizers.recipe("adamw"))
+  assert names == {"tensor_norms": list(tiny["norms"])}
+  assert "clipped" not in metrics and metrics["tensor_norms"].dtype == np.float32
+  _assert_norms(metrics["tensor_norms"], tiny["norms"])
+  # The global norm is the norm of the per-tensor norms.
+  np.testing.assert_allclose(np.linalg.norm(metrics["tensor_norms"]), metrics["grad_norm"],
+                             rtol=1e-5)
+
+
+def test_cwgnc_norms_come_from_the_clip_and_say_what_was_clipped(tiny):
+  metrics, names = _step_metrics(tiny, optimizers.recipe("cwgnc"))  # c = 0.05 per tensor
+  expected = tiny["norms"]
+  _assert_norms(metrics["tensor_norms"], expected)
+  assert names["component_norms"] == sorted(expected)  # per-tensor components, by label
+  order = [list(expected).index(name) for name in names["component_norms"]]
+  np.testing.assert_array_equal(metrics["component_norms"], metrics["tensor_norms"][order])
+  clipped = np.array([expected[name] + 1e-6 > 0.05 for name in names["component_norms"]])
+  np.testing.assert_array_equal(metrics["clipped"], clipped)
+  assert 0 < clipped.sum() < len(clipped)  # both kinds occur, so the flags are informative
+
+
+def test_layer_components_report_the_joint_norm_of_each_layer(tiny):
+  opt = optimizers.recipe("cwgnc")
+  opt.components, opt.clip_norm = "layer", 0.1
+  metrics, names = _step_metrics(tiny, opt)
+  expected = tiny["norms"]
+  _assert_norms(metrics["tensor_norms"], expected)
+  layers = sorted({paths.layer_of(name) for name in expected})
+  assert names["component_norms"] == layers == ["embeddings", "encoder/layers/0", "head"]
+  joint = np.array([np.sqrt(sum(n**2 for name, n in expected.items()
+                                if paths.layer_of(name) == layer)) for layer in layers])
+  np.testing.assert_allclose(metrics["component_norms"], joint, rtol=2e-5)
+  np.testing.assert_array_equal(metrics["clipped"], joint + 1e-6 > 0.1)
+  assert 0 < metrics["clipped"].sum() < 3, joint
+
+
+# -- grad_norms.npz. -------------------------------------------------------------------------
+
+def _fake_metrics(step: int) -> dict[str, np.ndarray]:
+  return {"loss": np.float32(1.0), "tensor_norms": np.array([step, 2 * step], np.float32),
+          "component_norms": np.array([3.0 * step], np.float32),
+          "clipped": np.array([step % 4 == 0])}
+
+
+def test_gradient_norm_log_keeps_every_kth_step_and_drops_rows_after_a_resume(tmp_path):
+  names = {"tensor_norms": ["a/kernel", "a/bias"], "component_norms": ["a"]}
+  log = diagnostics.GradientNormLog(tmp_path, names, 2, 0, True)
+  for step in range(1, 8):
+    metrics = _fake_metrics(step)
+    log.take(step, metrics)
+    assert set(metrics) == {"loss"}  # the norms never go to metrics.jsonl
+  log.save()
+  stored = diagnostics.read_gradient_norms(tmp_path / diagnostics.GRAD_NORMS_FILE)
+  np.testing.assert_array_equal(stored["step"], [2, 4, 6])
+  assert list(stored["tensor_names"]) == ["a/kernel", "a/bias"]
+  assert list(stored["component_names"]) == ["a"]
+  np.testing.assert_array_equal(stored["tensor_norms"], [[2, 4], [4, 8], [6, 12]])
+  assert stored["tensor_norms"].dtype == np.float32
+  np.testing.assert_array_equal(stored["component_norms"], [[6], [12], [18]])
+  np.testing.assert_array_equal(stored["clipped"], [[False], [True], [False]])
+  # Resumed from a checkpoint at step 5: row 6 goes, steps 6 and 8 are logged again.
+  log = diagnostics.GradientNormLog(tmp_path, names, 2, 5, True)
+  for step in (6, 7, 8):
+    log.take(step, _fake_metrics(step))
+  log.save()
+  stored = diagnostics.read_gradient_norms(tmp_path / diagnostics.GRAD_NORMS_FILE)
+  np.testing.assert_array_equal(stored["step"], [2, 4, 6, 8])
+  np.testing.assert_array_equal(stored["tensor_norms"][:, 0], [2, 4, 6, 8])
+
+
+def test_per_tensor_components_are_not_stored_twice(tmp_path):
+  names = {"tensor_norms": ["a", "b"], "component_norms": ["a", "b"]}
+  log = diagnostics.GradientNormLog(tmp_path, names, 1, 0, True)
+  log.take(1, {"tensor_norms": np.ones(2), "component_norms": np.ones(2),
+               "clipped": np.array([True, False])})
+  log.save()
+  stored = diagnostics.read_gradient_norms(tmp_path / diagnostics.GRAD_NORMS_FILE)
+  assert set(stored) == {"step", "tensor_names", "component_names", "tensor_norms", "clipped"}
+  # Off (K = 0) or on another process: nothing is written.
+  off = diagnostics.GradientNormLog(tmp_path / "off", names, 0, 0, True)
+  off.take(1, {"tensor_norms": np.ones(2)})
+  off.save()
+  assert not (tmp_path / "off").exists()
+
+
+# -- A whole run with diagnostics on and off. ------------------------------------------------
+
+def _tiny_config(tiny_bert_dir: Path, tiny_rte_dir: Path, *overrides: str):
+  args = ["--config", "demo", f"--config.model={tiny_bert_dir}",
+          f"--config.glue_dir={tiny_rte_dir}", "--config.batch_size=8",
+          "--config.eval_batch_size=8", "--config.layout=padded", "--config.num_epochs=2",
+          "--config.progress=false", "--config.optimizer.learning_rate=1e-3", *overrides]
+  return config_lib.from_command_line(args)[0]
+
+
+def _final_params(workdir: Path):
+  steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+  state = ocp.StandardCheckpointer().restore(workdir / "checkpoints" / str(steps[-1]) / "state")
+  return jax.tree.map(np.asarray, state["params"])
+
+
+@pytest.mark.real
+def test_run_with_diagnostics_gives_identical_results_and_params(tiny_bert_dir, tiny_rte_dir,
+                                                                tmp_path):
+  results = {}
+  for every in (0, 3):
+    config = _tiny_config(tiny_bert_dir, tiny_rte_dir, f"--config.diagnostics_every={every}")
+    results[every] = loop.train(loop.prepare(config, tmp_path / f"every{every}"))
+  strip = lambda r: {k: v for k, v in r.items() if k != "timings"}
+  assert strip(results[0]) == strip(results[3])
+  stored_on = json.loads((tmp_path / "every3" / "results.json").read_text())
+  stored_off = json.loads((tmp_path / "every0" / "results.json").read_text())
+  assert strip(stored_on) == strip(stored_off)
+  jax.tree.map(np.testing.assert_array_equal, _final_params(tmp_path / "every3"),
+               _final_params(tmp_path / "every0"))
+  assert ((tmp_path / "every3" / "metrics.jsonl").read_text()
+          == (tmp_path / "every0" / "metrics.jsonl").read_text())
+  assert not (tmp_path / "every0" / diagnostics.GRAD_NORMS_FILE).exists()
+  stored = diagnostics.read_gradient_norms(tmp_path / "every3" / diagnostics.GRAD_NORMS_FILE)
+  np.testing.assert_array_equal(stored["step"], [3, 6])  # 2 epochs of 4 steps
+  assert stored["tensor_norms"].shape == (2, 41) and np.all(stored["tensor_norms"] > 0)
+  assert stored["clipped"].shape == (2, 41)  # demo is CWGNC with per-tensor components
+  # The logged global gradient norm of those steps is the norm of the per-tensor norms.
+  records = [json.loads(line) for line in
+             (tmp_path / "every3" / "metrics.jsonl").read_text().splitlines()]
+  global_norms = {r["step"]: r["grad_norm"] for r in records if "grad_norm" in r}
+  np.testing.assert_allclose(np.linalg.norm(stored["tensor_norms"], axis=1),
+                             [global_norms[3], global_norms[6]], rtol=1e-5)

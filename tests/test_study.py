@@ -1,0 +1,194 @@
+"""The many-seed study: command line, group names, aggregates, shared compilation, resume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from cwgnc_jax import config as config_lib
+from cwgnc_jax import study
+from cwgnc_jax.training import loop
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+# -- Command line and names. ---------------------------------------------------------------
+
+def test_seeds_are_a_count_or_a_list():
+  assert study.parse_seeds("3") == [1, 2, 3]
+  assert study.parse_seeds("1,2,5") == [1, 2, 5]
+  assert study.parse_seeds("0,42") == [0, 42]
+  for bad in ("0", "-2", "1,1", "a", "1,,2", "1,-3"):
+    with pytest.raises(config_lib.ConfigError, match="--seeds"):
+      study.parse_seeds(bad)
+
+
+def test_parse_args():
+  config, overrides, seeds, out = study.parse_args(
+      ["--config", "rte_cwgnc", "--seeds", "2", "--config.optimizer.clip_norm=0.1",
+       "--out=/tmp/x"])
+  assert (config, overrides, seeds, out) == (
+      "rte_cwgnc", [("optimizer.clip_norm", "0.1")], [1, 2], Path("/tmp/x"))
+  assert study.parse_args(["--config", "rte_adamw"])[2] == list(range(1, 26))  # the paper's 25
+  for argv, message in ((["--config", "rte_adamw", "--config.seed=3"], "--seeds instead"),
+                        (["--config", "rte_adamw", "--workdir", "x"], "--out DIR"),
+                        (["--config", "rte_adamw", "--seeds"], "--seeds needs a value"),
+                        (["--seeds", "3"], "--config is required")):
+    with pytest.raises(config_lib.ConfigError, match=message):
+      study.parse_args(argv)
+
+
+def test_group_names_hold_the_overrides_that_change_the_computation():
+  config = config_lib.apply_overrides(
+      config_lib.load("rte_cwgnc"),
+      [("optimizer.learning_rate", "1e-4"), ("progress", "false"), ("model", "/a b/c"),
+       ("diagnostics_every", "0"), ("optimizer.clip_norm", "0.1")])
+  values = study.group_overrides(config, [("optimizer.learning_rate", "1e-4"),
+                                          ("progress", "false"), ("model", "/a b/c"),
+                                          ("diagnostics_every", "0"),
+                                          ("optimizer.clip_norm", "0.1")])
+  assert values == {"model": "/a b/c", "optimizer.clip_norm": 0.1,
+                    "optimizer.learning_rate": 0.0001}
+  assert study.group_name("rte_cwgnc", values) == (
+      "rte_cwgnc__model=-a-b-c__optimizer.clip_norm=0.1__optimizer.learning_rate=0.0001")
+  assert study.group_name("configs/rte_adamw.py", {}) == "rte_adamw"
+  long = study.group_name("rte_adamw", {"model": "x" * 300})
+  assert len(long) == 149 and long.startswith("rte_adamw__model=xxx")
+
+
+def test_aggregates_match_numpy():
+  scores = [70.1, 52.3, 66.0, 71.5, 49.9]
+  failed = [False, True, False, False, True]
+  stats = study.aggregate(scores, failed)
+  assert stats["std"] == pytest.approx(np.std(scores, ddof=0), rel=1e-12)
+  assert stats["mean"] == pytest.approx(np.mean(scores), rel=1e-12)
+  assert (stats["max"], stats["min"], stats["failed_percent"]) == (71.5, 49.9, 40.0)
+  assert study.aggregate([], [])["mean"] is None
+
+
+# -- Whole studies. ------------------------------------------------------------------------
+
+def _tiny_overrides(tiny_bert_dir: Path, tiny_rte_dir: Path) -> list[tuple[str, str]]:
+  return [("model", str(tiny_bert_dir)), ("glue_dir", str(tiny_rte_dir)), ("batch_size", "8"),
+          ("eval_batch_size", "8"), ("layout", "padded"), ("num_epochs", "2"),
+          ("progress", "false"), ("optimizer.learning_rate", "1e-3"),
+          ("diagnostics_every", "2")]
+
+
+@pytest.fixture()
+def count_compiles(monkeypatch):
+  """Records, per seed, how many XLA compilations its ``loop.train`` call triggered."""
+  counts: dict[int, int] = {}
+  active: list[int] = []
+
+  def listener(event, duration, **kwargs):
+    del duration, kwargs
+    if event == "/jax/core/compile/backend_compile_duration" and active:
+      counts[active[-1]] = counts.get(active[-1], 0) + 1
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  train = loop.train
+
+  def counting_train(run, steps_cache=None):
+    active.append(run.config.seed)
+    try:
+      return train(run, steps_cache)
+    finally:
+      active.pop()
+
+  monkeypatch.setattr(loop, "train", counting_train)
+  yield counts
+  active.append(-1)  # the listener cannot be removed; park it
+
+
+@pytest.mark.real
+def test_study_shares_compiled_steps_summarizes_and_resumes(tiny_bert_dir, tiny_rte_dir,
+                                                            tmp_path, count_compiles):
+  overrides = _tiny_overrides(tiny_bert_dir, tiny_rte_dir)
+  summary = study.run_study("demo", overrides, [3, 1], tmp_path)
+  group = tmp_path / summary["group"]
+  assert summary["group"].startswith("demo__batch_size=8__")
+  # The second seed compiles neither the train nor the eval step again.
+  assert count_compiles[3] >= count_compiles[1] + 2, count_compiles
+
+  results = {s: json.loads((group / f"seed_{s}" / "results.json").read_text()) for s in (3, 1)}
+  scores = [results[s]["score"] for s in (3, 1)]
+  assert results[3]["seed"] == 3 and results[3]["steps"] == 8
+  assert scores[0] != scores[1] or results[3]["evaluations"] != results[1]["evaluations"]
+  stored = study.read_summary(group)
+  assert stored == json.loads(json.dumps(summary))
+  assert stored["seeds"] == [3, 1] and stored["finished"] == 2
+  assert stored["std"] == pytest.approx(np.std(scores)) and stored["mean"] == np.mean(scores)
+  assert (stored["max"], stored["min"]) == (max(scores), min(scores))
+  failed = [results[s]["failed"] for s in (3, 1)]
+  assert stored["failed_percent"] == 50.0 * sum(failed)
+  assert [r["seed"] for r in stored["runs"]] == [3, 1]
+  assert [r["score"] for r in stored["runs"]] == scores
+  assert stored["config"]["optimizer"]["learning_rate"] == 1e-3 and "seed" not in stored["config"]
+  assert (group / "seed_3" / "grad_norms.npz").is_file()
+
+  # Interrupted: seed 1 lost its results (its checkpoints remain), seed 7 never started.
+  (group / "seed_1" / "results.json").unlink()
+  count_compiles.clear()
+  again = study.run_study("demo", overrides, [3, 1, 7], tmp_path)
+  assert 3 not in count_compiles  # finished: read, not rerun
+  resumed = json.loads((group / "seed_1" / "results.json").read_text())
+  assert resumed["timings"]["sessions"][-1]["start_step"] == 8  # from its last checkpoint
+  strip = lambda r: {k: v for k, v in r.items() if k != "timings"}
+  assert strip(resumed) == strip(results[1])
+  assert again["finished"] == 3 and [r["seed"] for r in again["runs"]] == [3, 1, 7]
+  assert [r["score"] for r in again["runs"][:2]] == scores
+
+  # Another config in the same group folder is refused before anything trains.
+  (group / "seed_9").mkdir()
+  shutil.copy(group / "seed_1" / "config.json", group / "seed_9" / "config.json")
+  with pytest.raises(config_lib.ConfigError, match="seed_9 holds a run of another config"):
+    study.run_study("demo", overrides, [9], tmp_path)
+
+
+def test_bad_command_line_exits_2_in_one_line(tmp_path):
+  done = subprocess.run([sys.executable, "-m", "cwgnc_jax.study", "--config", "rte_adamw",
+                         "--seeds", "1,1", "--out", str(tmp_path)], cwd=REPO,
+                        capture_output=True, text=True, timeout=120)
+  assert done.returncode == 2
+  assert done.stderr.strip() == ("cwgnc_jax.study: error: --seeds 1,1: seeds must be distinct "
+                                 "ints >= 0")
+  assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.real
+def test_two_seed_study_of_minilm_on_real_rte(glue_dir, minilm_dir, tmp_path):
+  """2 seeds of the demo config (MiniLM-L6, CWGNC) on the first 32 real RTE train examples,
+  evaluated on the first 64 real dev examples (one eval batch: a short test)."""
+  del minilm_dir  # the demo config loads it by name
+  subset = tmp_path / "glue"
+  (subset / "RTE").mkdir(parents=True)
+  (subset / "RTE" / "train.tsv").symlink_to(glue_dir / "RTE" / "train.tsv")
+  dev = (glue_dir / "RTE" / "dev.tsv").read_text(encoding="utf-8").splitlines(True)
+  (subset / "RTE" / "dev.tsv").write_text("".join(dev[:65]), encoding="utf-8")
+  summary = study.run_study(
+      "demo", [("glue_dir", str(subset)), ("train_limit", "32"), ("num_epochs", "1"),
+               ("progress", "false")], [1, 2], tmp_path / "runs")
+  assert summary["group"] == (
+      f"demo__glue_dir={str(subset).replace('/', '-')}__num_epochs=1__train_limit=32")
+  assert summary["finished"] == 2 and summary["metric"] == "accuracy"
+  labels = [line.rstrip("\n").split("\t")[-1] for line in dev[1:65]]
+  majority = 100 * max(labels.count("entailment"), labels.count("not_entailment")) / 64
+  assert summary["majority_score"] in (majority, 100 - majority)
+  for run in summary["runs"]:
+    results = json.loads((tmp_path / "runs" / summary["group"] / f"seed_{run['seed']}" /
+                          "results.json").read_text())
+    assert results["dev_examples"] == 64 and results["steps"] == 2
+    assert results["train_examples"] == 32 and results["model"] == "minilm-l6"
+    assert run["score"] == results["score"] and 0 <= run["score"] <= 100
+    assert run["failed"] == (run["score"] <= summary["majority_score"])
+  scores = [run["score"] for run in summary["runs"]]
+  assert summary["std"] == pytest.approx(np.std(scores))
+  assert summary["mean"] == pytest.approx(np.mean(scores))
