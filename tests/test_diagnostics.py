@@ -1,4 +1,5 @@
-"""Diagnostics: per-tensor gradient norms in the train step and grad_norms.npz; layer drift."""
+"""Diagnostics: layer drift; per-tensor gradient norms in the train step and grad_norms.npz;
+both in a real run."""
 
 from __future__ import annotations
 
@@ -16,6 +17,54 @@ from cwgnc_jax import diagnostics, optimizers, paths
 from cwgnc_jax.models import bert
 from cwgnc_jax.training import loop
 from cwgnc_jax.training import step as step_lib
+
+
+# -- Layer drift. ---------------------------------------------------------------------------
+
+def _drift_trees():
+  """Two parameter trees with hand-computable RMS differences and cosines."""
+  a = {"embeddings": {"word": {"embedding": np.eye(2, dtype=np.float32)}},
+       "encoder": {"layers": {"0": {"x": np.array([1.0, 2.0, 3.0, 4.0], np.float32),
+                                    "y": np.array([2.0, 0.0], np.float32)}}},
+       "pooler": {"bias": np.zeros(3, np.float32)},
+       "classifier": {"kernel": np.array([[1.0, 1.0]], np.float32)}}
+  b = {"embeddings": {"word": {"embedding": np.eye(2, dtype=np.float32)}},
+       "encoder": {"layers": {"0": {"x": np.array([1.0, 2.0, 3.0, 5.0], np.float32),
+                                    "y": np.array([0.0, 2.0], np.float32)}}},
+       "pooler": {"bias": np.zeros(3, np.float32)},
+       "classifier": {"kernel": np.array([[-1.0, -1.0]], np.float32)}}
+  return a, b
+
+
+def test_component_drift_values():
+  drift = diagnostics.component_drift(*_drift_trees())
+  assert drift["embeddings/word/embedding"] == {"rms": 0.0, "cos": pytest.approx(1.0)}
+  x = drift["encoder/layers/0/x"]
+  assert x["rms"] == pytest.approx(0.5)  # sqrt(mean([0, 0, 0, 1]))
+  assert x["cos"] == pytest.approx(34 / np.sqrt(30 * 39))
+  assert drift["encoder/layers/0/y"] == {"rms": 2.0, "cos": 0.0}
+  assert drift["pooler/bias"] == {"rms": 0.0, "cos": 1.0}  # both zero: equal, cosine 1
+  assert drift["classifier/kernel"] == {"rms": 2.0, "cos": pytest.approx(-1.0)}
+
+
+def test_layer_drift_takes_the_max_rms_and_min_cosine_per_layer():
+  drift = diagnostics.layer_drift(*_drift_trees())
+  assert drift == {"embeddings": {"max_rms": 0.0, "min_cos": pytest.approx(1.0)},
+                   "encoder/layers/0": {"max_rms": 2.0, "min_cos": 0.0},
+                   "head": {"max_rms": 2.0, "min_cos": pytest.approx(-1.0)}}
+  a, _ = _drift_trees()
+  assert all(d == {"max_rms": 0.0, "min_cos": pytest.approx(1.0)}
+             for d in diagnostics.layer_drift(a, a).values())
+
+
+def test_drift_of_mismatched_trees_names_the_tensor():
+  a, b = _drift_trees()
+  b["encoder"]["layers"]["0"]["x"] = np.zeros(3, np.float32)
+  with pytest.raises(ValueError, match="encoder/layers/0/x has shape"):
+    diagnostics.layer_drift(a, b)
+  del b["encoder"]["layers"]["0"]["x"]
+  with pytest.raises(ValueError, match="encoder/layers/0/x"):
+    diagnostics.layer_drift(a, b)
 
 
 # -- Gradient norms in the step. ------------------------------------------------------------
@@ -193,6 +242,17 @@ def test_run_with_diagnostics_gives_identical_results_and_params(tiny_bert_dir, 
   np.testing.assert_array_equal(stored["step"], [3, 6])  # 2 epochs of 4 steps
   assert stored["tensor_norms"].shape == (2, 41) and np.all(stored["tensor_norms"] > 0)
   assert stored["clipped"].shape == (2, 41)  # demo is CWGNC with per-tensor components
+  # Every evaluation records each layer's drift from the pretrained parameters.
+  evals = results[3]["evaluations"]
+  assert [e["step"] for e in evals] == [4, 8]
+  assert set(evals[0]["drift"]) == {"embeddings", "encoder/layers/0", "encoder/layers/1", "head"}
+  pretrained = loop.prepare(_tiny_config(tiny_bert_dir, tiny_rte_dir), tmp_path / "x").params
+  expected = diagnostics.layer_drift(_final_params(tmp_path / "every3"), pretrained)
+  for layer, values in expected.items():
+    assert evals[-1]["drift"][layer] == pytest.approx(values, rel=1e-12)
+  assert all(0 < d["max_rms"] and d["min_cos"] < 1 for d in expected.values())
+  assert all(evals[1]["drift"][layer]["max_rms"] > evals[0]["drift"][layer]["max_rms"]
+             for layer in expected)  # moving further away as training goes on
   # The logged global gradient norm of those steps is the norm of the per-tensor norms.
   records = [json.loads(line) for line in
              (tmp_path / "every3" / "metrics.jsonl").read_text().splitlines()]

@@ -8,13 +8,18 @@ anything is compiled or written. ``train(run)`` then trains for ``num_epochs`` e
     skipped, counted and reported;
   * a dev evaluation ``evals_per_epoch`` times per epoch, always at each epoch's end; the
     result is the last evaluation (the final model) or, with ``keep_best``, the best one;
+    each evaluation also records every layer's drift from the pretrained parameters
+    (``drift_from_pretrained``);
+  * every ``diagnostics_every`` steps, the gradient norm of every tensor (and what a CWGNC
+    clip did), computed inside the step, to ``grad_norms.npz`` (``diagnostics.py``);
   * a checkpoint every ``checkpoint_every`` steps and after every evaluation; a run that
     finds checkpoints in its directory resumes from the latest (or ``resume_step``) and
     ends exactly as an uninterrupted run would.
 
 The run directory holds ``config.json`` (what the run computes: a run directory is never
 resumed with another config), ``metrics.jsonl`` (one line per step, one per evaluation),
-TensorBoard event files in ``tb/``, ``checkpoints/`` and, at the end, ``results.json``.
+TensorBoard event files in ``tb/``, ``checkpoints/``, ``grad_norms.npz`` and, at the end,
+``results.json``.
 ``results.json`` depends only on the config and the seed, except its ``timings`` key (the
 seconds spent, summed over the sessions of an interrupted run up to its last checkpoint, and
 the sessions).
@@ -246,6 +251,16 @@ def evaluate(eval_step: Callable, params: Any, run: Run, mesh: jax.sharding.Mesh
           "loss": mean_cross_entropy(logits, labels), "examples": int(len(labels))}
 
 
+def drift_from_pretrained(params: Any, run: Run) -> dict[str, dict[str, float]] | None:
+  """Per layer, the maximum RMS difference and minimum cosine similarity of its tensors
+  against the run's initial parameters (pretrained; the fresh classifier at its seed's
+  initialisation): ``diagnostics.layer_drift``, the data of the paper's Figs. 2a, 4 and 5.
+  None when the parameters are split over several processes (no host sees all of them)."""
+  if not all(x.is_fully_addressable for x in jax.tree.leaves(params)):
+    return None
+  return diagnostics.layer_drift(params, run.params)
+
+
 def mean_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
   """``mean(logsumexp(logits) - logits[label])`` in float64 on the host."""
   logits = logits.astype(np.float64)
@@ -407,7 +422,8 @@ def train(run: Run, steps_cache: dict[str, Any] | None = None) -> dict[str, Any]
         flush_pending()
         t_eval = time.perf_counter()
         result = {"step": step, "epoch": step / steps_per_epoch,
-                  **evaluate(eval_step, state.params, run, mesh)}
+                  **evaluate(eval_step, state.params, run, mesh),
+                  "drift": drift_from_pretrained(state.params, run)}
         eval_seconds += time.perf_counter() - t_eval
         evals.append(result)
         metrics_log.write(result, "eval")
