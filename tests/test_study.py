@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from cwgnc_jax import config as config_lib
-from cwgnc_jax import study
+from cwgnc_jax import report, study
 from cwgnc_jax.training import loop
 
 REPO = Path(__file__).resolve().parent.parent
@@ -166,7 +166,7 @@ def test_bad_command_line_exits_2_in_one_line(tmp_path):
 @pytest.mark.real
 def test_two_seed_study_of_minilm_on_real_rte(glue_dir, minilm_dir, tmp_path):
   """2 seeds of the demo config (MiniLM-L6, CWGNC) on the first 32 real RTE train examples,
-  evaluated on the first 64 real dev examples (one eval batch: a short test)."""
+  evaluated on the first 64 real dev examples (one eval batch: a short test); its report."""
   del minilm_dir  # the demo config loads it by name
   subset = tmp_path / "glue"
   (subset / "RTE").mkdir(parents=True)
@@ -192,3 +192,9 @@ def test_two_seed_study_of_minilm_on_real_rte(glue_dir, minilm_dir, tmp_path):
   scores = [run["score"] for run in summary["runs"]]
   assert summary["std"] == pytest.approx(np.std(scores))
   assert summary["mean"] == pytest.approx(np.mean(scores))
+  # The report's Table 1 holds the study's numbers; its figures come from the runs' files.
+  text = report.write_report([tmp_path / "runs"], tmp_path / "report").read_text()
+  assert f"| CWGNC (c = 0.05) | {report.cell(summary)} |" in text
+  assert report.cell(summary).endswith("% failed, n=2)")
+  for name in ("scores.png", "drift_by_method.png"):
+    assert f"![{name}]({name})" in text and (tmp_path / "report" / name).is_file()

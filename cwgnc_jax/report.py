@@ -1,0 +1,581 @@
+"""Tables and figures of stability studies: ``python -m cwgnc_jax.report RUN_DIR ...``.
+
+  python -m cwgnc_jax.report RUN_DIR [RUN_DIR ...] [--out DIR]
+
+Each RUN_DIR is a study folder (``--out`` of ``cwgnc_jax.study``: one group folder per config,
+each with ``summary.json`` and ``seed_<s>/`` run directories) or a single group folder. One
+RUN_DIR is one setting (model, learning rates, epochs): it gets its own tables. Writes
+``report.md`` and PNG figures to ``--out`` (default: the first RUN_DIR):
+
+  * Table 1 (the paper's layout): rows are methods, columns tasks, each cell
+    ``Std / Mean / Max`` of the dev score (x100) over seeds, with the failed-run percentage and
+    the number of seeds. CWGNC rows name their threshold; groups that would share a cell
+    (e.g. two learning rates of one method) get their differing overrides in the row name.
+  * Table 2 (the paper's layout): CWGNC's threshold sweep on a task, one row per threshold,
+    when a RUN_DIR holds CWGNC groups of at least two thresholds on that task.
+  * ``scores.png``: every seed's score and each group's mean +- std against the majority
+    classifier (the spread Table 1 summarizes).
+  * ``fig1_gradual_unfreezing.png``: dev score after each GU iteration (mean +- std over
+    seeds) for GU and GU restart, and full fine-tuning with the same optimizer (Fig. 1);
+    needs groups trained with ``unfreezing.mode`` 'gu' / 'gu_restart' (their results.json
+    ``unfreezing.iterations``).
+  * ``fig2_4_5_gu_drift.png``: per layer, the maximum RMS difference and the minimum cosine
+    similarity against the pretrained model and the previous iteration, for the first 4 GU
+    iterations (Figs. 2, 4, 5); same data source.
+  * ``drift_by_method.png``: the same two quantities per layer at the end of training, for
+    every Table 1 group (mean +- std over seeds), from each evaluation's ``drift``.
+  * ``fig3_gradient_norms.png``: the pre-clip gradient norm of every tensor of one encoder
+    layer (the second from the top, as the paper's layer 22 of 24) over training, in a
+    failed run and a successful run of one group (``grad_norms.npz``).
+
+A figure without data is skipped, and ``report.md`` says why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from cwgnc_jax import diagnostics, paths
+
+SUMMARY_FILE = "summary.json"  # as cwgnc_jax.study writes it
+TASK_ORDER = ("rte", "mrpc", "cola")
+TASK_NAMES = {"rte": "RTE", "mrpc": "MRPC", "cola": "CoLA"}
+METRIC_NAMES = {"accuracy": "accuracy", "f1": "F1", "mcc": "MCC"}
+METHOD_ORDER = ("bertadam", "adamw", "mixout", "mosbach", "cwgnc", "cwgnc_released")
+METHOD_NAMES = {"bertadam": "Devlin et al. (BertAdam)", "adamw": "+ bias correction (AdamW)",
+                "mixout": "Lee et al. (Mixout)", "mosbach": "Mosbach et al.", "cwgnc": "CWGNC",
+                "cwgnc_released": "CWGNC (released code)"}
+GU_NAMES = {"gu": "GU", "gu_restart": "GU (restart)"}
+# Overrides that say where the data is, not what is computed: never part of a row name.
+_LOCATION_KEYS = ("glue_dir", "cache_dir", "task")
+
+
+# -- Loading. ------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Group:
+  """A group folder: its summary and (on demand) its seeds' results and gradient norms."""
+  path: Path
+  summary: dict[str, Any]
+  label: str = ""
+
+  @property
+  def task(self) -> str:
+    return self.summary["task"]
+
+  @property
+  def method(self) -> str:
+    return self.summary["method"]
+
+  @property
+  def config(self) -> dict[str, Any]:
+    return self.summary["config"]
+
+  @property
+  def unfreezing(self) -> str:
+    return self.config.get("unfreezing", {}).get("mode", "none")
+
+  @property
+  def clip_norm(self) -> float | None:
+    return self.config["optimizer"].get("clip_norm")
+
+  def seed_dir(self, seed: int) -> Path:
+    return self.path / f"seed_{seed}"
+
+  def results(self) -> dict[int, dict[str, Any]]:
+    """The results.json of every finished seed, by seed."""
+    found = {}
+    for run in self.summary["runs"]:
+      path = self.seed_dir(run["seed"]) / "results.json"
+      if path.is_file():
+        found[run["seed"]] = json.loads(path.read_text())
+    return found
+
+
+def find_groups(run_dir: str | Path) -> list[Group]:
+  """The group folders (holding summary.json) at or below ``run_dir``, by path."""
+  run_dir = Path(run_dir)
+  if not run_dir.is_dir():
+    raise FileNotFoundError(f"{run_dir} is not a folder")
+  found = sorted({p.parent for p in run_dir.rglob(SUMMARY_FILE)})
+  return [Group(path, json.loads((path / SUMMARY_FILE).read_text())) for path in found]
+
+
+def _base_label(group: Group) -> str:
+  label = METHOD_NAMES.get(group.method, group.method)
+  if group.unfreezing != "none":
+    label = f"{GU_NAMES.get(group.unfreezing, group.unfreezing)}, {label}"
+  if group.clip_norm is not None and group.method.startswith("cwgnc"):
+    label = f"{label} (c = {group.clip_norm:g})"
+  return label
+
+
+def _row_order(group: Group) -> tuple:
+  method = METHOD_ORDER.index(group.method) if group.method in METHOD_ORDER else len(METHOD_ORDER)
+  return (group.unfreezing != "none", group.unfreezing, method, group.clip_norm or 0.0,
+          group.config["optimizer"]["learning_rate"], group.config.get("num_epochs") or 0,
+          group.label)
+
+
+def _config_value(config: dict[str, Any], dotted: str) -> Any:
+  for part in dotted.split("."):
+    config = config.get(part) if isinstance(config, dict) else None
+  return config
+
+
+def label_groups(groups: Sequence[Group]) -> None:
+  """Sets each group's row name: its method (GU mode, CWGNC threshold), and, when two groups
+  of one task would share that name, the config values in which the groups of that name
+  differ (on every task, so that the rows stay aligned across tasks)."""
+  by_label: dict[str, list[Group]] = {}
+  for group in groups:
+    group.label = _base_label(group)
+    by_label.setdefault(group.label, []).append(group)
+  for label, members in by_label.items():
+    tasks = [g.task for g in members]
+    if len(set(tasks)) == len(tasks):
+      continue
+    keys = sorted({key for g in members for key in g.summary["overrides"]}
+                  - set(_LOCATION_KEYS))
+    differing = [key for key in keys
+                 if len({json.dumps(_config_value(g.config, key)) for g in members}) > 1]
+    for g in members:
+      values = ", ".join(f"{key}={_config_value(g.config, key)}" for key in differing)
+      g.label = f"{label} [{values}]"
+
+
+# -- Tables. -------------------------------------------------------------------------------
+
+def _tasks(groups: Sequence[Group]) -> list[str]:
+  present = {g.task for g in groups}
+  return [t for t in TASK_ORDER if t in present] + sorted(present - set(TASK_ORDER))
+
+
+def _task_header(task: str, groups: Sequence[Group]) -> str:
+  metrics = {g.summary.get("metric") for g in groups if g.task == task} - {None}
+  metric = METRIC_NAMES.get(next(iter(metrics)), "") if len(metrics) == 1 else ""
+  return f"{TASK_NAMES.get(task, task)} ({metric})" if metric else TASK_NAMES.get(task, task)
+
+
+def cell(summary: dict[str, Any]) -> str:
+  """``Std / Mean / Max (failed %, n)`` of a group, one decimal as in the paper."""
+  if not summary["finished"]:
+    return "-"
+  return (f"{summary['std']:.1f} / {summary['mean']:.1f} / {summary['max']:.1f} "
+          f"({summary['failed_percent']:.0f}% failed, n={summary['finished']})")
+
+
+def table1(groups: Sequence[Group]) -> str:
+  """The Markdown Table 1 of one setting: rows = methods, columns = tasks."""
+  tasks = _tasks(groups)
+  rows: dict[str, dict[str, Group]] = {}
+  for group in sorted(groups, key=_row_order):
+    rows.setdefault(group.label, {})[group.task] = group
+  lines = ["| approach | " + " | ".join(_task_header(t, groups) for t in tasks) + " |",
+           "|---|" + "---|" * len(tasks)]
+  for label, cells in rows.items():
+    lines.append(f"| {label} | " + " | ".join(
+        cell(cells[t].summary) if t in cells else "" for t in tasks) + " |")
+  return "\n".join(lines)
+
+
+def sweeps(groups: Sequence[Group]) -> dict[str, list[Group]]:
+  """Per task, its plain CWGNC groups by threshold, where there are at least two thresholds."""
+  found = {}
+  for task in _tasks(groups):
+    members = [g for g in groups if g.task == task and g.method.startswith("cwgnc")
+               and g.unfreezing == "none" and g.clip_norm is not None]
+    if len({g.clip_norm for g in members}) >= 2:
+      found[task] = sorted(members, key=lambda g: (g.clip_norm, g.label))
+  return found
+
+
+def table2(members: Sequence[Group]) -> str:
+  """The Markdown Table 2 of one task: rows = CWGNC thresholds."""
+  lines = ["| threshold c | Std | Mean | Max | Min | failed % | seeds | group |",
+           "|---|---|---|---|---|---|---|---|"]
+  for g in members:
+    s = g.summary
+    if s["finished"]:
+      values = (f"{s['std']:.1f} | {s['mean']:.1f} | {s['max']:.1f} | {s['min']:.1f} | "
+                f"{s['failed_percent']:.0f}")
+    else:
+      values = " | ".join("-" * 5)
+    lines.append(f"| {g.clip_norm:g} | {values} | {s['finished']} | `{g.path.name}` |")
+  return "\n".join(lines)
+
+
+def settings_list(groups: Sequence[Group]) -> str:
+  """One line per group: folder, seeds, and what it trained (model, learning rate, epochs)."""
+  lines = []
+  for g in sorted(groups, key=lambda g: (_tasks(groups).index(g.task), _row_order(g))):
+    c = g.config
+    epochs = c.get("num_epochs")
+    if g.unfreezing != "none":
+      gu = c["unfreezing"]
+      epochs = f"{gu.get('epochs_per_iteration')} per GU iteration"
+    seeds = [run["seed"] for run in g.summary["runs"]]
+    lines.append(
+        f"- `{g.path.name}`: {g.label} on {TASK_NAMES.get(g.task, g.task)}, model "
+        f"{c.get('model')}, lr {c['optimizer']['learning_rate']:g}, epochs {epochs}, batch "
+        f"{c.get('batch_size')}, train_limit {c.get('train_limit')}; "
+        f"{g.summary['finished']}/{len(g.summary['seeds'])} seeds finished {_seed_list(seeds)}; "
+        f"majority classifier {_fmt(g.summary.get('majority_score'))}")
+  return "\n".join(lines)
+
+
+def _seed_list(seeds: Sequence[int]) -> str:
+  return f"({', '.join(map(str, seeds))})" if seeds else ""
+
+
+def _fmt(value: float | None) -> str:
+  return "-" if value is None else f"{value:.1f}"
+
+
+# -- Figures. ------------------------------------------------------------------------------
+
+def _pyplot():
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  return plt
+
+
+def _save(fig, path: Path) -> None:
+  fig.savefig(path, dpi=120, bbox_inches="tight")
+  _pyplot().close(fig)
+
+
+def figure_scores(groups: Sequence[Group], path: Path) -> str | None:
+  """Every seed's score and each group's mean +- std, per task; None if nothing finished."""
+  groups = [g for g in groups if g.summary["finished"]]
+  if not groups:
+    return "no finished seeds"
+  plt = _pyplot()
+  tasks = _tasks(groups)
+  labels = [label for label in dict.fromkeys(g.label for g in sorted(groups, key=_row_order))]
+  fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks) + 1.0, 0.5 * len(labels) + 2),
+                           squeeze=False)
+  for ax, task in zip(axes[0], tasks):
+    members = {g.label: g for g in groups if g.task == task}
+    for y, label in enumerate(labels):
+      if label not in members:
+        continue
+      s = members[label].summary
+      scores = np.array([run["score"] for run in s["runs"]])
+      failed = np.array([run["failed"] for run in s["runs"]])
+      jitter = np.linspace(-0.15, 0.15, len(scores)) if len(scores) > 1 else np.zeros(1)
+      ax.scatter(scores[~failed], y + jitter[~failed], s=14, color="tab:blue", alpha=0.7,
+                 label="seed" if y == 0 else None)
+      ax.scatter(scores[failed], y + jitter[failed], s=14, color="tab:red", marker="x",
+                 label="failed seed" if y == 0 else None)
+      ax.errorbar(s["mean"], y, xerr=s["std"], fmt="D", color="black", capsize=4, ms=5,
+                  label="mean ± std" if y == 0 else None)
+    majority = [g.summary["majority_score"] for g in members.values()]
+    if majority:
+      ax.axvline(majority[0], color="gray", ls="--", lw=1, label="majority classifier")
+    ax.set_yticks(range(len(labels)), labels if ax is axes[0][0] else [""] * len(labels))
+    ax.set_ylim(len(labels) - 0.5, -0.5)
+    ax.set_xlabel(f"dev {_task_header(task, groups)} x100")
+    ax.set_title(TASK_NAMES.get(task, task))
+    ax.grid(axis="x", alpha=0.3)
+  handles, names = axes[0][0].get_legend_handles_labels()
+  for ax in axes[0][1:]:
+    for h, n in zip(*ax.get_legend_handles_labels()):
+      if n not in names:
+        handles.append(h)
+        names.append(n)
+  fig.legend(handles, names, loc="lower center", ncol=4, bbox_to_anchor=(0.5, -0.02),
+             frameon=False)
+  fig.suptitle("Dev score of every seed (x = failed: not above the majority classifier)")
+  fig.tight_layout(rect=(0, 0.08, 1, 1))
+  _save(fig, path)
+  return None
+
+
+def _iterations(results: dict[str, Any]) -> list[dict[str, Any]]:
+  """The GU iterations' records of a run's results (``unfreezing.record``), if any."""
+  return (results.get("unfreezing") or {}).get("iterations") or []
+
+
+def figure_gu(groups: Sequence[Group], path: Path) -> str | None:
+  """Fig. 1: dev score after each GU iteration (mean +- std over seeds)."""
+  gu = [g for g in groups if g.unfreezing != "none"
+        and any(_iterations(r) for r in g.results().values())]
+  if not gu:
+    return ("no gradual-unfreezing results (groups trained with unfreezing.mode 'gu' or "
+            "'gu_restart', whose results.json lists unfreezing.iterations)")
+  plt = _pyplot()
+  tasks = _tasks(gu)
+  fig, axes = plt.subplots(1, len(tasks), figsize=(7 * len(tasks), 5.5), squeeze=False)
+  for ax, task in zip(axes[0], tasks):
+    length = 0
+    for g in [g for g in gu if g.task == task]:
+      per_seed = [[it["score"] for it in _iterations(r)] for r in g.results().values()]
+      per_seed = [s for s in per_seed if s]
+      count = min(len(s) for s in per_seed)
+      scores = np.array([s[:count] for s in per_seed])
+      ax.errorbar(np.arange(1, count + 1), scores.mean(0), yerr=scores.std(0), marker="o",
+                  capsize=3, label=f"{g.label} (n={len(scores)})")
+      length = max(length, count)
+      # Full fine-tuning: the plain group of this task with GU's optimizer settings.
+      for full in groups:
+        s = full.summary
+        if (full.task == task and full.unfreezing == "none" and s["finished"]
+            and full.config["optimizer"] == g.config["optimizer"]):
+          ax.axhline(s["mean"], color="black", lw=1,
+                     label=f"full fine-tuning, {full.label} (n={s['finished']})")
+          ax.axhspan(s["mean"] - s["std"], s["mean"] + s["std"], color="gray", alpha=0.2)
+          break
+    ax.set_xticks(range(1, length + 1))
+    ax.set_xlabel("GU iteration k (trains the head and the top k layers of the stack)")
+    ax.set_ylabel(f"dev {_task_header(task, groups)} x100")
+    ax.set_title(TASK_NAMES.get(task, task))
+    ax.grid(alpha=0.3)
+    handles, names = ax.get_legend_handles_labels()
+    unique = dict(zip(names, handles))
+    ax.legend(unique.values(), unique.keys(), fontsize=8, loc="upper center",
+              bbox_to_anchor=(0.5, -0.16), frameon=False)
+  fig.suptitle("Fig. 1: gradual unfreezing, dev score after each iteration (mean ± std)")
+  fig.tight_layout()
+  _save(fig, path)
+  return None
+
+
+def _layer_order(layers: Sequence[str]) -> list[str]:
+  rank = lambda layer: (-1 if layer == paths.EMBEDDINGS else
+                        math.inf if layer == paths.HEAD else paths.layer_index(layer))
+  return sorted(layers, key=rank)
+
+
+def _short_layer(layer: str) -> str:
+  index = paths.layer_index(layer)
+  return "emb" if layer == paths.EMBEDDINGS else "head" if layer == paths.HEAD else str(index)
+
+
+def figure_gu_drift(groups: Sequence[Group], path: Path) -> str | None:
+  """Figs. 2, 4, 5: per-layer max RMS and min cosine of the first 4 GU iterations (one GU
+  group: the first with results), against the pretrained model and the previous iteration."""
+  gu = [g for g in groups if g.unfreezing != "none"
+        and any(_iterations(r) for r in g.results().values())]
+  if not gu:
+    return "no gradual-unfreezing results with per-iteration drift"
+  g = min(gu, key=lambda g: g.unfreezing != "gu")  # GU itself, as the paper shows
+  runs = [_iterations(r) for r in g.results().values() if _iterations(r)]
+  plt = _pyplot()
+  fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+  panels = [("drift_from_pretrained", "max_rms", "max RMS difference", "against pretrained"),
+            ("drift_from_previous", "max_rms", "max RMS difference", "against previous iteration"),
+            ("drift_from_pretrained", "min_cos", "min cosine similarity", "against pretrained"),
+            ("drift_from_previous", "min_cos", "min cosine similarity",
+             "against previous iteration")]
+  for ax, (source, key, ylabel, title) in zip(axes.ravel(), panels):
+    layers = _layer_order(runs[0][0][source])
+    for k in range(min(4, min(len(r) for r in runs))):
+      values = np.array([[r[k][source][layer][key] for layer in layers] for r in runs])
+      ax.errorbar(range(len(layers)), values.mean(0), yerr=values.std(0), marker="o", ms=3,
+                  capsize=2, label=f"iteration {k + 1}")
+    ax.set_xticks(range(len(layers)), [_short_layer(layer) for layer in layers])
+    ax.set_xlabel("layer (emb = embeddings, numbers = encoder layers)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  fig.suptitle(f"Figs. 2, 4, 5: per-layer drift under {g.label} on "
+               f"{TASK_NAMES.get(g.task, g.task)} (mean ± std over {len(runs)} seeds)")
+  fig.tight_layout()
+  _save(fig, path)
+  return None
+
+
+def figure_drift_by_method(groups: Sequence[Group], path: Path) -> str | None:
+  """Per-layer max RMS and min cosine against the pretrained model at the last evaluation,
+  per group (mean +- std over seeds), one column per task."""
+  data: dict[str, list[tuple[Group, list[dict[str, Any]]]]] = {}
+  for g in sorted(groups, key=_row_order):
+    if g.unfreezing != "none":
+      continue
+    drifts = [r["evaluations"][-1].get("drift") for r in g.results().values()
+              if r.get("evaluations")]
+    drifts = [d for d in drifts if d]
+    if drifts:
+      data.setdefault(g.task, []).append((g, drifts))
+  if not data:
+    return "no evaluation recorded per-layer drift"
+  plt = _pyplot()
+  tasks = [t for t in _tasks(groups) if t in data]
+  colors = {label: f"C{i % 10}" for i, label in
+            enumerate(dict.fromkeys(g.label for t in tasks for g, _ in data[t]))}
+  fig, axes = plt.subplots(2, len(tasks), figsize=(6.5 * len(tasks), 8), squeeze=False)
+  for column, task in enumerate(tasks):
+    for g, drifts in data[task]:
+      layers = _layer_order(drifts[0])
+      for row, key in enumerate(("max_rms", "min_cos")):
+        values = np.array([[d[layer][key] for layer in layers] for d in drifts])
+        axes[row][column].errorbar(range(len(layers)), values.mean(0), yerr=values.std(0),
+                                   marker="o", ms=3, capsize=2, color=colors[g.label],
+                                   label=f"{g.label} (n={len(drifts)})")
+        axes[row][column].set_xticks(range(len(layers)), [_short_layer(x) for x in layers])
+    axes[0][column].set_yscale("log")  # the fresh classifier moves far more than the rest
+    for row, ylabel in enumerate(("max RMS difference", "min cosine similarity")):
+      ax = axes[row][column]
+      ax.set_ylabel(ylabel)
+      ax.set_xlabel("layer (emb = embeddings, numbers = encoder layers)")
+      ax.set_title(f"{TASK_NAMES.get(task, task)}: {ylabel} against pretrained")
+      ax.grid(alpha=0.3)
+      ax.legend(fontsize=7)
+  fig.suptitle("Per-layer drift from the pretrained model at the end of training "
+               "(mean ± std over seeds)")
+  fig.tight_layout()
+  _save(fig, path)
+  return None
+
+
+def _fig3_pick(groups: Sequence[Group]) -> tuple[Group, int, int] | None:
+  """A group with a failed and a successful seed that both have gradient norms: its lowest
+  failed seed and highest successful seed. Baselines (not CWGNC) first, then most seeds."""
+  candidates = []
+  for g in groups:
+    runs = [r for r in g.summary["runs"]
+            if (g.seed_dir(r["seed"]) / diagnostics.GRAD_NORMS_FILE).is_file()]
+    failed = [r for r in runs if r["failed"]]
+    succeeded = [r for r in runs if not r["failed"]]
+    if failed and succeeded:
+      worst = min(failed, key=lambda r: r["score"])["seed"]
+      best = max(succeeded, key=lambda r: r["score"])["seed"]
+      candidates.append(((g.method.startswith("cwgnc"), -len(runs), g.label), g, worst, best))
+  if not candidates:
+    return None
+  _, g, worst, best = min(candidates, key=lambda c: c[0])
+  return g, worst, best
+
+
+def figure_gradient_norms(groups: Sequence[Group], path: Path) -> str | None:
+  """Fig. 3: per-tensor gradient norms of one encoder layer over steps, failed vs successful."""
+  pick = _fig3_pick(groups)
+  if pick is None:
+    return ("no group has both a failed and a successful seed with grad_norms.npz "
+            "(diagnostics_every > 0)")
+  g, failed_seed, good_seed = pick
+  norms = {seed: diagnostics.read_gradient_norms(g.seed_dir(seed) / diagnostics.GRAD_NORMS_FILE)
+           for seed in (failed_seed, good_seed)}
+  names = [str(n) for n in norms[good_seed]["tensor_names"]]
+  layers = sorted({paths.layer_index(n) for n in names} - {None})
+  layer = layers[-2] if len(layers) >= 2 else layers[-1]
+  prefix = f"encoder/layers/{layer}/"
+  columns = [i for i, n in enumerate(names) if n.startswith(prefix)]
+  scores = {r["seed"]: r["score"] for r in g.summary["runs"]}
+  plt = _pyplot()
+  fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), sharey=True)
+  cmap = plt.get_cmap("tab20")
+  for ax, seed, kind in ((axes[0], failed_seed, "failed"), (axes[1], good_seed, "successful")):
+    data = norms[seed]
+    for color, i in enumerate(columns):
+      ax.plot(data["step"], data["tensor_norms"][:, i], lw=1, color=cmap(color % 20),
+              label=names[i][len(prefix):])
+    if g.method.startswith("cwgnc") and g.clip_norm is not None:
+      ax.axhline(g.clip_norm, color="black", ls="--", lw=1, label=f"threshold c = {g.clip_norm:g}")
+    ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_title(f"{kind} run: seed {seed}, dev score {scores[seed]:.1f}")
+    ax.grid(alpha=0.3)
+  axes[0].set_ylabel("gradient L2 norm (before clipping)")
+  axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+  fig.suptitle(f"Fig. 3: gradient norm of every tensor of encoder layer {layer} "
+               f"(of {len(layers)}), {g.label} on {TASK_NAMES.get(g.task, g.task)}")
+  fig.tight_layout()
+  _save(fig, path)
+  return None
+
+
+FIGURES = (
+    ("scores.png", figure_scores,
+     "Every seed's dev score (x: failed) and each group's mean ± std; dashed: the majority "
+     "classifier."),
+    ("fig1_gradual_unfreezing.png", figure_gu,
+     "Fig. 1: dev score after each gradual-unfreezing iteration (mean ± std over seeds); "
+     "the line and band: full fine-tuning with the same optimizer."),
+    ("fig2_4_5_gu_drift.png", figure_gu_drift,
+     "Figs. 2, 4, 5: per layer, the maximum RMS difference and the minimum cosine similarity "
+     "of its tensors, against the pretrained model and against the previous iteration, for "
+     "the first 4 GU iterations."),
+    ("drift_by_method.png", figure_drift_by_method,
+     "Per layer, the maximum RMS difference and the minimum cosine similarity of its tensors "
+     "against the pretrained model after training, per method (mean ± std over seeds)."),
+    ("fig3_gradient_norms.png", figure_gradient_norms,
+     "Fig. 3: the pre-clip gradient norm of every tensor of the second-highest encoder layer "
+     "over training, in a failed and a successful run of the same group."),
+)
+
+
+# -- The report. ---------------------------------------------------------------------------
+
+def write_report(run_dirs: Sequence[str | Path], out: str | Path,
+                 command: str | None = None) -> Path:
+  """Writes ``out/report.md`` and the figures from the groups below ``run_dirs``."""
+  settings = []
+  for run_dir in run_dirs:
+    groups = find_groups(run_dir)
+    if not groups:
+      raise FileNotFoundError(f"no study groups ({SUMMARY_FILE}) below {run_dir}")
+    label_groups(groups)
+    settings.append((Path(run_dir), groups))
+  out = Path(out)
+  out.mkdir(parents=True, exist_ok=True)
+  lines = ["# Stability study report", ""]
+  if command:
+    lines += [f"Written by `{command}`.", ""]
+  lines += ["Cells: Std / Mean / Max of the dev score (x100) over seeds (population std), the "
+            "percentage of failed runs (dev score not above the majority classifier) and the "
+            "number of finished seeds.", ""]
+  for run_dir, groups in settings:
+    lines += [f"## Table 1: `{run_dir}`", "", table1(groups), ""]
+    for task, members in sweeps(groups).items():
+      lines += [f"### Table 2: CWGNC threshold sweep on {TASK_NAMES.get(task, task)} "
+                f"(`{run_dir}`)", "", table2(members), ""]
+    lines += ["Groups:", "", settings_list(groups), ""]
+  everything = [g for _, groups in settings for g in groups]
+  lines += ["## Figures", ""]
+  skipped = []
+  for name, draw, caption in FIGURES:
+    reason = draw(everything, out / name)
+    if reason is None:
+      lines += [f"![{name}]({name})", "", caption, ""]
+    else:
+      skipped.append(f"- `{name}` skipped: {reason}.")
+      if (out / name).exists():
+        (out / name).unlink()  # a stale figure of an earlier report
+  if skipped:
+    lines += ["Skipped figures:", "", *skipped, ""]
+  path = out / "report.md"
+  path.write_text("\n".join(lines))
+  return path
+
+
+def main(argv: list[str]) -> None:
+  parser = argparse.ArgumentParser(prog="python -m cwgnc_jax.report",
+                                   description=__doc__.splitlines()[0], allow_abbrev=False)
+  parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                      help="a study folder (cwgnc_jax.study --out) or a group folder")
+  parser.add_argument("--out", help="where report.md and the figures go (default: the first "
+                      "RUN_DIR)")
+  args = parser.parse_args(argv)
+  command = "python -m cwgnc_jax.report " + " ".join(argv)
+  try:
+    path = write_report(args.run_dirs, args.out or args.run_dirs[0], command)
+  except (OSError, ValueError) as e:
+    print(f"cwgnc_jax.report: error: {e}", file=sys.stderr)
+    sys.exit(2)
+  print(path)
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])

@@ -1,0 +1,188 @@
+"""The report: Table 1 and Table 2 numbers from study folders, figures, skipped figures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cwgnc_jax import config as config_lib
+from cwgnc_jax import diagnostics, report, study
+
+REPO = Path(__file__).resolve().parent.parent
+LAYERS = ["embeddings", "encoder/layers/0", "encoder/layers/1", "encoder/layers/2", "head"]
+TENSORS = ["embeddings/word/embedding"] + [
+    f"encoder/layers/{i}/{name}" for i in range(3)
+    for name in ("attention/query/kernel", "attention/key/kernel", "output/dense/kernel")
+] + ["classifier/kernel"]
+
+
+def _drift(scale: float) -> dict[str, dict[str, float]]:
+  return {layer: {"max_rms": scale * (i + 1) * 1e-3, "min_cos": 1 - scale * (i + 1) * 1e-4}
+          for i, layer in enumerate(LAYERS)}
+
+
+def make_group(root: Path, config_name: str, overrides: dict[str, str], scores: list[float],
+               majority: float, *, grad_norms: bool = False, gu_iterations: int = 0) -> Path:
+  """A finished study group as ``cwgnc_jax.study`` writes it, with made-up scores: per seed a
+  results.json (evaluations with drift; GU iterations), optionally grad_norms.npz."""
+  pairs = list(overrides.items())
+  config = config_lib.apply_overrides(config_lib.load(config_name), pairs)
+  values = study.group_overrides(config, pairs)
+  group = study.group_name(config_name, values)
+  seeds = list(range(1, len(scores) + 1))
+  results = {}
+  metric = {"rte": "accuracy", "cola": "mcc", "mrpc": "f1"}[config.task]
+  for seed, score in zip(seeds, scores):
+    failed = score <= majority
+    results[seed] = {
+        "seed": seed, "score": score, "failed": failed, "majority_score": majority,
+        "metric": metric, "skipped_steps": 0, "timings": {"train_seconds": 10.0,
+                                                          "eval_seconds": 1.0},
+        "evaluations": [{"step": 10, "score": score, "drift": _drift(seed)}],
+    }
+    if gu_iterations:
+      results[seed]["unfreezing"] = {"mode": config.unfreezing.mode, "iterations": [
+          {"iteration": k, "score": score - 5 + k + 0.1 * seed,
+           "drift_from_pretrained": _drift(seed + k), "drift_from_previous": _drift(1 + k)}
+          for k in range(gu_iterations)]}
+    workdir = root / group / f"seed_{seed}"
+    workdir.mkdir(parents=True)
+    (workdir / "results.json").write_text(json.dumps(results[seed]))
+    if grad_norms:
+      log = diagnostics.GradientNormLog(workdir, {"tensor_norms": TENSORS}, 10, 0, True)
+      rng = np.random.default_rng(seed)
+      for step in range(10, 210, 10):
+        growth = 30.0 if failed and step > 100 else 1.0
+        log.take(step, {"tensor_norms": growth * rng.uniform(0.01, 1.0, len(TENSORS))})
+      log.save()
+  summary = study.summarize(group, config_name, values, config, seeds, results)
+  (root / group / study.SUMMARY_FILE).write_text(json.dumps(summary))
+  return root / group
+
+
+RTE_SCORES = {"rte_bertadam": [50.2, 66.1, 52.7, 47.3], "rte_adamw": [70.0, 52.0, 68.5, 69.1],
+              "rte_cwgnc": [71.2, 70.4, 69.9, 72.0]}
+COLA_SWEEP = {0.01: [55.0, 57.5, 56.0], 0.05: [58.1, 59.0, 57.2], 0.5: [40.0, 0.0, 52.3]}
+
+
+@pytest.fixture(scope="module")
+def studies(tmp_path_factory) -> Path:
+  root = tmp_path_factory.mktemp("studies")
+  main = root / "main"
+  for name, scores in RTE_SCORES.items():
+    make_group(main, name, {"model": "minilm-l6"}, scores, 52.7,
+               grad_norms=name == "rte_bertadam")
+  # The same method at another learning rate: its own row.
+  make_group(main, "rte_adamw", {"model": "minilm-l6", "optimizer.learning_rate": "4e-4"},
+             [50.0, 53.5], 52.7)
+  for c, scores in COLA_SWEEP.items():
+    make_group(main, "cola_cwgnc", {"model": "minilm-l6", "optimizer.clip_norm": str(c)},
+               scores, 0.0)
+  make_group(main, "cola_adamw", {"model": "minilm-l6"}, [30.0, 0.0, 45.5], 0.0)
+  harsh = root / "harsh"
+  make_group(harsh, "rte_cwgnc", {"model": "minilm-l6", "optimizer.learning_rate": "1e-3"},
+             [60.0, 52.0], 52.7)
+  return root
+
+
+def _table(markdown: str, heading: str) -> list[list[str]]:
+  """The rows (cells split) of the first table after ``heading``."""
+  lines = markdown[markdown.index(heading):].splitlines()
+  start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+  rows = []
+  for line in lines[start:]:
+    if not line.startswith("|"):
+      break
+    rows.append([cell.strip() for cell in line.strip("|").split("|")])
+  return rows
+
+
+def _expected_cell(scores, majority) -> str:
+  scores = np.asarray(scores)
+  failed = 100 * np.mean(scores <= majority)
+  return (f"{np.std(scores):.1f} / {np.mean(scores):.1f} / {np.max(scores):.1f} "
+          f"({failed:.0f}% failed, n={len(scores)})")
+
+
+def test_table1_has_the_numbers_of_each_group(studies, tmp_path):
+  path = report.write_report([studies / "main", studies / "harsh"], tmp_path)
+  text = path.read_text()
+  rows = _table(text, f"## Table 1: `{studies / 'main'}`")
+  assert rows[0] == ["approach", "RTE (accuracy)", "CoLA (MCC)"]
+  body = {row[0]: row[1:] for row in rows[2:]}
+  assert list(body) == [
+      "Devlin et al. (BertAdam)",
+      "+ bias correction (AdamW) [optimizer.learning_rate=2e-05]",
+      "+ bias correction (AdamW) [optimizer.learning_rate=0.0004]",
+      "CWGNC (c = 0.01)", "CWGNC (c = 0.05)", "CWGNC (c = 0.5)"]
+  assert body["Devlin et al. (BertAdam)"] == [_expected_cell(RTE_SCORES["rte_bertadam"], 52.7), ""]
+  assert body["+ bias correction (AdamW) [optimizer.learning_rate=2e-05]"] == [
+      _expected_cell(RTE_SCORES["rte_adamw"], 52.7), _expected_cell([30.0, 0.0, 45.5], 0.0)]
+  assert body["+ bias correction (AdamW) [optimizer.learning_rate=0.0004]"] == [
+      _expected_cell([50.0, 53.5], 52.7), ""]
+  assert body["CWGNC (c = 0.05)"] == [_expected_cell(RTE_SCORES["rte_cwgnc"], 52.7),
+                                      _expected_cell(COLA_SWEEP[0.05], 0.0)]
+  assert body["CWGNC (c = 0.5)"] == ["", _expected_cell(COLA_SWEEP[0.5], 0.0)]
+  assert _expected_cell(RTE_SCORES["rte_bertadam"], 52.7) == "7.2 / 54.1 / 66.1 (75% failed, n=4)"
+  harsh = _table(text, f"## Table 1: `{studies / 'harsh'}`")
+  assert harsh[2] == ["CWGNC (c = 0.05)", _expected_cell([60.0, 52.0], 52.7)]
+
+
+def test_table2_has_one_row_per_threshold(studies, tmp_path):
+  text = report.write_report([studies / "main"], tmp_path).read_text()
+  rows = _table(text, "### Table 2: CWGNC threshold sweep on CoLA")
+  assert rows[0][:7] == ["threshold c", "Std", "Mean", "Max", "Min", "failed %", "seeds"]
+  assert [row[0] for row in rows[2:]] == ["0.01", "0.05", "0.5"]
+  for row, (c, scores) in zip(rows[2:], COLA_SWEEP.items()):
+    scores = np.asarray(scores)
+    assert row[1:7] == [f"{np.std(scores):.1f}", f"{np.mean(scores):.1f}",
+                        f"{np.max(scores):.1f}", f"{np.min(scores):.1f}",
+                        f"{100 * np.mean(scores <= 0.0):.0f}", str(len(scores))]
+  assert rows[4][1:7] == ["22.3", "30.8", "52.3", "0.0", "33", "3"]
+  assert "Table 2: CWGNC threshold sweep on RTE" not in text  # one threshold only
+
+
+def test_figures_are_written_or_skipped_with_a_reason(studies, tmp_path):
+  text = report.write_report([studies / "main"], tmp_path).read_text()
+  for name in ("scores.png", "drift_by_method.png", "fig3_gradient_norms.png"):
+    assert f"![{name}]({name})" in text
+    assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert "`fig1_gradual_unfreezing.png` skipped: no gradual-unfreezing results" in text
+  assert not (tmp_path / "fig1_gradual_unfreezing.png").exists()
+  # Fig. 3 compares a failed and a successful seed of the baseline with both.
+  group, failed, good = report._fig3_pick(report.find_groups(studies / "main"))  # pylint: disable=protected-access
+  assert (group.method, failed, good) == ("bertadam", 4, 2)
+
+
+def test_gradual_unfreezing_figures(studies, tmp_path):
+  root = tmp_path / "gu"
+  for mode in ("gu", "gu_restart"):
+    make_group(root, "rte_adamw", {"model": "minilm-l6", "unfreezing.mode": mode,
+                                   "num_epochs": "None"}, [60.0, 62.0, 58.0], 52.7,
+               gu_iterations=5)
+  make_group(root, "rte_adamw", {"model": "minilm-l6"}, [61.0, 65.0], 52.7)
+  text = report.write_report([root], tmp_path / "out").read_text()
+  for name in ("fig1_gradual_unfreezing.png", "fig2_4_5_gu_drift.png"):
+    assert f"![{name}]({name})" in text
+  body = {row[0]: row[1] for row in _table(text, "## Table 1")[2:]}
+  assert set(body) == {"+ bias correction (AdamW)", "GU, + bias correction (AdamW)",
+                       "GU (restart), + bias correction (AdamW)"}
+
+
+def test_command_line(studies, tmp_path):
+  done = subprocess.run([sys.executable, "-m", "cwgnc_jax.report", str(studies / "harsh"),
+                         "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True,
+                        timeout=300)
+  assert done.returncode == 0, done.stderr
+  assert done.stdout.strip() == str(tmp_path / "report.md")
+  assert "Written by `python -m cwgnc_jax.report" in (tmp_path / "report.md").read_text()
+  done = subprocess.run([sys.executable, "-m", "cwgnc_jax.report", str(tmp_path / "none")],
+                        cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 2
+  assert done.stderr.strip() == f"cwgnc_jax.report: error: {tmp_path / 'none'} is not a folder"
+  assert not (tmp_path / "none").exists()
