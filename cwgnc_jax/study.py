@@ -15,8 +15,8 @@ each batch shape is compiled once per process, not once per seed. Run the same c
 again to resume an interrupted study: a seed with ``results.json`` is not rerun, a seed with
 checkpoints resumes from its latest one.
 
-After every seed, ``DIR/<group>/summary.json`` holds the aggregates of the finished seeds
-(SPEC section 3): ``std`` (population, ddof 0), ``mean``, ``max``, ``min`` of the dev score
+After every seed, ``DIR/<group>/summary.json`` holds the aggregates of the group's finished
+seeds, those of earlier invocations with other ``--seeds`` included (SPEC section 3): ``std`` (population, ddof 0), ``mean``, ``max``, ``min`` of the dev score
 (x100), ``failed_percent`` (runs not beating the majority classifier), and one entry per
 seed under ``runs``. Exit status as ``train.py``: 0 done, 2 bad input (one line on stderr).
 """
@@ -179,14 +179,18 @@ def run_study(config_arg: str, overrides: Sequence[tuple[str, str]], seeds: Sequ
   values = group_overrides(config, overrides)
   group = group_name(config_arg, values)
   group_dir = Path(out) / group
+  # Seeds finished by earlier invocations (other --seeds) count in the summary too.
+  earlier = finished_seeds(group_dir)
   configs = {}
-  for seed in seeds:
+  for seed in sorted(set(seeds) | set(earlier)):
     configs[seed] = config.copy_and_resolve_references()
     configs[seed].seed = seed
     loop.check_run_dir(group_dir / f"seed_{seed}", configs[seed])
+  results = {seed: json.loads((group_dir / f"seed_{seed}" / "results.json").read_text())
+             for seed in earlier if seed not in seeds}
+  every_seed = sorted(configs)
 
   main = loop.is_main_process()
-  results: dict[int, dict[str, Any]] = {}
   steps_cache: dict[str, Any] = {}
   progress = tqdm(seeds, desc=group, unit="seed", dynamic_ncols=True, file=sys.stderr,
                   disable=not (config.progress and main))
@@ -200,14 +204,20 @@ def run_study(config_arg: str, overrides: Sequence[tuple[str, str]], seeds: Sequ
       except (ValueError, OSError) as e:  # missing files, bad data or weights
         raise ConfigError(f"seed {seed}: {e}") from e
       results[seed] = loop.train(run, steps_cache)
-    summary = summarize(group, config_arg, values, config, seeds, results)
+    summary = summarize(group, config_arg, values, config, every_seed, results)
     if main:
       group_dir.mkdir(parents=True, exist_ok=True)
       loop.write_json(group_dir / SUMMARY_FILE, summary)
     progress.set_postfix(mean=f"{summary['mean']:.2f}", std=f"{summary['std']:.2f}",
                          failed=f"{summary['failed_runs']}/{summary['finished']}")
   progress.close()
-  return summarize(group, config_arg, values, config, seeds, results)
+  return summarize(group, config_arg, values, config, every_seed, results)
+
+
+def finished_seeds(group_dir: Path) -> list[int]:
+  """The seeds with a ``seed_<s>/results.json`` in ``group_dir``, ascending."""
+  found = [p.parent.name[len("seed_"):] for p in Path(group_dir).glob("seed_*/results.json")]
+  return sorted(int(seed) for seed in found if seed.isdigit())
 
 
 def main(argv: list[str]) -> None:

@@ -84,7 +84,7 @@ def _tiny_overrides(tiny_bert_dir: Path, tiny_rte_dir: Path) -> list[tuple[str, 
 
 @pytest.fixture()
 def count_compiles(monkeypatch):
-  """Records, per seed, how many XLA compilations its ``loop.train`` call triggered."""
+  """Records, per seed trained (``loop.train`` called), the XLA compilations it triggered."""
   counts: dict[int, int] = {}
   active: list[int] = []
 
@@ -97,6 +97,7 @@ def count_compiles(monkeypatch):
   train = loop.train
 
   def counting_train(run, steps_cache=None):
+    counts.setdefault(run.config.seed, 0)
     active.append(run.config.seed)
     try:
       return train(run, steps_cache)
@@ -124,27 +125,30 @@ def test_study_shares_compiled_steps_summarizes_and_resumes(tiny_bert_dir, tiny_
   assert scores[0] != scores[1] or results[3]["evaluations"] != results[1]["evaluations"]
   stored = study.read_summary(group)
   assert stored == json.loads(json.dumps(summary))
-  assert stored["seeds"] == [3, 1] and stored["finished"] == 2
+  assert stored["seeds"] == [1, 3] and stored["finished"] == 2
   assert stored["std"] == pytest.approx(np.std(scores)) and stored["mean"] == np.mean(scores)
   assert (stored["max"], stored["min"]) == (max(scores), min(scores))
   failed = [results[s]["failed"] for s in (3, 1)]
   assert stored["failed_percent"] == 50.0 * sum(failed)
-  assert [r["seed"] for r in stored["runs"]] == [3, 1]
-  assert [r["score"] for r in stored["runs"]] == scores
+  assert [r["seed"] for r in stored["runs"]] == [1, 3]  # ascending
+  assert [r["score"] for r in stored["runs"]] == scores[::-1]
   assert stored["config"]["optimizer"]["learning_rate"] == 1e-3 and "seed" not in stored["config"]
   assert (group / "seed_3" / "grad_norms.npz").is_file()
 
-  # Interrupted: seed 1 lost its results (its checkpoints remain), seed 7 never started.
+  # Interrupted: seed 1 lost its results (its checkpoints remain), seed 7 never started. The
+  # next invocation asks for seeds 1 and 7; finished seed 3 stays in the summary.
   (group / "seed_1" / "results.json").unlink()
   count_compiles.clear()
-  again = study.run_study("demo", overrides, [3, 1, 7], tmp_path)
-  assert 3 not in count_compiles  # finished: read, not rerun
+  again = study.run_study("demo", overrides, [7, 1], tmp_path)
+  assert set(count_compiles) == {1, 7}  # seed 3: read, not rerun
   resumed = json.loads((group / "seed_1" / "results.json").read_text())
   assert resumed["timings"]["sessions"][-1]["start_step"] == 8  # from its last checkpoint
   strip = lambda r: {k: v for k, v in r.items() if k != "timings"}
   assert strip(resumed) == strip(results[1])
-  assert again["finished"] == 3 and [r["seed"] for r in again["runs"]] == [3, 1, 7]
-  assert [r["score"] for r in again["runs"][:2]] == scores
+  assert again["seeds"] == [1, 3, 7] and again["finished"] == 3
+  assert [r["seed"] for r in again["runs"]] == [1, 3, 7]
+  assert [r["score"] for r in again["runs"][:2]] == scores[::-1]
+  assert json.loads(json.dumps(again)) == study.read_summary(group)
 
   # Another config in the same group folder is refused before anything trains.
   (group / "seed_9").mkdir()
