@@ -1,18 +1,16 @@
 #!/usr/bin/env bash
 # The stability study on MiniLM-L6 (docs/results.md): AdamW with bias correction, BertAdam
 # (no bias correction) and CWGNC (c = 0.05) on one task, the same learning rate and epochs
-# for all three, seeds 1..LAST_SEED. Seeds go two at a time through the three methods, so an
-# interrupted study has the same number of seeds per method; rerunning skips finished seeds
-# and resumes the unfinished one from its checkpoint.
+# for all three, seeds 1..LAST_SEED. Each seed goes through the three methods before the next
+# seed starts, so an interrupted study has (nearly) as many seeds per method; rerunning skips
+# finished seeds and resumes the unfinished one from its checkpoint.
 #   GLUE_DIR=../shared/glue bash experiments/study.sh TASK LEARNING_RATE EPOCHS LAST_SEED
 set -euo pipefail
 cd "$(dirname "$0")/.."
 task="$1" lr="$2" epochs="$3" last="$4"
-for ((first = 1; first <= last; first += 2)); do
-  seeds="$first"
-  (( first + 1 <= last )) && seeds="$first,$((first + 1))"
+for ((seed = 1; seed <= last; seed++)); do
   for method in adamw bertadam cwgnc; do
-    python -m cwgnc_jax.study --config "${task}_${method}" --seeds "$seeds" \
+    python -m cwgnc_jax.study --config "${task}_${method}" --seeds "$seed" \
       --config.model=minilm-l6 --config.optimizer.learning_rate="$lr" \
       --config.num_epochs="$epochs" --config.eval_batch_size=64 --config.progress=false \
       --out runs/study
