@@ -212,13 +212,15 @@ def record(stage: Stage, num_layers_: int, evaluation: dict[str, Any], params: A
   """What results.json keeps of a finished iteration: its dev evaluation (Fig. 1) and the
   per-layer drift of its final parameters from the pretrained ones and from the previous
   iteration's final ones, the pretrained ones for iteration 0 (Figs. 2, 4, 5:
-  ``diagnostics.layer_drift``)."""
-  params = jax.tree.map(np.asarray, jax.device_get(params))
-  return {
-      "iteration": stage.index, "trained_layers": stage.trained_layers(num_layers_),
-      "start_step": stage.start_step, "end_step": stage.end_step,
-      "score": evaluation["score"], "loss": evaluation["loss"],
-      "drift_from_pretrained": diagnostics.layer_drift(params, pretrained),
-      "drift_from_previous": diagnostics.layer_drift(
-          params, pretrained if previous is None else previous),
-  }
+  ``diagnostics.layer_drift``; None when the parameters are split over several processes).
+  """
+  record_ = {"iteration": stage.index, "trained_layers": stage.trained_layers(num_layers_),
+             "start_step": stage.start_step, "end_step": stage.end_step,
+             "score": evaluation["score"], "loss": evaluation["loss"],
+             "drift_from_pretrained": None, "drift_from_previous": None}
+  if all(x.is_fully_addressable for x in jax.tree.leaves(params)):
+    params = jax.tree.map(np.asarray, jax.device_get(params))
+    previous = pretrained if previous is None else previous
+    record_["drift_from_pretrained"] = diagnostics.layer_drift(params, pretrained)
+    record_["drift_from_previous"] = diagnostics.layer_drift(params, previous)
+  return record_

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -20,8 +21,10 @@ import optax
 import pytest
 from flax import nnx
 
+from cwgnc_jax import config as config_lib
 from cwgnc_jax import optimizers, paths, unfreezing
 from cwgnc_jax.models import bert
+from cwgnc_jax.training import loop
 from cwgnc_jax.training import step as step_lib
 
 REPO = Path(__file__).resolve().parent.parent
@@ -73,6 +76,44 @@ def test_masks_follow_the_layer_stack():
     for path, flag in by_path(stage.trainable(params)).items():
       assert flag == (paths.layer_of(path) in trained), (stage.index, path)
   assert all(jax.tree.leaves(unfreezing.stages(gu_config("none"), 3, 1)[0].trainable(params)))
+
+
+@pytest.mark.parametrize("task", ["rte", "mrpc", "cola"])
+def test_gu_configs(task, monkeypatch):
+  monkeypatch.delenv("GLUE_DIR", raising=False)
+  for mode in ("gu", "gu_restart"):
+    config = config_lib.load(f"{task}_{mode}")
+    config_lib.validate(config)
+    assert (config.task, config.method, config.num_epochs) == (task, "adamw", None)
+    assert config.unfreezing.to_dict() == {"mode": mode, "iterations": None,
+                                           "epochs_per_iteration": 3}
+    assert config.optimizer.to_dict() == optimizers.recipe("adamw").to_dict()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("num_epochs=3", "config.num_epochs must be None under config.unfreezing.mode='gu', "
+     "which trains unfreezing.iterations x unfreezing.epochs_per_iteration epochs; got 3"),
+    ("unfreezing.mode=top_down",
+     "unknown config.unfreezing.mode 'top_down'; valid: none, gu, gu_restart"),
+    ("unfreezing.iterations=0", "config.unfreezing.iterations must be an int > 0, got 0"),
+    ("unfreezing.epochs_per_iteration=0",
+     "config.unfreezing.epochs_per_iteration must be an int > 0, got 0"),
+])
+def test_bad_gu_config_names_the_key(override, message, monkeypatch):
+  monkeypatch.delenv("GLUE_DIR", raising=False)
+  with pytest.raises(config_lib.ConfigError) as error:
+    config_lib.from_command_line(["--config", "rte_gu", f"--config.{override}"])
+  assert str(error.value) == message
+
+
+def test_more_iterations_than_layers_is_a_config_error(tiny_bert_dir, tiny_rte_dir, tmp_path):
+  config, _ = config_lib.from_command_line([
+      "--config", "rte_gu", f"--config.model={tiny_bert_dir}",
+      f"--config.glue_dir={tiny_rte_dir}", "--config.unfreezing.iterations=4"])
+  with pytest.raises(config_lib.ConfigError, match=r"config.unfreezing.iterations=4 exceeds "
+                     r"the model's 2 layers \+ 1 \(the embeddings, unfrozen last\)"):
+    loop.prepare(config, tmp_path / "run")
+  assert not (tmp_path / "run").exists()
 
 
 # -- Optimizer state across iterations. ----------------------------------------------------
@@ -210,3 +251,134 @@ def test_stop_gradient_cuts_the_backward_pass_of_frozen_layers():
   flops = lambda fn: fn.lower(params).compile().cost_analysis()["flops"]
   # Forward (4 layers) + backward of 1 of 4 layers vs forward + backward of all of them.
   assert flops(cut) < 0.6 * flops(full), (flops(cut), flops(full))
+
+
+# -- Whole runs. ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> dict[str, str]:
+  """train.py processes sharing a persistent compilation cache (GU restart's iterations
+  compile to GU's, a resumed run's to the first run's)."""
+  cache = tmp_path_factory.mktemp("cache")
+  return {**os.environ, "PYTHONPATH": str(REPO), "CWGNC_CACHE": str(cache / "tokens"),
+          "JAX_COMPILATION_CACHE_DIR": str(cache / "jax"),
+          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+
+
+def train_py(args, workdir, env) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, "train.py", *args, "--workdir", str(workdir)],
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+
+
+def results_of(workdir: Path) -> dict:
+  return json.loads((workdir / "results.json").read_text())
+
+
+def moved(drift: dict) -> set[str]:
+  """The layers whose parameters differ from the reference."""
+  return {layer for layer, d in drift.items() if d["max_rms"] > 0}
+
+
+ALL = {"embeddings", "encoder/layers/0", "encoder/layers/1", "head"}
+
+
+@pytest.fixture(scope="module")
+def tiny_args(tiny_bert_dir, tiny_rte_dir) -> list[str]:
+  """A tiny GU run: 2 layers, so 3 iterations of 1 epoch (4 steps of 8 examples) each."""
+  return ["--config", "rte_gu", f"--config.model={tiny_bert_dir}",
+          f"--config.glue_dir={tiny_rte_dir}", "--config.batch_size=8",
+          "--config.eval_batch_size=8", "--config.unfreezing.epochs_per_iteration=1",
+          "--config.layout=padded",  # one batch shape: one compilation per iteration
+          "--config.checkpoint_every=2", "--config.keep_checkpoints=10",
+          "--config.progress=false", "--config.optimizer.learning_rate=1e-3"]
+
+
+@pytest.fixture(scope="module")
+def gu_run(tiny_args, env, tmp_path_factory) -> Path:
+  workdir = tmp_path_factory.mktemp("gu") / "run"
+  done = train_py(tiny_args, workdir, env)
+  assert done.returncode == 0, done.stderr
+  return workdir
+
+
+@pytest.mark.real
+def test_gu_run_records_each_iteration(gu_run):
+  results = results_of(gu_run)
+  records = results["unfreezing"]["iterations"]
+  assert results["unfreezing"]["mode"] == "gu" and results["steps"] == 12
+  assert [(r["iteration"], r["start_step"], r["end_step"]) for r in records] == [
+      (0, 0, 4), (1, 4, 8), (2, 8, 12)]
+  evals = {e["step"]: e for e in results["evaluations"]}
+  for r in records:
+    end = evals[r["end_step"]]
+    assert (r["score"], r["loss"]) == (end["score"], end["loss"])
+  assert results["score"] == records[-1]["score"]
+  # Frozen layers never move; every trained one does (GU: from the previous iteration too).
+  assert [set(r["trained_layers"]) for r in records] == [
+      {"head", "encoder/layers/1"}, {"head", "encoder/layers/1", "encoder/layers/0"}, ALL]
+  for r in records:
+    assert moved(r["drift_from_previous"]) == set(r["trained_layers"])
+    assert moved(r["drift_from_pretrained"]) == set(r["trained_layers"])
+    assert all(math.isclose(d["min_cos"], 1.0, rel_tol=1e-12) for layer, d
+               in r["drift_from_pretrained"].items() if layer not in r["trained_layers"])
+  # Training continued from the previous iteration: it is closer than the pretrained model.
+  last = records[-1]
+  assert (last["drift_from_previous"]["head"]["max_rms"]
+          < last["drift_from_pretrained"]["head"]["max_rms"])
+
+
+@pytest.mark.real
+def test_gu_run_resumed_mid_iteration_is_bit_identical(gu_run, tiny_args, env, tmp_path):
+  """Killed in iteration 1 (after its checkpoint of step 6), the rerun resumes there: the
+  finished iteration 0 is not redone and everything ends as in the uninterrupted run."""
+  workdir = tmp_path / "resumed"
+  shutil.copytree(gu_run, workdir)
+  (workdir / "results.json").unlink()
+  done = train_py([*tiny_args, "--config.resume_step=6"], workdir, env)
+  assert done.returncode == 0, done.stderr
+  assert f"resumed from {workdir / 'checkpoints' / '6'}" in done.stderr
+  expected = results_of(gu_run)
+  results = results_of(workdir)
+  strip = lambda r: {k: v for k, v in r.items() if k not in ("timings", "config")}
+  assert strip(results) == strip(expected)
+  assert [s["start_step"] for s in results["timings"]["sessions"]] == [0, 6]
+  for name in ("metrics.jsonl",):
+    assert (workdir / name).read_text() == (gu_run / name).read_text()
+
+
+@pytest.mark.real
+def test_gu_restart_run_starts_each_iteration_from_the_pretrained_model(tiny_args, env,
+                                                                        tmp_path):
+  args = [*tiny_args, "--config.unfreezing.mode=gu_restart", "--config.unfreezing.iterations=2"]
+  done = train_py(args, tmp_path / "restart", env)
+  assert done.returncode == 0, done.stderr
+  records = results_of(tmp_path / "restart")["unfreezing"]["iterations"]
+  assert [r["end_step"] for r in records] == [4, 8]
+  # Iteration 1 restarted from the pretrained weights: the layer frozen in iteration 0 and
+  # trained in iteration 1 moved from both; the embeddings (frozen) from neither.
+  assert moved(records[1]["drift_from_pretrained"]) == {"head", "encoder/layers/1",
+                                                         "encoder/layers/0"}
+  assert moved(records[1]["drift_from_previous"]) == {"head", "encoder/layers/1",
+                                                       "encoder/layers/0"}
+
+
+@pytest.mark.real
+def test_real_minilm_gu_records_a_dev_metric_per_iteration(glue_dir, env, tmp_path):
+  """MiniLM-L6 on 16 real RTE examples, 2 GU iterations of one step: a dev score per iteration
+  on all 277 dev examples; only the trained layers move."""
+  args = ["--config", "rte_gu", "--config.model=minilm-l6", f"--config.glue_dir={glue_dir}",
+          "--config.train_limit=16", "--config.unfreezing.iterations=2",
+          "--config.unfreezing.epochs_per_iteration=1", "--config.eval_batch_size=64",
+          "--config.optimizer.learning_rate=1e-4", "--config.optimizer.warmup_fraction=0",
+          "--config.progress=false"]
+  done = train_py(args, tmp_path / "minilm", env)
+  assert done.returncode == 0, done.stderr
+  results = results_of(tmp_path / "minilm")
+  records = results["unfreezing"]["iterations"]
+  assert [(r["iteration"], r["end_step"]) for r in records] == [(0, 1), (1, 2)]
+  assert [e["examples"] for e in results["evaluations"]] == [277, 277]
+  for r, e in zip(records, results["evaluations"]):
+    assert r["score"] == e["score"] and 0.0 <= r["score"] <= 100.0
+    assert moved(r["drift_from_previous"]) == set(r["trained_layers"])
+  assert records[1]["trained_layers"] == ["head", "encoder/layers/5", "encoder/layers/4"]
+  assert len(records[0]["drift_from_pretrained"]) == 8  # embeddings, 6 layers, head

@@ -14,7 +14,11 @@ anything is compiled or written. ``train(run)`` then trains for ``num_epochs`` e
     clip did), computed inside the step, to ``grad_norms.npz`` (``diagnostics.py``);
   * a checkpoint every ``checkpoint_every`` steps and after every evaluation; a run that
     finds checkpoints in its directory resumes from the latest (or ``resume_step``) and
-    ends exactly as an uninterrupted run would.
+    ends exactly as an uninterrupted run would;
+  * under gradual unfreezing (``config.unfreezing``, ``unfreezing.py``) the run is a
+    sequence of iterations, each with its own optimizer (frozen tensors masked out) and
+    jitted step; at each iteration's end the dev evaluation and the layer drift from the
+    pretrained and the previous iteration's parameters go into ``results.json``.
 
 The run directory holds ``config.json`` (what the run computes: a run directory is never
 resumed with another config), ``metrics.jsonl`` (one line per step, one per evaluation),
@@ -45,7 +49,7 @@ import optax
 from tqdm import tqdm
 
 from cwgnc_jax import config as config_lib
-from cwgnc_jax import diagnostics, metrics, models, optimizers
+from cwgnc_jax import diagnostics, metrics, models, unfreezing
 from cwgnc_jax.data import batching, glue
 from cwgnc_jax.training import checkpoint as checkpoint_lib
 from cwgnc_jax.training import step as step_lib
@@ -89,8 +93,17 @@ class Run:
     return batching.steps_per_epoch(len(self.train_data), self.config.batch_size)
 
   @property
+  def num_layers(self) -> int:
+    return unfreezing.num_layers(self.params)
+
+  @property
+  def num_epochs(self) -> int:
+    """The run's epochs (under gradual unfreezing: those of all its iterations)."""
+    return unfreezing.num_epochs(self.config, self.num_layers)
+
+  @property
   def total_steps(self) -> int:
-    return self.config.num_epochs * self.steps_per_epoch
+    return self.num_epochs * self.steps_per_epoch
 
 
 def _normalized(values: Any) -> Any:
@@ -152,6 +165,11 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | Path) -> Run:
   if config.max_length > model_config.max_position_embeddings:
     raise ConfigError(f"config.max_length={config.max_length} exceeds the model's "
                       f"{model_config.max_position_embeddings} positions")
+  num_layers = model_config.num_hidden_layers
+  if (config.unfreezing.mode != "none"
+      and unfreezing.iterations(config, num_layers) > num_layers + 1):
+    raise ConfigError(f"config.unfreezing.iterations={config.unfreezing.iterations} exceeds "
+                      f"the model's {num_layers} layers + 1 (the embeddings, unfrozen last)")
   tokenizer = models.load_tokenizer(config.model)
   source = config_lib.glue_source(config)
   load = lambda split: glue.load_tokenized(config.task, split, tokenizer, source=source,
@@ -284,13 +302,15 @@ def best_index(evals: list[dict[str, Any]]) -> int:
 # -- Training. -----------------------------------------------------------------------------
 
 def _start(run: Run, checkpoints: checkpoint_lib.Checkpointer,
-           optimizer: optax.GradientTransformation, abstract: Any,
+           setup_at: Callable[[int], tuple[optax.GradientTransformation, Any]],
            log: Callable[[str], None]) -> tuple[Any, dict[str, Any], Any]:
   """The state, loop metadata and best parameters to continue from: the latest checkpoint
-  (or ``resume_step``'s), else the pretrained parameters at step 0."""
+  (or ``resume_step``'s), else the pretrained parameters at step 0. ``setup_at(step)`` is
+  the optimizer and abstract state of the stage that trained up to ``step``."""
   steps = checkpoints.steps()
   resume_step = run.config.resume_step
   if resume_step is None and not steps:
+    optimizer, abstract = setup_at(0)
     state = step_lib.init_state(run.params, optimizer, run.config.seed, abstract)
     return state, {"step": 0, "evals": [], "best_index": None}, None
   if resume_step is not None and resume_step not in steps:
@@ -298,6 +318,7 @@ def _start(run: Run, checkpoints: checkpoint_lib.Checkpointer,
                       f"{checkpoints.directory}; available: {steps}")
   step = steps[-1] if resume_step is None else resume_step
   meta = checkpoints.read_meta(step)
+  _, abstract = setup_at(step)
   abstract_best = abstract.params if meta.get("best_index") is not None else None
   restored, best = checkpoints.restore(step, abstract, abstract_best)
   later = checkpoints.delete_after(step)
@@ -335,16 +356,32 @@ def train(run: Run, steps_cache: dict[str, Any] | None = None) -> dict[str, Any]
   data_size, fsdp_size = config_lib.mesh_shape(config, run.num_devices)
   mesh = step_lib.make_mesh(data_size, fsdp_size)
   total_steps, steps_per_epoch = run.total_steps, run.steps_per_epoch
-  optimizer = optimizers.build_optimizer(config.optimizer, total_steps)
-  opt = config.optimizer
-  schedule = optimizers.linear_warmup_decay(opt.learning_rate, total_steps, opt.warmup_fraction)
-  abstract = step_lib.abstract_state(run.params, optimizer, config.seed, mesh,
-                                     config.fsdp_min_size)
-  shardings = step_lib.shardings_of(abstract)
+  # One stage for plain fine-tuning; one per iteration under gradual unfreezing.
+  stages = unfreezing.stages(config, run.num_layers, steps_per_epoch)
+  gradual = config.unfreezing.mode != "none"
+  setups: dict[int, tuple[optax.GradientTransformation, Any]] = {}
+
+  def setup(stage: unfreezing.Stage) -> tuple[optax.GradientTransformation, Any]:
+    """The stage's optimizer and the layout of the state it trains."""
+    if stage.index not in setups:
+      optimizer = unfreezing.stage_optimizer(config.optimizer, stage)
+      setups[stage.index] = optimizer, step_lib.abstract_state(
+          run.params, optimizer, config.seed, mesh, config.fsdp_min_size)
+    return setups[stage.index]
+
   checkpoints = checkpoint_lib.Checkpointer(workdir / "checkpoints",
                                             keep=config.keep_checkpoints)
-  state, meta, best_params = _start(run, checkpoints, optimizer, abstract, log)
+  state, meta, best_params = _start(
+      run, checkpoints, lambda at: setup(unfreezing.stage_at(stages, at)), log)
   step = int(meta["step"])
+  stage = unfreezing.stage_at(stages, step)
+  optimizer, abstract = setup(stage)
+  shardings = step_lib.shardings_of(abstract)
+  # GU: each finished iteration's record; the parameters at the end of the previous one
+  # (None: the pretrained ones); the updates applied before this one (its schedule's origin).
+  iterations: list[dict[str, Any]] = meta.get("iterations", [])
+  previous = checkpoints.restore_previous(step, abstract.params) if stage.index else None
+  applied_before = meta.get("applied_before_stage", 0)
   evals: list[dict[str, Any]] = meta["evals"]
   sessions = meta.get("sessions", []) + [{"start_step": step, "devices": run.num_devices,
                                           "mesh": [data_size, fsdp_size]}]
@@ -354,15 +391,27 @@ def train(run: Run, steps_cache: dict[str, Any] | None = None) -> dict[str, Any]
   with_diagnostics = config.diagnostics_every > 0
   key = steps_key(run, (data_size, fsdp_size), with_diagnostics)
   steps_cache = {} if steps_cache is None else steps_cache
-  if key not in steps_cache:
-    steps_cache[key] = (step_lib.jit_train_step(run.apply, optimizer, mesh, shardings,
-                                                schedule, diagnostics=with_diagnostics),
-                        step_lib.jit_eval_step(run.apply, mesh, shardings.params))
-  train_step, eval_step = steps_cache[key]
-  grad_norms = diagnostics.GradientNormLog(
-      workdir, step_lib.gradient_norm_names(abstract.params, abstract.opt_state),
-      config.diagnostics_every, step, main)
-  when_eval = eval_steps(steps_per_epoch, config.num_epochs, config.evals_per_epoch)
+
+  def stage_train_step() -> Callable:
+    """The jitted train step of the current stage (shared through ``steps_cache``)."""
+    stage_key = (key, stage.index, applied_before)
+    if stage_key not in steps_cache:
+      steps_cache[stage_key] = step_lib.jit_train_step(
+          unfreezing.stage_apply(run.apply, stage), optimizer, mesh, shardings,
+          unfreezing.stage_schedule(config.optimizer, stage, applied_before),
+          diagnostics=with_diagnostics)
+    return steps_cache[stage_key]
+
+  train_step = stage_train_step()
+  if (key, "eval") not in steps_cache:
+    steps_cache[key, "eval"] = step_lib.jit_eval_step(run.apply, mesh, shardings.params)
+  eval_step = steps_cache[key, "eval"]
+  names = step_lib.gradient_norm_names(abstract.params, abstract.opt_state)
+  if gradual:  # the clip's components change from iteration to iteration: tensors only
+    names.pop("component_norms", None)
+  grad_norms = diagnostics.GradientNormLog(workdir, names, config.diagnostics_every, step,
+                                           main)
+  when_eval = eval_steps(steps_per_epoch, run.num_epochs, config.evals_per_epoch)
   metrics_log = MetricsLog(workdir, step, main)
   pending: list[tuple[int, dict[str, jax.Array]]] = []
   window: list[float] = []
@@ -394,14 +443,26 @@ def train(run: Run, steps_cache: dict[str, Any] | None = None) -> dict[str, Any]
     meta = {"step": step, "epoch": step // steps_per_epoch,
             "epoch_step": step % steps_per_epoch, "evals": evals,
             "best_index": best_index(evals) if config.keep_best and evals else None,
-            "sessions": sessions, "clock": clock()}
+            "sessions": sessions, "clock": clock(), "iterations": iterations,
+            "applied_before_stage": applied_before}
     grad_norms.save()  # first: rows after the checkpoint are dropped on resume, missing ones not
-    checkpoints.save(step, state, meta, best_params)
+    checkpoints.save(step, state, meta, best_params, previous)
 
   progress = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True,
                   disable=not (config.progress and main), file=sys.stderr)
   t_train, seen = time.perf_counter(), 0
   while step < total_steps:
+    if step == stage.end_step:  # a GU iteration ended here: the next one starts
+      previous = jax.tree.map(jnp.copy, state.params)
+      stage = stages[stage.index + 1]
+      optimizer, abstract = setup(stage)
+      shardings = step_lib.shardings_of(abstract)
+      state = unfreezing.next_state(config.unfreezing.mode, state, run.params, optimizer,
+                                    abstract, config.seed)
+      applied_before = step - int(state.skipped)
+      train_step = stage_train_step()
+      log(f"step {step}: GU iteration {stage.index} trains "
+          f"{', '.join(stage.trained_layers(run.num_layers))}")
     epoch, epoch_step = divmod(step, steps_per_epoch)
     for batch in batching.train_batches(
         run.train_data, config.batch_size, seed=config.seed, epoch=epoch, layout=config.layout,
@@ -431,6 +492,9 @@ def train(run: Run, steps_cache: dict[str, Any] | None = None) -> dict[str, Any]
             f"{result['score']:.2f}, loss {result['loss']:.4f}")
         if config.keep_best and best_index(evals) == len(evals) - 1:
           best_params = jax.tree.map(jnp.copy, state.params)
+      if gradual and step == stage.end_step:  # always an epoch's end: just evaluated
+        iterations.append(unfreezing.record(stage, run.num_layers, evals[-1], state.params,
+                                            run.params, previous))
       if step in when_eval or (config.checkpoint_every and step % config.checkpoint_every == 0):
         save()
   flush_pending()
@@ -440,6 +504,8 @@ def train(run: Run, steps_cache: dict[str, Any] | None = None) -> dict[str, Any]
   checkpoints.close()
 
   results = make_results(run, evals, int(state.skipped), step)
+  if gradual:
+    results["unfreezing"] = {"mode": config.unfreezing.mode, "iterations": iterations}
   totals = clock()
   results["timings"] = {**totals, "sessions": sessions,
                         "train_examples_per_second":

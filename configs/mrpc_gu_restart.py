@@ -1,0 +1,11 @@
+"""MRPC, gradual unfreezing with restart (the paper's section 2, Fig. 1): iteration k trains
+the head and the top k + 1 encoder layers for 3 epochs starting again from the pretrained
+weights, so its last iteration (L + 1 iterations: 25 for BERT-large) is full fine-tuning.
+AdamW with bias correction, as the paper's full fine-tuning baseline.
+"""
+
+from configs import base
+
+
+def get_config():
+  return base.gradual_unfreezing("mrpc", "gu_restart")
