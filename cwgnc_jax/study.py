@@ -1,7 +1,7 @@
 """A config over many seeds in one process, and its summary: ``python -m cwgnc_jax.study``.
 
   python -m cwgnc_jax.study --config NAME_OR_PATH [--seeds 25 | --seeds 1,2,5]
-      [--config.KEY=VALUE ...] [--out DIR]
+      [--config.KEY=VALUE ...] [--out DIR] [--seeds-per-program K]
 
 ``--seeds N`` trains seeds 1..N (default 25, the paper's count); ``--seeds 1,2,5`` those
 seeds. Each seed is an ordinary ``train.py`` run directory ``DIR/<group>/seed_<s>/`` (DIR
@@ -11,14 +11,17 @@ defaults to ``runs/study``); the group is the config name followed by its overri
 come from ``--seeds``).
 
 The seeds train one after the other and share their jitted steps (``loop.steps_key``), so
-each batch shape is compiled once per process, not once per seed. Run the same command
-again to resume an interrupted study: a seed with ``results.json`` is not rerun, a seed with
-checkpoints resumes from its latest one.
+each batch shape is compiled once per process, not once per seed. ``--seeds-per-program K``
+trains K fresh seeds at a time in one compiled program instead (``training/multiseed.py``:
+the step vmapped over seeds; one device, plain fine-tuning). Run the same command again to
+resume an interrupted study: a seed with ``results.json`` is not rerun, a seed with
+checkpoints resumes from its latest one (on its own).
 
 After every seed, ``DIR/<group>/summary.json`` holds the aggregates of the group's finished
-seeds, those of earlier invocations with other ``--seeds`` included (SPEC section 3): ``std`` (population, ddof 0), ``mean``, ``max``, ``min`` of the dev score
-(x100), ``failed_percent`` (runs not beating the majority classifier), and one entry per
-seed under ``runs``. Exit status as ``train.py``: 0 done, 2 bad input (one line on stderr).
+seeds, those of earlier invocations with other ``--seeds`` included (SPEC section 3):
+``std`` (population, ddof 0), ``mean``, ``max``, ``min`` of the dev score (x100),
+``failed_percent`` (runs not beating the majority classifier), and one entry per seed under
+``runs``. Exit status as ``train.py``: 0 done, 2 bad input (one line on stderr).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ DEFAULT_SEEDS = 25  # the paper's seeds per Table 1 cell
 DEFAULT_OUT = os.path.join("runs", "study")
 SUMMARY_FILE = "summary.json"
 USAGE = ("usage: python -m cwgnc_jax.study --config NAME_OR_PATH [--seeds N | --seeds S1,S2,...] "
-         "[--config.KEY=VALUE ...] [--out DIR]")
+         "[--config.KEY=VALUE ...] [--out DIR] [--seeds-per-program K]")
 
 
 # -- The command line. ---------------------------------------------------------------------
@@ -64,14 +67,16 @@ def parse_seeds(text: str) -> list[int]:
   return seeds
 
 
-def parse_args(argv: Sequence[str]) -> tuple[str, list[tuple[str, str]], list[int], Path]:
-  """``(config name or path, [(dotted key, value text)], seeds, output folder)``."""
-  seeds, out, rest = None, None, []
+def parse_args(argv: Sequence[str]
+               ) -> tuple[str, list[tuple[str, str]], list[int], Path, int]:
+  """``(config name or path, [(dotted key, value text)], seeds, output folder, seeds per
+  program)``."""
+  seeds, out, per_program, rest = None, None, 1, []
   args = list(argv)
   i = 0
   while i < len(args):
     flag, has_value, value = args[i].partition("=")
-    if flag in ("--seeds", "--out"):
+    if flag in ("--seeds", "--out", "--seeds-per-program"):
       if not has_value:
         if i + 1 >= len(args) or args[i + 1].startswith("--"):
           raise ConfigError(f"{flag} needs a value")
@@ -79,8 +84,12 @@ def parse_args(argv: Sequence[str]) -> tuple[str, list[tuple[str, str]], list[in
         i += 1
       if flag == "--seeds":
         seeds = parse_seeds(value)
-      else:
+      elif flag == "--out":
         out = value
+      elif not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"--seeds-per-program {value}: expected an int >= 1")
+      else:
+        per_program = int(value)
     elif flag == "--workdir":
       raise ConfigError(f"--workdir is not a study flag: runs go to --out DIR; {USAGE}")
     else:
@@ -90,7 +99,7 @@ def parse_args(argv: Sequence[str]) -> tuple[str, list[tuple[str, str]], list[in
   if any(key == "seed" for key, _ in overrides):
     raise ConfigError("--config.seed is not allowed in a study: pass --seeds instead")
   return (config_arg, overrides, seeds or parse_seeds(str(DEFAULT_SEEDS)),
-          Path(out or DEFAULT_OUT))
+          Path(out or DEFAULT_OUT), per_program)
 
 
 def _value(config: ml_collections.ConfigDict, dotted: str) -> Any:
@@ -163,19 +172,25 @@ def read_summary(group_dir: str | Path) -> dict[str, Any]:
 # -- The study. ----------------------------------------------------------------------------
 
 def run_study(config_arg: str, overrides: Sequence[tuple[str, str]], seeds: Sequence[int],
-              out: str | Path) -> dict[str, Any]:
+              out: str | Path, seeds_per_program: int = 1) -> dict[str, Any]:
   """Trains (or resumes, or skips) every seed of the group; returns its summary.
 
-  Every seed's config and run directory are checked before anything trains.
+  Every seed's config and run directory are checked before anything trains. With
+  ``seeds_per_program`` K > 1, fresh seeds train K at a time in one vmapped program.
   """
   # Imported here: a bad command line fails before JAX loads.
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
-  from cwgnc_jax.training import loop  # pylint: disable=import-outside-toplevel
+  from cwgnc_jax.training import loop, multiseed  # pylint: disable=import-outside-toplevel
 
   config = config_lib.apply_overrides(config_lib.load(config_arg), overrides)
   config_lib.validate(config)
   config_lib.check_devices(config, jax.device_count())
+  if seeds_per_program > 1 and jax.device_count() != 1:
+    raise ConfigError(f"--seeds-per-program needs one device, found {jax.device_count()}")
+  if seeds_per_program > 1 and config.unfreezing.mode != "none":
+    raise ConfigError("--seeds-per-program supports plain fine-tuning only, not "
+                      f"config.unfreezing.mode={config.unfreezing.mode!r}")
   values = group_overrides(config, overrides)
   group = group_name(config_arg, values)
   group_dir = Path(out) / group
@@ -192,18 +207,36 @@ def run_study(config_arg: str, overrides: Sequence[tuple[str, str]], seeds: Sequ
 
   main = loop.is_main_process()
   steps_cache: dict[str, Any] = {}
-  progress = tqdm(seeds, desc=group, unit="seed", dynamic_ncols=True, file=sys.stderr,
-                  disable=not (config.progress and main))
-  for seed in progress:
+  def prepare(seed: int) -> loop.Run:
+    try:
+      return loop.prepare(configs[seed], group_dir / f"seed_{seed}")
+    except (ValueError, OSError) as e:  # missing files, bad data or weights
+      raise ConfigError(f"seed {seed}: {e}") from e
+
+  def fresh(seed: int) -> bool:
+    """Neither finished nor started (no checkpoint)."""
+    workdir = group_dir / f"seed_{seed}"
+    started = (workdir / "checkpoints").is_dir() and any((workdir / "checkpoints").iterdir())
+    return not ((workdir / "results.json").is_file() or started)
+
+  progress = tqdm(total=len(seeds), desc=group, unit="seed", dynamic_ncols=True,
+                  file=sys.stderr, disable=not (config.progress and main))
+  todo = list(seeds)
+  while todo:
+    seed = todo[0]
     workdir = group_dir / f"seed_{seed}"
     if (workdir / "results.json").is_file():
       results[seed] = json.loads((workdir / "results.json").read_text())
+      done = [seed]
+    elif seeds_per_program > 1 and fresh(seed):
+      done = [s for s in todo if fresh(s)][:seeds_per_program]
+      trained = multiseed.train_together([prepare(s) for s in done], steps_cache)
+      results.update(zip(done, trained))
     else:
-      try:
-        run = loop.prepare(configs[seed], workdir)
-      except (ValueError, OSError) as e:  # missing files, bad data or weights
-        raise ConfigError(f"seed {seed}: {e}") from e
-      results[seed] = loop.train(run, steps_cache)
+      results[seed] = loop.train(prepare(seed), steps_cache)
+      done = [seed]
+    todo = [s for s in todo if s not in done]
+    progress.update(len(done))
     summary = summarize(group, config_arg, values, config, every_seed, results)
     if main:
       group_dir.mkdir(parents=True, exist_ok=True)
@@ -227,8 +260,8 @@ def main(argv: list[str]) -> None:
     return
   from cwgnc_jax.training import checkpoint  # pylint: disable=import-outside-toplevel
   try:
-    config_arg, overrides, seeds, out = parse_args(argv)
-    summary = run_study(config_arg, overrides, seeds, out)
+    config_arg, overrides, seeds, out, per_program = parse_args(argv)
+    summary = run_study(config_arg, overrides, seeds, out, per_program)
   except (ConfigError, checkpoint.CheckpointError) as e:
     print(f"cwgnc_jax.study: error: {e}", file=sys.stderr)
     sys.exit(2)

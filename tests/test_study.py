@@ -31,13 +31,14 @@ def test_seeds_are_a_count_or_a_list():
 
 
 def test_parse_args():
-  config, overrides, seeds, out = study.parse_args(
+  assert study.parse_args(
       ["--config", "rte_cwgnc", "--seeds", "2", "--config.optimizer.clip_norm=0.1",
-       "--out=/tmp/x"])
-  assert (config, overrides, seeds, out) == (
-      "rte_cwgnc", [("optimizer.clip_norm", "0.1")], [1, 2], Path("/tmp/x"))
-  assert study.parse_args(["--config", "rte_adamw"])[2] == list(range(1, 26))  # the paper's 25
+       "--out=/tmp/x", "--seeds-per-program", "2"]) == (
+           "rte_cwgnc", [("optimizer.clip_norm", "0.1")], [1, 2], Path("/tmp/x"), 2)
+  assert study.parse_args(["--config", "rte_adamw"])[2:] == (
+      list(range(1, 26)), Path("runs/study"), 1)  # the paper's 25 seeds, one at a time
   for argv, message in ((["--config", "rte_adamw", "--config.seed=3"], "--seeds instead"),
+                        (["--config", "rte_adamw", "--seeds-per-program=0"], "an int >= 1"),
                         (["--config", "rte_adamw", "--workdir", "x"], "--out DIR"),
                         (["--config", "rte_adamw", "--seeds"], "--seeds needs a value"),
                         (["--seeds", "3"], "--config is required")):
