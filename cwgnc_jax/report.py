@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -351,14 +350,15 @@ def figure_gu(groups: Sequence[Group], path: Path) -> str | None:
 
 
 def _layer_order(layers: Sequence[str]) -> list[str]:
-  rank = lambda layer: (-1 if layer == paths.EMBEDDINGS else
-                        math.inf if layer == paths.HEAD else paths.layer_index(layer))
-  return sorted(layers, key=rank)
+  """The embeddings and encoder layers, bottom up. The head is left out, as in the paper's
+  figures: its fresh classifier (zero-initialised bias: cosine 0) says nothing about the
+  pretrained layers and would dwarf them."""
+  rank = lambda layer: -1 if layer == paths.EMBEDDINGS else paths.layer_index(layer)
+  return sorted((layer for layer in layers if layer != paths.HEAD), key=rank)
 
 
 def _short_layer(layer: str) -> str:
-  index = paths.layer_index(layer)
-  return "emb" if layer == paths.EMBEDDINGS else "head" if layer == paths.HEAD else str(index)
+  return "emb" if layer == paths.EMBEDDINGS else str(paths.layer_index(layer))
 
 
 def figure_gu_drift(groups: Sequence[Group], path: Path) -> str | None:
@@ -386,6 +386,7 @@ def figure_gu_drift(groups: Sequence[Group], path: Path) -> str | None:
     ax.set_xticks(range(len(layers)), [_short_layer(layer) for layer in layers])
     ax.set_xlabel("layer (emb = embeddings, numbers = encoder layers)")
     ax.set_ylabel(ylabel)
+    ax.ticklabel_format(axis="y", useOffset=False)  # cosines: 0.99997, not 1e-5 + 0.9999
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -424,10 +425,10 @@ def figure_drift_by_method(groups: Sequence[Group], path: Path) -> str | None:
                                    marker="o", ms=3, capsize=2, color=colors[g.label],
                                    label=f"{g.label} (n={len(drifts)})")
         axes[row][column].set_xticks(range(len(layers)), [_short_layer(x) for x in layers])
-    axes[0][column].set_yscale("log")  # the fresh classifier moves far more than the rest
     for row, ylabel in enumerate(("max RMS difference", "min cosine similarity")):
       ax = axes[row][column]
       ax.set_ylabel(ylabel)
+      ax.ticklabel_format(axis="y", useOffset=False)
       ax.set_xlabel("layer (emb = embeddings, numbers = encoder layers)")
       ax.set_title(f"{TASK_NAMES.get(task, task)}: {ylabel} against pretrained")
       ax.grid(alpha=0.3)
@@ -471,7 +472,9 @@ def figure_gradient_norms(groups: Sequence[Group], path: Path) -> str | None:
   layers = sorted({paths.layer_index(n) for n in names} - {None})
   layer = layers[-2] if len(layers) >= 2 else layers[-1]
   prefix = f"encoder/layers/{layer}/"
-  columns = [i for i, n in enumerate(names) if n.startswith(prefix)]
+  # The key bias is left out: its gradient is 0 up to rounding (softmax ignores a shift).
+  columns = [i for i, n in enumerate(names)
+             if n.startswith(prefix) and not n.endswith("attention/key/bias")]
   scores = {r["seed"]: r["score"] for r in g.summary["runs"]}
   plt = _pyplot()
   fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), sharey=True)
@@ -506,13 +509,15 @@ FIGURES = (
     ("fig2_4_5_gu_drift.png", figure_gu_drift,
      "Figs. 2, 4, 5: per layer, the maximum RMS difference and the minimum cosine similarity "
      "of its tensors, against the pretrained model and against the previous iteration, for "
-     "the first 4 GU iterations."),
+     "the first 4 GU iterations (the head, with its fresh classifier, left out)."),
     ("drift_by_method.png", figure_drift_by_method,
      "Per layer, the maximum RMS difference and the minimum cosine similarity of its tensors "
-     "against the pretrained model after training, per method (mean ± std over seeds)."),
+     "against the pretrained model after training, per method (mean ± std over seeds; the "
+     "head, with its fresh classifier, left out)."),
     ("fig3_gradient_norms.png", figure_gradient_norms,
      "Fig. 3: the pre-clip gradient norm of every tensor of the second-highest encoder layer "
-     "over training, in a failed and a successful run of the same group."),
+     "(but the attention key bias, whose gradient is 0 up to rounding) over training, in a "
+     "failed and a successful run of the same group."),
 )
 
 
