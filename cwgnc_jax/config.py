@@ -30,6 +30,7 @@ from typing import Any, Sequence
 import ml_collections
 
 from cwgnc_jax import optimizers, unfreezing
+from cwgnc_jax.models.mixout import GRADIENTS as MIXOUT_GRADIENTS
 from cwgnc_jax.data import batching, glue
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,6 +50,12 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 OPERATIONAL_KEYS = ("resume_step", "checkpoint_every", "keep_checkpoints", "log_every",
                     "progress", "mesh", "distributed", "fsdp_min_size", "cache_dir",
                     "diagnostics_every")
+
+
+# Groups of keys added after runs were made, each with the key and value that turn it off: a
+# config.json written without the group was trained with it off (the same computation), so a
+# run directory of that age still resumes under a config that leaves it off.
+LATER_GROUPS = {"unfreezing": ("mode", "none"), "mixout": ("p", 0.0)}
 
 
 class ConfigError(ValueError):
@@ -296,6 +303,16 @@ def _check_unfreezing(config: ml_collections.ConfigDict) -> None:
              f"config.unfreezing.{key} must be an int > 0, got {value!r}")
 
 
+def _check_mixout(config: ml_collections.ConfigDict) -> None:
+  p, gradient = config.mixout.p, config.mixout.gradient
+  _require(isinstance(p, (int, float)) and 0.0 <= p < 1.0,
+           f"config.mixout.p must be in [0, 1), got {p!r}")
+  _require(gradient in MIXOUT_GRADIENTS, f"unknown config.mixout.gradient {gradient!r}; "
+           f"valid: {', '.join(MIXOUT_GRADIENTS)}")
+  _require(config.method != "mixout" or p > 0.0,
+           "config.mixout.p must be > 0 for method 'mixout' (Lee et al.: 0.7, 0.8 or 0.9)")
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError (one line) on anything a run could not start with.
 
@@ -304,7 +321,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   """
   required = ("task", "method", "model", "seed", "batch_size", "eval_batch_size", "num_epochs",
               "max_length", "layout", "optimizer", "keep_best", "evals_per_epoch", "mesh",
-              "unfreezing")
+              "unfreezing", "mixout")
   missing = [key for key in required if key not in config]
   _require(not missing, f"config lacks the keys {missing}; start from configs/base.py")
   _require(str(config.task).lower() in glue.TASKS,
@@ -320,6 +337,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
               "keep_checkpoints", "log_every"):
     _positive_int(config, key)
   _check_unfreezing(config)
+  _check_mixout(config)
   _positive_int(config, "checkpoint_every", zero_ok=True)
   _positive_int(config, "diagnostics_every", zero_ok=True)
   _require(isinstance(config.seed, int), f"config.seed must be an int, got {config.seed!r}")

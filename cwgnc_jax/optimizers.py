@@ -189,7 +189,7 @@ def cwgnc(
 
 # -- Recipes and the config-driven builder. ----------------------------------------------
 
-RECIPES = ("bertadam", "adamw", "mosbach", "cwgnc", "cwgnc_released")
+RECIPES = ("bertadam", "adamw", "mosbach", "cwgnc", "cwgnc_released", "mixout")
 
 
 def _devlin() -> dict[str, Any]:
@@ -215,8 +215,9 @@ def recipe(name: str, *, released_code: bool = False) -> ml_collections.ConfigDi
   Args:
     name: 'bertadam' (Devlin et al.: BertAdam, global clip 1.0), 'adamw' (+ bias
       correction), 'mosbach' (same optimizer as 'adamw'; more epochs, set in the training
-      config), 'cwgnc' (paper: 'adamw' with per-tensor clip 0.05 and no global clip) or
-      'cwgnc_released' (= 'cwgnc' with ``released_code=True``).
+      config), 'cwgnc' (paper: 'adamw' with per-tensor clip 0.05 and no global clip),
+      'cwgnc_released' (= 'cwgnc' with ``released_code=True``) or 'mixout' (Lee et al.: the
+      'mosbach' optimizer; the model's Mixout is set in the training config).
     released_code: for 'cwgnc', the authors' released script instead of the paper: no
       warmup, weight decay 0.0, eps 1e-8.
   """

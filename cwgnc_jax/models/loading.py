@@ -14,6 +14,7 @@ the ``bert.`` prefix, and old ``LayerNorm.gamma/beta`` names; PyTorch Linear wei
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import re
@@ -230,8 +231,9 @@ def _nest(flat: Mapping[str, Any]) -> dict:
 
 
 def from_pretrained(name_or_path: str | os.PathLike, num_labels: int, *, seed: int = 0,
-                    dtype: Any = jnp.float32,
-                    linear: LinearFactory = Linear) -> BertForSequenceClassification:
+                    dtype: Any = jnp.float32, linear: LinearFactory = Linear,
+                    config_overrides: Mapping[str, Any] | None = None
+                    ) -> BertForSequenceClassification:
   """BERT for sequence classification with pretrained encoder and pooler, fresh classifier.
 
   Args:
@@ -240,9 +242,13 @@ def from_pretrained(name_or_path: str | os.PathLike, num_labels: int, *, seed: i
     seed: seeds the classifier's initialisation (nothing else is random).
     dtype: the compute dtype; parameters stay float32.
     linear: the dense-layer constructor (``bert.Linear``; Mixout passes its own).
+    config_overrides: ``BertConfig`` fields replacing the ``config.json`` values (Mixout sets
+      every dropout rate to 0).
   """
   model_dir = resolve_model_dir(name_or_path)
   config = BertConfig.from_json(model_dir / CONFIG_FILE)
+  if config_overrides:
+    config = dataclasses.replace(config, **config_overrides)
   abstract = nnx.eval_shape(lambda: BertForSequenceClassification(
       config, num_labels, rngs=nnx.Rngs(0), dtype=dtype, linear=linear))
   graphdef, abstract_params, rest = nnx.split(abstract, nnx.Param, ...)

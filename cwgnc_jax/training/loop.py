@@ -46,10 +46,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from flax import nnx
 from tqdm import tqdm
 
 from cwgnc_jax import config as config_lib
 from cwgnc_jax import diagnostics, metrics, models, unfreezing
+from cwgnc_jax.models import mixout
 from cwgnc_jax.data import batching, glue
 from cwgnc_jax.training import checkpoint as checkpoint_lib
 from cwgnc_jax.training import step as step_lib
@@ -128,8 +130,12 @@ def check_run_dir(workdir: Path, config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError if ``workdir`` holds anything but a run of this config."""
   stored_path = workdir / CONFIG_FILE
   if stored_path.is_file():
-    stored = _flat(json.loads(stored_path.read_text()))
-    current = _flat(_normalized(config_lib.run_identity(config)))
+    stored = json.loads(stored_path.read_text())
+    current = _normalized(config_lib.run_identity(config))
+    for group, (key, off) in config_lib.LATER_GROUPS.items():
+      if group not in stored and current.get(group, {}).get(key) == off:
+        del current[group]
+    stored, current = _flat(stored), _flat(current)
     differ = sorted(k for k in stored.keys() | current.keys() if stored.get(k) != current.get(k))
     if differ:
       raise ConfigError(
@@ -147,6 +153,17 @@ def head(data: glue.TokenizedSplit, n: int) -> glue.TokenizedSplit:
   end = data.offsets[n]
   return glue.TokenizedSplit(data.input_ids[:end], data.token_type_ids[:end],
                              data.offsets[:n + 1], data.labels[:n])
+
+
+def load_model(config: ml_collections.ConfigDict, num_labels: int) -> nnx.Module:
+  """The run's pretrained model: with ``config.mixout.p > 0`` every dense layer mixes toward
+  its loaded weight and every dropout rate is 0 (``models/mixout.py``)."""
+  dtype = jnp.dtype(config.dtype)
+  if config.mixout.p > 0:
+    return mixout.from_pretrained(config.model, num_labels, p=config.mixout.p,
+                                  gradient=config.mixout.gradient, seed=config.seed,
+                                  dtype=dtype)
+  return models.from_pretrained(config.model, num_labels, seed=config.seed, dtype=dtype)
 
 
 def prepare(config: ml_collections.ConfigDict, workdir: str | Path) -> Run:
@@ -179,8 +196,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | Path) -> Run:
   majority = metrics.majority_score(config.task, train_data.labels, dev_data.labels)
   if config.train_limit is not None:
     train_data = head(train_data, config.train_limit)
-  model = models.from_pretrained(config.model, task.num_labels, seed=config.seed,
-                                 dtype=jnp.dtype(config.dtype))
+  model = load_model(config, task.num_labels)
   graphdef_and_rest, params = models.split_params(model)
   return Run(config, workdir, task, train_data, dev_data, params,
              models.apply_fn(graphdef_and_rest), num_devices, majority,
