@@ -50,6 +50,7 @@ from cwgnc_jax.training import step as step_lib
 
 MODES = ("none", "gu", "gu_restart")
 EMBEDDINGS = -1  # the embeddings' place in the layer stack: below encoder layer 0
+# ``depth`` below is always L, the model's number of encoder layers (``num_layers``).
 
 
 def stack_position(path: str) -> float:
@@ -100,34 +101,34 @@ class Stage:
     bottom = EMBEDDINGS if self.bottom is None else self.bottom
     return paths.map_paths(lambda path: stack_position(path) >= bottom, params)
 
-  def trained_layers(self, num_layers_: int) -> list[str]:
+  def trained_layers(self, depth: int) -> list[str]:
     """The trained layers (``paths.layer_of`` names), top down."""
     bottom = EMBEDDINGS if self.bottom is None else self.bottom
-    layers = [paths.HEAD] + [f"encoder/layers/{i}" for i in range(num_layers_ - 1, -1, -1)
+    layers = [paths.HEAD] + [f"encoder/layers/{i}" for i in range(depth - 1, -1, -1)
                              if i >= bottom]
     return layers + ([paths.EMBEDDINGS] if bottom == EMBEDDINGS else [])
 
 
-def iterations(config: ml_collections.ConfigDict, num_layers_: int) -> int:
+def iterations(config: ml_collections.ConfigDict, depth: int) -> int:
   """``T``: ``config.unfreezing.iterations``, by default ``L + 1`` (the last one trains all)."""
-  return config.unfreezing.iterations or num_layers_ + 1
+  return config.unfreezing.iterations or depth + 1
 
 
-def num_epochs(config: ml_collections.ConfigDict, num_layers_: int) -> int:
+def num_epochs(config: ml_collections.ConfigDict, depth: int) -> int:
   """The run's epochs: ``num_epochs``, or ``T * epochs_per_iteration`` under GU."""
   if config.unfreezing.mode == "none":
     return config.num_epochs
-  return iterations(config, num_layers_) * config.unfreezing.epochs_per_iteration
+  return iterations(config, depth) * config.unfreezing.epochs_per_iteration
 
 
-def stages(config: ml_collections.ConfigDict, num_layers_: int,
+def stages(config: ml_collections.ConfigDict, depth: int,
            steps_per_epoch: int) -> list[Stage]:
   """The run's stages: one for plain fine-tuning, the ``T`` iterations under GU."""
   if config.unfreezing.mode == "none":
     return [Stage(0, 0, config.num_epochs * steps_per_epoch, None)]
   steps = config.unfreezing.epochs_per_iteration * steps_per_epoch
-  return [Stage(k, k * steps, (k + 1) * steps, num_layers_ - 1 - k)
-          for k in range(iterations(config, num_layers_))]
+  return [Stage(k, k * steps, (k + 1) * steps, depth - 1 - k)
+          for k in range(iterations(config, depth))]
 
 
 def stage_at(stages_: list[Stage], step: int) -> Stage:
@@ -207,20 +208,20 @@ def next_state(mode: str, state: Any, pretrained: Any, optimizer: optax.Gradient
   return jax.jit(carry, out_shardings=shardings)(state)
 
 
-def record(stage: Stage, num_layers_: int, evaluation: dict[str, Any], params: Any,
+def record(stage: Stage, depth: int, evaluation: dict[str, Any], params: Any,
            pretrained: Any, previous: Any) -> dict[str, Any]:
   """What results.json keeps of a finished iteration: its dev evaluation (Fig. 1) and the
   per-layer drift of its final parameters from the pretrained ones and from the previous
   iteration's final ones, the pretrained ones for iteration 0 (Figs. 2, 4, 5:
   ``diagnostics.layer_drift``; None when the parameters are split over several processes).
   """
-  record_ = {"iteration": stage.index, "trained_layers": stage.trained_layers(num_layers_),
-             "start_step": stage.start_step, "end_step": stage.end_step,
-             "score": evaluation["score"], "loss": evaluation["loss"],
-             "drift_from_pretrained": None, "drift_from_previous": None}
+  entry = {"iteration": stage.index, "trained_layers": stage.trained_layers(depth),
+           "start_step": stage.start_step, "end_step": stage.end_step,
+           "score": evaluation["score"], "loss": evaluation["loss"],
+           "drift_from_pretrained": None, "drift_from_previous": None}
   if all(x.is_fully_addressable for x in jax.tree.leaves(params)):
     params = jax.tree.map(np.asarray, jax.device_get(params))
     previous = pretrained if previous is None else previous
-    record_["drift_from_pretrained"] = diagnostics.layer_drift(params, pretrained)
-    record_["drift_from_previous"] = diagnostics.layer_drift(params, previous)
-  return record_
+    entry["drift_from_pretrained"] = diagnostics.layer_drift(params, pretrained)
+    entry["drift_from_previous"] = diagnostics.layer_drift(params, previous)
+  return entry

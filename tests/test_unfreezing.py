@@ -50,7 +50,7 @@ def state_paths(opt_state) -> list[str]:
 # -- Stages. -------------------------------------------------------------------------------
 
 def test_stages_unfreeze_top_down_embeddings_last():
-  stages = unfreezing.stages(gu_config(epochs=3), num_layers_=2, steps_per_epoch=5)
+  stages = unfreezing.stages(gu_config(epochs=3), depth=2, steps_per_epoch=5)
   assert [(s.index, s.start_step, s.end_step, s.bottom) for s in stages] == [
       (0, 0, 15, 1), (1, 15, 30, 0), (2, 30, 45, unfreezing.EMBEDDINGS)]
   assert [s.stop_gradient_at for s in stages] == [1, 0, None]
