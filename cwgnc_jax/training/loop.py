@@ -355,11 +355,12 @@ def steps_key(run: Run, mesh_shape: tuple[int, int], diagnostics: bool) -> str:
                      diagnostics], sort_keys=True)
 
 
-def train(run: Run, steps_cache: dict[str, Any] | None = None) -> dict[str, Any]:
+def train(run: Run, steps_cache: dict[Any, Any] | None = None) -> dict[str, Any]:
   """Trains, evaluates and checkpoints ``run``; returns (and writes) its results.
 
-  ``steps_cache``: a dict in which the jitted train and eval steps are kept by ``steps_key``,
-  so several runs of one process (a study's seeds) compile each batch shape once.
+  ``steps_cache``: a dict in which the jitted train and eval steps are kept by ``steps_key``
+  (the train step also by GU iteration), so several runs of one process (a study's seeds)
+  compile each batch shape once.
   """
   config, workdir = run.config, run.workdir
   main = is_main_process()
