@@ -9,6 +9,11 @@ its frozen-tensor mask, the model cut below its lowest trained layer) on an abst
 but the model's config.json; ``--time`` also times each step on random tokens (best of
 ``--repeats``).
 
+Measured (MiniLM-L6, AdamW, batch 16 x 128 tokens, 2 shared CPU cores): iteration 0 does 0.44x
+the FLOPs of full fine-tuning (62.8 of 142.7 GFLOP) in 0.42x the time (1.02 of 2.46 s/step),
+each further layer +0.11x; iteration 5 (all encoder layers, embeddings frozen) 0.98x. That is
+forward (1/3) plus the backward of the trained layers only: the frozen layers' backward is gone.
+
   PYTHONPATH=. python benchmarks/bench_unfreezing.py                       # MiniLM-L6
   PYTHONPATH=. python benchmarks/bench_unfreezing.py --model bert-large-uncased --batch 4
 """
@@ -83,7 +88,8 @@ def main() -> None:
     elif stage.bottom == unfreezing.EMBEDDINGS:
       name = f"GU iteration {stage.index:2d} (everything)"
     else:
-      name = f"GU iteration {stage.index:2d} (head + top {stage.index + 1} layers)"
+      top = stage.index + 1
+      name = f"GU iteration {stage.index:2d} (head + top {top} layer{'s' if top > 1 else ''})"
     line = f"  {name:<36} {flops / 1e9:9.1f} GFLOP  {flops / full_flops:6.3f} x full"
     if args.time:
       real = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), abstract)
