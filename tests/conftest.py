@@ -23,7 +23,7 @@ def _missing(what: str) -> None:
 @pytest.fixture(scope="session")
 def glue_dir() -> Path:
   """The real GLUE folder: $GLUE_DIR, else ../shared/glue beside the repository."""
-  path = Path(os.environ.get("GLUE_DIR", REPO.parent / "shared" / "glue"))
+  path = Path(os.environ.get("GLUE_DIR", REPO.parent / "shared" / "glue")).resolve()
   if not (path / "RTE" / "train.tsv").is_file():
     _missing(f"real GLUE data at {path} (set GLUE_DIR)")
   return path
