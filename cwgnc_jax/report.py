@@ -28,12 +28,14 @@ RUN_DIR is one setting (model, learning rates, epochs): it gets its own tables. 
     layer (the second from the top, as the paper's layer 22 of 24) over training, in a
     failed run and a successful run of one group (``grad_norms.npz``).
 
-A figure without data is skipped, and ``report.md`` says why.
+A figure without data is skipped, and ``report.md`` says why. ``seeds.csv`` beside it holds
+the raw per-seed results behind the tables (one row per finished seed of every group).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import json
 import sys
@@ -523,6 +525,24 @@ FIGURES = (
 
 # -- The report. ---------------------------------------------------------------------------
 
+SEED_COLUMNS = ("group", "task", "method", "seed", "metric", "score", "majority_score",
+                "failed", "skipped_steps", "steps", "train_seconds")
+
+
+def write_seed_table(groups: Sequence[Group], path: Path) -> None:
+  """``path`` (CSV): one row per finished seed of every group, the numbers behind the tables."""
+  with path.open("w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(SEED_COLUMNS)
+    for group in groups:
+      for seed, results in sorted(group.results().items()):
+        seconds = results.get("timings", {}).get("train_seconds")
+        writer.writerow([group.path.name, group.task, group.method, seed, results["metric"],
+                         f"{results['score']:.4f}", f"{results['majority_score']:.4f}",
+                         results["failed"], results["skipped_steps"], results.get("steps", ""),
+                         "" if seconds is None else f"{seconds:.0f}"])
+
+
 def write_report(run_dirs: Sequence[str | Path], out: str | Path,
                  command: str | None = None) -> Path:
   """Writes ``out/report.md`` and the figures from the groups below ``run_dirs``."""
@@ -548,7 +568,8 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path,
                 f"(`{run_dir}`)", "", table2(members), ""]
     lines += ["Groups:", "", settings_list(groups), ""]
   everything = [g for _, groups in settings for g in groups]
-  lines += ["## Figures", ""]
+  write_seed_table(everything, out / "seeds.csv")
+  lines += ["Every finished seed's result: [seeds.csv](seeds.csv).", "", "## Figures", ""]
   skipped = []
   for name, draw, caption in FIGURES:
     reason = draw(everything, out / name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -131,6 +132,20 @@ def test_table1_has_the_numbers_of_each_group(studies, tmp_path):
   assert _expected_cell(RTE_SCORES["rte_bertadam"], 52.7) == "7.2 / 54.1 / 66.1 (75% failed, n=4)"
   harsh = _table(text, f"## Table 1: `{studies / 'harsh'}`")
   assert harsh[2] == ["CWGNC (c = 0.05)", _expected_cell([60.0, 52.0], 52.7)]
+
+
+def test_seed_table_has_every_finished_seed(studies, tmp_path):
+  report.write_report([studies / "main"], tmp_path)
+  with (tmp_path / "seeds.csv").open(newline="") as f:
+    rows = list(csv.DictReader(f))
+  bertadam = [r for r in rows if r["method"] == "bertadam"]
+  assert [int(r["seed"]) for r in bertadam] == [1, 2, 3, 4]
+  assert [float(r["score"]) for r in bertadam] == RTE_SCORES["rte_bertadam"]
+  assert [r["failed"] for r in bertadam] == ["True", "False", "True", "True"]  # <= 52.7
+  assert {r["task"] for r in rows} == {"rte", "cola"}
+  expected = sum(len(s) for s in RTE_SCORES.values()) + 2 + sum(
+      len(s) for s in COLA_SWEEP.values()) + 3
+  assert len(rows) == expected
 
 
 def test_table2_has_one_row_per_threshold(studies, tmp_path):

@@ -29,8 +29,8 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
-from cwgnc_jax import optimizers, paths
-from cwgnc_jax.models import bert, loading
+from cwgnc_jax import optimizers
+from cwgnc_jax.models import bert
 from cwgnc_jax.training import loop
 from cwgnc_jax.training import step as step_lib
 
@@ -41,31 +41,8 @@ BATCH = 8 if 8 % NUM_DEVICES == 0 else 4 * NUM_DEVICES
 TRAIN_ROWS, DEV_ROWS = 6 * BATCH, 2 * BATCH + 3  # 6 steps per epoch; a partial eval batch
 
 
-# -- Fixtures: a tiny model folder, a GLUE subset, the environment of train.py processes. ---
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, minilm_dir) -> Path:
-  """A random 2-layer BERT folder: config.json, PyTorch-named model.safetensors, tokenizer."""
-  from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
-  folder = tmp_path_factory.mktemp("tiny_model")
-  hf_config = dict(model_type="bert", vocab_size=30522, hidden_size=32, num_hidden_layers=2,
-                   num_attention_heads=2, intermediate_size=64, max_position_embeddings=128,
-                   type_vocab_size=2, hidden_act="gelu")
-  (folder / "config.json").write_text(json.dumps(hf_config))
-  model = bert.BertForSequenceClassification(bert.BertConfig.from_dict(hf_config), 2,
-                                             rngs=nnx.Rngs(0))
-  _, params = bert.split_params(model)
-  names = loading.checkpoint_names(2)
-  flat = {paths.path_to_str(p): np.asarray(x)
-          for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
-  save_file({names[p]: np.ascontiguousarray(x.T if p.endswith("/kernel") else x)
-             for p, x in flat.items() if p in names}, str(folder / "model.safetensors"))
-  for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
-               "special_tokens_map.json"):
-    if (minilm_dir / name).is_file():
-      shutil.copy(minilm_dir / name, folder / name)
-  return folder
-
+# -- Fixtures: a GLUE subset and the environment of train.py processes (the tiny model folder,
+# tiny_bert_dir, is in conftest.py). ---------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def tiny_glue(tmp_path_factory, glue_dir) -> Path:
@@ -87,10 +64,10 @@ def env(tmp_path_factory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def tiny_args(tiny_model, tiny_glue) -> list[str]:
+def tiny_args(tiny_bert_dir, tiny_glue) -> list[str]:
   """train.py arguments of a tiny run: 3 epochs of 6 steps, 2 evaluations per epoch, the best
   one kept (so checkpoints carry best parameters too), checkpoints every 2 steps."""
-  return ["--config", "demo", f"--config.model={tiny_model}", f"--config.glue_dir={tiny_glue}",
+  return ["--config", "demo", f"--config.model={tiny_bert_dir}", f"--config.glue_dir={tiny_glue}",
           f"--config.batch_size={BATCH}", f"--config.eval_batch_size={BATCH}",
           "--config.num_epochs=3", "--config.checkpoint_every=2", "--config.keep_checkpoints=3",
           "--config.keep_best=true", "--config.evals_per_epoch=2",
