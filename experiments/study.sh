@@ -3,16 +3,17 @@
 # (no bias correction) and CWGNC (c = 0.05) on one task, the same learning rate and epochs
 # for all three, seeds 1..LAST_SEED. Each seed goes through the three methods before the next
 # seed starts, so an interrupted study has (nearly) as many seeds per method; rerunning skips
-# finished seeds and resumes the unfinished one from its checkpoint.
-#   GLUE_DIR=../shared/glue bash experiments/study.sh TASK LEARNING_RATE EPOCHS LAST_SEED
+# finished seeds and resumes the unfinished one from its checkpoint. OUT (default runs/study)
+# is the study folder: one per setting, since cwgnc_jax.report makes one Table 1 per folder.
+#   GLUE_DIR=../shared/glue bash experiments/study.sh TASK LEARNING_RATE EPOCHS LAST_SEED [OUT]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-task="$1" lr="$2" epochs="$3" last="$4"
+task="$1" lr="$2" epochs="$3" last="$4" out="${5:-runs/study}"
 for ((seed = 1; seed <= last; seed++)); do
   for method in adamw bertadam cwgnc; do
     python -m cwgnc_jax.study --config "${task}_${method}" --seeds "$seed" \
       --config.model=minilm-l6 --config.optimizer.learning_rate="$lr" \
       --config.num_epochs="$epochs" --config.eval_batch_size=64 --config.progress=false \
-      --out runs/study
+      --out "$out"
   done
 done
