@@ -111,10 +111,11 @@ def minilm_setup():
   from cwgnc_jax import models  # pylint: disable=import-outside-toplevel
 
   model = models.from_pretrained("minilm-l6", 2)
-  graphdef, params = models.split_params(model)
+  graphdef, constants, params = models.split_params(model)
   apply = models.apply_fn(graphdef)
   vocab = params["embeddings"]["word_embeddings"]["embedding"].shape[0]
-  return params, (lambda p, inputs, key: apply(p, inputs, dropout_rng=key)), vocab, "MiniLM-L6"
+  return (params, (lambda p, inputs, key: apply(p, constants, inputs, dropout_rng=key)), vocab,
+          "MiniLM-L6")
 
 
 def synthetic_setup(layers, hidden):

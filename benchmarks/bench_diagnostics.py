@@ -36,8 +36,8 @@ from cwgnc_jax.training import loop  # pylint: disable=wrong-import-position
 from cwgnc_jax.training import step as step_lib  # pylint: disable=wrong-import-position
 
 
-def xla_cost(jitted, state, batch) -> dict[str, float]:
-  cost = jitted.lower(state, batch).compile().cost_analysis()
+def xla_cost(jitted, *args) -> dict[str, float]:
+  cost = jitted.lower(*args).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
   return {key: float(cost.get(key, float("nan"))) for key in ("flops", "bytes accessed")}
 
@@ -64,6 +64,7 @@ def main(argv: list[str]) -> None:
                                          diagnostics=flag) for flag in (False, True)}
   states = {flag: step_lib.init_state(run.params, optimizer, config.seed, abstract)
             for flag in (False, True)}
+  constants = step_lib.put_constants(run.constants, mesh, config.fsdp_min_size)
   names = step_lib.gradient_norm_names(abstract.params, abstract.opt_state)
   batches = []
   for batch in batching.train_batches(run.train_data, config.batch_size, seed=config.seed,
@@ -80,14 +81,14 @@ def main(argv: list[str]) -> None:
     state = states[flag]
     wall, cpu = time.perf_counter(), time.process_time()
     for i, batch in enumerate(batches):
-      state, metrics = steps[flag](state, batch)
+      state, metrics = steps[flag](state, batch, constants)
       log.take(i + 1, metrics)
     log.save()
     jax.block_until_ready((state, metrics))
     states[flag] = state
     return time.perf_counter() - wall, time.process_time() - cpu
 
-  costs = {flag: xla_cost(steps[flag], states[flag], batches[0]) for flag in (False, True)}
+  costs = {flag: xla_cost(steps[flag], states[flag], batches[0], constants) for flag in (False, True)}
   for flag in (False, True):  # compiles every batch shape of both variants
     one_pass(flag)
   times: dict[bool, list[tuple[float, float]]] = {False: [], True: []}

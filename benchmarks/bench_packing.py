@@ -46,6 +46,7 @@ class Runner:
     abstract = step_lib.abstract_state(run.params, optimizer, config.seed, mesh,
                                        config.fsdp_min_size)
     self.state = step_lib.init_state(run.params, optimizer, config.seed, abstract)
+    self.constants = step_lib.put_constants(run.constants, mesh, config.fsdp_min_size)
     self.step = step_lib.jit_train_step(run.apply, optimizer, mesh,
                                         step_lib.shardings_of(abstract))
     self.eval_step = step_lib.jit_eval_step(run.apply, mesh, step_lib.shardings_of(abstract).params)
@@ -63,7 +64,7 @@ class Runner:
       batch = next(self.batches)
       placed = step_lib.put_batch(batch, self.mesh)
       start = time.perf_counter()
-      self.state, metrics = self.step(self.state, placed)
+      self.state, metrics = self.step(self.state, placed, self.constants)
       jax.block_until_ready((self.state, metrics))
       seconds = time.perf_counter() - start
       shape = batch["input_ids"].shape
@@ -92,7 +93,7 @@ def bench_task(args: argparse.Namespace, rest: list[str], task: str) -> dict[str
   results = {}
   for runner in runners:
     run.config.layout = runner.layout  # evaluation in the run's own layout
-    dev = loop.evaluate(runner.eval_step, runner.state.params, run, mesh)
+    dev = loop.evaluate(runner.eval_step, runner.state.params, runner.constants, run, mesh)
     results[runner.layout] = {
         "steps": steps, "timed_examples": runner.examples,
         "examples_per_second": runner.examples / runner.seconds,

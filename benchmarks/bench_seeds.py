@@ -63,6 +63,9 @@ def main(argv: list[str]) -> None:
   sequential_step = step_lib.jit_train_step(run.apply, optimizer, mesh,
                                             step_lib.shardings_of(abstract), schedule)
   vmapped_step = multiseed.jit_train_steps(run.apply, optimizer, schedule)
+  constants = {"sequential": {r.config.seed: step_lib.put_constants(r.constants, mesh, 2**62)
+                              for r in runs},
+               "vmapped": jax.device_put(multiseed.stack([r.constants for r in runs]))}
   host = {seed: [] for seed in seeds}
   for r in runs:
     for batch in batching.train_batches(r.train_data, config.batch_size, seed=r.config.seed,
@@ -86,12 +89,12 @@ def main(argv: list[str]) -> None:
       for s in seeds:
         state = states[way][s]
         for batch in sequential_batches[s]:
-          state, metrics = sequential_step(state, batch)
+          state, metrics = sequential_step(state, batch, constants[way][s])
         states[way][s] = state
     else:
       state = states[way]
       for batch in vmapped_batches:
-        state, metrics = vmapped_step(state, batch)
+        state, metrics = vmapped_step(state, batch, constants[way])
       states[way] = state
     jax.block_until_ready((states[way], metrics))
     return time.perf_counter() - wall, time.process_time() - cpu

@@ -65,8 +65,8 @@ def main() -> None:
   num_layers = bert_config.num_hidden_layers
   model = nnx.eval_shape(lambda: models.BertForSequenceClassification(
       bert_config, 2, rngs=nnx.Rngs(0)))
-  graphdef_and_rest, params = models.split_params(model)
-  apply = models.apply_fn(graphdef_and_rest)
+  graphdef, constants, params = models.split_params(model)
+  apply = models.apply_fn(graphdef)
   mesh = step_lib.make_mesh(1, 1, jax.devices()[:1])
   config = ml_collections.ConfigDict({
       "num_epochs": 1, "optimizer": optimizers.recipe(args.method),
@@ -80,7 +80,8 @@ def main() -> None:
     optimizer = unfreezing.stage_optimizer(config.optimizer, stage)
     abstract = step_lib.abstract_state(params, optimizer, 0, mesh, 2**62)
     step = jax.jit(step_lib.train_step_fn(unfreezing.stage_apply(apply, stage), optimizer))
-    compiled = step.lower(abstract, batch(args.batch, args.length, abstract=True)).compile()
+    compiled = step.lower(abstract, batch(args.batch, args.length, abstract=True),
+                          constants).compile()
     flops = compiled.cost_analysis()["flops"]
     full_flops = full_flops or flops
     if stage.bottom is None:
@@ -96,11 +97,11 @@ def main() -> None:
       real = real._replace(params=jax.tree.map(
           lambda x: 0.02 * jax.random.normal(jax.random.key(0), x.shape, x.dtype), real.params))
       inputs = batch(args.batch, args.length, abstract=False)
-      state, _ = compiled(real, inputs)
+      state, _ = compiled(real, inputs, constants)
       best = float("inf")
       for _ in range(args.repeats):
         start = time.perf_counter()
-        state, metrics = compiled(state, inputs)
+        state, metrics = compiled(state, inputs, constants)
         jax.block_until_ready(metrics)
         best = min(best, time.perf_counter() - start)
       line += f"  {best:7.3f} s/step"

@@ -60,7 +60,7 @@ def tiny_bert_dir(tmp_path_factory, minilm_dir) -> Path:
   (folder / "config.json").write_text(json.dumps(hf_config))
   model = bert.BertForSequenceClassification(bert.BertConfig.from_dict(hf_config), 2,
                                              rngs=nnx.Rngs(0))
-  _, params = bert.split_params(model)
+  *_, params = bert.split_params(model)
   names = loading.checkpoint_names(2)
   flat = {paths.path_to_str(p): np.asarray(x)
           for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}

@@ -26,10 +26,12 @@ def tiny_model(num_labels=3, seed=0, **overrides):
 
 @pytest.fixture(scope="module")
 def tiny():
-  """A tiny model, its parameters and its jitted pure forward (compiled once per shape)."""
+  """A tiny model, its parameters and its jitted pure forward ``(params, inputs, key=None)``
+  (compiled once per shape)."""
   model = tiny_model()
-  graph, params = split_params(model)
-  return model, params, jax.jit(apply_fn(graph))
+  graph, constants, params = split_params(model)
+  apply = apply_fn(graph)
+  return model, params, jax.jit(lambda p, inputs, key=None: apply(p, constants, inputs, key))
 
 
 def padded_batch(examples, length):
@@ -154,10 +156,10 @@ def test_bfloat16_compute_is_close_to_float32():
 
 def test_tiny_forward_and_backward_under_a_second(tiny):
   model, params, _ = tiny
-  graph, _ = split_params(model)
+  graph, constants, _ = split_params(model)
   batch = padded_batch(random_examples(np.random.default_rng(6), [8, 3] * 8), 8)
   apply = apply_fn(graph)
-  loss = lambda p, key: jnp.sum(apply(p, batch, key) ** 2)
+  loss = lambda p, key: jnp.sum(apply(p, constants, batch, key) ** 2)
   grad = jax.jit(jax.grad(loss))
   jax.block_until_ready(grad(params, jax.random.key(0)))  # compile
   start = time.perf_counter()
@@ -197,7 +199,7 @@ def test_parity_with_hf_pytorch_bert_on_minilm(minilm):
 def test_pretrained_pooler_and_fresh_classifier(minilm, minilm_dir):
   config = minilm.config
   flat = {paths.path_to_str(p): leaf
-          for p, leaf in jax.tree_util.tree_leaves_with_path(split_params(minilm)[1])}
+          for p, leaf in jax.tree_util.tree_leaves_with_path(split_params(minilm)[2])}
   shapes = {path: leaf.shape for path, leaf in flat.items() if not path.startswith("classifier")}
   pretrained = read_bert_weights(minilm_dir / "model.safetensors", shapes)
   np.testing.assert_array_equal(minilm.pooler.kernel[...], pretrained["pooler/kernel"])

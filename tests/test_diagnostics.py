@@ -87,20 +87,21 @@ def tiny():
   the step's loss at the initial parameters (computed here, independently of the step)."""
   model = bert.BertForSequenceClassification(bert.tiny_config(num_hidden_layers=1), 2,
                                              rngs=nnx.Rngs(0))
-  rest, params = bert.split_params(model)
-  apply = bert.apply_fn(rest)
+  graphdef, constants, params = bert.split_params(model)
+  apply = bert.apply_fn(graphdef)
   mesh = step_lib.make_mesh(1, 1, jax.devices()[:1])
   batch = _tiny_batch(mesh)
   key = jax.random.fold_in(jax.random.key(0), 0)
 
   def loss_fn(p):
-    logits = apply(p, batch, dropout_rng=key)
+    logits = apply(p, constants, batch, dropout_rng=key)
     return step_lib.masked_mean_cross_entropy(logits, batch["labels"], batch["example_mask"])
 
   grads = jax.jit(jax.grad(loss_fn))(params)
   norms = {paths.path_to_str(p): float(np.linalg.norm(np.asarray(g, np.float64)))
            for p, g in jax.tree_util.tree_flatten_with_path(grads)[0]}
-  return {"params": params, "apply": apply, "mesh": mesh, "batch": batch, "norms": norms}
+  return {"params": params, "constants": constants, "apply": apply, "mesh": mesh,
+          "batch": batch, "norms": norms}
 
 
 def _step_metrics(tiny, opt_config):
@@ -111,7 +112,7 @@ def _step_metrics(tiny, opt_config):
   step = step_lib.jit_train_step(tiny["apply"], optimizer, tiny["mesh"],
                                  step_lib.shardings_of(abstract), diagnostics=True)
   names = step_lib.gradient_norm_names(abstract.params, abstract.opt_state)
-  return jax.device_get(step(state, tiny["batch"])[1]), names
+  return jax.device_get(step(state, tiny["batch"], tiny["constants"])[1]), names
 
 
 def _assert_norms(actual, expected: dict[str, float]) -> None:

@@ -23,7 +23,7 @@ from cwgnc_jax.models.loading import checkpoint_names, init_classifier
 
 def encoder_params(model):
   flat = {paths.path_to_str(p): np.asarray(leaf)
-          for p, leaf in jax.tree_util.tree_leaves_with_path(split_params(model)[1])}
+          for p, leaf in jax.tree_util.tree_leaves_with_path(split_params(model)[2])}
   return {p: v for p, v in flat.items() if not p.startswith("classifier/")}
 
 

@@ -18,6 +18,7 @@ from cwgnc_jax import optimizers
 from cwgnc_jax.data import batching, glue
 from cwgnc_jax.models import bert, loading, mixout
 from cwgnc_jax.training import loop
+from cwgnc_jax.training import step as step_lib
 
 IN, OUT = 64, 8
 
@@ -101,10 +102,11 @@ def test_p_zero_is_the_plain_model():
            "token_type_ids": np.zeros((2, 8), np.int32),
            "position_ids": np.tile(np.arange(8, dtype=np.int32), (2, 1)),
            "segment_ids": np.ones((2, 8), np.int32), "cls_index": np.array([0, 8], np.int32)}
-  apply_mixed, apply_plain = (bert.apply_fn(bert.split_params(m)[0]) for m in (mixed, plain))
-  both = jax.jit(lambda params, key: [apply(params, batch, key) for apply in (
-      apply_mixed, apply_plain)] + [apply(params, batch) for apply in (apply_mixed, apply_plain)])
-  logits = both(bert.split_params(plain)[1], jax.random.key(0))  # with dropout, then without
+  (mixed_graph, targets, _), (plain_graph, none, params) = map(bert.split_params, (mixed, plain))
+  forwards = [(bert.apply_fn(mixed_graph), targets), (bert.apply_fn(plain_graph), none)]
+  both = jax.jit(lambda params, key: [apply(params, c, batch, key) for apply, c in forwards]
+                 + [apply(params, c, batch) for apply, c in forwards])
+  logits = both(params, jax.random.key(0))  # with dropout, then without
   np.testing.assert_array_equal(logits[0], logits[1])
   np.testing.assert_array_equal(logits[2], logits[3])
   assert not np.array_equal(logits[0], logits[2])
@@ -186,6 +188,47 @@ def test_mixout_config_trains_through_the_loop(tiny_bert_dir, tiny_rte_dir, tmp_
   assert all(math.isfinite(x) for x in losses)
 
 
+def test_mixout_seeds_share_one_compiled_step_that_takes_the_targets(tiny_bert_dir,
+                                                                      tiny_rte_dir, tmp_path):
+  """The targets are a step argument, not compiled in: two seeds (whose classifier targets
+  differ) share one compiled train step, the second seed trained with the first seed's step
+  gets what it gets with a step of its own, and the lowered step holds no copy of them."""
+  def run(seed, name):
+    config, _ = config_lib.from_command_line([
+        "--config", "rte_mixout", f"--config.model={tiny_bert_dir}",
+        f"--config.glue_dir={tiny_rte_dir}", "--config.batch_size=8",
+        "--config.eval_batch_size=8", "--config.train_limit=16", "--config.num_epochs=1",
+        "--config.layout=padded", "--config.progress=false", f"--config.seed={seed}"])
+    return loop.prepare(config, tmp_path / name)
+
+  first, second = run(1, "first"), run(2, "second")
+  assert not np.array_equal(first.constants["classifier"]["target"][...],
+                            second.constants["classifier"]["target"][...])
+  assert loop.steps_key(first, (1, 1), True) == loop.steps_key(second, (1, 1), True)
+  shared: dict = {}
+  loop.train(first, shared)
+  together = loop.train(second, shared)
+  alone = loop.train(run(2, "alone"))
+  train_steps = [v for k, v in shared.items() if k[-1] != "eval"]
+  assert len(train_steps) == 1 and train_steps[0]._cache_size() == 1  # one shape: padded
+  for key in ("score", "evaluations", "skipped_steps"):
+    assert together[key] == alone[key], key
+
+  # The traced step closes over no array of a target's size (a closed-over array would be
+  # compiled into the program as a literal).
+  optimizer = optimizers.build_optimizer(first.config.optimizer, first.total_steps)
+  mesh = step_lib.make_mesh(1, 1, jax.devices()[:1])
+  abstract = step_lib.abstract_state(first.params, optimizer, 1, mesh, 2**62)
+  state = step_lib.init_state(first.params, optimizer, 1, abstract)
+  batch = next(iter(batching.train_batches(first.train_data, 8, seed=1, epoch=0,
+                                           layout="padded", max_length=128)))
+  jaxpr = jax.make_jaxpr(step_lib.train_step_fn(first.apply, optimizer))(
+      state, batch, first.constants)
+  smallest = min(x.size for x in jax.tree.leaves(first.constants))
+  assert smallest >= 32 * 2  # the tiny classifier's [hidden, 2] kernel
+  assert all(np.size(c) < smallest for c in jaxpr.consts), [np.shape(c) for c in jaxpr.consts]
+
+
 @pytest.mark.real
 def test_real_minilm_mixout_targets_and_steps(minilm_dir, glue_dir):
   """MiniLM-L6 with Mixout p = 0.9: every dense layer targets its loaded weight, no dropout;
@@ -195,10 +238,11 @@ def test_real_minilm_mixout_targets_and_steps(minilm_dir, glue_dir):
   plain = loading.from_pretrained(str(minilm_dir), 2, seed=1)
   assert (model.config.hidden_dropout_prob, model.config.attention_probs_dropout_prob,
           model.config.classifier_dropout_rate) == (0.0, 0.0, 0.0)
-  (graphdef, rest), params = bert.split_params(model)
-  _, plain_params = bert.split_params(plain)
+  graphdef, constants, params = bert.split_params(model)
+  plain_graph, no_constants, plain_params = bert.split_params(plain)
   jax.tree.map(np.testing.assert_array_equal, params, plain_params)
-  targets = {path: leaf for path, leaf in jax.tree_util.tree_leaves_with_path(rest)}
+  assert not jax.tree.leaves(no_constants)
+  targets = {path: leaf for path, leaf in jax.tree_util.tree_leaves_with_path(constants)}
   assert len(targets) == 6 * 6 + 2  # 6 dense layers per encoder layer, pooler, classifier
   np.testing.assert_array_equal(model.classifier.target[...], params["classifier"]["kernel"])
   np.testing.assert_array_equal(model.encoder.layers[5].output.target[...],
@@ -209,10 +253,10 @@ def test_real_minilm_mixout_targets_and_steps(minilm_dir, glue_dir):
   batch = next(iter(batching.train_batches(loop.head(data, 16), 16, seed=0, epoch=0,
                                            layout="packed", max_length=128)))
   batch = {k: jnp.asarray(v) for k, v in batch.items()}
-  apply = bert.apply_fn((graphdef, rest))
+  apply = bert.apply_fn(graphdef)
 
   def loss(params, key):
-    logits = apply(params, batch, dropout_rng=key)
+    logits = apply(params, constants, batch, dropout_rng=key)
     losses = -jax.nn.log_softmax(logits)[jnp.arange(16), batch["labels"]]
     return jnp.sum(losses * batch["example_mask"]) / jnp.sum(batch["example_mask"])
 
@@ -227,6 +271,7 @@ def test_real_minilm_mixout_targets_and_steps(minilm_dir, glue_dir):
   assert not np.array_equal(trained["classifier"]["kernel"], params["classifier"]["kernel"])
   np.testing.assert_array_equal(model.classifier.target[...], params["classifier"]["kernel"])
   # Evaluation: no mixing, the plain model's logits with the same weights.
-  plain_apply = bert.apply_fn(bert.split_params(plain)[0])
-  ours, theirs = jax.jit(lambda p: (apply(p, batch), plain_apply(p, batch)))(trained)
+  plain_apply = bert.apply_fn(plain_graph)
+  ours, theirs = jax.jit(lambda p: (apply(p, constants, batch),
+                                    plain_apply(p, no_constants, batch)))(trained)
   np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)

@@ -45,8 +45,8 @@ def test_stack_batches_pads_rows_with_empty_rows():
 def test_vmapped_step_equals_the_step_of_each_seed():
   model = bert.BertForSequenceClassification(bert.tiny_config(num_hidden_layers=1), 2,
                                              rngs=nnx.Rngs(0))
-  rest, params = bert.split_params(model)
-  apply = bert.apply_fn(rest)
+  graphdef, constants, params = bert.split_params(model)
+  apply = bert.apply_fn(graphdef)
   opt = optimizers.recipe("cwgnc")
   opt.warmup_fraction = 0.0  # the first step updates
   optimizer = optimizers.build_optimizer(opt, 10)
@@ -59,11 +59,12 @@ def test_vmapped_step_equals_the_step_of_each_seed():
   stacked_state = multiseed.stack(states)
   single = step_lib.jit_train_step(apply, optimizer, mesh, step_lib.shardings_of(abstract),
                                    diagnostics=True)
-  expected = [jax.device_get(single(state, step_lib.put_batch(batch, mesh)))
+  expected = [jax.device_get(single(state, step_lib.put_batch(batch, mesh), constants))
               for state, batch in zip(states, batches)]
   together, metrics = jax.device_get(multiseed.jit_train_steps(apply, optimizer,
                                                                diagnostics=True)(
-      stacked_state, jax.device_put(multiseed.stack_batches(batches))))
+      stacked_state, jax.device_put(multiseed.stack_batches(batches)),
+      multiseed.stack([constants, constants])))
   for s, (state, step_metrics) in enumerate(expected):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                  multiseed.unstack(together, s), state)

@@ -127,15 +127,16 @@ def test_param_spec_shards_the_largest_divisible_dimension():
 def _tiny_step_inputs():
   """A tiny model's state and jitted step on one device, and ``batch(example_mask)``."""
   model = bert.BertForSequenceClassification(bert.tiny_config(), 2, rngs=nnx.Rngs(0))
-  rest, params = bert.split_params(model)
+  graphdef, constants, params = bert.split_params(model)
   opt_config = optimizers.recipe("cwgnc")
   opt_config.warmup_fraction = 0.0  # so the first applied update has a learning rate > 0
   optimizer = optimizers.build_optimizer(opt_config, 10)
   mesh = step_lib.make_mesh(1, 1, jax.devices()[:1])
   abstract = step_lib.abstract_state(params, optimizer, 0, mesh, 2**18)
   state = step_lib.init_state(params, optimizer, 0, abstract)
-  step = step_lib.jit_train_step(bert.apply_fn(rest), optimizer, mesh,
-                                 step_lib.shardings_of(abstract))
+  jitted = step_lib.jit_train_step(bert.apply_fn(graphdef), optimizer, mesh,
+                                   step_lib.shardings_of(abstract))
+  step = lambda state, batch: jitted(state, batch, constants)
   rng = np.random.default_rng(0)
   tokens = {"input_ids": rng.integers(1, 100, (4, 16)).astype(np.int32),
            "token_type_ids": np.zeros((4, 16), np.int32),

@@ -67,7 +67,7 @@ def test_stages_unfreeze_top_down_embeddings_last():
 
 
 def test_masks_follow_the_layer_stack():
-  _, params = bert.split_params(bert.BertForSequenceClassification(
+  *_, params = bert.split_params(bert.BertForSequenceClassification(
       bert.tiny_config(num_hidden_layers=3), 2, rngs=nnx.Rngs(0)))
   assert unfreezing.num_layers(params) == 3
   stages = unfreezing.stages(gu_config(), 3, 1)
@@ -141,7 +141,7 @@ def test_per_tensor_count_adam_is_optax_adam_and_restarts_bias_correction():
 def _tiny_setup(num_layers: int = 2):
   model = bert.BertForSequenceClassification(bert.tiny_config(num_hidden_layers=num_layers), 2,
                                              rngs=nnx.Rngs(0))
-  rest, params = bert.split_params(model)
+  graphdef, constants, params = bert.split_params(model)
   mesh = step_lib.make_mesh(1, 1, jax.devices()[:1])
   rng = np.random.default_rng(0)
   batch = step_lib.put_batch({
@@ -152,21 +152,23 @@ def _tiny_setup(num_layers: int = 2):
       "cls_index": np.arange(4, dtype=np.int32) * 16,
       "labels": np.array([0, 1, 1, 0], np.int32),
       "example_mask": np.ones(4, np.float32)}, mesh)
-  return bert.apply_fn(rest), params, mesh, batch
+  return bert.apply_fn(graphdef), constants, params, mesh, batch
 
 
-def _stage_step(config, stage, apply, params, mesh):
+def _stage_step(config, stage, apply, constants, params, mesh):
+  """The stage's optimizer, abstract state and jitted ``step(state, batch)``."""
   optimizer = unfreezing.stage_optimizer(config.optimizer, stage)
   abstract = step_lib.abstract_state(params, optimizer, 0, mesh, 2**18)
-  step = jax.jit(step_lib.train_step_fn(unfreezing.stage_apply(apply, stage), optimizer))
+  train_step = step_lib.train_step_fn(unfreezing.stage_apply(apply, stage), optimizer)
+  step = jax.jit(lambda state, batch: train_step(state, batch, constants))
   return optimizer, abstract, step
 
 
 def test_frozen_tensors_stay_put_without_state_and_moments_carry_over():
   config = gu_config()
-  apply, pretrained, mesh, batch = _tiny_setup()
+  apply, constants, pretrained, mesh, batch = _tiny_setup()
   stages = unfreezing.stages(config, 2, steps_per_epoch=2)
-  optimizer, abstract, step = _stage_step(config, stages[0], apply, pretrained, mesh)
+  optimizer, abstract, step = _stage_step(config, stages[0], apply, constants, pretrained, mesh)
   state = step_lib.init_state(pretrained, optimizer, 0, abstract)
   for _ in range(2):
     state, _ = step(state, batch)
@@ -186,7 +188,7 @@ def test_frozen_tensors_stay_put_without_state_and_moments_carry_over():
   old_adam = state.opt_state.inner_states["trainable"].inner_state[1]
 
   # Iteration 1: layer 0 unfrozen with zero moments; the rest keeps its moments and counts.
-  optimizer, abstract, step = _stage_step(config, stages[1], apply, pretrained, mesh)
+  optimizer, abstract, step = _stage_step(config, stages[1], apply, constants, pretrained, mesh)
   state = unfreezing.next_state("gu", state, pretrained, optimizer, abstract, seed=0)
   adam = state.opt_state.inner_states["trainable"].inner_state[1]
   schedule_state = state.opt_state.inner_states["trainable"].inner_state[3]
@@ -214,15 +216,15 @@ def test_frozen_tensors_stay_put_without_state_and_moments_carry_over():
 
 def test_gu_restart_starts_each_iteration_from_the_pretrained_weights():
   config = gu_config("gu_restart")
-  apply, pretrained, mesh, batch = _tiny_setup()
+  apply, constants, pretrained, mesh, batch = _tiny_setup()
   stages = unfreezing.stages(config, 2, steps_per_epoch=2)
-  optimizer, abstract, step = _stage_step(config, stages[0], apply, pretrained, mesh)
+  optimizer, abstract, step = _stage_step(config, stages[0], apply, constants, pretrained, mesh)
   state = step_lib.init_state(pretrained, optimizer, 0, abstract)
   for _ in range(2):
     state, _ = step(state, batch)
   assert not np.array_equal(state.params["classifier"]["kernel"],
                             pretrained["classifier"]["kernel"])
-  optimizer, abstract, _ = _stage_step(config, stages[1], apply, pretrained, mesh)
+  optimizer, abstract, _ = _stage_step(config, stages[1], apply, constants, pretrained, mesh)
   state = unfreezing.next_state("gu_restart", state, pretrained, optimizer, abstract, seed=0)
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), pretrained)
   assert not any(np.any(np.asarray(x)) for x in jax.tree.leaves(state.opt_state))
@@ -232,12 +234,12 @@ def test_gu_restart_starts_each_iteration_from_the_pretrained_weights():
 def test_stop_gradient_cuts_the_backward_pass_of_frozen_layers():
   """The trained tensors' gradients are those of full backprop; frozen ones get exact zeros,
   and the compiled step does fewer FLOPs (XLA drops the frozen layers' backward pass)."""
-  apply, params, mesh, batch = _tiny_setup(num_layers=4)
+  apply, constants, params, mesh, batch = _tiny_setup(num_layers=4)
   stage = unfreezing.stages(gu_config(), 4, 1)[0]  # trains layer 3 and the head
 
   def grads(fn):
-    loss = lambda p: step_lib.masked_mean_cross_entropy(fn(p, batch), batch["labels"],
-                                                        batch["example_mask"])
+    loss = lambda p: step_lib.masked_mean_cross_entropy(
+        fn(p, constants, batch), batch["labels"], batch["example_mask"])
     return jax.jit(jax.grad(loss))
 
   full, cut = grads(apply), grads(unfreezing.stage_apply(apply, stage))

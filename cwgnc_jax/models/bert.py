@@ -298,22 +298,26 @@ class BertForSequenceClassification(nnx.Module):
                         stop_gradient_at=stop_gradient_at).logits
 
 
-def split_params(model: nnx.Module) -> tuple[tuple[Any, Any], dict]:
-  """``((graphdef, rest), params)``: the parameters as a pure nested dict of arrays, and what
-  ``apply_fn`` needs to rebuild the model around them."""
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  return (graphdef, rest), nnx.to_pure_dict(params)
+def split_params(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State, dict]:
+  """``(graphdef, constants, params)``: the model's structure, the arrays it reads but never
+  trains (Mixout targets; empty for plain BERT), and its parameters as a pure nested dict."""
+  graphdef, params, constants = nnx.split(model, nnx.Param, ...)
+  return graphdef, constants, nnx.to_pure_dict(params)
 
 
-def apply_fn(graphdef_and_rest: tuple[Any, Any]) -> Callable[..., jax.Array]:
-  """``fn(params, inputs, dropout_rng=None, stop_gradient_at=None) -> logits``: the model as a
-  pure function."""
-  graphdef, rest = graphdef_and_rest
+def apply_fn(graphdef: nnx.GraphDef) -> Callable[..., jax.Array]:
+  """``fn(params, constants, inputs, dropout_rng=None, stop_gradient_at=None) -> logits``: the
+  model as a pure function of its arrays.
 
-  def apply(params: dict, inputs: Mapping[str, jax.Array],
+  The constants are an argument, not closed over: a jitted step that closed over them would
+  compile them into its program as literals (e.g. 1.3 GB of Mixout targets for BERT-large),
+  and runs whose constants differ (seeds of Mixout, whose classifier target is its seed's
+  initialisation) could not share one compiled step.
+  """
+  def apply(params: dict, constants: nnx.State, inputs: Mapping[str, jax.Array],
             dropout_rng: jax.Array | None = None,
             stop_gradient_at: int | None = None) -> jax.Array:
-    return nnx.merge(graphdef, params, rest)(inputs, dropout_rng=dropout_rng,
-                                             stop_gradient_at=stop_gradient_at)
+    return nnx.merge(graphdef, params, constants)(inputs, dropout_rng=dropout_rng,
+                                                  stop_gradient_at=stop_gradient_at)
 
   return apply

@@ -20,9 +20,9 @@ The two differ by the constant factor ``1/(1-p)`` (10 at p = 0.9) on every kerne
 Adam's normalisation cancels most of it, but not its interaction with the global-norm clip
 (1.0 in the recipe) or with eps.
 
-The target is a ``MixoutTarget`` variable: model state that ``split_params`` leaves out of the
-parameters (the optimizer never sees it); ``from_pretrained`` sets every target to the
-loaded weight.
+The target is a ``MixoutTarget`` variable: one of the model's constants, which
+``split_params`` keeps apart from the parameters (the optimizer never sees them) and the
+train step takes as an argument; ``from_pretrained`` sets every target to the loaded weight.
 """
 
 from __future__ import annotations

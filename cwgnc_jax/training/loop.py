@@ -32,7 +32,6 @@ the sessions).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import sys
@@ -85,10 +84,10 @@ class Run:
   train_data: glue.TokenizedSplit
   dev_data: glue.TokenizedSplit
   params: Any
-  apply: Callable[..., jax.Array]
+  constants: Any  # what the model reads but never trains (``models.split_params``)
+  apply: Callable[..., jax.Array]  # (params, constants, inputs, dropout_rng=None) -> logits
   num_devices: int
   majority_score: float  # of the train set's majority label (all of it, even with train_limit)
-  model_digest: str = ""  # of what ``apply`` closes over besides the graph (``model_digest``)
 
   @property
   def steps_per_epoch(self) -> int:
@@ -197,19 +196,9 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | Path) -> Run:
   if config.train_limit is not None:
     train_data = head(train_data, config.train_limit)
   model = load_model(config, task.num_labels)
-  graphdef_and_rest, params = models.split_params(model)
-  return Run(config, workdir, task, train_data, dev_data, params,
-             models.apply_fn(graphdef_and_rest), num_devices, majority,
-             model_digest(graphdef_and_rest))
-
-
-def model_digest(graphdef_and_rest: tuple[Any, Any]) -> str:
-  """sha256 of the model's non-parameter arrays (none for plain BERT): with the config, what
-  determines the computation of ``models.apply_fn(graphdef_and_rest)``."""
-  digest = hashlib.sha256()
-  for leaf in jax.tree.leaves(graphdef_and_rest[1]):
-    digest.update(np.ascontiguousarray(jax.device_get(leaf)).tobytes())
-  return digest.hexdigest()
+  graphdef, constants, params = models.split_params(model)
+  return Run(config, workdir, task, train_data, dev_data, params, constants,
+             models.apply_fn(graphdef), num_devices, majority)
 
 
 # -- Logs. ---------------------------------------------------------------------------------
@@ -270,15 +259,15 @@ def write_json(path: Path, values: Any) -> None:
 
 # -- Evaluation. ---------------------------------------------------------------------------
 
-def evaluate(eval_step: Callable, params: Any, run: Run, mesh: jax.sharding.Mesh
-             ) -> dict[str, float]:
+def evaluate(eval_step: Callable, params: Any, constants: Any, run: Run,
+             mesh: jax.sharding.Mesh) -> dict[str, float]:
   """Dev score (x100) and mean cross-entropy over every dev example."""
   config = run.config
   logits, labels = [], []
   for batch in batching.eval_batches(run.dev_data, config.eval_batch_size, layout=config.layout,
                                      max_length=config.max_length, row_multiple=run.num_devices):
     real = batch["example_mask"] == 1
-    logits.append(np.asarray(eval_step(params, step_lib.put_batch(batch, mesh)))[real])
+    logits.append(np.asarray(eval_step(params, constants, step_lib.put_batch(batch, mesh)))[real])
     labels.append(batch["labels"][real])
   logits, labels = np.concatenate(logits), np.concatenate(labels)
   return {"score": metrics.score(config.task, logits.argmax(-1), labels),
@@ -346,13 +335,13 @@ def _start(run: Run, checkpoints: checkpoint_lib.Checkpointer,
 
 def steps_key(run: Run, mesh_shape: tuple[int, int], diagnostics: bool) -> str:
   """Everything that determines the computation of a run's jitted steps: the config without
-  its seed (which enters the step as data: ``TrainState.rng``) and operational keys, the
-  model's non-parameter state, the mesh and its sharding threshold, and whether the step
-  computes diagnostics. Runs with equal keys can share their jitted (compiled) steps."""
+  its seed (which enters the step as data: ``TrainState.rng``, as the model's constants do)
+  and operational keys, the mesh and its sharding threshold, and whether the step computes
+  diagnostics. Runs with equal keys can share their jitted (compiled) steps."""
   identity = config_lib.run_identity(run.config)
   identity.pop("seed")
-  return json.dumps([identity, run.model_digest, mesh_shape, run.config.fsdp_min_size,
-                     diagnostics], sort_keys=True)
+  return json.dumps([identity, mesh_shape, run.config.fsdp_min_size, diagnostics],
+                    sort_keys=True)
 
 
 def train(run: Run, steps_cache: dict[Any, Any] | None = None) -> dict[str, Any]:
@@ -423,6 +412,7 @@ def train(run: Run, steps_cache: dict[Any, Any] | None = None) -> dict[str, Any]
   if (key, "eval") not in steps_cache:
     steps_cache[key, "eval"] = step_lib.jit_eval_step(run.apply, mesh, shardings.params)
   eval_step = steps_cache[key, "eval"]
+  constants = step_lib.put_constants(run.constants, mesh, config.fsdp_min_size)
   names = step_lib.gradient_norm_names(abstract.params, abstract.opt_state)
   if gradual:  # the clip's components change from iteration to iteration: tensors only
     names.pop("component_norms", None)
@@ -484,7 +474,7 @@ def train(run: Run, steps_cache: dict[Any, Any] | None = None) -> dict[str, Any]
     for batch in batching.train_batches(
         run.train_data, config.batch_size, seed=config.seed, epoch=epoch, layout=config.layout,
         max_length=config.max_length, row_multiple=run.num_devices, start_step=epoch_step):
-      state, step_metrics = train_step(state, step_lib.put_batch(batch, mesh))
+      state, step_metrics = train_step(state, step_lib.put_batch(batch, mesh), constants)
       step += 1
       seen += int(batch["example_mask"].sum())
       grad_norms.take(step, step_metrics)
@@ -500,7 +490,7 @@ def train(run: Run, steps_cache: dict[Any, Any] | None = None) -> dict[str, Any]
         flush_pending()
         t_eval = time.perf_counter()
         result = {"step": step, "epoch": step / steps_per_epoch,
-                  **evaluate(eval_step, state.params, run, mesh),
+                  **evaluate(eval_step, state.params, constants, run, mesh),
                   "drift": drift_from_pretrained(state.params, run)}
         eval_seconds += time.perf_counter() - t_eval
         evals.append(result)

@@ -72,19 +72,21 @@ def stack_batches(batches: Sequence[batching.Batch]) -> batching.Batch:
 
 def jit_train_steps(apply: step_lib.ApplyFn, optimizer: optax.GradientTransformation,
                     schedule: optax.Schedule | None = None, *, diagnostics: bool = False
-                    ) -> Callable[[step_lib.TrainState, Mapping[str, jax.Array]],
+                    ) -> Callable[[step_lib.TrainState, Mapping[str, jax.Array], Any],
                                   tuple[step_lib.TrainState, dict[str, jax.Array]]]:
-  """``step.train_step_fn`` vmapped over the seed axis of the state and the batch, jitted,
-  the stacked state donated."""
+  """``step.train_step_fn`` vmapped over the seed axis of the state, the batch and the
+  constants, jitted, the stacked state donated."""
   return jax.jit(jax.vmap(step_lib.train_step_fn(apply, optimizer, schedule,
                                                  diagnostics=diagnostics)),
                  donate_argnums=0)
 
 
-def jit_eval_steps(apply: step_lib.ApplyFn) -> Callable[[Any, Mapping[str, jax.Array]],
+def jit_eval_steps(apply: step_lib.ApplyFn) -> Callable[[Any, Any, Mapping[str, jax.Array]],
                                                         jax.Array]:
-  """``(stacked params, batch) -> logits [S, B, C]``: one dev batch through every seed."""
-  return jax.jit(jax.vmap(lambda params, batch: apply(params, batch), in_axes=(0, None)))
+  """``(stacked params, stacked constants, batch) -> logits [S, B, C]``: one dev batch
+  through every seed."""
+  return jax.jit(jax.vmap(lambda params, constants, batch: apply(params, constants, batch),
+                          in_axes=(0, 0, None)))
 
 
 # -- Training seeds together. --------------------------------------------------------------
@@ -139,6 +141,7 @@ def train_together(runs: Sequence[loop.Run], steps_cache: dict[Any, Any] | None 
   train_step, eval_step = steps_cache[key]
   state = stack([step_lib.init_state(run.params, optimizer, run.config.seed, abstract)
                  for run in runs])
+  constants = jax.device_put(stack([run.constants for run in runs]))
 
   names = step_lib.gradient_norm_names(abstract.params, abstract.opt_state)
   logs, grad_norms, checkpoints = [], [], []
@@ -190,7 +193,7 @@ def train_together(runs: Sequence[loop.Run], steps_cache: dict[Any, Any] | None 
                                      epoch=epoch, layout=config.layout,
                                      max_length=config.max_length) for run in runs]
     for batches in zip(*epochs):
-      state, step_metrics = train_step(state, jax.device_put(stack_batches(batches)))
+      state, step_metrics = train_step(state, jax.device_put(stack_batches(batches)), constants)
       step += 1
       for s, batch in enumerate(batches):
         seen[s] += int(batch["example_mask"].sum())
@@ -206,7 +209,7 @@ def train_together(runs: Sequence[loop.Run], steps_cache: dict[Any, Any] | None 
       if step in when_eval:
         flush()
         t_eval = time.perf_counter()
-        for s, result in enumerate(evaluate_together(eval_step, state.params, runs)):
+        for s, result in enumerate(evaluate_together(eval_step, state.params, constants, runs)):
           evals[s].append({"step": step, "epoch": step / steps_per_epoch, **result})
           logs[s].write(evals[s][-1], "eval")
           if config.keep_best and loop.best_index(evals[s]) == len(evals[s]) - 1:
@@ -232,8 +235,8 @@ def train_together(runs: Sequence[loop.Run], steps_cache: dict[Any, Any] | None 
   return all_results
 
 
-def evaluate_together(eval_step: Callable, params: Any, runs: Sequence[loop.Run]
-                      ) -> list[dict[str, Any]]:
+def evaluate_together(eval_step: Callable, params: Any, constants: Any,
+                      runs: Sequence[loop.Run]) -> list[dict[str, Any]]:
   """Every seed's dev score, mean cross-entropy and layer drift (as ``loop.evaluate`` and
   ``loop.drift_from_pretrained``), each dev batch through all seeds at once."""
   config = runs[0].config
@@ -241,7 +244,7 @@ def evaluate_together(eval_step: Callable, params: Any, runs: Sequence[loop.Run]
   for batch in batching.eval_batches(runs[0].dev_data, config.eval_batch_size,
                                      layout=config.layout, max_length=config.max_length):
     real = batch["example_mask"] == 1
-    logits.append(np.asarray(eval_step(params, jax.device_put(batch)))[:, real])
+    logits.append(np.asarray(eval_step(params, constants, jax.device_put(batch)))[:, real])
     labels.append(batch["labels"][real])
   logits, labels = np.concatenate(logits, axis=1), np.concatenate(labels)
   host_params = jax.device_get(params)

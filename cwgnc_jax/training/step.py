@@ -14,7 +14,10 @@ The train step, for a batch with example mask ``m`` and per-example cross-entrop
   params, opt_state unchanged, skipped += 1           otherwise
   step += 1                                           always (the data moves on)
 
-so a step is a pure function of (state, batch) and a resumed run repeats it bit for bit.
+so a step is a pure function of (state, batch, constants) and a resumed run repeats it bit
+for bit. ``constants`` are the arrays the model reads but never trains (Mixout targets; empty
+for plain BERT): a step argument laid out like the parameters, never part of the state (so
+never checkpointed: they are rebuilt with the model).
 """
 
 from __future__ import annotations
@@ -114,6 +117,12 @@ def put_tree(tree: Any, shardings: Any) -> Any:
   return jax.tree.map(lambda x, s: global_array(np.asarray(x), s), tree, shardings)
 
 
+def put_constants(constants: Any, mesh: Mesh, min_size: int) -> Any:
+  """The model's constants (``models.split_params``) on the mesh, each laid out as a
+  parameter of its shape would be (``tree_shardings``)."""
+  return put_tree(constants, tree_shardings(mesh, constants, min_size))
+
+
 # -- The state. ----------------------------------------------------------------------------
 
 def _state_fn(optimizer: optax.GradientTransformation, seed: int):
@@ -164,25 +173,26 @@ def all_finite(tree: Any) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
-ApplyFn = Callable[..., jax.Array]  # (params, inputs, dropout_rng=None) -> logits
+ApplyFn = Callable[..., jax.Array]  # (params, constants, inputs, dropout_rng=None) -> logits
 
 
 def train_step_fn(apply: ApplyFn, optimizer: optax.GradientTransformation,
                   schedule: optax.Schedule | None = None, *, diagnostics: bool = False
-                  ) -> Callable[[TrainState, Mapping[str, jax.Array]],
+                  ) -> Callable[[TrainState, Mapping[str, jax.Array], Any],
                                 tuple[TrainState, dict[str, jax.Array]]]:
-  """The (unjitted) train step ``(state, batch) -> (state, metrics)`` (module docstring).
+  """The (unjitted) train step ``(state, batch, constants) -> (state, metrics)`` (module
+  docstring).
 
   Metrics: ``loss``, ``grad_norm`` (global L2 norm of the raw gradient), ``finite``,
   ``examples`` (real examples), ``learning_rate`` = ``schedule(applied updates)``
   when a schedule is given, and with ``diagnostics`` the per-tensor gradient norms of
   ``gradient_norms``.
   """
-  def step(state: TrainState, batch: Mapping[str, jax.Array]):
+  def step(state: TrainState, batch: Mapping[str, jax.Array], constants: Any):
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
 
     def loss_fn(params):
-      logits = apply(params, batch, dropout_rng=key)
+      logits = apply(params, constants, batch, dropout_rng=key)
       return masked_mean_cross_entropy(logits, batch["labels"], batch["example_mask"])
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
@@ -250,16 +260,17 @@ def gradient_norm_names(params: Any, opt_state: Any) -> dict[str, list[str]]:
 def jit_train_step(apply: ApplyFn, optimizer: optax.GradientTransformation, mesh: Mesh,
                    state_shardings: Any, schedule: optax.Schedule | None = None, *,
                    diagnostics: bool = False):
-  """The train step jitted over the mesh; the input state is donated."""
+  """The train step ``(state, batch, constants)`` jitted over the mesh; the input state is
+  donated; the constants keep the layout they are passed in (``put_tree``)."""
   return jax.jit(train_step_fn(apply, optimizer, schedule, diagnostics=diagnostics),
-                 in_shardings=(state_shardings, batch_sharding(mesh)),
+                 in_shardings=(state_shardings, batch_sharding(mesh), None),
                  out_shardings=(state_shardings, replicated(mesh)),
                  donate_argnums=0)
 
 
 def jit_eval_step(apply: ApplyFn, mesh: Mesh, params_shardings: Any):
-  """``(params, batch) -> logits [B, C]`` without dropout, replicated on every device (so
-  every process can read all of them)."""
-  return jax.jit(lambda params, batch: apply(params, batch),
-                 in_shardings=(params_shardings, batch_sharding(mesh)),
+  """``(params, constants, batch) -> logits [B, C]`` without dropout, replicated on every
+  device (so every process can read all of them)."""
+  return jax.jit(lambda params, constants, batch: apply(params, constants, batch),
+                 in_shardings=(params_shardings, None, batch_sharding(mesh)),
                  out_shardings=replicated(mesh))
