@@ -90,6 +90,10 @@ def bench_task(args: argparse.Namespace, rest: list[str], task: str) -> dict[str
     while any(r.remaining for r in runners):
       for runner in runners:
         bar.update(runner.advance(args.chunk))
+  untimed = [r.layout for r in runners if not r.seconds]
+  if untimed:
+    sys.exit(f"bench_packing: error: no {task} step of layout {', '.join(untimed)} was timed "
+             f"(each of the {steps} steps compiled a new batch shape); pass more --steps")
   results = {}
   for runner in runners:
     run.config.layout = runner.layout  # evaluation in the run's own layout
