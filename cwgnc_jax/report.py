@@ -568,6 +568,8 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path,
                 f"(`{run_dir}`)", "", table2(members), ""]
     lines += ["Groups:", "", settings_list(groups), ""]
   everything = [g for _, groups in settings for g in groups]
+  if len(settings) > 1:  # the figures show every setting: names must not collide across them
+    label_groups(everything)
   write_seed_table(everything, out / "seeds.csv")
   lines += ["Every finished seed's result: [seeds.csv](seeds.csv).", "", "## Figures", ""]
   skipped = []

@@ -174,6 +174,26 @@ def test_figures_are_written_or_skipped_with_a_reason(studies, tmp_path):
   assert (group.method, failed, good) == ("bertadam", 4, 2)
 
 
+def test_figures_of_several_settings_name_each_setting(studies, tmp_path, monkeypatch):
+  """Groups of two settings that share a row name in their own tables (CWGNC on RTE at two
+  learning rates) get the value that tells them apart in the figures, which show both."""
+  drawn = {}
+
+  def capture(groups, path):
+    drawn[path.name] = sorted((g.task, g.label) for g in groups)
+    return "captured"
+
+  monkeypatch.setattr(report, "FIGURES", (("scores.png", capture, ""),))
+  text = report.write_report([studies / "main", studies / "harsh"], tmp_path).read_text()
+  assert _table(text, f"## Table 1: `{studies / 'harsh'}`")[2][0] == "CWGNC (c = 0.05)"
+  rte_cwgnc = [label for task, label in drawn["scores.png"]
+               if task == "rte" and label.startswith("CWGNC")]
+  assert rte_cwgnc == ["CWGNC (c = 0.05) [optimizer.learning_rate=0.001]",
+                       "CWGNC (c = 0.05) [optimizer.learning_rate=2e-05]"]
+  labels = drawn["scores.png"]
+  assert len(set(labels)) == len(labels)
+
+
 def test_gradual_unfreezing_figures(studies, tmp_path):
   root = tmp_path / "gu"
   for mode in ("gu", "gu_restart"):
