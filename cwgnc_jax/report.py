@@ -263,8 +263,9 @@ def figure_scores(groups: Sequence[Group], path: Path) -> str | None:
   plt = _pyplot()
   tasks = _tasks(groups)
   labels = [label for label in dict.fromkeys(g.label for g in sorted(groups, key=_row_order))]
-  fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks) + 1.0, 0.5 * len(labels) + 2),
-                           squeeze=False)
+  # Room for the row names (about 0.08 inch a character) beside the task panels.
+  width = 4.2 * len(tasks) + 0.5 + 0.08 * max(len(label) for label in labels)
+  fig, axes = plt.subplots(1, len(tasks), figsize=(width, 0.5 * len(labels) + 2), squeeze=False)
   for ax, task in zip(axes[0], tasks):
     members = {g.label: g for g in groups if g.task == task}
     for y, label in enumerate(labels):
@@ -274,10 +275,11 @@ def figure_scores(groups: Sequence[Group], path: Path) -> str | None:
       scores = np.array([run["score"] for run in s["runs"]])
       failed = np.array([run["failed"] for run in s["runs"]])
       jitter = np.linspace(-0.15, 0.15, len(scores)) if len(scores) > 1 else np.zeros(1)
+      # Seeds drawn over the mean marker, so a lone seed stays visible.
       ax.scatter(scores[~failed], y + jitter[~failed], s=14, color="tab:blue", alpha=0.7,
-                 label="seed" if y == 0 else None)
+                 zorder=3, label="seed" if y == 0 else None)
       ax.scatter(scores[failed], y + jitter[failed], s=14, color="tab:red", marker="x",
-                 label="failed seed" if y == 0 else None)
+                 zorder=3, label="failed seed" if y == 0 else None)
       ax.errorbar(s["mean"], y, xerr=s["std"], fmt="D", color="black", capsize=4, ms=5,
                   label="mean ± std" if y == 0 else None)
     majority = [g.summary["majority_score"] for g in members.values()]
