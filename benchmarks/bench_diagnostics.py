@@ -88,7 +88,8 @@ def main(argv: list[str]) -> None:
     states[flag] = state
     return time.perf_counter() - wall, time.process_time() - cpu
 
-  costs = {flag: xla_cost(steps[flag], states[flag], batches[0], constants) for flag in (False, True)}
+  costs = {flag: xla_cost(steps[flag], states[flag], batches[0], constants)
+           for flag in (False, True)}
   for flag in (False, True):  # compiles every batch shape of both variants
     one_pass(flag)
   times: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
