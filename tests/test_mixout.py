@@ -192,7 +192,7 @@ def test_mixout_seeds_share_one_compiled_step_that_takes_the_targets(tiny_bert_d
                                                                       tiny_rte_dir, tmp_path):
   """The targets are a step argument, not compiled in: two seeds (whose classifier targets
   differ) share one compiled train step, the second seed trained with the first seed's step
-  gets what it gets with a step of its own, and the lowered step holds no copy of them."""
+  gets what it gets with a step of its own, and the traced step closes over none of them."""
   def run(seed, name):
     config, _ = config_lib.from_command_line([
         "--config", "rte_mixout", f"--config.model={tiny_bert_dir}",
