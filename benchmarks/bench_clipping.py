@@ -172,7 +172,8 @@ def main():
   use_minilm = args.model == "minilm"
   if args.model == "auto":
     try:
-      from cwgnc_jax.models import from_pretrained  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+      # pylint: disable-next=import-outside-toplevel,unused-import
+      from cwgnc_jax.models import from_pretrained  # noqa: F401
       use_minilm = True
     except ImportError:
       use_minilm = False

@@ -119,8 +119,9 @@ def main(argv: list[str]) -> None:
   for task, results in report.items():
     packed, padded = results["packed"], results["padded"]
     metric = next(k for k in packed if k.startswith("dev_") and k != "dev_loss")
-    print(f"{task}: packed {packed['examples_per_second']:.1f} ex/s, padded "
-          f"{padded['examples_per_second']:.1f} ex/s: {packed['examples_per_second'] / padded['examples_per_second']:.2f}x; "
+    packed_rate, padded_rate = packed["examples_per_second"], padded["examples_per_second"]
+    print(f"{task}: packed {packed_rate:.1f} ex/s, padded {padded_rate:.1f} ex/s: "
+          f"{packed_rate / padded_rate:.2f}x; "
           f"{metric} packed {packed[metric]:.2f}, padded {padded[metric]:.2f} "
           f"({packed['steps']} steps each)", file=sys.stderr)
 

@@ -159,7 +159,8 @@ def clip_by_component_norm(
       ``hyperparam_dtype=jnp.float32`` for low-precision params, or the injected threshold
       takes their dtype).
     components: None (every leaf is its own component, labelled by its path), a kind
-      name ('tensor', 'layer', 'qkv': see ``COMPONENT_KINDS``), a label function ``params -> pytree of labels`` (e.g. :func:`layer_components`,
+      name ('tensor', 'layer', 'qkv': see ``COMPONENT_KINDS``), a label function
+      ``params -> pytree of labels`` (e.g. :func:`layer_components`,
       :func:`qkv_components`), or such a label pytree. Leaves sharing a label form one
       component with a joint norm.
     eps: added to the norm before dividing, as PyTorch's ``clip_grad_norm_`` does.

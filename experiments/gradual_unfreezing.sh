@@ -5,7 +5,8 @@
 # rate, so that GU-restart's last iteration is the study's AdamW run. Each seed runs both
 # modes before the next seed starts; rerunning skips finished seeds and resumes the
 # unfinished one. OUT (default runs/study_gu) is kept apart from the Table 1 folders.
-#   GLUE_DIR=../shared/glue bash experiments/gradual_unfreezing.sh TASK LEARNING_RATE LAST_SEED [OUT]
+#   GLUE_DIR=../shared/glue bash experiments/gradual_unfreezing.sh TASK LEARNING_RATE \
+#     LAST_SEED [OUT]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 task="$1" lr="$2" last="$3" out="${4:-runs/study_gu}"

@@ -4,7 +4,8 @@
 # c = 0.05 is the main study's cwgnc row, run by experiments/study.sh). Each seed goes through
 # all thresholds before the next seed starts, so an interrupted sweep has (nearly) as many
 # seeds per threshold; rerunning skips finished seeds and resumes the unfinished one.
-#   GLUE_DIR=../shared/glue bash experiments/threshold_sweep.sh TASK LEARNING_RATE EPOCHS LAST_SEED "0.01 0.1 0.5 1 5"
+#   GLUE_DIR=../shared/glue bash experiments/threshold_sweep.sh TASK LEARNING_RATE EPOCHS \
+#     LAST_SEED "0.01 0.1 0.5 1 5"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 task="$1" lr="$2" epochs="$3" last="$4" thresholds="$5"

@@ -22,8 +22,10 @@ def random_tree(c, seed=0):
   """Leaves far above, near (both sides) and below the threshold ``c``, one all-zero."""
   rng = np.random.default_rng(seed)
   return {
-      "far_above": {"kernel": scaled_leaf(rng, (16, 8), 100 * c), "bias": scaled_leaf(rng, (8,), 3 * c)},
-      "near": {"above": scaled_leaf(rng, (5, 7), 1.001 * c), "below": scaled_leaf(rng, (7,), 0.999 * c)},
+      "far_above": {"kernel": scaled_leaf(rng, (16, 8), 100 * c),
+                    "bias": scaled_leaf(rng, (8,), 3 * c)},
+      "near": {"above": scaled_leaf(rng, (5, 7), 1.001 * c),
+               "below": scaled_leaf(rng, (7,), 0.999 * c)},
       "below": scaled_leaf(rng, (3, 4, 2), 0.01 * c),
       "zero": np.zeros((4,), np.float32),
   }

@@ -91,7 +91,8 @@ def test_a_wrong_shape_is_named(tmp_path, tiny_pretrained):
   config, params = tiny_pretrained
   wrong = {"encoder.layer.0.intermediate.dense.weight": np.zeros((63, 32), np.float32)}
   folder = write_checkpoint(tmp_path / "model", config, params, replace=wrong)
-  with pytest.raises(ValueError, match=r"encoder\.layer\.0\.intermediate\.dense\.weight.*\(32, 63\)"):
+  culprit = r"encoder\.layer\.0\.intermediate\.dense\.weight.*\(32, 63\)"
+  with pytest.raises(ValueError, match=culprit):
     from_pretrained(folder, num_labels=2)
 
 

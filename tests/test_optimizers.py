@@ -212,7 +212,8 @@ def test_schedule_values():
 
 def test_frozen_leaves_have_no_state_and_zero_update():
   params = bert_params()
-  trainable = paths.map_paths(lambda p: not p.startswith(("embeddings", "encoder/layers/0")), params)
+  frozen = ("embeddings", "encoder/layers/0")
+  trainable = paths.map_paths(lambda p: not p.startswith(frozen), params)
   optimizer = build_optimizer(recipe("cwgnc"), 10, trainable=trainable)
   _, state, updates = run_steps(optimizer, params, random_grads(params, 2, seed=5))
   frozen = {p for p, t in by_path(trainable).items() if not t}

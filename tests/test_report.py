@@ -170,7 +170,8 @@ def test_figures_are_written_or_skipped_with_a_reason(studies, tmp_path):
   assert "`fig1_gradual_unfreezing.png` skipped: no gradual-unfreezing results" in text
   assert not (tmp_path / "fig1_gradual_unfreezing.png").exists()
   # Fig. 3 compares a failed and a successful seed of the baseline with both.
-  group, failed, good = report._fig3_pick(report.find_groups(studies / "main"))  # pylint: disable=protected-access
+  # pylint: disable-next=protected-access
+  group, failed, good = report._fig3_pick(report.find_groups(studies / "main"))
   assert (group.method, failed, good) == ("bertadam", 4, 2)
 
 
