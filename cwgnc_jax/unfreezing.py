@@ -42,7 +42,6 @@ from typing import Any, Callable
 
 import jax
 import ml_collections
-import numpy as np
 import optax
 
 from cwgnc_jax import diagnostics, optimizers, paths
@@ -213,15 +212,13 @@ def record(stage: Stage, depth: int, evaluation: dict[str, Any], params: Any,
   """What results.json keeps of a finished iteration: its dev evaluation (Fig. 1) and the
   per-layer drift of its final parameters from the pretrained ones and from the previous
   iteration's final ones, the pretrained ones for iteration 0 (Figs. 2, 4, 5:
-  ``diagnostics.layer_drift``; None when the parameters are split over several processes).
+  ``diagnostics.layer_drift``). Every process must call it (``step.host_copy`` gathers
+  parameters split across them).
   """
-  entry = {"iteration": stage.index, "trained_layers": stage.trained_layers(depth),
-           "start_step": stage.start_step, "end_step": stage.end_step,
-           "score": evaluation["score"], "loss": evaluation["loss"],
-           "drift_from_pretrained": None, "drift_from_previous": None}
-  if all(x.is_fully_addressable for x in jax.tree.leaves(params)):
-    params = jax.tree.map(np.asarray, jax.device_get(params))
-    previous = pretrained if previous is None else previous
-    entry["drift_from_pretrained"] = diagnostics.layer_drift(params, pretrained)
-    entry["drift_from_previous"] = diagnostics.layer_drift(params, previous)
-  return entry
+  params = step_lib.host_copy(params)
+  previous = pretrained if previous is None else step_lib.host_copy(previous)
+  return {"iteration": stage.index, "trained_layers": stage.trained_layers(depth),
+          "start_step": stage.start_step, "end_step": stage.end_step,
+          "score": evaluation["score"], "loss": evaluation["loss"],
+          "drift_from_pretrained": diagnostics.layer_drift(params, pretrained),
+          "drift_from_previous": diagnostics.layer_drift(params, previous)}

@@ -16,6 +16,7 @@ import math
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -83,13 +84,22 @@ def deterministic(results: dict) -> dict:
   return {k: v for k, v in results.items() if k != "timings"}
 
 
+def restore_here(folder: Path) -> dict:
+  """An orbax checkpoint item onto this process's first device, whatever mesh saved it."""
+  checkpointer = ocp.StandardCheckpointer()
+  here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=here),
+                        checkpointer.metadata(folder).item_metadata)
+  return checkpointer.restore(folder, target)
+
+
 def final_params(workdir: Path) -> dict:
   """The parameters and the best parameters of the run's last checkpoint, as host arrays."""
   steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
   folder = workdir / "checkpoints" / str(steps[-1])
-  state = ocp.StandardCheckpointer().restore(folder / "state")
-  best = ocp.StandardCheckpointer().restore(folder / "best") if (folder / "best").is_dir() else None
-  return jax.tree.map(np.asarray, {"params": state["params"], "best": best})
+  best = restore_here(folder / "best") if (folder / "best").is_dir() else None
+  return jax.tree.map(np.asarray, {"params": restore_here(folder / "state")["params"],
+                                   "best": best})
 
 
 def assert_same_run(workdir: Path, reference: Path) -> None:
@@ -183,22 +193,80 @@ def test_eval_points_and_best_index():
 
 # -- Whole runs. ---------------------------------------------------------------------------
 
+# 5 steps on one CPU device or on a sharded mesh: evaluations at steps 3 and 5, checkpoints.
+SHORT_RUN = ["--config.batch_size=8", "--config.eval_batch_size=8", "--config.train_limit=40",
+             "--config.num_epochs=1"]
+FSDP_MESH = ["--config.mesh.fsdp=2", "--config.fsdp_min_size=1024"]
+
+
+def cpu_env(env: dict[str, str], devices: int) -> dict[str, str]:
+  return {**env, "JAX_PLATFORMS": "cpu",
+          "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+
+
+def records(workdir: Path) -> tuple[list[dict], list[dict]]:
+  """The step records and the evaluation records of a run's metrics.jsonl."""
+  lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  return [r for r in lines if "grad_norm" in r], [r for r in lines if "score" in r]
+
+
+@pytest.fixture(scope="module")
+def one_device(tmp_path_factory, tiny_args, env) -> Path:
+  """The short run on a single CPU device: what the sharded runs must reproduce."""
+  workdir = tmp_path_factory.mktemp("runs") / "one_device"
+  done = train_py([*tiny_args, *SHORT_RUN], workdir, cpu_env(env, 1))
+  assert done.returncode == 0, done.stderr
+  return workdir
+
+
 @pytest.mark.real
-def test_eight_fake_devices_match_one(tiny_args, env, tmp_path):
+def test_eight_fake_devices_match_one(one_device, tiny_args, env, tmp_path):
   """5 steps on a (data 4, fsdp 2) mesh of 8 CPU devices give the single-device losses."""
-  losses = []
-  for devices, mesh in ((1, []), (8, ["--config.mesh.fsdp=2", "--config.fsdp_min_size=1024"])):
-    cpu_env = {**env, "JAX_PLATFORMS": "cpu",
-               "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-    args = [*tiny_args, "--config.batch_size=8", "--config.eval_batch_size=8",
-            "--config.train_limit=40", "--config.num_epochs=1", *mesh]
-    done = train_py(args, tmp_path / f"devices{devices}", cpu_env)
-    assert done.returncode == 0, done.stderr
-    records = [json.loads(line) for line in (tmp_path / f"devices{devices}" / "metrics.jsonl")
-               .read_text().splitlines()]
-    losses.append([r["loss"] for r in records if "grad_norm" in r])
-  assert len(losses[0]) == 5
-  np.testing.assert_allclose(losses[1], losses[0], atol=1e-5, rtol=0)
+  done = train_py([*tiny_args, *SHORT_RUN, *FSDP_MESH], tmp_path / "eight", cpu_env(env, 8))
+  assert done.returncode == 0, done.stderr
+  expected = [r["loss"] for r in records(one_device)[0]]
+  assert len(expected) == 5
+  np.testing.assert_allclose([r["loss"] for r in records(tmp_path / "eight")[0]], expected,
+                             atol=1e-5, rtol=0)
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.real
+def test_two_processes_match_one(one_device, tiny_args, env, tmp_path):
+  """Two train.py processes joined through $JAX_COORDINATOR_ADDRESS, 2 CPU devices each, a
+  (data 2, fsdp 2) mesh across them (so no process holds a whole parameter array), write one
+  run directory with the single-device run's losses, evaluations and per-layer drift (the
+  drift gathered from both processes), and a checkpoint that restores to its parameters."""
+  workdir, port = tmp_path / "two", free_port()
+  processes = [
+      subprocess.Popen([sys.executable, "train.py", *tiny_args, *SHORT_RUN, *FSDP_MESH,
+                        "--workdir", str(workdir)], cwd=REPO, text=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                       env={**cpu_env(env, 2), "JAX_COORDINATOR_ADDRESS": f"localhost:{port}",
+                            "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(index)})
+      for index in range(2)]
+  errors = [process.communicate(timeout=600)[1] for process in processes]
+  assert [process.returncode for process in processes] == [0, 0], errors
+  (steps, evals), (expected_steps, expected_evals) = records(workdir), records(one_device)
+  np.testing.assert_allclose([r["loss"] for r in steps], [r["loss"] for r in expected_steps],
+                             atol=1e-5, rtol=0)
+  for got, want in zip(evals, expected_evals, strict=True):
+    assert (got["step"], got["score"], got["examples"]) == (want["step"], want["score"], DEV_ROWS)
+    np.testing.assert_allclose(got["loss"], want["loss"], atol=1e-6, rtol=0)
+    assert got["drift"].keys() == want["drift"].keys()
+    for layer, drift in got["drift"].items():
+      np.testing.assert_allclose(list(drift.values()), list(want["drift"][layer].values()),
+                                 atol=1e-5, rtol=0)
+  results, expected = (json.loads((folder / "results.json").read_text())
+                       for folder in (workdir, one_device))
+  assert (results["steps"], results["score"]) == (5, expected["score"])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=0),
+               final_params(workdir), final_params(one_device))
 
 
 @pytest.mark.real

@@ -66,7 +66,10 @@ def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
   anything touches the devices.
   """
   if config.distributed or os.environ.get("JAX_COORDINATOR_ADDRESS"):
-    jax.distributed.initialize()
+    # JAX itself reads only the coordinator's address from the environment.
+    count, index = os.environ.get("JAX_NUM_PROCESSES"), os.environ.get("JAX_PROCESS_ID")
+    jax.distributed.initialize(num_processes=int(count) if count else None,
+                               process_id=int(index) if index else None)
 
 
 def is_main_process() -> bool:
@@ -274,14 +277,12 @@ def evaluate(eval_step: Callable, params: Any, constants: Any, run: Run,
           "loss": mean_cross_entropy(logits, labels), "examples": int(len(labels))}
 
 
-def drift_from_pretrained(params: Any, run: Run) -> dict[str, dict[str, float]] | None:
+def drift_from_pretrained(params: Any, run: Run) -> dict[str, dict[str, float]]:
   """Per layer, the maximum RMS difference and minimum cosine similarity of its tensors
   against the run's initial parameters (pretrained; the fresh classifier at its seed's
   initialisation): ``diagnostics.layer_drift``, the data of the paper's Figs. 2a, 4 and 5.
-  None when the parameters are split over several processes (no host sees all of them)."""
-  if not all(x.is_fully_addressable for x in jax.tree.leaves(params)):
-    return None
-  return diagnostics.layer_drift(params, run.params)
+  Every process must call it (``step.host_copy`` gathers parameters split across them)."""
+  return diagnostics.layer_drift(step_lib.host_copy(params), run.params)
 
 
 def mean_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from cwgnc_jax import clipping, paths
@@ -110,6 +111,17 @@ def put_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Arra
   """A host batch as global arrays split over the mesh; every process feeds its slice."""
   sharding = batch_sharding(mesh)
   return {key: global_array(value, sharding) for key, value in batch.items()}
+
+
+def host_copy(tree: Any) -> Any:
+  """``tree`` whole, as numpy arrays on this host, however its arrays are laid out.
+
+  Arrays that span several processes are gathered from all of them
+  (``process_allgather``): a collective, so every process must call it at the same point.
+  """
+  if all(x.is_fully_addressable for x in jax.tree.leaves(tree) if isinstance(x, jax.Array)):
+    return jax.tree.map(np.asarray, jax.device_get(tree))
+  return multihost_utils.process_allgather(tree, tiled=True)
 
 
 def put_tree(tree: Any, shardings: Any) -> Any:
