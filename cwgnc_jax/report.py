@@ -395,7 +395,8 @@ def figure_gu_drift(groups: Sequence[Group], path: Path) -> str | None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
   fig.suptitle(f"Figs. 2, 4, 5: per-layer drift under {g.label} on "
-               f"{TASK_NAMES.get(g.task, g.task)} (mean ± std over {len(runs)} seeds)")
+               f"{TASK_NAMES.get(g.task, g.task)} (mean ± std over {len(runs)} "
+               f"seed{'s' if len(runs) > 1 else ''})")
   fig.tight_layout()
   _save(fig, path)
   return None
