@@ -13,6 +13,8 @@ RUN_DIR is one setting (model, learning rates, epochs): it gets its own tables. 
     (e.g. two learning rates of one method) get their differing overrides in the row name.
   * Table 2 (the paper's layout): CWGNC's threshold sweep on a task, one row per threshold,
     when a RUN_DIR holds CWGNC groups of at least two thresholds on that task.
+  * CWGNC against each baseline of its task (``comparisons``): are the differences in
+    spread, mean and failures larger than the seeds' noise? Two-sided p-values.
   * ``scores.png``: every seed's score and each group's mean +- std against the majority
     classifier (the spread Table 1 summarizes).
   * ``fig1_gradual_unfreezing.png``: dev score after each GU iteration (mean +- std over
@@ -43,6 +45,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from scipy import stats
 
 from cwgnc_jax import diagnostics, paths
 
@@ -212,6 +215,54 @@ def table2(members: Sequence[Group]) -> str:
       values = " | ".join("-" * 5)
     lines.append(f"| {g.clip_norm:g} | {values} | {s['finished']} | `{g.path.name}` |")
   return "\n".join(lines)
+
+
+MIN_SEEDS_TO_COMPARE = 3
+
+
+def _scores(group: Group) -> np.ndarray:
+  return np.array([run["score"] for run in group.summary["runs"] if "score" in run])
+
+
+def _p(value: float) -> str:
+  return "-" if np.isnan(value) else "<0.001" if value < 1e-3 else f"{value:.3f}"
+
+
+def comparisons(groups: Sequence[Group]) -> str | None:
+  """CWGNC against each baseline of its task, where both have at least
+  ``MIN_SEEDS_TO_COMPARE`` finished seeds, as a Markdown table (None: no such pair).
+
+  For CWGNC scores ``a`` and baseline scores ``b``: the ratio ``std(a) / std(b)`` of the
+  population stds; the Brown-Forsythe test of equal spread (Levene's test on deviations from
+  each group's median: robust to a failed run's outlying score); Welch's t-test of equal
+  means; Fisher's exact test of equal failure rates. Two-sided p-values: with ten seeds a
+  group's std is known only to about +-25%, so only large differences in spread reach a
+  small p.
+  """
+  rows = []
+  for task in _tasks(groups):
+    plain = sorted((g for g in groups if g.task == task and g.unfreezing == "none"
+                    and len(_scores(g)) >= MIN_SEEDS_TO_COMPARE), key=_row_order)
+    for ours in (g for g in plain if g.method.startswith("cwgnc")):
+      for base in (g for g in plain if not g.method.startswith("cwgnc")):
+        a, b = _scores(ours), _scores(base)
+        failed = [sum(run["failed"] for run in g.summary["runs"] if "score" in run)
+                  for g in (ours, base)]
+        with np.errstate(all="ignore"):  # constant scores (every seed failed): no test
+          spread = stats.levene(a, b, center="median").pvalue
+          means = stats.ttest_ind(a, b, equal_var=False).pvalue
+          ratio = np.std(a) / np.std(b) if np.std(b) else np.nan
+        fisher = stats.fisher_exact([[failed[0], len(a) - failed[0]],
+                                     [failed[1], len(b) - failed[1]]]).pvalue
+        rows.append(f"| {TASK_NAMES.get(task, task)} | {ours.label} | {base.label} | "
+                    f"{len(a)}, {len(b)} | {'-' if np.isnan(ratio) else f'{ratio:.2f}'} | "
+                    f"{_p(spread)} | {np.mean(a) - np.mean(b):+.1f} | {_p(means)} | "
+                    f"{failed[0]}/{len(a)} vs {failed[1]}/{len(b)} | {_p(fisher)} |")
+  if not rows:
+    return None
+  return "\n".join([
+      "| task | CWGNC | baseline | seeds | Std ratio | p (equal spread) | mean difference | "
+      "p (equal means) | failed | p (equal failures) |", "|---" * 10 + "|", *rows])
 
 
 def settings_list(groups: Sequence[Group]) -> str:
@@ -569,6 +620,12 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path,
     for task, members in sweeps(groups).items():
       lines += [f"### Table 2: CWGNC threshold sweep on {TASK_NAMES.get(task, task)} "
                 f"(`{run_dir}`)", "", table2(members), ""]
+    compared = comparisons(groups)
+    if compared:
+      lines += [f"### CWGNC against the baselines (`{run_dir}`)", "",
+                "Std ratio: CWGNC's std over the baseline's. p-values, two-sided: "
+                "Brown-Forsythe (equal spread), Welch (equal means), Fisher exact (equal "
+                "failure rates).", "", compared, ""]
     lines += ["Groups:", "", settings_list(groups), ""]
   everything = [g for _, groups in settings for g in groups]
   if len(settings) > 1:  # the figures show every setting: names must not collide across them

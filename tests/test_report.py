@@ -222,3 +222,26 @@ def test_command_line(studies, tmp_path):
   assert done.returncode == 2
   assert done.stderr.strip() == f"cwgnc_jax.report: error: {tmp_path / 'none'} is not a folder"
   assert not (tmp_path / "none").exists()
+
+
+def test_comparisons_test_cwgnc_against_each_baseline_of_its_task(studies, tmp_path):
+  from scipy import stats  # pylint: disable=import-outside-toplevel
+  text = report.write_report([studies / "main"], tmp_path).read_text()
+  rows = _table(text, "### CWGNC against the baselines")
+  assert rows[0][:5] == ["task", "CWGNC", "baseline", "seeds", "Std ratio"]
+  # Groups of fewer than 3 seeds (AdamW at 4e-4) are left out; the sweep's thresholds each
+  # meet CoLA's AdamW. Rows are named as in Table 1.
+  adamw = "+ bias correction (AdamW) [optimizer.learning_rate=2e-05]"
+  assert [row[:4] for row in rows[2:]] == [
+      ["RTE", "CWGNC (c = 0.05)", "Devlin et al. (BertAdam)", "4, 4"],
+      ["RTE", "CWGNC (c = 0.05)", adamw, "4, 4"],
+      ["CoLA", "CWGNC (c = 0.01)", adamw, "3, 3"],
+      ["CoLA", "CWGNC (c = 0.05)", adamw, "3, 3"],
+      ["CoLA", "CWGNC (c = 0.5)", adamw, "3, 3"]]
+  ours, theirs = np.array(RTE_SCORES["rte_cwgnc"]), np.array(RTE_SCORES["rte_bertadam"])
+  spread = stats.levene(ours, theirs, center="median").pvalue
+  means = stats.ttest_ind(ours, theirs, equal_var=False).pvalue
+  # BertAdam fails 3 of 4 seeds (<= 52.7), CWGNC none: Fisher's two-sided p = 8/56.
+  assert rows[2][4:] == [f"{np.std(ours) / np.std(theirs):.2f}", f"{spread:.3f}",
+                         f"+{np.mean(ours) - np.mean(theirs):.1f}", f"{means:.3f}",
+                         "0/4 vs 3/4", "0.143"]
