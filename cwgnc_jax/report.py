@@ -371,7 +371,7 @@ def figure_gu(groups: Sequence[Group], path: Path) -> str | None:
   tasks = _tasks(gu)
   fig, axes = plt.subplots(1, len(tasks), figsize=(7 * len(tasks), 5.5), squeeze=False)
   for ax, task in zip(axes[0], tasks):
-    length = 0
+    length, references = 0, {}
     for g in [g for g in gu if g.task == task]:
       per_seed = [[it["score"] for it in _iterations(r)] for r in g.results().values()]
       per_seed = [s for s in per_seed if s]
@@ -381,23 +381,22 @@ def figure_gu(groups: Sequence[Group], path: Path) -> str | None:
                   capsize=3, label=f"{g.label} (n={len(scores)})")
       length = max(length, count)
       # Full fine-tuning: the plain group of this task with GU's optimizer settings.
-      for full in groups:
-        s = full.summary
-        if (full.task == task and full.unfreezing == "none" and s["finished"]
-            and full.config["optimizer"] == g.config["optimizer"]):
-          ax.axhline(s["mean"], color="black", lw=1,
-                     label=f"full fine-tuning, {full.label} (n={s['finished']})")
-          ax.axhspan(s["mean"] - s["std"], s["mean"] + s["std"], color="gray", alpha=0.2)
-          break
+      full = next((f for f in groups if f.task == task and f.unfreezing == "none"
+                   and f.summary["finished"] and f.config["optimizer"] == g.config["optimizer"]),
+                  None)
+      if full is not None:
+        references[full.path] = full
+    for full in references.values():  # once, though GU and GU restart share it
+      s = full.summary
+      ax.axhline(s["mean"], color="black", lw=1,
+                 label=f"full fine-tuning, {full.label} (n={s['finished']})")
+      ax.axhspan(s["mean"] - s["std"], s["mean"] + s["std"], color="gray", alpha=0.2)
     ax.set_xticks(range(1, length + 1))
     ax.set_xlabel("GU iteration k (trains the head and the top k layers of the stack)")
     ax.set_ylabel(f"dev {_task_header(task, groups)} x100")
     ax.set_title(TASK_NAMES.get(task, task))
     ax.grid(alpha=0.3)
-    handles, names = ax.get_legend_handles_labels()
-    unique = dict(zip(names, handles))
-    ax.legend(unique.values(), unique.keys(), fontsize=8, loc="upper center",
-              bbox_to_anchor=(0.5, -0.16), frameon=False)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
   fig.suptitle("Fig. 1: gradual unfreezing, dev score after each iteration (mean ± std)")
   fig.tight_layout()
   _save(fig, path)
