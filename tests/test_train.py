@@ -239,9 +239,10 @@ def free_port() -> int:
 @pytest.mark.real
 def test_two_processes_match_one(one_device, tiny_args, env, tmp_path):
   """Two train.py processes joined through $JAX_COORDINATOR_ADDRESS, 2 CPU devices each, a
-  (data 2, fsdp 2) mesh across them (so no process holds a whole parameter array), write one
-  run directory with the single-device run's losses, evaluations and per-layer drift (the
-  drift gathered from both processes), and a checkpoint that restores to its parameters."""
+  (data 2, fsdp 2) mesh across them (data across the processes, so every array spans both and
+  none is fully addressable from one process), write one run directory with the
+  single-device run's losses, evaluations and per-layer drift (gathered across the
+  processes), and a checkpoint that restores to its parameters."""
   workdir, port = tmp_path / "two", free_port()
   processes = [
       subprocess.Popen([sys.executable, "train.py", *tiny_args, *SHORT_RUN, *FSDP_MESH,
@@ -406,9 +407,8 @@ def test_unknown_config_and_indivisible_batch_exit_2(tiny_args, env, tmp_path):
   done = train_py(["--config", "no_such_config"], tmp_path / "run", env)
   assert done.returncode == 2 and "unknown config 'no_such_config'; valid: " in done.stderr
   devices = max(2, NUM_DEVICES)
-  cpu_env = {**env, "JAX_PLATFORMS": "cpu", "JAX_LOG_COMPILES": "1",
-             "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-  done = train_py([*tiny_args, f"--config.batch_size={devices + 1}"], tmp_path / "run", cpu_env)
+  done = train_py([*tiny_args, f"--config.batch_size={devices + 1}"], tmp_path / "run",
+                  {**cpu_env(env, devices), "JAX_LOG_COMPILES": "1"})
   assert done.returncode == 2 and done.stderr.count("\n") == 1
   assert (f"config.batch_size={devices + 1} is not divisible by the {devices} devices"
           in done.stderr)
