@@ -18,7 +18,8 @@ resume an interrupted study: a seed with ``results.json`` is not rerun, a seed w
 checkpoints resumes from its latest one (on its own).
 
 After every seed, ``DIR/<group>/summary.json`` holds the aggregates of the group's finished
-seeds, those of earlier invocations with other ``--seeds`` included (SPEC section 3):
+seeds, those of other invocations with other ``--seeds`` included, earlier or running beside
+this one (SPEC section 3):
 ``std`` (population, ddof 0), ``mean``, ``max``, ``min`` of the dev score (x100),
 ``failed_percent`` (runs not beating the majority classifier), and one entry per seed under
 ``runs``. Exit status as ``train.py``: 0 done, 2 bad input (one line on stderr).
@@ -237,6 +238,12 @@ def run_study(config_arg: str, overrides: Sequence[tuple[str, str]], seeds: Sequ
       done = [seed]
     todo = [s for s in todo if s not in done]
     progress.update(len(done))
+    # Another process with other seeds of this group (study.sh on the other core) may have
+    # finished some meanwhile: the summary counts every seed whose results are on disk.
+    for seed in finished_seeds(group_dir):
+      if seed not in results:
+        results[seed] = json.loads((group_dir / f"seed_{seed}" / "results.json").read_text())
+    every_seed = sorted(set(every_seed) | set(results))
     summary = summarize(group, config_arg, values, config, every_seed, results)
     if main:
       group_dir.mkdir(parents=True, exist_ok=True)

@@ -158,6 +158,29 @@ def test_study_shares_compiled_steps_summarizes_and_resumes(tiny_bert_dir, tiny_
     study.run_study("demo", overrides, [9], tmp_path)
 
 
+@pytest.mark.real
+def test_summary_counts_seeds_another_process_finishes_meanwhile(tiny_bert_dir, tiny_rte_dir,
+                                                                 tmp_path, monkeypatch):
+  """Two studies of one group with disjoint seeds run side by side (one per core): the summary
+  each writes holds the other's seeds finished by then, not only those on disk at its start."""
+  overrides = _tiny_overrides(tiny_bert_dir, tiny_rte_dir)
+  other = study.run_study("demo", overrides, [5], tmp_path / "other")
+  group = tmp_path / "runs" / other["group"]
+  train = loop.train
+
+  def other_process_finishes_seed_5(run, steps_cache=None):
+    group.mkdir(parents=True, exist_ok=True)
+    shutil.move(tmp_path / "other" / other["group"] / "seed_5", group / "seed_5")
+    return train(run, steps_cache)
+
+  monkeypatch.setattr(loop, "train", other_process_finishes_seed_5)
+  summary = study.run_study("demo", overrides, [3], tmp_path / "runs")
+  assert summary["seeds"] == [3, 5] and summary["finished"] == 2
+  assert [r["seed"] for r in summary["runs"]] == [3, 5]
+  assert summary["runs"][1]["score"] == other["runs"][0]["score"]
+  assert study.read_summary(group) == json.loads(json.dumps(summary))
+
+
 def test_bad_command_line_exits_2_in_one_line(tmp_path):
   done = subprocess.run([sys.executable, "-m", "cwgnc_jax.study", "--config", "rte_adamw",
                          "--seeds", "1,1", "--out", str(tmp_path)], cwd=REPO,
