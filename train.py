@@ -22,6 +22,10 @@ import sys
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 from cwgnc_jax import config as config_lib  # pylint: disable=wrong-import-position
+from cwgnc_jax.training import host_memory  # pylint: disable=wrong-import-position
+
+# Before JAX starts its threads: XLA's per-step buffers stay mapped (a third faster on a CPU).
+host_memory.keep_freed_memory()
 
 USAGE_ERROR = 2
 

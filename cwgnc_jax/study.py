@@ -279,4 +279,6 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
   os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+  from cwgnc_jax.training import host_memory  # pylint: disable=import-outside-toplevel
+  host_memory.keep_freed_memory()  # before JAX starts its threads, as train.py
   main(sys.argv[1:])
