@@ -1,10 +1,10 @@
 """A config over many seeds in one process, and its summary: ``python -m cwgnc_jax.study``.
 
-  python -m cwgnc_jax.study --config NAME_OR_PATH [--seeds 25 | --seeds 1,2,5]
+  python -m cwgnc_jax.study --config NAME_OR_PATH [--seeds 25 | --seeds 1,2,5 | --seeds 11-20]
       [--config.KEY=VALUE ...] [--out DIR] [--seeds-per-program K]
 
-``--seeds N`` trains seeds 1..N (default 25, the paper's count); ``--seeds 1,2,5`` those
-seeds. Each seed is an ordinary ``train.py`` run directory ``DIR/<group>/seed_<s>/`` (DIR
+``--seeds N`` trains seeds 1..N (default 25, the paper's count); ``--seeds 1,2,5`` or
+``--seeds 11-20`` those seeds (``--seeds 7-7``: seed 7 alone). Each seed is an ordinary ``train.py`` run directory ``DIR/<group>/seed_<s>/`` (DIR
 defaults to ``runs/study``); the group is the config name followed by its overrides, e.g.
 ``rte_cwgnc__optimizer.clip_norm=0.1`` (operational keys such as ``--config.progress`` or
 ``--config.diagnostics_every`` leave it unchanged; ``--config.seed`` is refused: the seeds
@@ -45,24 +45,32 @@ ConfigError = config_lib.ConfigError
 DEFAULT_SEEDS = 25  # the paper's seeds per Table 1 cell
 DEFAULT_OUT = os.path.join("runs", "study")
 SUMMARY_FILE = "summary.json"
-USAGE = ("usage: python -m cwgnc_jax.study --config NAME_OR_PATH [--seeds N | --seeds S1,S2,...] "
+USAGE = ("usage: python -m cwgnc_jax.study --config NAME_OR_PATH [--seeds N | --seeds S1,S2-S3,...] "
          "[--config.KEY=VALUE ...] [--out DIR] [--seeds-per-program K]")
 
 
 # -- The command line. ---------------------------------------------------------------------
 
 def parse_seeds(text: str) -> list[int]:
-  """``'10'`` -> seeds 1..10; ``'1,2,5'`` -> those seeds (distinct ints >= 0)."""
+  """``'10'`` -> seeds 1..10 (a count); otherwise a comma list of seeds and ranges:
+  ``'1,2,5'``, ``'11-20'``, ``'7-7'`` (seed 7 alone), ``'1,4-6'`` (distinct ints >= 0)."""
   try:
-    if "," not in text:
-      count = int(text)
-      if count <= 0:
+    if text.isdigit():
+      if int(text) == 0:
         raise ValueError
-      return list(range(1, count + 1))
-    seeds = [int(part) for part in text.split(",")]
+      return list(range(1, int(text) + 1))
+    seeds = []
+    for part in text.split(","):
+      first, dash, last = part.partition("-")
+      if not first.isdigit() or not (last.isdigit() if dash else True):
+        raise ValueError
+      start, end = int(first), int(last if dash else first)
+      if end < start:
+        raise ValueError
+      seeds.extend(range(start, end + 1))
   except ValueError:
-    raise ConfigError(f"--seeds {text}: expected a count > 0 or a comma list of seeds "
-                      "such as 1,2,5") from None
+    raise ConfigError(f"--seeds {text}: expected a count > 0, or a comma list of seeds and "
+                      "ranges such as 1,2,5 or 11-20 (one seed: 7-7)") from None
   if any(seed < 0 for seed in seeds) or len(set(seeds)) != len(seeds):
     raise ConfigError(f"--seeds {text}: seeds must be distinct ints >= 0")
   return seeds

@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 task="$1" lr="$2" last="$3" out="${4:-runs/study_gu}"
 for ((seed = 1; seed <= last; seed++)); do
   for mode in gu gu_restart; do
-    python -m cwgnc_jax.study --config "${task}_${mode}" --seeds "$seed" \
+    python -m cwgnc_jax.study --config "${task}_${mode}" --seeds "$seed-$seed" \
       --config.model=minilm-l6 --config.optimizer.learning_rate="$lr" \
       --config.eval_batch_size=64 --config.progress=false --out "$out"
   done

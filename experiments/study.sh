@@ -14,7 +14,7 @@ task="$1" lr="$2" epochs="$3" seeds="$4" out="${5:-runs/study}"
 [[ "$seeds" =~ ^[0-9]+$ ]] && seeds=$(seq 1 "$seeds")
 for seed in $seeds; do
   for method in adamw bertadam cwgnc; do
-    python -m cwgnc_jax.study --config "${task}_${method}" --seeds "$seed" \
+    python -m cwgnc_jax.study --config "${task}_${method}" --seeds "$seed-$seed" \
       --config.model=minilm-l6 --config.optimizer.learning_rate="$lr" \
       --config.num_epochs="$epochs" --config.eval_batch_size=64 --config.progress=false \
       --out "$out"

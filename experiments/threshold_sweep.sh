@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 task="$1" lr="$2" epochs="$3" last="$4" thresholds="$5"
 for ((seed = 1; seed <= last; seed++)); do
   for c in $thresholds; do
-    python -m cwgnc_jax.study --config "${task}_cwgnc" --seeds "$seed" \
+    python -m cwgnc_jax.study --config "${task}_cwgnc" --seeds "$seed-$seed" \
       --config.model=minilm-l6 --config.optimizer.learning_rate="$lr" \
       --config.num_epochs="$epochs" --config.eval_batch_size=64 --config.progress=false \
       --config.optimizer.clip_norm="$c" --out runs/study

@@ -25,7 +25,10 @@ def test_seeds_are_a_count_or_a_list():
   assert study.parse_seeds("3") == [1, 2, 3]
   assert study.parse_seeds("1,2,5") == [1, 2, 5]
   assert study.parse_seeds("0,42") == [0, 42]
-  for bad in ("0", "-2", "1,1", "a", "1,,2", "1,-3"):
+  # One seed alone is a range: a lone number is a count ('3' is seeds 1, 2 and 3).
+  assert study.parse_seeds("7-7") == [7]
+  assert study.parse_seeds("9-11,2") == [9, 10, 11, 2]
+  for bad in ("0", "-2", "1,1", "a", "1,,2", "1,-3", "5-3", "3-", "1-2-3", "1-3,2"):
     with pytest.raises(config_lib.ConfigError, match="--seeds"):
       study.parse_seeds(bad)
 
