@@ -4,8 +4,9 @@
       [--config.KEY=VALUE ...] [--out DIR] [--seeds-per-program K]
 
 ``--seeds N`` trains seeds 1..N (default 25, the paper's count); ``--seeds 1,2,5`` or
-``--seeds 11-20`` those seeds (``--seeds 7-7``: seed 7 alone). Each seed is an ordinary ``train.py`` run directory ``DIR/<group>/seed_<s>/`` (DIR
-defaults to ``runs/study``); the group is the config name followed by its overrides, e.g.
+``--seeds 11-20`` those seeds (``--seeds 7-7``: seed 7 alone). Each seed is an ordinary
+``train.py`` run directory ``DIR/<group>/seed_<s>/`` (DIR defaults to ``runs/study``); the
+group is the config name followed by its overrides, e.g.
 ``rte_cwgnc__optimizer.clip_norm=0.1`` (operational keys such as ``--config.progress`` or
 ``--config.diagnostics_every`` leave it unchanged; ``--config.seed`` is refused: the seeds
 come from ``--seeds``).
@@ -45,8 +46,9 @@ ConfigError = config_lib.ConfigError
 DEFAULT_SEEDS = 25  # the paper's seeds per Table 1 cell
 DEFAULT_OUT = os.path.join("runs", "study")
 SUMMARY_FILE = "summary.json"
-USAGE = ("usage: python -m cwgnc_jax.study --config NAME_OR_PATH [--seeds N | --seeds S1,S2-S3,...] "
-         "[--config.KEY=VALUE ...] [--out DIR] [--seeds-per-program K]")
+USAGE = ("usage: python -m cwgnc_jax.study --config NAME_OR_PATH "
+         "[--seeds N | --seeds S1,S2-S3,...] [--config.KEY=VALUE ...] [--out DIR] "
+         "[--seeds-per-program K]")
 
 
 # -- The command line. ---------------------------------------------------------------------
@@ -62,7 +64,7 @@ def parse_seeds(text: str) -> list[int]:
     seeds = []
     for part in text.split(","):
       first, dash, last = part.partition("-")
-      if not first.isdigit() or not (last.isdigit() if dash else True):
+      if not first.isdigit() or (dash and not last.isdigit()):
         raise ValueError
       start, end = int(first), int(last if dash else first)
       if end < start:

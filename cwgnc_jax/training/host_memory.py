@@ -6,8 +6,8 @@ step at batch 16 x 128. glibc serves a request that large with a fresh ``mmap`` 
 glibc's largest mmap threshold, 32 MB, and a thread's own arena could not hold it anyway: its
 heaps are at most 64 MB) and unmaps it on ``free``, so every step maps it anew and the kernel
 zero-fills each of its 4 KiB pages on first touch. Measured here: 160,000 page faults a
-second, a quarter of the compute thread's time in the kernel, and 1.35x faster steps without
-it (``benchmarks/bench_host_memory.py``).
+second, a quarter of the compute thread's time in the kernel; steps run 1.35x faster once
+the buffer stays mapped (``benchmarks/bench_host_memory.py``).
 
 :func:`keep_freed_memory` makes glibc serve every thread from the main arena, never by
 ``mmap``, and never give freed memory back to the kernel (``mallopt``: ``M_ARENA_MAX`` 1,
