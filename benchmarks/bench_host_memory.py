@@ -63,6 +63,8 @@ def main(argv: list[str]) -> None:
         f"{default['seconds_per_step'] / kept['seconds_per_step']:.2f}x; page faults "
         f"{kept['minor_faults'] / default['minor_faults']:.2f}x; first-pass losses identical: "
         f"{len(losses) == 1}")
+  if len(losses) != 1:
+    sys.exit("bench_host_memory: error: the first-pass losses differ between the children")
 
 
 if __name__ == "__main__":

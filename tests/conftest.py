@@ -13,7 +13,7 @@ import pytest
 
 from cwgnc_jax.training import host_memory
 
-# As train.py does, before JAX starts its threads: the suite's own steps run faster.
+# As train.py does, before JAX starts its threads, so in-process tests run as train.py does.
 host_memory.keep_freed_memory()
 
 REPO = Path(__file__).resolve().parent.parent
