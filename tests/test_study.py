@@ -33,6 +33,33 @@ def test_seeds_are_a_count_or_a_list():
       study.parse_seeds(bad)
 
 
+def _expand_seeds(seeds: str) -> subprocess.CompletedProcess:
+  return subprocess.run(["bash", "-c", 'source experiments/seeds.sh && expand_seeds "$1"',
+                         "expand_seeds", seeds],
+                        cwd=REPO, capture_output=True, text=True, check=False)
+
+
+def test_experiment_scripts_read_seeds_as_the_study_does():
+  """experiments/*.sh take SEEDS through seeds.sh: the study's syntax, spaces as commas."""
+  assert _expand_seeds("3").stdout.split() == ["1", "2", "3"]
+  assert _expand_seeds("2 4").stdout.split() == ["2", "4"]
+  assert _expand_seeds("7-7").stdout.split() == ["7"]
+  assert _expand_seeds("1, 4-6").stdout.split() == ["1", "4", "5", "6"]
+  bad = _expand_seeds("3 3")
+  assert bad.returncode == 2 and bad.stdout == ""
+  assert bad.stderr.splitlines() == ["SEEDS: --seeds 3,3: seeds must be distinct ints >= 0"]
+  # Each script stops on it before training anything.
+  for script, args in [("study.sh", ["cola", "1e-4", "3", "x"]),
+                       ("threshold_sweep.sh", ["cola", "1e-4", "3", "x", "0.1"]),
+                       ("gradual_unfreezing.sh", ["cola", "1e-4", "x"])]:
+    run = subprocess.run(["bash", f"experiments/{script}", *args],
+                         cwd=REPO, capture_output=True, text=True, check=False)
+    assert run.returncode == 2, script
+    assert run.stderr.splitlines() == [
+        "SEEDS: --seeds x: expected a count > 0, or a comma list of seeds and ranges such as "
+        "1,2,5 or 11-20 (one seed: 7-7)"], script
+
+
 def test_parse_args():
   assert study.parse_args(
       ["--config", "rte_cwgnc", "--seeds", "2", "--config.optimizer.clip_norm=0.1",
