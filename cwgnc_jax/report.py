@@ -12,7 +12,8 @@ RUN_DIR is one setting (model, learning rates, epochs): it gets its own tables. 
     the number of seeds. CWGNC rows name their threshold; groups that would share a cell
     (e.g. two learning rates of one method) get their differing overrides in the row name.
   * Table 2 (the paper's layout): CWGNC's threshold sweep on a task, one row per threshold,
-    when a RUN_DIR holds CWGNC groups of at least two thresholds on that task.
+    when a RUN_DIR holds CWGNC groups of at least two thresholds on that task at one learning
+    rate and number of epochs.
   * CWGNC against each baseline of its task (``comparisons``): are the differences in
     spread, mean and failures larger than the seeds' noise? Two-sided p-values.
   * ``scores.png``: every seed's score and each group's mean +- std against the majority
@@ -26,6 +27,8 @@ RUN_DIR is one setting (model, learning rates, epochs): it gets its own tables. 
     iterations (Figs. 2, 4, 5); same data source.
   * ``drift_by_method.png``: the same two quantities per layer at the end of training, for
     every Table 1 group (mean +- std over seeds), from each evaluation's ``drift``.
+  * ``table2_thresholds.png``: Table 2 as a figure: score against CWGNC's threshold c (each
+    seed, mean +- std), and how often each seed's run clipped (``grad_norms.npz``).
   * ``fig3_gradient_norms.png``: the pre-clip gradient norm of every tensor of one encoder
     layer (the second from the top, as the paper's layer 22 of 24) over training, in a
     failed run and a successful run of one group (``grad_norms.npz``).
@@ -191,15 +194,23 @@ def table1(groups: Sequence[Group]) -> str:
   return "\n".join(lines)
 
 
-def sweeps(groups: Sequence[Group]) -> dict[str, list[Group]]:
-  """Per task, its plain CWGNC groups by threshold, where there are at least two thresholds."""
+def sweeps(groups: Sequence[Group]) -> dict[tuple[str, float, int], list[Group]]:
+  """Per (task, learning rate, epochs), the plain CWGNC groups by threshold, where there are
+  at least two thresholds: a sweep varies c alone."""
   found = {}
-  for task in _tasks(groups):
-    members = [g for g in groups if g.task == task and g.method.startswith("cwgnc")
-               and g.unfreezing == "none" and g.clip_norm is not None]
-    if len({g.clip_norm for g in members}) >= 2:
-      found[task] = sorted(members, key=lambda g: (g.clip_norm, g.label))
-  return found
+  for g in groups:
+    if g.method.startswith("cwgnc") and g.unfreezing == "none" and g.clip_norm is not None:
+      key = (g.task, g.config["optimizer"]["learning_rate"], g.config.get("num_epochs") or 0)
+      found.setdefault(key, []).append(g)
+  return {key: sorted(members, key=lambda g: (g.clip_norm, g.label))
+          for key, members in sorted(found.items())
+          if len({g.clip_norm for g in members}) >= 2}
+
+
+def _sweep_title(key: tuple[str, float, int]) -> str:
+  task, learning_rate, epochs = key
+  rate = np.format_float_scientific(learning_rate, trim="-", exp_digits=1)  # 1e-4, 2.5e-5
+  return f"{TASK_NAMES.get(task, task)}, lr {rate}, {epochs} epochs"
 
 
 def table2(members: Sequence[Group]) -> str:
@@ -554,6 +565,64 @@ def figure_gradient_norms(groups: Sequence[Group], path: Path) -> str | None:
   return None
 
 
+def _clipped_fraction(group: Group, seed: int) -> float | None:
+  """The fraction of a CWGNC run's recorded (step, component) pairs whose component was
+  clipped, or None without ``grad_norms.npz``."""
+  path = group.seed_dir(seed) / diagnostics.GRAD_NORMS_FILE
+  if not path.is_file():
+    return None
+  clipped = diagnostics.read_gradient_norms(path).get("clipped")
+  return None if clipped is None else float(np.mean(clipped))
+
+
+def figure_threshold_sweep(groups: Sequence[Group], path: Path) -> str | None:
+  """Table 2 as a figure: per sweep, each seed's score and the mean +- std against c (log
+  scale), and the fraction of (step, component) pairs CWGNC clipped."""
+  found = sweeps([g for g in groups if g.summary["finished"]])
+  if not found:
+    return "no task has finished CWGNC runs at two or more thresholds"
+  plt = _pyplot()
+  fig, axes = plt.subplots(len(found), 2, figsize=(11, 4 * len(found)), squeeze=False)
+  for (ax_score, ax_clip), (key, members) in zip(axes, found.items()):
+    c = np.array([g.clip_norm for g in members])
+    for g in members:
+      runs = g.summary["runs"]
+      scores = np.array([r["score"] for r in runs])
+      failed = np.array([r["failed"] for r in runs])
+      # Seeds spread a little along log c so that equal scores stay visible.
+      x = g.clip_norm * np.exp(np.linspace(-0.06, 0.06, len(runs)) if len(runs) > 1 else [0.0])
+      first = g is members[0]
+      ax_score.scatter(x[~failed], scores[~failed], s=14, color="tab:blue", alpha=0.7,
+                       zorder=3, label="seed" if first else None)
+      ax_score.scatter(x[failed], scores[failed], s=20, color="tab:red", marker="x", zorder=3,
+                       label="failed seed" if first else None)
+      fractions = [f for f in (_clipped_fraction(g, r["seed"]) for r in runs) if f is not None]
+      ax_clip.scatter([g.clip_norm] * len(fractions), 100 * np.array(fractions), s=14,
+                      color="tab:blue", alpha=0.7)
+    means = [g.summary["mean"] for g in members]
+    stds = [g.summary["std"] for g in members]
+    ax_score.errorbar(c, means, yerr=stds, fmt="D-", color="black", capsize=4, ms=5, lw=1,
+                      label="mean ± std")
+    ax_score.axhline(members[0].summary["majority_score"], color="gray", ls="--", lw=1,
+                     label="majority classifier")
+    ax_score.set_ylabel(f"dev {_task_header(key[0], members)} x100")
+    ax_score.set_title(f"{_sweep_title(key)}: dev score")
+    ax_score.legend(fontsize=8, loc="lower left")
+    ax_clip.set_ylim(-3, 103)
+    ax_clip.set_ylabel("component-steps clipped (%)")
+    ax_clip.set_title(f"{_sweep_title(key)}: how often CWGNC clips")
+    for ax in (ax_score, ax_clip):
+      ax.set_xscale("log")
+      ax.set_xticks(c, [f"{v:g}" for v in c])
+      ax.minorticks_off()
+      ax.set_xlabel("threshold c (per-tensor gradient norm)")
+      ax.grid(alpha=0.3)
+  fig.suptitle("Table 2: CWGNC's clipping threshold (n seeds per point as in the table)")
+  fig.tight_layout()
+  _save(fig, path)
+  return None
+
+
 FIGURES = (
     ("scores.png", figure_scores,
      "Every seed's dev score (x: failed) and each group's mean ± std; dashed: the majority "
@@ -569,6 +638,11 @@ FIGURES = (
      "Per layer, the maximum RMS difference and the minimum cosine similarity of its tensors "
      "against the pretrained model after training, per method (mean ± std over seeds; the "
      "head, with its fresh classifier, left out)."),
+    ("table2_thresholds.png", figure_threshold_sweep,
+     "Table 2 as a figure: each seed's dev score and the mean ± std against CWGNC's threshold "
+     "c, and per seed the percentage of its recorded steps and components (every "
+     "diagnostics_every-th step; a component is one tensor under the default labels) whose "
+     "pre-clip gradient norm exceeded c."),
     ("fig3_gradient_norms.png", figure_gradient_norms,
      "Fig. 3: the pre-clip gradient norm of every tensor of the second-highest encoder layer "
      "(but the attention key bias, whose gradient is 0 up to rounding) over training, in a "
@@ -616,9 +690,9 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path,
             "number of finished seeds.", ""]
   for run_dir, groups in settings:
     lines += [f"## Table 1: `{run_dir}`", "", table1(groups), ""]
-    for task, members in sweeps(groups).items():
-      lines += [f"### Table 2: CWGNC threshold sweep on {TASK_NAMES.get(task, task)} "
-                f"(`{run_dir}`)", "", table2(members), ""]
+    for key, members in sweeps(groups).items():
+      lines += [f"### Table 2: CWGNC threshold sweep on {_sweep_title(key)} (`{run_dir}`)",
+                "", table2(members), ""]
     compared = comparisons(groups)
     if compared:
       lines += [f"### CWGNC against the baselines (`{run_dir}`)", "",

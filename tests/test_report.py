@@ -54,12 +54,18 @@ def make_group(root: Path, config_name: str, overrides: dict[str, str], scores: 
     workdir = root / group / f"seed_{seed}"
     workdir.mkdir(parents=True)
     (workdir / "results.json").write_text(json.dumps(results[seed]))
-    if grad_norms:
-      log = diagnostics.GradientNormLog(workdir, {"tensor_norms": TENSORS}, 10, 0, True)
+    if grad_norms:  # CWGNC's also say which tensors it clipped, as the step logs them
+      clip_norm = config.optimizer.get("clip_norm") if config.method == "cwgnc" else None
+      names = {"tensor_norms": TENSORS}
+      if clip_norm is not None:
+        names["component_norms"] = TENSORS
+      log = diagnostics.GradientNormLog(workdir, names, 10, 0, True)
       rng = np.random.default_rng(seed)
       for step in range(10, 210, 10):
         growth = 30.0 if failed and step > 100 else 1.0
-        log.take(step, {"tensor_norms": growth * rng.uniform(0.01, 1.0, len(TENSORS))})
+        norms = growth * rng.uniform(0.01, 1.0, len(TENSORS))
+        log.take(step, {"tensor_norms": norms} if clip_norm is None else
+                 {"tensor_norms": norms, "component_norms": norms, "clipped": norms > clip_norm})
       log.save()
   summary = study.summarize(group, config_name, values, config, seeds, results)
   (root / group / study.SUMMARY_FILE).write_text(json.dumps(summary))
@@ -83,7 +89,7 @@ def studies(tmp_path_factory) -> Path:
              [50.0, 53.5], 52.7)
   for c, scores in COLA_SWEEP.items():
     make_group(main, "cola_cwgnc", {"model": "minilm-l6", "optimizer.clip_norm": str(c)},
-               scores, 0.0)
+               scores, 0.0, grad_norms=True)
   make_group(main, "cola_adamw", {"model": "minilm-l6"}, [30.0, 0.0, 45.5], 0.0)
   harsh = root / "harsh"
   make_group(harsh, "rte_cwgnc", {"model": "minilm-l6", "optimizer.learning_rate": "1e-3"},
@@ -160,6 +166,36 @@ def test_table2_has_one_row_per_threshold(studies, tmp_path):
                         f"{100 * np.mean(scores <= 0.0):.0f}", str(len(scores))]
   assert rows[4][1:7] == ["22.3", "30.8", "52.3", "0.0", "33", "3"]
   assert "Table 2: CWGNC threshold sweep on RTE" not in text  # one threshold only
+  assert "### Table 2: CWGNC threshold sweep on CoLA, lr 2e-5, 5 epochs" in text
+
+
+def test_a_sweep_varies_the_threshold_alone(studies):
+  """CWGNC groups at another learning rate are not points of the same Table 2."""
+  groups = report.find_groups(studies)  # both settings: RTE's CWGNC at 2e-5 and at 1e-3
+  found = report.sweeps(groups)
+  assert list(found) == [("cola", 2e-5, 5)]
+  assert [g.clip_norm for g in found[("cola", 2e-5, 5)]] == [0.01, 0.05, 0.5]
+
+
+def test_threshold_sweep_figure_counts_the_clipped_steps(studies, tmp_path):
+  groups = {g.clip_norm: g for g in report.sweeps(report.find_groups(studies / "main"))[
+      ("cola", 2e-5, 5)]}
+  for c, group in groups.items():
+    for seed in (1, 2, 3):
+      log = diagnostics.read_gradient_norms(group.seed_dir(seed) / diagnostics.GRAD_NORMS_FILE)
+      # pylint: disable-next=protected-access
+      assert report._clipped_fraction(group, seed) == pytest.approx(
+          np.mean(log["tensor_norms"] > c))
+  # The made-up norms are uniform in [0.01, 1) (x30 late in failed runs): a threshold of 0.01
+  # clips every tensor at every step, 0.5 about half of them.
+  assert report._clipped_fraction(groups[0.01], 1) == 1.0  # pylint: disable=protected-access
+  assert 0.3 < report._clipped_fraction(groups[0.5], 1) < 0.7  # pylint: disable=protected-access
+  assert report.figure_threshold_sweep(report.find_groups(studies / "main"),
+                                       tmp_path / "t2.png") is None
+  assert (tmp_path / "t2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert report.figure_threshold_sweep(report.find_groups(studies / "harsh"),
+                                       tmp_path / "none.png") == (
+      "no task has finished CWGNC runs at two or more thresholds")
 
 
 def test_figures_are_written_or_skipped_with_a_reason(studies, tmp_path):
