@@ -13,7 +13,8 @@ RUN_DIR is one setting (model, learning rates, epochs): it gets its own tables. 
     (e.g. two learning rates of one method) get their differing overrides in the row name.
   * Table 2 (the paper's layout): CWGNC's threshold sweep on a task, one row per threshold,
     when a RUN_DIR holds CWGNC groups of at least two thresholds on that task at one learning
-    rate and number of epochs.
+    rate and number of epochs; from three thresholds on, with the rank correlation of score and
+    log c (``sweep_trend``).
   * CWGNC against each baseline of its task (``comparisons``): are the differences in
     spread, mean and failures larger than the seeds' noise? Two-sided p-values.
   * ``scores.png``: every seed's score and each group's mean +- std against the majority
@@ -226,6 +227,19 @@ def table2(members: Sequence[Group]) -> str:
       values = " | ".join("-" * 5)
     lines.append(f"| {g.clip_norm:g} | {values} | {s['finished']} | `{g.path.name}` |")
   return "\n".join(lines)
+
+
+def sweep_trend(members: Sequence[Group]) -> str | None:
+  """Does the score move with the threshold? Spearman's rank correlation of every finished
+  seed's score against ``log c`` (a monotone trend, none assumed linear), with its two-sided
+  p-value; None below 3 thresholds with scores."""
+  pairs = [(np.log(g.clip_norm), score) for g in members for score in _scores(g)]
+  if len({c for c, _ in pairs}) < 3:
+    return None
+  rho, p = stats.spearmanr(*zip(*pairs))
+  p_text = "p < 0.001" if p < 1e-3 else f"p = {p:.3f}"
+  return (f"Score against log c over the {len(pairs)} runs: Spearman rho = {rho:+.2f} "
+          f"({p_text}; negative: smaller thresholds score higher).")
 
 
 MIN_SEEDS_TO_COMPARE = 3
@@ -693,6 +707,9 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path,
     for key, members in sweeps(groups).items():
       lines += [f"### Table 2: CWGNC threshold sweep on {_sweep_title(key)} (`{run_dir}`)",
                 "", table2(members), ""]
+      trend = sweep_trend(members)
+      if trend:
+        lines += [trend, ""]
     compared = comparisons(groups)
     if compared:
       lines += [f"### CWGNC against the baselines (`{run_dir}`)", "",

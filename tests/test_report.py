@@ -167,6 +167,9 @@ def test_table2_has_one_row_per_threshold(studies, tmp_path):
   assert rows[4][1:7] == ["22.3", "30.8", "52.3", "0.0", "33", "3"]
   assert "Table 2: CWGNC threshold sweep on RTE" not in text  # one threshold only
   assert "### Table 2: CWGNC threshold sweep on CoLA, lr 2e-5, 5 epochs" in text
+  # By hand: ranks of log c (ties averaged) 2, 2, 2, 5, 5, 5, 8, 8, 8 and of the scores
+  # 4, 7, 5, 8, 9, 6, 2, 1, 3; their correlation is -30 / sqrt(54 * 60) = -0.527.
+  assert "Score against log c over the 9 runs: Spearman rho = -0.53 (p = " in text
 
 
 def test_a_sweep_varies_the_threshold_alone(studies):
