@@ -600,7 +600,7 @@ def figure_threshold_sweep(groups: Sequence[Group], path: Path) -> str | None:
   for (ax_score, ax_clip), (key, members) in zip(axes, found.items()):
     c = np.array([g.clip_norm for g in members])
     for g in members:
-      runs = g.summary["runs"]
+      runs = [r for r in g.summary["runs"] if "score" in r]
       scores = np.array([r["score"] for r in runs])
       failed = np.array([r["failed"] for r in runs])
       # Seeds spread a little along log c so that equal scores stay visible.
