@@ -9,6 +9,7 @@ from cwgnc_jax.study import ConfigError, parse_seeds
 try:
   print(*parse_seeds(",".join(sys.argv[1].replace(",", " ").split())), sep="\n")
 except ConfigError as e:
-  sys.exit(print(f"SEEDS: {e}", file=sys.stderr) or 2)
+  print(f"SEEDS: {e}", file=sys.stderr)
+  sys.exit(2)
 ' "$1"
 }

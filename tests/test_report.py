@@ -172,10 +172,12 @@ def test_table2_has_one_row_per_threshold(studies, tmp_path):
   assert "Score against log c over the 9 runs: Spearman rho = -0.53 (p = " in text
 
 
-def test_a_sweep_varies_the_threshold_alone(studies):
-  """CWGNC groups at another learning rate are not points of the same Table 2."""
-  groups = report.find_groups(studies)  # both settings: RTE's CWGNC at 2e-5 and at 1e-3
-  found = report.sweeps(groups)
+def test_a_sweep_varies_the_threshold_alone(studies, tmp_path):
+  """A CWGNC group at another learning rate, with a threshold of its own, is not a point of
+  the same Table 2 (nor a sweep alone: one threshold)."""
+  make_group(tmp_path, "cola_cwgnc", {"model": "minilm-l6", "optimizer.clip_norm": "0.1",
+                                      "optimizer.learning_rate": "1e-3"}, [20.0, 0.0], 0.0)
+  found = report.sweeps(report.find_groups(studies) + report.find_groups(tmp_path))
   assert list(found) == [("cola", 2e-5, 5)]
   assert [g.clip_norm for g in found[("cola", 2e-5, 5)]] == [0.01, 0.05, 0.5]
 
