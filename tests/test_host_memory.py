@@ -13,22 +13,26 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 # Imports as train.py does, then runs a program whose temporary buffer (sin(x), 40 MB) is
-# larger than glibc's largest mmap threshold (32 MB), and counts the page faults per call.
+# larger than glibc's largest mmap threshold (32 MB), and counts the page faults of each call.
+# With memory kept, the heap still grows now and then until it has a free hole the buffer
+# fits (measured: the last growth came anywhere from the 3rd to the 37th call), so the test
+# looks at the median call, not the mean of a few.
 PROGRAM = """
-import json, resource
+import json, resource, statistics
 from cwgnc_jax import config
 from cwgnc_jax.training import host_memory
 kept = host_memory.keep_freed_memory()
 import jax, jax.numpy as jnp
 program = jax.jit(lambda x: jnp.sin(x).T @ jnp.sin(x))
 x = jnp.ones((10240, 1024), jnp.float32)
-for _ in range(20):  # until the heap has settled (the first calls grow it)
+for _ in range(20):  # the first calls grow the heap
   program(x).block_until_ready()
-start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(4):
+faults = []
+for _ in range(41):
+  start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   program(x).block_until_ready()
-faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start) / 4
-print(json.dumps({"kept": kept, "faults_per_call": faults}))
+  faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start)
+print(json.dumps({"kept": kept, "faults_per_call": statistics.median(faults)}))
 """
 
 
@@ -45,6 +49,6 @@ def run_program(keep: str) -> dict:
 def test_kept_memory_is_not_faulted_in_again_at_every_execution():
   kept, default = run_program("1"), run_program("0")
   assert kept["kept"] is True and default["kept"] is False
-  # glibc's default maps the 40 MB buffer anew at every call: ~10,000 pages of 4 KiB.
+  # glibc's default maps the 40 MB buffer anew at every call: 10,240 pages of 4 KiB.
   assert default["faults_per_call"] > 5000, default
   assert kept["faults_per_call"] < 0.05 * default["faults_per_call"], (kept, default)
