@@ -14,9 +14,8 @@ the buffer stays mapped (``benchmarks/bench_host_memory.py``).
 ``M_MMAP_MAX`` 0, ``M_TRIM_THRESHOLD`` 2 GiB - 1), so the next step reuses pages that are
 already mapped (after the first steps: the heap grows until it holds a free hole the buffer
 fits, measured within 40 calls of a 40 MB program). The process then keeps its peak host
-memory until it exits, which for a
-training process is what it holds anyway. Numbers are unchanged: it only moves where
-buffers live.
+memory until it exits, which for a training process is what it holds anyway. Numbers are
+unchanged: it only moves where buffers live.
 
 It has to run before JAX creates its threads (before the first JAX computation): glibc fixes
 the number of arenas when a thread first needs one of its own. ``CWGNC_KEEP_FREED_MEMORY=0``
