@@ -57,6 +57,10 @@ OPERATIONAL_KEYS = ("resume_step", "checkpoint_every", "keep_checkpoints", "log_
 # run directory of that age still resumes under a config that leaves it off.
 LATER_GROUPS = {"unfreezing": ("mode", "none"), "mixout": ("p", 0.0)}
 
+# Keys added after runs were made, with the value a config.json without them was trained
+# with: before ``optimizer.adam_form`` existed, bias-corrected Adam was optax's.
+LATER_KEYS = {"optimizer.adam_form": "optax"}
+
 
 class ConfigError(ValueError):
   """Bad user input in a config or on the command line (one line, names the culprit)."""

@@ -5,8 +5,18 @@ Recipes (SPEC section 2; Devlin, "+ bias correction", Mosbach et al., CWGNC):
   BertAdam:  m = b1*m + (1-b1)*g,  v = b2*v + (1-b2)*g^2           (no bias correction, ever)
              u = m / (sqrt(v) + eps) + wd * theta   (wd only where the decay mask is True)
              theta <- theta - lr_t * u
-  AdamW:     the same with bias-corrected m_hat = m/(1-b1^t), v_hat = v/(1-b2^t).
+  AdamW:     as the authors (and Mosbach et al.) ran it, transformers' ``AdamW``:
+             theta <- theta - lr_t * sqrt(1-b2^t) / (1-b1^t) * m / (sqrt(v) + eps)
+             theta <- theta * (1 - lr_t * wd)                  (decay after the step, masked)
   CWGNC:     AdamW on gradients clipped component-wise first (``clip_by_component_norm``).
+
+transformers' AdamW folds the bias correction into the step size and adds eps to the raw
+``sqrt(v)``; ``optax.scale_by_adam`` adds eps to ``sqrt(v_hat) = sqrt(v / (1-b2^t))``. The two
+agree except where eps is not negligible against ``sqrt(v)``: transformers' effective eps is
+``eps / sqrt(1-b2^t)``, 31.6 times optax's at t = 1. CWGNC's clipped gradients are tiny (a
+BERT-large FFN kernel clipped to 0.05 has entries ~2.4e-5), so there the forms differ most:
+``adam_form`` picks one ('transformers', the default of every bias-corrected recipe, or
+'optax').
 
 Learning rates follow ``linear_warmup_decay``; a global-norm clip (``max_grad_norm``)
 precedes everything where the recipe has one.
@@ -95,6 +105,107 @@ def scale_by_adam_no_bias_correction(
   return optax.GradientTransformation(init_fn, update_fn)
 
 
+ADAM_FORMS = ("transformers", "optax")
+
+
+def _one_minus_power(beta: Any, count: jax.Array) -> jax.Array:
+  """``1 - beta**count`` in float32, accurate where ``beta`` is near 1.
+
+  PyTorch optimizers form it in float64 from Python floats; ``1 - float32(0.999)**t`` loses
+  ~1e-5 to cancellation. ``-expm1(t * log(beta))`` with the log taken in float64 keeps it to
+  float32 rounding (a traced ``beta``, under ``inject_hyperparams``, is taken as it comes).
+  """
+  t = jnp.asarray(count, jnp.float32)
+  if isinstance(beta, (int, float)):
+    if beta == 0:
+      return jnp.ones_like(t)
+    return -jnp.expm1(t * jnp.float32(math.log(beta)))
+  return -jnp.expm1(t * jnp.log(beta))
+
+
+def _bias_corrected_direction(mu: jax.Array, nu: jax.Array, count: jax.Array, b1: Any,
+                              b2: Any, eps: Any, form: str) -> jax.Array:
+  """One tensor's bias-corrected Adam direction after ``count`` >= 1 updates, in ``form``::
+
+    transformers:  sqrt(1-b2^t) / (1-b1^t) * m / (sqrt(v) + eps)
+    optax:         (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps)
+  """
+  correction1, correction2 = _one_minus_power(b1, count), _one_minus_power(b2, count)
+  if form == "transformers":
+    return jnp.sqrt(correction2) / correction1 * mu / (jnp.sqrt(nu) + eps)
+  if form == "optax":
+    return (mu / correction1) / (jnp.sqrt(nu / correction2) + eps)
+  raise ValueError(f"unknown Adam form {form!r}; valid: {', '.join(ADAM_FORMS)}")
+
+
+def scale_by_adam_transformers(
+    b1: float = 0.9, b2: float = 0.999, eps: float = 1e-6
+) -> optax.GradientTransformation:
+  """Adam's direction as transformers' ``AdamW`` computes it (the authors' and Mosbach et
+  al.'s optimizer)::
+
+    m = b1*m + (1-b1)*g,   v = b2*v + (1-b2)*g^2,   t = t + 1
+    u = sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)
+
+  The bias correction is folded into the step size and eps is added to the raw ``sqrt(v)``.
+  This equals ``optax.scale_by_adam`` with eps replaced by ``eps / sqrt(1 - b2^t)`` (31.6x at
+  t = 1, 1.01x by t = 10^4), so the two differ only where ``sqrt(v)`` is within a few orders
+  of eps: tiny (e.g. component-clipped) gradients early in training. The state is
+  ``optax.ScaleByAdamState``, so tools that read ``mu``/``nu``/``count`` work unchanged.
+  """
+
+  def init_fn(params):
+    return optax.ScaleByAdamState(
+        count=jnp.zeros([], jnp.int32),
+        mu=optax.tree_utils.tree_zeros_like(params),
+        nu=optax.tree_utils.tree_zeros_like(params),
+    )
+
+  def update_fn(updates, state, params=None):
+    del params
+    mu = optax.tree_utils.tree_update_moment(updates, state.mu, b1, 1)
+    nu = optax.tree_utils.tree_update_moment_per_elem_norm(updates, state.nu, b2, 2)
+    count = optax.safe_increment(state.count)
+    updates = jax.tree.map(
+        lambda m, v: _bias_corrected_direction(m, v, count, b1, b2, eps, "transformers"),
+        mu, nu)
+    return updates, optax.ScaleByAdamState(count=count, mu=mu, nu=nu)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def add_decayed_weights_after_step(
+    weight_decay: float, learning_rate: optax.ScalarOrSchedule, mask: Any = None
+) -> optax.GradientTransformation:
+  """transformers' ``AdamW`` weight decay: the parameters shrink *after* the Adam step.
+
+  Placed after ``scale_by_learning_rate`` (``updates`` are the signed, scaled step ``u``)::
+
+    theta_new = (theta + u) * (1 - lr_t * wd)    i.e.   u <- u - lr_t * wd * (theta + u)
+
+  ``optax.add_decayed_weights`` before the learning rate decays the pre-step ``theta``
+  instead; the two differ by ``lr_t * wd * u``, below float32 resolution at fine-tuning
+  learning rates, but this is the reference's arithmetic. ``lr_t`` is ``learning_rate``
+  at this transform's own update count (the same count ``scale_by_learning_rate`` keeps).
+  ``mask`` as for ``optax.add_decayed_weights``.
+  """
+
+  def init_fn(params):
+    del params
+    return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+
+  def update_fn(updates, state, params=None):
+    if params is None:
+      raise ValueError("add_decayed_weights_after_step needs the parameters")
+    rate = learning_rate(state.count) if callable(learning_rate) else learning_rate
+    rate = rate * weight_decay
+    updates = jax.tree.map(lambda u, p: u - rate * (p + u), updates, params)
+    return updates, optax.ScaleByScheduleState(count=optax.safe_increment(state.count))
+
+  decay = optax.GradientTransformation(init_fn, update_fn)
+  return decay if mask is None else optax.masked(decay, mask)
+
+
 class ScaleByAdamPerTensorState(NamedTuple):
   """Adam's moments with one update count per tensor (``count`` has the params' structure)."""
   count: Any
@@ -103,17 +214,19 @@ class ScaleByAdamPerTensorState(NamedTuple):
 
 
 def scale_by_adam_per_tensor_count(
-    b1: float = 0.9, b2: float = 0.999, eps: float = 1e-6
+    b1: float = 0.9, b2: float = 0.999, eps: float = 1e-6, *, form: str = "transformers"
 ) -> optax.GradientTransformation:
-  """``optax.scale_by_adam`` with a bias-correction count per tensor instead of one per chain.
+  """Bias-corrected Adam with a count per tensor instead of one per chain.
 
   For every tensor ``i`` with its own count ``c_i`` (the updates it has had)::
 
     m_i = b1*m_i + (1-b1)*g_i,  v_i = b2*v_i + (1-b2)*g_i^2,  c_i = c_i + 1
-    u_i = (m_i / (1-b1^c_i)) / (sqrt(v_i / (1-b2^c_i)) + eps)
+    u_i = sqrt(1-b2^c_i) / (1-b1^c_i) * m_i / (sqrt(v_i) + eps)          form 'transformers'
+    u_i = (m_i / (1-b1^c_i)) / (sqrt(v_i / (1-b2^c_i)) + eps)            form 'optax'
 
-  While all tensors train from the start, every ``c_i`` equals optax's single count and the
-  updates are ``optax.scale_by_adam``'s (up to float rounding). It exists for gradual
+  While all tensors train from the start, every ``c_i`` equals the single count and the
+  updates are :func:`scale_by_adam_transformers`' or ``optax.scale_by_adam``'s (up to float
+  rounding). It exists for gradual
   unfreezing: a tensor unfrozen later starts with zero moments and count 0, so its bias
   correction is that of a fresh Adam (a shared count would make its first steps up to
   ``(1-b1)/sqrt(1-b2)`` = 3.2 times too large, as BertAdam's are), while tensors already
@@ -132,11 +245,8 @@ def scale_by_adam_per_tensor_count(
     mu = optax.tree_utils.tree_update_moment(updates, state.mu, b1, 1)
     nu = optax.tree_utils.tree_update_moment_per_elem_norm(updates, state.nu, b2, 2)
     count = jax.tree.map(optax.safe_increment, state.count)
-    correct = lambda decay: lambda moment, c: optax.tree_utils.tree_bias_correction(
-        moment, decay, c)
-    mu_hat = jax.tree.map(correct(b1), mu, count)
-    nu_hat = jax.tree.map(correct(b2), nu, count)
-    updates = jax.tree.map(lambda m, v: m / (jnp.sqrt(v) + eps), mu_hat, nu_hat)
+    updates = jax.tree.map(
+        lambda m, v, c: _bias_corrected_direction(m, v, c, b1, b2, eps, form), mu, nu, count)
     return updates, ScaleByAdamPerTensorState(count=count, mu=mu, nu=nu)
 
   return optax.GradientTransformation(init_fn, update_fn)
@@ -162,6 +272,46 @@ def bert_adam(
   )
 
 
+def adamw(
+    learning_rate: optax.ScalarOrSchedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-6,
+    weight_decay: float = 0.01,
+    mask: Any = None,
+    *,
+    form: str = "transformers",
+    per_tensor_count: bool = False,
+) -> optax.GradientTransformation:
+  """AdamW with bias correction ("+ bias correction", Mosbach et al., CWGNC's optimizer).
+
+  ``form='transformers'`` (default) is transformers' ``AdamW``, the reference code's::
+
+    scale_by_adam_transformers -> scale_by_learning_rate -> add_decayed_weights_after_step
+
+  ``form='optax'`` is ``optax.adamw``'s arithmetic (eps on ``sqrt(v_hat)``, decay of the
+  pre-step parameters)::
+
+    scale_by_adam -> add_decayed_weights -> scale_by_learning_rate
+
+  ``mask`` selects where decay applies (None = everywhere, as ``optax.adamw``; pass
+  :func:`decay_mask` for the paper's setting). ``per_tensor_count``: one bias-correction
+  count per tensor (:func:`scale_by_adam_per_tensor_count`; gradual unfreezing).
+  """
+  if form not in ADAM_FORMS:
+    raise ValueError(f"unknown Adam form {form!r}; valid: {', '.join(ADAM_FORMS)}")
+  if per_tensor_count:
+    adam = scale_by_adam_per_tensor_count(b1, b2, eps, form=form)
+  else:
+    adam = scale_by_adam_transformers(b1, b2, eps) if form == "transformers" else (
+        optax.scale_by_adam(b1, b2, eps))
+  if form == "transformers":
+    return optax.chain(adam, optax.scale_by_learning_rate(learning_rate),
+                       add_decayed_weights_after_step(weight_decay, learning_rate, mask))
+  return optax.chain(adam, optax.add_decayed_weights(weight_decay, mask),
+                     optax.scale_by_learning_rate(learning_rate))
+
+
 def cwgnc(
     learning_rate: optax.ScalarOrSchedule,
     clip_norm: float = 0.05,
@@ -171,19 +321,19 @@ def cwgnc(
     weight_decay: float = 0.01,
     mask: Any = decay_mask,
     components: Any = None,
+    *,
+    adam_form: str = "transformers",
 ) -> optax.GradientTransformation:
   """AdamW (bias-corrected) on component-wise clipped gradients, the paper's optimizer.
 
-  ``clip_by_component_norm(clip_norm)`` -> ``scale_by_adam`` -> ``add_decayed_weights`` ->
-  ``scale_by_learning_rate``: the clip acts on the raw gradient, before the moments and
-  their bias correction. ``components`` is passed to :func:`clip_by_component_norm`
+  ``clip_by_component_norm(clip_norm)`` -> :func:`adamw` (``adam_form``: transformers' AdamW,
+  as the authors ran it, or 'optax'): the clip acts on the raw gradient, before the moments
+  and their bias correction. ``components`` is passed to :func:`clip_by_component_norm`
   (None or 'tensor' = one component per tensor; 'layer'; 'qkv'; a label function).
   """
   return optax.chain(
       clip_by_component_norm(clip_norm, components=components),
-      optax.scale_by_adam(b1, b2, eps),
-      optax.add_decayed_weights(weight_decay, mask),
-      optax.scale_by_learning_rate(learning_rate),
+      adamw(learning_rate, b1, b2, eps, weight_decay, mask, form=adam_form),
   )
 
 
@@ -201,6 +351,8 @@ def _devlin() -> dict[str, Any]:
       weight_decay=0.01,
       warmup_fraction=0.1,
       bias_correction=False,
+      # With bias correction: transformers' AdamW (the PyTorch reference) or optax's form.
+      adam_form="transformers",
       max_grad_norm=config_dict.placeholder(float),
       clip_norm=config_dict.placeholder(float),
       components="tensor",
@@ -264,6 +416,9 @@ def _check_config(cfg: ml_collections.ConfigDict, total_steps: int) -> None:
     positive("clip_norm")
   if cfg.max_grad_norm is not None and not math.isfinite(cfg.max_grad_norm):
     raise ValueError(f"opt_config.max_grad_norm must be finite or None, got {cfg.max_grad_norm!r}")
+  if cfg.adam_form not in ADAM_FORMS:
+    raise ValueError(f"opt_config.adam_form must be one of {list(ADAM_FORMS)}, "
+                     f"got {cfg.adam_form!r}")
   if cfg.components not in COMPONENT_KINDS:
     raise ValueError(
         f"opt_config.components must be one of {sorted(COMPONENT_KINDS)}, got {cfg.components!r}"
@@ -285,9 +440,11 @@ def build_optimizer(
 
     clip_by_component_norm(clip_norm)   # clip_norm not None (CWGNC), on the raw gradient
     clip_by_global_norm(max_grad_norm)  # max_grad_norm not None and > 0
-    scale_by_adam (bias_correction) | scale_by_adam_no_bias_correction (BertAdam)
-    add_decayed_weights(weight_decay, mask=decay_mask(exclude=decay_exclude))
-    scale_by_learning_rate(linear_warmup_decay(learning_rate, total_steps, warmup_fraction))
+    bias_correction:   adamw(lr_t, b1, b2, eps, weight_decay, mask, form=adam_form)
+    otherwise:         bert_adam(lr_t, b1, b2, eps, weight_decay, mask)
+
+  with ``lr_t = linear_warmup_decay(learning_rate, total_steps, warmup_fraction)`` and
+  ``mask = decay_mask(exclude=decay_exclude)``.
 
   Args:
     opt_config: the optimizer config (fields as :func:`recipe` returns them).
@@ -308,15 +465,14 @@ def build_optimizer(
     )
   if cfg.max_grad_norm is not None and cfg.max_grad_norm > 0:
     parts.append(optax.clip_by_global_norm(cfg.max_grad_norm))
-  if cfg.bias_correction:
-    adam = scale_by_adam_per_tensor_count if per_tensor_count else optax.scale_by_adam
-    parts.append(adam(cfg.b1, cfg.b2, cfg.eps))
-  else:
-    parts.append(scale_by_adam_no_bias_correction(cfg.b1, cfg.b2, cfg.eps))
-  exclude = tuple(cfg.decay_exclude)
-  parts.append(optax.add_decayed_weights(cfg.weight_decay, lambda p: decay_mask(p, exclude)))
   schedule = linear_warmup_decay(cfg.learning_rate, total_steps, cfg.warmup_fraction)
-  parts.append(optax.scale_by_learning_rate(schedule))
+  exclude = tuple(cfg.decay_exclude)
+  mask = lambda p: decay_mask(p, exclude)
+  if cfg.bias_correction:
+    parts.append(adamw(schedule, cfg.b1, cfg.b2, cfg.eps, cfg.weight_decay, mask,
+                       form=cfg.adam_form, per_tensor_count=per_tensor_count))
+  else:
+    parts.append(bert_adam(schedule, cfg.b1, cfg.b2, cfg.eps, cfg.weight_decay, mask))
   optimizer = optax.chain(*parts)
   if trainable is None:
     return optimizer

@@ -1,5 +1,6 @@
 """BertAdam, CWGNC, the Table 1 recipes and build_optimizer against NumPy references."""
 
+import math
 import re
 
 import jax
@@ -19,6 +20,7 @@ from cwgnc_jax.optimizers import (
     linear_warmup_decay,
     recipe,
 )
+from cwgnc_jax.optimizers import ADAM_FORMS
 
 HIDDEN, VOCAB, LABELS = 4, 11, 2
 
@@ -122,7 +124,7 @@ def test_cwgnc_is_clip_then_adamw():
       clip_by_component_norm(0.05),
       optax.adamw(1e-3, eps=1e-6, weight_decay=0.01, mask=mask),
   )
-  ours, _, _ = run_steps(cwgnc(1e-3), params, grads)
+  ours, _, _ = run_steps(cwgnc(1e-3, adam_form="optax"), params, grads)
   theirs, _, _ = run_steps(reference, params, grads)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), ours, theirs)
 
@@ -166,6 +168,7 @@ def test_recipe_table_values():
   assert all(rows[n].bias_correction for n in ("adamw", "mosbach", "cwgnc"))
   assert [rows[n].max_grad_norm for n in rows] == [1.0, 1.0, 1.0, None]
   assert [rows[n].clip_norm for n in rows] == [None, None, None, 0.05]
+  assert all(recipe(n).adam_form == "transformers" for n in optimizers.RECIPES)
 
 
 def random_grads(params, n, seed, scale=1.0):
@@ -176,7 +179,10 @@ def random_grads(params, n, seed, scale=1.0):
 
 @pytest.mark.parametrize("name", ["bertadam", "adamw", "cwgnc", "both_clips"])
 def test_build_optimizer_equals_explicit_chain(name):
+  """With ``adam_form='optax'`` the chain is optax's built-ins (the transformers form is
+  tested against a port of transformers' AdamW below)."""
   cfg = recipe("cwgnc" if name == "both_clips" else name)
+  cfg.adam_form = "optax"
   if name == "both_clips":
     cfg.max_grad_norm = 0.1
   total = 20
@@ -187,7 +193,7 @@ def test_build_optimizer_equals_explicit_chain(name):
                    bert_adam(schedule, eps=1e-6, weight_decay=0.01, mask=mask)],
       "adamw": [optax.clip_by_global_norm(1.0),
                 optax.adamw(schedule, eps=1e-6, weight_decay=0.01, mask=mask)],
-      "cwgnc": [cwgnc(schedule, clip_norm=0.05)],
+      "cwgnc": [cwgnc(schedule, clip_norm=0.05, adam_form="optax")],
       "both_clips": [clip_by_component_norm(0.05), optax.clip_by_global_norm(0.1),
                      optax.adamw(schedule, eps=1e-6, weight_decay=0.01, mask=mask)],
   }[name]
@@ -287,3 +293,156 @@ def test_invalid_names_and_steps():
   with pytest.raises(ValueError, match="decay_exclude"):
     build_optimizer(ml_collections.ConfigDict(incomplete), 10)
   assert optimizers.RECIPES[:4] == ("bertadam", "adamw", "mosbach", "cwgnc")
+
+
+# -- transformers' AdamW, as the authors ran it, against a NumPy port of its step. --------
+
+def transformers_adamw_port(params, grads_list, *, lr_at, b1, b2, eps, weight_decay, decay,
+                            clip_norm=None):
+  """A line-by-line NumPy port, in float32 as PyTorch runs it, of the reference's step: per
+  tensor ``clip_grad_norm_(p, clip_norm)`` (GradClipTrainer), then transformers' ``AdamW.step``
+  (``ClipValueAdamW`` in yangalan123/FineTuningStability, ``adamw.py`` in Mosbach et al.)::
+
+    exp_avg.mul_(beta1).add_(grad, alpha=1.0 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+    denom = exp_avg_sq.sqrt().add_(eps)
+    step_size = lr * math.sqrt(1.0 - beta2 ** step) / (1.0 - beta1 ** step)
+    p.data.addcdiv_(exp_avg, denom, value=-step_size)
+    p.data.add_(p.data, alpha=-lr * weight_decay)       # where decay applies
+
+  ``lr_at(i)`` is the learning rate of the i-th step (0-based; the scheduler steps after the
+  optimizer, so step 0 uses the schedule's value at 0).
+  """
+  f32 = np.float32
+  theta = {k: np.array(v, f32) for k, v in params.items()}
+  m = {k: np.zeros_like(v) for k, v in theta.items()}
+  v = {k: np.zeros_like(x) for k, x in theta.items()}
+  for i, grads in enumerate(grads_list):
+    step, lr = i + 1, lr_at(i)
+    for k in theta:
+      g = np.array(grads[k], f32)
+      if clip_norm is not None:
+        norm = float(np.linalg.norm(g.astype(np.float64)))
+        coef = clip_norm / (norm + 1e-6)
+        if coef < 1:
+          g = g * f32(coef)
+      m[k] = m[k] * f32(b1) + g * f32(1 - b1)
+      v[k] = v[k] * f32(b2) + g * g * f32(1 - b2)
+      denom = np.sqrt(v[k]) + f32(eps)
+      step_size = lr * math.sqrt(1.0 - b2**step) / (1.0 - b1**step)
+      theta[k] = theta[k] + f32(-step_size) * (m[k] / denom)
+      if decay[k] and weight_decay > 0:
+        theta[k] = theta[k] + theta[k] * f32(-lr * weight_decay)
+  return theta
+
+
+def _tiny_gradient_case(seed=7, steps=12):
+  """Parameters and gradients where eps matters: a 64x256 kernel whose raw gradient (norm ~5)
+  CWGNC clips to 0.05 (entries ~2e-4), and a bias and a LayerNorm scale with raw gradients of
+  ~1e-6 (below eps, unclipped)."""
+  rng = np.random.default_rng(seed)
+  params = {"layer/kernel": rng.standard_normal((64, 256)).astype(np.float32) * 0.05,
+            "layer/bias": rng.standard_normal((256,)).astype(np.float32) * 0.05,
+            "layer/layer_norm/scale": 1 + 0.1 * rng.standard_normal((256,)).astype(np.float32)}
+  scales = {"layer/kernel": 0.04, "layer/bias": 1e-6, "layer/layer_norm/scale": 3e-6}
+  grads = [{k: (scales[k] * rng.standard_normal(p.shape)).astype(np.float32)
+            for k, p in params.items()} for _ in range(steps)]
+  return params, grads
+
+
+def _as_tree(flat):
+  """``{'a/b': x}`` as the nested dict whose paths those are (the decay mask reads paths)."""
+  tree = {}
+  for key, value in flat.items():
+    *parents, leaf = key.split("/")
+    node = tree
+    for part in parents:
+      node = node.setdefault(part, {})
+    node[leaf] = jnp.asarray(value)
+  return tree
+
+
+def _flat(tree):
+  return {k: np.asarray(v) for k, v in by_path(tree).items()}
+
+
+@pytest.mark.parametrize("name", ["cwgnc", "adamw", "cwgnc_released"])
+def test_recipe_is_transformers_adamw_to_float32_precision(name):
+  """build_optimizer(recipe(name)) takes the reference's steps: warmup over 10% of 12 steps,
+  decay only off biases and LayerNorm, tiny gradients where eps is not negligible."""
+  cfg = recipe(name)
+  cfg.max_grad_norm = None  # the global clip is optax's own; this test is about Adam
+  total = 12
+  params, grads = _tiny_gradient_case(steps=total)
+  schedule = linear_warmup_decay(cfg.learning_rate, total, cfg.warmup_fraction)
+  decay = {k: not expected_no_decay("/" + k) for k in params}
+  reference = transformers_adamw_port(
+      params, grads, lr_at=lambda i: float(schedule(i)), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+      weight_decay=cfg.weight_decay, decay=decay, clip_norm=cfg.clip_norm)
+  ours, _, _ = run_steps(build_optimizer(cfg, total), _as_tree(params),
+                         [_as_tree(g) for g in grads])
+  ours = _flat(ours)
+  for k in params:
+    change_ours, change_ref = ours[k] - params[k], reference[k] - params[k]
+    assert np.abs(change_ref).max() > 0, k
+    # Float32 precision: a few rounding steps of the parameters themselves per update.
+    np.testing.assert_allclose(ours[k], reference[k], rtol=0, atol=4e-7 * total * max(
+        1.0, np.abs(params[k]).max()), err_msg=k)
+    np.testing.assert_allclose(change_ours.sum(), change_ref.sum(), rtol=1e-3, err_msg=k)
+
+
+def test_optax_form_differs_from_the_reference_where_eps_matters():
+  """The regime the issue measured: optax's Adam over tiny clipped gradients moves the
+  parameters far more than transformers' AdamW; over gradients far above eps the two agree."""
+  cfg = recipe("cwgnc")
+  total = 12
+  params, grads = _tiny_gradient_case(steps=total)
+  moved = {}
+  for form in ADAM_FORMS:
+    cfg.adam_form = form
+    final, _, _ = run_steps(build_optimizer(cfg, total), _as_tree(params),
+                            [_as_tree(g) for g in grads])
+    moved[form] = {k: np.abs(v - params[k]).sum() for k, v in _flat(final).items()}
+  for k in ("layer/bias", "layer/layer_norm/scale"):  # |g| ~ 1e-6: eps dominates sqrt(v)
+    assert moved["optax"][k] > 2.0 * moved["transformers"][k], k
+  large = [jax.tree.map(lambda g: g * 1e4, g) for g in grads]  # |g| >> eps
+  cfg.clip_norm = None
+  finals = {}
+  for form in ADAM_FORMS:
+    cfg.adam_form = form
+    finals[form], _, _ = run_steps(build_optimizer(cfg, total), _as_tree(params),
+                                   [_as_tree(g) for g in large])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               finals["optax"], finals["transformers"])
+
+
+def test_transformers_adam_is_optax_adam_with_eps_over_sqrt_of_correction():
+  """``sqrt(1-b2^t)/(1-b1^t) * m/(sqrt(v)+eps)`` = optax's direction with eps/sqrt(1-b2^t)."""
+  b1, b2, eps = 0.9, 0.999, 1e-3
+  rng = np.random.default_rng(8)
+  params = {"w": np.zeros((6,), np.float32)}
+  grads = [{"w": 1e-3 * rng.standard_normal((6,)).astype(np.float32)} for _ in range(4)]
+  _, _, ours = run_steps(optimizers.scale_by_adam_transformers(b1, b2, eps), params, grads)
+  for t, u in enumerate(ours, start=1):
+    theirs = optax.scale_by_adam(b1, b2, eps / math.sqrt(1 - b2**t))
+    _, _, expected = run_steps(theirs, params, grads[:t])
+    np.testing.assert_allclose(u["w"], expected[-1]["w"], rtol=2e-5)
+
+
+def test_decay_after_step_shrinks_the_stepped_parameters():
+  """transformers decays ``theta + u``, optax's add_decayed_weights the pre-step ``theta``:
+  at a large ``lr * wd`` the difference ``lr * wd * u`` shows."""
+  lr, wd = 0.5, 0.4
+  params = {"w": jnp.array([1.0, -2.0, 3.0]), "bias": jnp.array([1.0, 1.0, 1.0])}
+  step = {"w": jnp.array([0.1, 0.2, -0.3]), "bias": jnp.array([0.1, 0.1, 0.1])}
+  mask = {"w": True, "bias": False}
+  decay = optimizers.add_decayed_weights_after_step(wd, lambda count: lr * (count + 1), mask)
+  state = decay.init(params)
+  for count in range(2):
+    rate = lr * (count + 1) * wd
+    updates, state = decay.update(step, state, params)
+    new = optax.apply_updates(params, updates)
+    np.testing.assert_allclose(new["w"], (params["w"] + step["w"]) * (1 - rate), rtol=1e-6)
+    np.testing.assert_allclose(new["bias"], params["bias"] + step["bias"], rtol=1e-6)
+    pre_step = params["w"] + step["w"] - rate * params["w"]
+    assert np.abs(np.asarray(new["w"] - pre_step)).min() > 1e-3

@@ -138,6 +138,11 @@ def check_run_dir(workdir: Path, config: ml_collections.ConfigDict) -> None:
       if group not in stored and current.get(group, {}).get(key) == off:
         del current[group]
     stored, current = _flat(stored), _flat(current)
+    for key, value in config_lib.LATER_KEYS.items():
+      stored.setdefault(key, value)
+    if not current.get("optimizer.bias_correction"):  # BertAdam: either form computes it
+      stored.pop("optimizer.adam_form", None)
+      current.pop("optimizer.adam_form", None)
     differ = sorted(k for k in stored.keys() | current.keys() if stored.get(k) != current.get(k))
     if differ:
       raise ConfigError(
