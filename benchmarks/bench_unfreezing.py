@@ -32,7 +32,7 @@ import ml_collections  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 from flax import nnx  # pylint: disable=wrong-import-position
 
-from cwgnc_jax import models, optimizers, unfreezing  # pylint: disable=wrong-import-position
+from cwgnc_jax import methods, models, optimizers, unfreezing  # pylint: disable=wrong-import-position
 from cwgnc_jax.training import step as step_lib  # pylint: disable=wrong-import-position
 
 
@@ -69,7 +69,7 @@ def main() -> None:
   apply = models.apply_fn(graphdef)
   mesh = step_lib.make_mesh(1, 1, jax.devices()[:1])
   config = ml_collections.ConfigDict({
-      "num_epochs": 1, "optimizer": optimizers.recipe(args.method),
+      "num_epochs": 1, "optimizer": methods.recipe(args.method),
       "unfreezing": {"mode": "gu", "iterations": None, "epochs_per_iteration": 1}})
   plain = unfreezing.Stage(0, 0, 100, None)
   stages = [plain] + unfreezing.stages(config, num_layers, steps_per_epoch=100)

@@ -18,7 +18,10 @@ from cwgnc_jax.optimizers import (
     build_optimizer,
     cwgnc,
     decay_mask,
+    adamw,
     linear_warmup_decay,
-    recipe,
+    optimizer_config,
     scale_by_adam_no_bias_correction,
+    scale_by_adam_transformers,
 )
+from cwgnc_jax.methods import METHODS, recipe

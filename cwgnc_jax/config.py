@@ -8,8 +8,9 @@ file. The command line of ``train.py`` is::
 
 An override's value is parsed as the type of the field it replaces (bool, int, float, str,
 tuple, or None for an unset optional field), so a typo or a wrong type is an error, never a
-silently added key. ``--config.method=NAME`` first replaces the whole optimizer with
-``recipe(NAME)``, then the other overrides apply on top.
+silently added key. ``--config.method=NAME`` first sets that method's whole Table 1 row
+(``methods.apply``: optimizer, epochs, evaluation, Mixout p), then the other overrides apply
+on top.
 
 Every check that can fail on user input lives in ``validate`` (config alone) and
 ``check_devices`` (config and the device count), so ``train.py`` reports bad input in one
@@ -29,7 +30,7 @@ from typing import Any, Sequence
 
 import ml_collections
 
-from cwgnc_jax import optimizers, unfreezing
+from cwgnc_jax import methods, metrics, optimizers, unfreezing
 from cwgnc_jax.models.mixout import GRADIENTS as MIXOUT_GRADIENTS
 from cwgnc_jax.data import batching, glue
 
@@ -49,7 +50,7 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # may be resumed with other values of these.
 OPERATIONAL_KEYS = ("resume_step", "checkpoint_every", "keep_checkpoints", "log_every",
                     "progress", "mesh", "distributed", "fsdp_min_size", "cache_dir",
-                    "diagnostics_every")
+                    "diagnostics_every", "failure_rule")
 
 
 # Groups of keys added after runs were made, each with the key and value that turn it off: a
@@ -182,9 +183,9 @@ def apply_overrides(config: ml_collections.ConfigDict,
                     overrides: Sequence[tuple[str, str]]) -> ml_collections.ConfigDict:
   """``config`` with ``(dotted_key, text)`` overrides; ``method`` is applied first."""
   config = config.copy_and_resolve_references()
-  methods = [text for key, text in overrides if key == "method"]
-  if methods:
-    set_method(config, methods[-1])
+  chosen = [text for key, text in overrides if key == "method"]
+  if chosen:
+    set_method(config, chosen[-1])
   for key, text in overrides:
     if key != "method":
       set_value(config, key, text)
@@ -192,11 +193,12 @@ def apply_overrides(config: ml_collections.ConfigDict,
 
 
 def set_method(config: ml_collections.ConfigDict, method: str) -> None:
-  """Sets ``config.method`` and the optimizer of that Table 1 recipe."""
-  if method not in optimizers.RECIPES:
-    raise ConfigError(f"unknown method {method!r}; valid: {', '.join(optimizers.RECIPES)}")
-  config.method = method
-  config.optimizer = optimizers.recipe(method)
+  """Sets the whole Table 1 row of ``method`` (``methods.apply``: optimizer, epochs,
+  evaluation, Mixout p)."""
+  try:
+    methods.apply(config, method)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
 
 
 # -- The command line. ---------------------------------------------------------------------
@@ -313,8 +315,9 @@ def _check_mixout(config: ml_collections.ConfigDict) -> None:
            f"config.mixout.p must be in [0, 1), got {p!r}")
   _require(gradient in MIXOUT_GRADIENTS, f"unknown config.mixout.gradient {gradient!r}; "
            f"valid: {', '.join(MIXOUT_GRADIENTS)}")
-  _require(config.method != "mixout" or p > 0.0,
-           "config.mixout.p must be > 0 for method 'mixout' (Lee et al.: 0.7, 0.8 or 0.9)")
+  _require(not methods.get(config.method).mixout_p or p > 0.0,
+           f"config.mixout.p must be > 0 for method {config.method!r} (Lee et al.: 0.7, 0.8 "
+           "or 0.9)")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -330,8 +333,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require(not missing, f"config lacks the keys {missing}; start from configs/base.py")
   _require(str(config.task).lower() in glue.TASKS,
            f"unknown task {config.task!r}; valid: {', '.join(glue.TASKS)}")
-  _require(config.method in optimizers.RECIPES,
-           f"unknown method {config.method!r}; valid: {', '.join(optimizers.RECIPES)}")
+  _require(config.method in methods.NAMES,
+           f"unknown method {config.method!r}; valid: {', '.join(methods.NAMES)}")
+  _require(config.get("failure_rule", "majority") in metrics.FAILURE_RULES,
+           f"unknown config.failure_rule {config.get('failure_rule')!r}; valid: "
+           f"{', '.join(metrics.FAILURE_RULES)}")
   resolve_model(config.model)
   _require(config.dtype in DTYPES,
            f"unknown dtype {config.dtype!r}; valid: {', '.join(DTYPES)}")

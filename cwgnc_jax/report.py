@@ -51,16 +51,12 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import stats
 
-from cwgnc_jax import diagnostics, paths
+from cwgnc_jax import diagnostics, methods, metrics, paths
 
 SUMMARY_FILE = "summary.json"  # as cwgnc_jax.study writes it
 TASK_ORDER = ("rte", "mrpc", "cola")
 TASK_NAMES = {"rte": "RTE", "mrpc": "MRPC", "cola": "CoLA"}
 METRIC_NAMES = {"accuracy": "accuracy", "f1": "F1", "mcc": "MCC"}
-METHOD_ORDER = ("bertadam", "adamw", "mixout", "mosbach", "cwgnc", "cwgnc_released")
-METHOD_NAMES = {"bertadam": "Devlin et al. (BertAdam)", "adamw": "+ bias correction (AdamW)",
-                "mixout": "Lee et al. (Mixout)", "mosbach": "Mosbach et al.", "cwgnc": "CWGNC",
-                "cwgnc_released": "CWGNC (released code)"}
 GU_NAMES = {"gu": "GU", "gu_restart": "GU (restart)"}
 # Overrides that say where the data is, not what is computed: never part of a row name.
 _LOCATION_KEYS = ("glue_dir", "cache_dir", "task")
@@ -95,6 +91,21 @@ class Group:
   def clip_norm(self) -> float | None:
     return self.config["optimizer"].get("clip_norm")
 
+  @property
+  def is_cwgnc(self) -> bool:
+    return methods.is_cwgnc(self.method)
+
+  @property
+  def adam_form(self) -> str | None:
+    """'transformers' or 'optax' for bias-corrected Adam (runs made before the key existed
+    used optax's), None for BertAdam."""
+    optimizer = self.config["optimizer"]
+    return optimizer.get("adam_form", "optax") if optimizer.get("bias_correction") else None
+
+  @property
+  def failure_rule(self) -> str:
+    return self.summary.get("failure_rule", "majority")
+
   def seed_dir(self, seed: int) -> Path:
     return self.path / f"seed_{seed}"
 
@@ -118,17 +129,28 @@ def find_groups(run_dir: str | Path) -> list[Group]:
 
 
 def _base_label(group: Group) -> str:
-  label = METHOD_NAMES.get(group.method, group.method)
+  """The method's name, then what sets the group apart from the method's default row: GU
+  mode, CWGNC threshold, optax's Adam, best-of-evaluations, the released failure rule."""
+  known = group.method in methods.METHODS
+  label = methods.METHODS[group.method].display_name if known else group.method
   if group.unfreezing != "none":
     label = f"{GU_NAMES.get(group.unfreezing, group.unfreezing)}, {label}"
-  if group.clip_norm is not None and group.method.startswith("cwgnc"):
+  if group.clip_norm is not None and group.is_cwgnc:
     label = f"{label} (c = {group.clip_norm:g})"
+  if group.adam_form == "optax":
+    label = f"{label}, optax Adam"
+  if group.config.get("keep_best"):
+    label = f"{label}, best dev evaluation"
+  if group.failure_rule != "majority":
+    label = f"{label}, failure rule {group.failure_rule!r}"
   return label
 
 
 def _row_order(group: Group) -> tuple:
-  method = METHOD_ORDER.index(group.method) if group.method in METHOD_ORDER else len(METHOD_ORDER)
+  order = list(methods.METHODS)
+  method = order.index(group.method) if group.method in order else len(order)
   return (group.unfreezing != "none", group.unfreezing, method, group.clip_norm or 0.0,
+          group.adam_form != "optax",
           group.config["optimizer"]["learning_rate"], group.config.get("num_epochs") or 0,
           group.label)
 
@@ -200,7 +222,7 @@ def sweeps(groups: Sequence[Group]) -> dict[tuple[str, float, int], list[Group]]
   at least two thresholds: a sweep varies c alone."""
   found = {}
   for g in groups:
-    if g.method.startswith("cwgnc") and g.unfreezing == "none" and g.clip_norm is not None:
+    if g.is_cwgnc and g.unfreezing == "none" and g.clip_norm is not None:
       key = (g.task, g.config["optimizer"]["learning_rate"], g.config.get("num_epochs") or 0)
       found.setdefault(key, []).append(g)
   return {key: sorted(members, key=lambda g: (g.clip_norm, g.label))
@@ -268,8 +290,8 @@ def comparisons(groups: Sequence[Group]) -> str | None:
   for task in _tasks(groups):
     plain = sorted((g for g in groups if g.task == task and g.unfreezing == "none"
                     and len(_scores(g)) >= MIN_SEEDS_TO_COMPARE), key=_row_order)
-    for ours in (g for g in plain if g.method.startswith("cwgnc")):
-      for base in (g for g in plain if not g.method.startswith("cwgnc")):
+    for ours in (g for g in plain if g.is_cwgnc):
+      for base in (g for g in plain if not g.is_cwgnc):
         a, b = _scores(ours), _scores(base)
         failed = [sum(run["failed"] for run in g.summary["runs"] if "score" in run)
                   for g in (ours, base)]
@@ -532,7 +554,7 @@ def _fig3_pick(groups: Sequence[Group]) -> tuple[Group, int, int] | None:
     if failed and succeeded:
       worst = min(failed, key=lambda r: r["score"])["seed"]
       best = max(succeeded, key=lambda r: r["score"])["seed"]
-      candidates.append(((g.method.startswith("cwgnc"), -len(runs), g.label), g, worst, best))
+      candidates.append(((g.is_cwgnc, -len(runs), g.label), g, worst, best))
   if not candidates:
     return None
   _, g, worst, best = min(candidates, key=lambda c: c[0])
@@ -564,7 +586,7 @@ def figure_gradient_norms(groups: Sequence[Group], path: Path) -> str | None:
     for color, i in enumerate(columns):
       ax.plot(data["step"], data["tensor_norms"][:, i], lw=1, color=cmap(color % 20),
               label=names[i][len(prefix):])
-    if g.method.startswith("cwgnc") and g.clip_norm is not None:
+    if g.is_cwgnc and g.clip_norm is not None:
       ax.axhline(g.clip_norm, color="black", ls="--", lw=1, label=f"threshold c = {g.clip_norm:g}")
     ax.set_yscale("log")
     ax.set_xlabel("training step")
@@ -699,9 +721,14 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path,
   lines = ["# Stability study report", ""]
   if command:
     lines += [f"Written by `{command}`.", ""]
+  released = ", ".join(f"{TASK_NAMES[t]} {v:g}"
+                       for t, v in metrics.RELEASED_CODE_THRESHOLDS.items())
   lines += ["Cells: Std / Mean / Max of the dev score (x100) over seeds (population std), the "
-            "percentage of failed runs (dev score not above the majority classifier) and the "
-            "number of finished seeds.", ""]
+            "percentage of failed runs and the number of finished seeds. A failed run's dev "
+            "score is not above the majority classifier's (the paper's rule; rows marked "
+            f"\"failure rule 'released'\" use the released code's fixed thresholds: {released})."
+            " A row's score is its final model's, except rows marked \"best dev evaluation\" "
+            "(Mosbach et al.'s protocol: the best of the evaluations during training).", ""]
   for run_dir, groups in settings:
     lines += [f"## Table 1: `{run_dir}`", "", table1(groups), ""]
     for key, members in sweeps(groups).items():

@@ -40,6 +40,7 @@ import ml_collections
 import numpy as np
 
 from cwgnc_jax import config as config_lib
+from cwgnc_jax import metrics
 
 ConfigError = config_lib.ConfigError
 
@@ -157,12 +158,19 @@ def summarize(group: str, config_arg: str, overrides: dict[str, Any],
               config: ml_collections.ConfigDict, seeds: Sequence[int],
               results: dict[int, dict[str, Any]]) -> dict[str, Any]:
   """The summary of a group: what it ran, the aggregates of its finished seeds, and each
-  finished seed's score, failure, skipped steps and seconds (in ``seeds`` order)."""
+  finished seed's score, failure, skipped steps and seconds (in ``seeds`` order).
+
+  Failure is judged here by ``config.failure_rule`` (an operational key), whatever rule a
+  seed's results.json was written under, so every seed of a summary is judged alike.
+  """
   done = [results[seed] for seed in seeds if seed in results]
   identity = config_lib.run_identity(config)
   identity.pop("seed")
   majority = done[0]["majority_score"] if done else None
-  runs = [{"seed": r["seed"], "score": r["score"], "failed": r["failed"],
+  threshold = lambda r: metrics.failure_threshold(config.task, config.failure_rule,
+                                                  r["majority_score"])
+  runs = [{"seed": r["seed"], "score": r["score"],
+           "failed": metrics.is_failed(r["score"], threshold(r)),
            "skipped_steps": r["skipped_steps"],
            "seconds": r["timings"]["train_seconds"] + r["timings"]["eval_seconds"]}
           for r in done]
@@ -170,9 +178,12 @@ def summarize(group: str, config_arg: str, overrides: dict[str, Any],
       "group": group, "config_name": config_lib.config_name(config_arg),
       "overrides": overrides, "task": config.task, "method": config.method,
       "model": config.model, "metric": done[0]["metric"] if done else None,
-      "majority_score": majority, "seeds": list(seeds), "finished": len(done),
-      **aggregate([r["score"] for r in done], [r["failed"] for r in done]),
-      "failed_runs": sum(r["failed"] for r in done), "runs": runs, "config": identity,
+      "result": "best" if config.keep_best else "final",
+      "majority_score": majority, "failure_rule": config.failure_rule,
+      "failure_threshold": threshold(done[0]) if done else None,
+      "seeds": list(seeds), "finished": len(done),
+      **aggregate([r["score"] for r in runs], [r["failed"] for r in runs]),
+      "failed_runs": sum(r["failed"] for r in runs), "runs": runs, "config": identity,
   }
 
 

@@ -13,7 +13,7 @@ import pytest
 from flax import nnx
 
 from cwgnc_jax import config as config_lib
-from cwgnc_jax import diagnostics, optimizers, paths
+from cwgnc_jax import diagnostics, methods, optimizers, paths
 from cwgnc_jax.models import bert
 from cwgnc_jax.training import loop
 from cwgnc_jax.training import step as step_lib
@@ -121,7 +121,7 @@ def _assert_norms(actual, expected: dict[str, float]) -> None:
 
 
 def test_tensor_norms_equal_numpy_norms_of_the_gradient(tiny):
-  metrics, names = _step_metrics(tiny, optimizers.recipe("adamw"))
+  metrics, names = _step_metrics(tiny, methods.recipe("adamw"))
   assert names == {"tensor_norms": list(tiny["norms"])}
   assert "clipped" not in metrics and metrics["tensor_norms"].dtype == np.float32
   _assert_norms(metrics["tensor_norms"], tiny["norms"])
@@ -131,7 +131,7 @@ def test_tensor_norms_equal_numpy_norms_of_the_gradient(tiny):
 
 
 def test_cwgnc_norms_come_from_the_clip_and_say_what_was_clipped(tiny):
-  metrics, names = _step_metrics(tiny, optimizers.recipe("cwgnc"))  # c = 0.05 per tensor
+  metrics, names = _step_metrics(tiny, methods.recipe("cwgnc"))  # c = 0.05 per tensor
   expected = tiny["norms"]
   _assert_norms(metrics["tensor_norms"], expected)
   assert names["component_norms"] == sorted(expected)  # per-tensor components, by label
@@ -143,7 +143,7 @@ def test_cwgnc_norms_come_from_the_clip_and_say_what_was_clipped(tiny):
 
 
 def test_layer_components_report_the_joint_norm_of_each_layer(tiny):
-  opt = optimizers.recipe("cwgnc")
+  opt = methods.recipe("cwgnc")
   opt.components, opt.clip_norm = "layer", 0.1
   metrics, names = _step_metrics(tiny, opt)
   expected = tiny["norms"]

@@ -48,6 +48,19 @@ def test_failed_means_not_beating_the_majority():
   assert metrics.RELEASED_CODE_THRESHOLDS == {"rte": 53.0, "mrpc": 75.0, "cola": 0.0}
 
 
+def test_failure_threshold_of_each_rule():
+  # The paper's rule: the majority classifier's score; the released code's: fixed values.
+  assert metrics.failure_threshold("rte", "majority", 52.71) == 52.71
+  assert metrics.failure_threshold("RTE", "released", 52.71) == 53.0
+  assert metrics.failure_threshold("mrpc", "released", 81.22) == 75.0
+  assert metrics.failure_threshold("cola", "released", 0.0) == 0.0
+  # An RTE run at 52.8 beats the majority (52.71) but not the released threshold (53).
+  assert not metrics.is_failed(52.8, metrics.failure_threshold("rte", "majority", 52.71))
+  assert metrics.is_failed(52.8, metrics.failure_threshold("rte", "released", 52.71))
+  with pytest.raises(ValueError, match="unknown failure rule 'strict'"):
+    metrics.failure_threshold("rte", "strict", 52.71)
+
+
 def test_mrpc_majority_from_the_published_format(tmp_path):
   """On files in the MRPC format, the train majority (paraphrase) scores F1 2p / (p + n_pos)."""
   folder = tmp_path / "MRPC"

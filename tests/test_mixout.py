@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 
 from cwgnc_jax import config as config_lib
-from cwgnc_jax import optimizers
+from cwgnc_jax import methods, optimizers
 from cwgnc_jax.data import batching, glue
 from cwgnc_jax.models import bert, loading, mixout
 from cwgnc_jax.training import loop
@@ -125,8 +125,9 @@ def test_mixout_configs_are_the_mosbach_row_with_p(task, monkeypatch):
   config = config_lib.load(f"{task}_mixout")
   config_lib.validate(config)
   assert (config.task, config.method, config.num_epochs) == (task, "mixout", 20)
+  assert (config.evals_per_epoch, config.keep_best) == (3, True)  # Mosbach's evaluation
   assert config.mixout.to_dict() == {"p": 0.9, "gradient": "reference"}
-  assert config.optimizer.to_dict() == optimizers.recipe("mosbach").to_dict()
+  assert config.optimizer.to_dict() == methods.recipe("mosbach").to_dict()
   assert config_lib.load(f"{task}_mosbach").mixout.p == 0.0  # off everywhere else
 
 
@@ -182,7 +183,11 @@ def test_mixout_config_trains_through_the_loop(tiny_bert_dir, tiny_rte_dir, tmp_
   run = loop.prepare(config, tmp_path / "run")
   results = loop.train(run)
   assert (results["method"], results["steps"], results["skipped_steps"]) == ("mixout", 2, 0)
-  assert [e["examples"] for e in results["evaluations"]] == [19]
+  # Mosbach et al.'s evaluation: 3 per epoch (steps 1, 2, 2 of a 2-step epoch: 2 distinct),
+  # the best is the result.
+  assert [(e["step"], e["examples"]) for e in results["evaluations"]] == [(1, 19), (2, 19)]
+  best = max(results["evaluations"], key=lambda e: e["score"])
+  assert (results["result"], results["score"]) == ("best", best["score"])
   losses = [json.loads(line)["loss"] for line in
             (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
   assert all(math.isfinite(x) for x in losses)

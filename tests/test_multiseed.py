@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from cwgnc_jax import optimizers, study
+from cwgnc_jax import methods, optimizers, study
 from cwgnc_jax.data import batching, glue
 from cwgnc_jax.models import bert
 from cwgnc_jax.training import multiseed
@@ -47,7 +47,7 @@ def test_vmapped_step_equals_the_step_of_each_seed():
                                              rngs=nnx.Rngs(0))
   graphdef, constants, params = bert.split_params(model)
   apply = bert.apply_fn(graphdef)
-  opt = optimizers.recipe("cwgnc")
+  opt = methods.recipe("cwgnc")
   opt.warmup_fraction = 0.0  # the first step updates
   optimizer = optimizers.build_optimizer(opt, 10)
   mesh = step_lib.make_mesh(1, 1, jax.devices()[:1])

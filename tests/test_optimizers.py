@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from cwgnc_jax import optimizers, paths
+from cwgnc_jax import methods, optimizers, paths
 from cwgnc_jax.clipping import clip_by_component_norm, component_norm_stats
 from cwgnc_jax.optimizers import (
     bert_adam,
@@ -18,8 +18,8 @@ from cwgnc_jax.optimizers import (
     cwgnc,
     decay_mask,
     linear_warmup_decay,
-    recipe,
 )
+from cwgnc_jax.methods import recipe
 from cwgnc_jax.optimizers import ADAM_FORMS
 
 HIDDEN, VOCAB, LABELS = 4, 11, 2
@@ -168,7 +168,7 @@ def test_recipe_table_values():
   assert all(rows[n].bias_correction for n in ("adamw", "mosbach", "cwgnc"))
   assert [rows[n].max_grad_norm for n in rows] == [1.0, 1.0, 1.0, None]
   assert [rows[n].clip_norm for n in rows] == [None, None, None, 0.05]
-  assert all(recipe(n).adam_form == "transformers" for n in optimizers.RECIPES)
+  assert all(recipe(n).adam_form == "transformers" for n in methods.NAMES)
 
 
 def random_grads(params, n, seed, scale=1.0):
@@ -276,7 +276,7 @@ def test_invalid_config_raises_naming_field(field, value, message):
 
 
 def test_invalid_names_and_steps():
-  with pytest.raises(ValueError, match="bertadam, adamw, mosbach, cwgnc"):
+  with pytest.raises(ValueError, match="bertadam, adamw, mixout, mosbach, cwgnc"):
     recipe("lamb")
   with pytest.raises(ValueError, match="released_code"):
     recipe("adamw", released_code=True)
@@ -292,7 +292,8 @@ def test_invalid_names_and_steps():
   del incomplete["decay_exclude"]
   with pytest.raises(ValueError, match="decay_exclude"):
     build_optimizer(ml_collections.ConfigDict(incomplete), 10)
-  assert optimizers.RECIPES[:4] == ("bertadam", "adamw", "mosbach", "cwgnc")
+  with pytest.raises(ValueError, match="unknown optimizer fields.*'lr'"):
+    optimizers.optimizer_config(lr=1e-3)
 
 
 # -- transformers' AdamW, as the authors ran it, against a NumPy port of its step. --------

@@ -286,3 +286,30 @@ def test_comparisons_test_cwgnc_against_each_baseline_of_its_task(studies, tmp_p
   assert rows[2][4:] == [f"{np.std(ours) / np.std(theirs):.2f}", f"{spread:.3f}",
                          f"+{np.mean(ours) - np.mean(theirs):.1f}", f"{means:.3f}",
                          "0/4 vs 3/4", "0.143"]
+
+
+def test_rows_say_optax_adam_best_evaluation_and_failure_rule(tmp_path):
+  """Groups trained before ``optimizer.adam_form`` existed (no key in their config) used
+  optax's Adam: their rows say so beside the transformers-form rows of the same method;
+  Mosbach's row says its result is the best evaluation; a group judged by the released
+  code's thresholds says so, and its failures follow that rule."""
+  scores = [60.0, 52.8, 70.0]
+  new = make_group(tmp_path, "rte_adamw", {"optimizer.adam_form": "transformers"}, scores,
+                   52.71)
+  old = make_group(tmp_path, "rte_adamw", {"num_epochs": "3"}, scores, 52.71)
+  summary = json.loads((old / study.SUMMARY_FILE).read_text())
+  del summary["config"]["optimizer"]["adam_form"]  # as written before the key existed
+  (old / study.SUMMARY_FILE).write_text(json.dumps(summary))
+  make_group(tmp_path, "rte_mosbach", {}, scores, 52.71)
+  make_group(tmp_path, "rte_cwgnc", {"failure_rule": "released"}, scores, 52.71)
+  groups = report.find_groups(tmp_path)
+  report.label_groups(groups)
+  labels = {g.path.name: g.label for g in groups}
+  assert labels[new.name] == "+ bias correction (AdamW)"
+  assert labels[old.name] == "+ bias correction (AdamW), optax Adam"
+  assert "Mosbach et al., best dev evaluation" in labels.values()
+  table = report.table1(groups)
+  # 52.8 beats the majority classifier (52.71), not the released threshold (53).
+  assert "| CWGNC (c = 0.05), failure rule 'released' | 7.1 / 60.9 / 70.0 (33% failed, n=3)" \
+      in table
+  assert "| + bias correction (AdamW) | 7.1 / 60.9 / 70.0 (0% failed, n=3)" in table

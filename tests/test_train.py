@@ -30,7 +30,7 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
-from cwgnc_jax import optimizers
+from cwgnc_jax import methods, optimizers
 from cwgnc_jax.models import bert
 from cwgnc_jax.training import loop
 from cwgnc_jax.training import step as step_lib
@@ -138,7 +138,7 @@ def _tiny_step_inputs():
   """A tiny model's state and jitted step on one device, and ``batch(example_mask)``."""
   model = bert.BertForSequenceClassification(bert.tiny_config(), 2, rngs=nnx.Rngs(0))
   graphdef, constants, params = bert.split_params(model)
-  opt_config = optimizers.recipe("cwgnc")
+  opt_config = methods.recipe("cwgnc")
   opt_config.warmup_fraction = 0.0  # so the first applied update has a learning rate > 0
   optimizer = optimizers.build_optimizer(opt_config, 10)
   mesh = step_lib.make_mesh(1, 1, jax.devices()[:1])

@@ -22,7 +22,7 @@ import pytest
 from flax import nnx
 
 from cwgnc_jax import config as config_lib
-from cwgnc_jax import optimizers, paths, unfreezing
+from cwgnc_jax import methods, optimizers, paths, unfreezing
 from cwgnc_jax.models import bert
 from cwgnc_jax.training import loop
 from cwgnc_jax.training import step as step_lib
@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def gu_config(mode: str = "gu", iterations=None, epochs: int = 1) -> ml_collections.ConfigDict:
-  opt = optimizers.recipe("cwgnc")
+  opt = methods.recipe("cwgnc")
   opt.warmup_fraction = 0.0  # so every stage's first update has a learning rate > 0
   opt.learning_rate = 1e-3
   return ml_collections.ConfigDict({
@@ -87,7 +87,7 @@ def test_gu_configs(task, monkeypatch):
     assert (config.task, config.method, config.num_epochs) == (task, "adamw", None)
     assert config.unfreezing.to_dict() == {"mode": mode, "iterations": None,
                                            "epochs_per_iteration": 3}
-    assert config.optimizer.to_dict() == optimizers.recipe("adamw").to_dict()
+    assert config.optimizer.to_dict() == methods.recipe("adamw").to_dict()
 
 
 @pytest.mark.parametrize("override, message", [

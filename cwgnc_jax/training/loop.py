@@ -534,12 +534,14 @@ def make_results(run: Run, evals: list[dict[str, Any]], skipped: int, steps: int
   config = run.config
   chosen = evals[best_index(evals)] if config.keep_best else evals[-1]
   majority = run.majority_score
+  threshold = metrics.failure_threshold(config.task, config.failure_rule, majority)
   return {
       "task": config.task, "model": config.model, "method": config.method,
       "seed": config.seed, "metric": run.task.metric,
       "result": "best" if config.keep_best else "final",
       "score": chosen["score"], "result_step": chosen["step"],
-      "majority_score": majority, "failed": metrics.is_failed(chosen["score"], majority),
+      "majority_score": majority, "failure_rule": config.failure_rule,
+      "failure_threshold": threshold, "failed": metrics.is_failed(chosen["score"], threshold),
       "evaluations": evals, "skipped_steps": skipped, "steps": steps,
       "train_examples": len(run.train_data), "dev_examples": len(run.dev_data),
       "config": config_lib.run_identity(config),
