@@ -44,7 +44,11 @@ def main(argv: list[str]) -> None:
     config, workdir = config_lib.from_command_line(argv)
   except config_lib.ConfigError as e:
     fail(str(e))
+  if config.mesh.get("seeds", 1) != 1:
+    fail(f"config.mesh.seeds={config.mesh.seeds} splits seeds trained together; train.py "
+         "trains one seed: use python -m cwgnc_jax.study --seeds-per-program")
   # Imported after the config is checked: a bad command line fails without loading JAX.
+  from cwgnc_jax import files  # pylint: disable=import-outside-toplevel
   from cwgnc_jax.training import checkpoint, loop  # pylint: disable=import-outside-toplevel
   loop.maybe_initialize_distributed(config)
   try:
@@ -53,7 +57,7 @@ def main(argv: list[str]) -> None:
     fail(str(e))
   try:
     results = loop.train(run)
-  except (config_lib.ConfigError, checkpoint.CheckpointError) as e:
+  except (config_lib.ConfigError, checkpoint.CheckpointError, files.LockedError) as e:
     fail(str(e))
   summary = {k: results[k] for k in ("task", "method", "seed", "metric", "score",
                                      "majority_score", "failed", "skipped_steps")}

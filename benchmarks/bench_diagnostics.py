@@ -30,7 +30,7 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 import jax  # pylint: disable=wrong-import-position
 
 from cwgnc_jax import config as config_lib  # pylint: disable=wrong-import-position
-from cwgnc_jax import diagnostics, optimizers  # pylint: disable=wrong-import-position
+from cwgnc_jax import diagnostics, files, optimizers  # pylint: disable=wrong-import-position
 from cwgnc_jax.data import batching  # pylint: disable=wrong-import-position
 from cwgnc_jax.training import loop  # pylint: disable=wrong-import-position
 from cwgnc_jax.training import step as step_lib  # pylint: disable=wrong-import-position
@@ -54,13 +54,10 @@ def main(argv: list[str]) -> None:
   data_size, fsdp_size = config_lib.mesh_shape(config, run.num_devices)
   mesh = step_lib.make_mesh(data_size, fsdp_size)
   optimizer = optimizers.build_optimizer(config.optimizer, run.total_steps)
-  opt = config.optimizer
-  schedule = optimizers.linear_warmup_decay(opt.learning_rate, run.total_steps,
-                                            opt.warmup_fraction)
   abstract = step_lib.abstract_state(run.params, optimizer, config.seed, mesh,
                                      config.fsdp_min_size)
   shardings = step_lib.shardings_of(abstract)
-  steps = {flag: step_lib.jit_train_step(run.apply, optimizer, mesh, shardings, schedule,
+  steps = {flag: step_lib.jit_train_step(run.apply, optimizer, mesh, shardings,
                                          diagnostics=flag) for flag in (False, True)}
   states = {flag: step_lib.init_state(run.params, optimizer, config.seed, abstract)
             for flag in (False, True)}
@@ -110,7 +107,7 @@ def main(argv: list[str]) -> None:
       "cpu_ratio_on_over_off": median[True][1] / median[False][1],
       "xla_flops_ratio": costs[True]["flops"] / costs[False]["flops"],
       "xla_bytes_ratio": costs[True]["bytes accessed"] / costs[False]["bytes accessed"],
-      "grad_norms_bytes_per_pass": (out / diagnostics.GRAD_NORMS_FILE).stat().st_size,
+      "grad_norms_bytes_per_pass": (out / files.GRAD_NORMS_FILE).stat().st_size,
   }
   print(json.dumps(report, indent=2))
 

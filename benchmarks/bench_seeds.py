@@ -5,7 +5,7 @@ the first ``--steps`` batches of each seed's epoch 0, and trains them two ways f
 initial states, on one device:
 
   sequential: the jitted train step of the loop (shared by the seeds), seed after seed;
-  vmapped:    ``multiseed.jit_train_steps``, all seeds' step i in one call (packed batches
+  vmapped:    ``step.jit_train_step(seeds=True)``, all seeds' step i in one call (packed batches
               padded with empty rows to the largest row count of the step).
 
 Every shape is compiled first; then timed passes alternate (order swapped every round) so
@@ -34,7 +34,7 @@ import jax  # pylint: disable=wrong-import-position
 from cwgnc_jax import config as config_lib  # pylint: disable=wrong-import-position
 from cwgnc_jax import optimizers  # pylint: disable=wrong-import-position
 from cwgnc_jax.data import batching  # pylint: disable=wrong-import-position
-from cwgnc_jax.training import loop, multiseed  # pylint: disable=wrong-import-position
+from cwgnc_jax.training import loop  # pylint: disable=wrong-import-position
 from cwgnc_jax.training import step as step_lib  # pylint: disable=wrong-import-position
 
 
@@ -55,17 +55,15 @@ def main(argv: list[str]) -> None:
   run = runs[0]
   mesh = step_lib.make_mesh(1, 1, jax.devices()[:1])
   optimizer = optimizers.build_optimizer(config.optimizer, run.total_steps)
-  opt = config.optimizer
-  schedule = optimizers.linear_warmup_decay(opt.learning_rate, run.total_steps,
-                                            opt.warmup_fraction)
   abstract = step_lib.abstract_state(run.params, optimizer, 1, mesh, config.fsdp_min_size)
   init = lambda r: step_lib.init_state(r.params, optimizer, r.config.seed, abstract)
-  sequential_step = step_lib.jit_train_step(run.apply, optimizer, mesh,
-                                            step_lib.shardings_of(abstract), schedule)
-  vmapped_step = multiseed.jit_train_steps(run.apply, optimizer, schedule)
+  shardings = step_lib.shardings_of(abstract)
+  sequential_step = step_lib.jit_train_step(run.apply, optimizer, mesh, shardings)
+  vmapped_step = step_lib.jit_train_step(run.apply, optimizer, mesh,
+                                         step_lib.stacked(shardings), seeds=True)
   constants = {"sequential": {r.config.seed: step_lib.put_constants(r.constants, mesh, 2**62)
                               for r in runs},
-               "vmapped": jax.device_put(multiseed.stack([r.constants for r in runs]))}
+               "vmapped": jax.device_put(step_lib.stack([r.constants for r in runs]))}
   host = {seed: [] for seed in seeds}
   for r in runs:
     for batch in batching.train_batches(r.train_data, config.batch_size, seed=r.config.seed,
@@ -75,13 +73,14 @@ def main(argv: list[str]) -> None:
       if len(host[r.config.seed]) == args.steps:
         break
   sequential_batches = {s: [step_lib.put_batch(b, mesh) for b in host[s]] for s in seeds}
-  stacked = [multiseed.stack_batches([host[s][i] for s in seeds]) for i in range(args.steps)]
-  vmapped_batches = [jax.device_put(b) for b in stacked]
+  stacked = [batching.stack_batches([host[s][i] for s in seeds]) for i in range(args.steps)]
+  vmapped_batches = [step_lib.put_batch(b, mesh, seeds=True) for b in stacked]
   examples = sum(float(b["example_mask"].sum()) for s in seeds for b in host[s])
   slots = {"sequential": sum(b["segment_ids"].size for s in seeds for b in host[s]),
            "vmapped": sum(b["segment_ids"].size for b in stacked)}
   states = {"sequential": {s: init(r) for s, r in zip(seeds, runs)},
-            "vmapped": multiseed.stack([init(r) for r in runs])}
+            "vmapped": step_lib.put_tree(step_lib.stack(jax.device_get([init(r) for r in runs])),
+                                         step_lib.stacked(shardings))}
 
   def one_pass(way: str) -> tuple[float, float]:
     wall, cpu = time.perf_counter(), time.process_time()

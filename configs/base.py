@@ -50,7 +50,9 @@ def get_config() -> config_dict.ConfigDict:
   # 'autodiff' (1/(1-p) times larger).
   config.mixout = config_dict.ConfigDict({"p": 0.0, "gradient": "reference"})
   # Where it runs and what it saves (may change when a run is resumed).
-  config.mesh = config_dict.ConfigDict({"data": -1, "fsdp": 1})  # -1: the remaining devices
+  # seeds: groups of devices that seeds trained together are split over (a study's
+  # --seeds-per-program); data, fsdp: within each group; -1: the remaining devices.
+  config.mesh = config_dict.ConfigDict({"seeds": 1, "data": -1, "fsdp": 1})
   config.fsdp_min_size = 2**18  # parameters with fewer entries are replicated
   config.distributed = False  # jax.distributed.initialize() (also on $JAX_COORDINATOR_ADDRESS)
   config.checkpoint_every = 500  # steps; 0 = only at epoch ends

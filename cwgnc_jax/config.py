@@ -362,6 +362,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     optimizers._check_config(opt, 1)  # pylint: disable=protected-access
   except ValueError as e:
     raise ConfigError(str(e)) from None
+  seeds = config.mesh.get("seeds", 1)
+  _require(isinstance(seeds, int) and not isinstance(seeds, bool) and seeds > 0,
+           f"config.mesh.seeds must be a positive int, got {seeds!r}")
   for axis in ("data", "fsdp"):
     size = config.mesh[axis]
     _require(isinstance(size, int) and (size > 0 or size == -1),
@@ -373,7 +376,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 def mesh_shape(config: ml_collections.ConfigDict, num_devices: int) -> tuple[int, int]:
-  """``(data, fsdp)`` axis sizes for ``num_devices`` devices (a -1 takes what is left)."""
+  """``(data, fsdp)`` axis sizes for ``num_devices`` devices (those of one group of the
+  ``seeds`` axis; a -1 takes what is left)."""
   data, fsdp = config.mesh.data, config.mesh.fsdp
   if data == -1:
     data = num_devices // fsdp if num_devices % fsdp == 0 else 0

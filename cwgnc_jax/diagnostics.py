@@ -17,17 +17,14 @@ The gradient norms are computed inside the train step (``step.gradient_norms``);
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import jax
 import numpy as np
 
-from cwgnc_jax import paths
+from cwgnc_jax import files, paths
 
-GRAD_NORMS_FILE = "grad_norms.npz"
 # The train-step metrics (``step.gradient_norms``) that go to ``grad_norms.npz``.
 GRADIENT_NORM_KEYS = ("tensor_norms", "component_norms", "clipped")
 
@@ -87,7 +84,7 @@ class GradientNormLog:
   def __init__(self, workdir: Path, names: Mapping[str, list[str]], every: int,
                start_step: int, enabled: bool):
     self.every, self.enabled = every, enabled and every > 0
-    self.path = Path(workdir) / GRAD_NORMS_FILE
+    self.path = Path(workdir) / files.GRAD_NORMS_FILE
     self.tensor_names = list(names["tensor_norms"])
     self.component_names = list(names.get("component_norms", []))
     # What each row holds, with its width.
@@ -122,10 +119,7 @@ class GradientNormLog:
       dtype = np.bool_ if key == "clipped" else np.float32
       arrays[key] = np.asarray([values[key] for _, values in self.rows],
                                dtype).reshape(len(self.rows), width)
-    fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-      np.savez_compressed(f, **arrays)
-    os.replace(tmp, self.path)
+    files.write_atomic(self.path, lambda f: np.savez_compressed(f, **arrays), binary=True)
 
 
 def read_gradient_norms(path: str | Path) -> dict[str, np.ndarray]:

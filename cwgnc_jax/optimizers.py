@@ -105,6 +105,43 @@ def scale_by_adam_no_bias_correction(
   return optax.GradientTransformation(init_fn, update_fn)
 
 
+class ScaleByLearningRateState(NamedTuple):
+  """The updates applied so far, and the learning rate of the last one."""
+  count: jax.Array
+  learning_rate: jax.Array
+
+
+def scale_by_learning_rate(learning_rate: optax.ScalarOrSchedule
+                           ) -> optax.GradientTransformation:
+  """``optax.scale_by_learning_rate`` (``u <- -lr_t * u``, ``lr_t = learning_rate(count)``)
+  that keeps the rate it applied in its state, so a training loop reads the learning rate
+  of a step from the optimizer (:func:`applied_learning_rate`) instead of evaluating the
+  schedule a second time against a count of its own."""
+
+  def init_fn(params):
+    del params
+    return ScaleByLearningRateState(jnp.zeros([], jnp.int32), jnp.zeros([], jnp.float32))
+
+  def update_fn(updates, state, params=None):
+    del params
+    rate = learning_rate(state.count) if callable(learning_rate) else learning_rate
+    rate = jnp.asarray(rate, jnp.float32)
+    updates = jax.tree.map(lambda u: jnp.asarray(-rate, u.dtype) * u, updates)
+    return updates, ScaleByLearningRateState(optax.safe_increment(state.count), rate)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def applied_learning_rate(opt_state: Any) -> jax.Array:
+  """The learning rate of the last update an optimizer of this module applied."""
+  return optax.tree_utils.tree_get(opt_state, "learning_rate")
+
+
+def skipped_steps(opt_state: Any) -> jax.Array:
+  """The updates :func:`build_optimizer`'s optimizer has skipped (non-finite gradients)."""
+  return opt_state.total_notfinite
+
+
 ADAM_FORMS = ("transformers", "optax")
 
 
@@ -268,7 +305,7 @@ def bert_adam(
   return optax.chain(
       scale_by_adam_no_bias_correction(b1, b2, eps),
       optax.add_decayed_weights(weight_decay, mask),
-      optax.scale_by_learning_rate(learning_rate),
+      scale_by_learning_rate(learning_rate),
   )
 
 
@@ -306,10 +343,10 @@ def adamw(
     adam = scale_by_adam_transformers(b1, b2, eps) if form == "transformers" else (
         optax.scale_by_adam(b1, b2, eps))
   if form == "transformers":
-    return optax.chain(adam, optax.scale_by_learning_rate(learning_rate),
+    return optax.chain(adam, scale_by_learning_rate(learning_rate),
                        add_decayed_weights_after_step(weight_decay, learning_rate, mask))
   return optax.chain(adam, optax.add_decayed_weights(weight_decay, mask),
-                     optax.scale_by_learning_rate(learning_rate))
+                     scale_by_learning_rate(learning_rate))
 
 
 def cwgnc(
@@ -426,7 +463,10 @@ def build_optimizer(
     otherwise:         bert_adam(lr_t, b1, b2, eps, weight_decay, mask)
 
   with ``lr_t = linear_warmup_decay(learning_rate, total_steps, warmup_fraction)`` and
-  ``mask = decay_mask(exclude=decay_exclude)``.
+  ``mask = decay_mask(exclude=decay_exclude)``, all inside ``optax.apply_if_finite``: an
+  update whose gradients hold a NaN or an infinity is skipped (zero update, state unchanged,
+  so the schedule's count is the number of applied updates) and counted
+  (:func:`skipped_steps`), however many come in a row.
 
   Args:
     opt_config: the optimizer config (the fields of :func:`optimizer_config`).
@@ -456,11 +496,16 @@ def build_optimizer(
   else:
     parts.append(bert_adam(schedule, cfg.b1, cfg.b2, cfg.eps, cfg.weight_decay, mask))
   optimizer = optax.chain(*parts)
-  if trainable is None:
-    return optimizer
+  if trainable is not None:
 
-  def labels(params):
-    flags = trainable(params) if callable(trainable) else trainable
-    return jax.tree.map(lambda flag: "trainable" if flag else "frozen", flags)
+    def labels(params):
+      flags = trainable(params) if callable(trainable) else trainable
+      return jax.tree.map(lambda flag: "trainable" if flag else "frozen", flags)
 
-  return optax.partition({"trainable": optimizer, "frozen": optax.set_to_zero()}, labels)
+    optimizer = optax.partition({"trainable": optimizer, "frozen": optax.set_to_zero()},
+                                labels)
+  return optax.apply_if_finite(optimizer, max_consecutive_errors=NEVER_GIVE_UP)
+
+
+# apply_if_finite accepts a non-finite update after this many in a row; a run never should.
+NEVER_GIVE_UP = 2**31 - 1

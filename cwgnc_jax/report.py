@@ -51,9 +51,8 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import stats
 
-from cwgnc_jax import diagnostics, methods, metrics, paths
+from cwgnc_jax import diagnostics, files, methods, metrics, paths
 
-SUMMARY_FILE = "summary.json"  # as cwgnc_jax.study writes it
 TASK_ORDER = ("rte", "mrpc", "cola")
 TASK_NAMES = {"rte": "RTE", "mrpc": "MRPC", "cola": "CoLA"}
 METRIC_NAMES = {"accuracy": "accuracy", "f1": "F1", "mcc": "MCC"}
@@ -107,13 +106,13 @@ class Group:
     return self.summary.get("failure_rule", "majority")
 
   def seed_dir(self, seed: int) -> Path:
-    return self.path / f"seed_{seed}"
+    return files.seed_dir(self.path, seed)
 
   def results(self) -> dict[int, dict[str, Any]]:
     """The results.json of every finished seed, by seed."""
     found = {}
     for run in self.summary["runs"]:
-      path = self.seed_dir(run["seed"]) / "results.json"
+      path = self.seed_dir(run["seed"]) / files.RESULTS_FILE
       if path.is_file():
         found[run["seed"]] = json.loads(path.read_text())
     return found
@@ -124,8 +123,8 @@ def find_groups(run_dir: str | Path) -> list[Group]:
   run_dir = Path(run_dir)
   if not run_dir.is_dir():
     raise FileNotFoundError(f"{run_dir} is not a folder")
-  found = sorted({p.parent for p in run_dir.rglob(SUMMARY_FILE)})
-  return [Group(path, json.loads((path / SUMMARY_FILE).read_text())) for path in found]
+  found = sorted({p.parent for p in run_dir.rglob(files.SUMMARY_FILE)})
+  return [Group(path, json.loads((path / files.SUMMARY_FILE).read_text())) for path in found]
 
 
 def _base_label(group: Group) -> str:
@@ -548,7 +547,7 @@ def _fig3_pick(groups: Sequence[Group]) -> tuple[Group, int, int] | None:
   candidates = []
   for g in groups:
     runs = [r for r in g.summary["runs"]
-            if (g.seed_dir(r["seed"]) / diagnostics.GRAD_NORMS_FILE).is_file()]
+            if (g.seed_dir(r["seed"]) / files.GRAD_NORMS_FILE).is_file()]
     failed = [r for r in runs if r["failed"]]
     succeeded = [r for r in runs if not r["failed"]]
     if failed and succeeded:
@@ -568,7 +567,7 @@ def figure_gradient_norms(groups: Sequence[Group], path: Path) -> str | None:
     return ("no group has both a failed and a successful seed with grad_norms.npz "
             "(diagnostics_every > 0)")
   g, failed_seed, good_seed = pick
-  norms = {seed: diagnostics.read_gradient_norms(g.seed_dir(seed) / diagnostics.GRAD_NORMS_FILE)
+  norms = {seed: diagnostics.read_gradient_norms(g.seed_dir(seed) / files.GRAD_NORMS_FILE)
            for seed in (failed_seed, good_seed)}
   names = [str(n) for n in norms[good_seed]["tensor_names"]]
   layers = sorted({paths.layer_index(n) for n in names} - {None})
@@ -604,7 +603,7 @@ def figure_gradient_norms(groups: Sequence[Group], path: Path) -> str | None:
 def _clipped_fraction(group: Group, seed: int) -> float | None:
   """The fraction of a CWGNC run's recorded (step, component) pairs whose component was
   clipped, or None without ``grad_norms.npz``."""
-  path = group.seed_dir(seed) / diagnostics.GRAD_NORMS_FILE
+  path = group.seed_dir(seed) / files.GRAD_NORMS_FILE
   if not path.is_file():
     return None
   clipped = diagnostics.read_gradient_norms(path).get("clipped")
@@ -713,7 +712,7 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path,
   for run_dir in run_dirs:
     groups = find_groups(run_dir)
     if not groups:
-      raise FileNotFoundError(f"no study groups ({SUMMARY_FILE}) below {run_dir}")
+      raise FileNotFoundError(f"no study groups ({files.SUMMARY_FILE}) below {run_dir}")
     label_groups(groups)
     settings.append((Path(run_dir), groups))
   out = Path(out)

@@ -13,10 +13,13 @@ come from ``--seeds``).
 
 The seeds train one after the other and share their jitted steps (``loop.steps_key``), so
 each batch shape is compiled once per process, not once per seed. ``--seeds-per-program K``
-trains K fresh seeds at a time in one compiled program instead (``training/multiseed.py``:
-the step vmapped over seeds; one device, plain fine-tuning). Run the same command again to
-resume an interrupted study: a seed with ``results.json`` is not rerun, a seed with
-checkpoints resumes from its latest one (on its own).
+trains K seeds at a time as one program instead (``loop.train_seeds``: the step vmapped over
+the seeds); ``--config.mesh.seeds=G`` splits them over G groups of devices (K a multiple of
+G: e.g. ``--seeds-per-program 8 --config.mesh.seeds=8`` trains 8 seeds at once, one per GPU).
+Run the same command again to resume an interrupted study: a seed with ``results.json`` is
+not rerun, seeds with checkpoints resume from them (together when they stopped at the same
+step). A seed whose run directory another process holds is skipped, so two studies started
+over the same seeds share the work.
 
 After every seed, ``DIR/<group>/summary.json`` holds the aggregates of the group's finished
 seeds, those of other invocations with other ``--seeds`` included, earlier or running beside
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import sys
@@ -40,13 +44,12 @@ import ml_collections
 import numpy as np
 
 from cwgnc_jax import config as config_lib
-from cwgnc_jax import metrics
+from cwgnc_jax import files, metrics
 
 ConfigError = config_lib.ConfigError
 
 DEFAULT_SEEDS = 25  # the paper's seeds per Table 1 cell
 DEFAULT_OUT = os.path.join("runs", "study")
-SUMMARY_FILE = "summary.json"
 USAGE = ("usage: python -m cwgnc_jax.study --config NAME_OR_PATH "
          "[--seeds N | --seeds S1,S2-S3,...] [--config.KEY=VALUE ...] [--out DIR] "
          "[--seeds-per-program K]")
@@ -188,7 +191,7 @@ def summarize(group: str, config_arg: str, overrides: dict[str, Any],
 
 
 def read_summary(group_dir: str | Path) -> dict[str, Any]:
-  return json.loads((Path(group_dir) / SUMMARY_FILE).read_text())
+  return files.read_json(Path(group_dir) / files.SUMMARY_FILE, "a study group's summary")
 
 
 # -- The study. ----------------------------------------------------------------------------
@@ -197,22 +200,30 @@ def run_study(config_arg: str, overrides: Sequence[tuple[str, str]], seeds: Sequ
               out: str | Path, seeds_per_program: int = 1) -> dict[str, Any]:
   """Trains (or resumes, or skips) every seed of the group; returns its summary.
 
-  Every seed's config and run directory are checked before anything trains. With
-  ``seeds_per_program`` K > 1, fresh seeds train K at a time in one vmapped program.
+  Every seed's config and run directory are checked before anything trains. Seeds train
+  ``seeds_per_program`` at a time as one program (``loop.train_seeds``: the step vmapped
+  over seeds, split over the mesh's ``config.mesh.seeds`` axis); a program takes seeds that
+  start at the same step (fresh ones, or ones whose checkpoints were saved together). A
+  seed whose run directory another process holds (``files.locked``) is skipped: two studies
+  over the same seeds share the work.
   """
   # Imported here: a bad command line fails before JAX loads.
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
-  from cwgnc_jax.training import loop, multiseed  # pylint: disable=import-outside-toplevel
+  from cwgnc_jax.training import checkpoint, loop  # pylint: disable=import-outside-toplevel
 
   config = config_lib.apply_overrides(config_lib.load(config_arg), overrides)
   config_lib.validate(config)
-  config_lib.check_devices(config, jax.device_count())
-  if seeds_per_program > 1 and jax.device_count() != 1:
-    raise ConfigError(f"--seeds-per-program needs one device, found {jax.device_count()}")
-  if seeds_per_program > 1 and config.unfreezing.mode != "none":
-    raise ConfigError("--seeds-per-program supports plain fine-tuning only, not "
-                      f"config.unfreezing.mode={config.unfreezing.mode!r}")
+  seeds_axis = config.mesh.get("seeds", 1)
+  if seeds_per_program % seeds_axis:
+    raise ConfigError(f"--seeds-per-program {seeds_per_program} does not split over "
+                      f"config.mesh.seeds={seeds_axis} (it must be a multiple)")
+  if jax.device_count() % seeds_axis:
+    raise ConfigError(f"config.mesh.seeds={seeds_axis} does not divide the "
+                      f"{jax.device_count()} devices")
+  for axis in range(1, seeds_axis + 1):  # a last, smaller program uses a divisor of it
+    if seeds_axis % axis == 0:
+      config_lib.check_devices(config, jax.device_count() // axis)
   values = group_overrides(config, overrides)
   group = group_name(config_arg, values)
   group_dir = Path(out) / group
@@ -222,63 +233,84 @@ def run_study(config_arg: str, overrides: Sequence[tuple[str, str]], seeds: Sequ
   for seed in sorted(set(seeds) | set(earlier)):
     configs[seed] = config.copy_and_resolve_references()
     configs[seed].seed = seed
-    loop.check_run_dir(group_dir / f"seed_{seed}", configs[seed])
-  results = {seed: json.loads((group_dir / f"seed_{seed}" / "results.json").read_text())
-             for seed in earlier if seed not in seeds}
+    loop.check_run_dir(files.seed_dir(group_dir, seed), configs[seed])
+    loop.check_resume_step(files.seed_dir(group_dir, seed), configs[seed])
+  results = {seed: read_results(group_dir, seed) for seed in earlier if seed not in seeds}
   every_seed = sorted(configs)
 
   main = loop.is_main_process()
   steps_cache: dict[str, Any] = {}
+
   def prepare(seed: int) -> loop.Run:
     try:
-      return loop.prepare(configs[seed], group_dir / f"seed_{seed}")
+      return loop.prepare(configs[seed], files.seed_dir(group_dir, seed))
     except (ValueError, OSError) as e:  # missing files, bad data or weights
       raise ConfigError(f"seed {seed}: {e}") from e
 
-  def fresh(seed: int) -> bool:
-    """Neither finished nor started (no checkpoint)."""
-    workdir = group_dir / f"seed_{seed}"
-    started = (workdir / "checkpoints").is_dir() and any((workdir / "checkpoints").iterdir())
-    return not ((workdir / "results.json").is_file() or started)
+  def start(seed: int) -> int:
+    workdir = files.seed_dir(group_dir, seed)
+    if config.resume_step is not None:
+      return config.resume_step
+    steps = checkpoint.saved_steps(workdir / files.CHECKPOINTS_DIR)
+    return steps[-1] if steps else 0
+
+  def finished(seed: int) -> bool:
+    return (files.seed_dir(group_dir, seed) / files.RESULTS_FILE).is_file()
 
   progress = tqdm(total=len(seeds), desc=group, unit="seed", dynamic_ncols=True,
                   file=sys.stderr, disable=not (config.progress and main))
   todo = list(seeds)
   while todo:
     seed = todo[0]
-    workdir = group_dir / f"seed_{seed}"
-    if (workdir / "results.json").is_file():
-      results[seed] = json.loads((workdir / "results.json").read_text())
+    if finished(seed):
+      results[seed] = read_results(group_dir, seed)
       done = [seed]
-    elif seeds_per_program > 1 and fresh(seed):
-      done = [s for s in todo if fresh(s)][:seeds_per_program]
-      trained = multiseed.train_together([prepare(s) for s in done], steps_cache)
-      results.update(zip(done, trained))
+    elif files.is_locked(files.seed_dir(group_dir, seed)):
+      tqdm.write(f"seed {seed}: {files.seed_dir(group_dir, seed)} is being trained by "
+                 "another process; skipped", file=sys.stderr)
+      done = [seed]
     else:
-      results[seed] = loop.train(prepare(seed), steps_cache)
-      done = [seed]
+      program = [s for s in todo if not finished(s) and start(s) == start(seed)
+                 and not files.is_locked(files.seed_dir(group_dir, s))][:seeds_per_program]
+      try:
+        trained = loop.train_seeds([prepare(s) for s in program], steps_cache,
+                                   seeds_axis=math.gcd(len(program), seeds_axis))
+        results.update(zip(program, trained))
+      except files.LockedError as e:  # another process took one meanwhile: leave it to it
+        tqdm.write(f"seeds {program}: {e}; skipped", file=sys.stderr)
+      done = program
     todo = [s for s in todo if s not in done]
     progress.update(len(done))
     # Another process with other seeds of this group (study.sh on the other core) may have
     # finished some meanwhile: the summary counts every seed whose results are on disk.
-    for seed in finished_seeds(group_dir):
-      if seed not in results:
-        results[seed] = json.loads((group_dir / f"seed_{seed}" / "results.json").read_text())
+    for other in finished_seeds(group_dir):
+      if other not in results:
+        results[other] = read_results(group_dir, other)
     every_seed = sorted(set(every_seed) | set(results))
     summary = summarize(group, config_arg, values, config, every_seed, results)
     if main:
       group_dir.mkdir(parents=True, exist_ok=True)
-      loop.write_json(group_dir / SUMMARY_FILE, summary)
-    progress.set_postfix(mean=f"{summary['mean']:.2f}", std=f"{summary['std']:.2f}",
-                         failed=f"{summary['failed_runs']}/{summary['finished']}")
+      files.write_json(group_dir / files.SUMMARY_FILE, summary)
+    if summary["finished"]:
+      progress.set_postfix(mean=f"{summary['mean']:.2f}", std=f"{summary['std']:.2f}",
+                           failed=f"{summary['failed_runs']}/{summary['finished']}")
   progress.close()
   return summarize(group, config_arg, values, config, every_seed, results)
 
 
+def read_results(group_dir: Path, seed: int) -> dict[str, Any]:
+  """The results.json of ``seed`` in a group folder (ConfigError naming it if corrupt)."""
+  try:
+    return files.read_json(files.seed_dir(group_dir, seed) / files.RESULTS_FILE,
+                           f"seed {seed}'s results")
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+
+
 def finished_seeds(group_dir: Path) -> list[int]:
   """The seeds with a ``seed_<s>/results.json`` in ``group_dir``, ascending."""
-  found = [p.parent.name[len("seed_"):] for p in Path(group_dir).glob("seed_*/results.json")]
-  return sorted(int(seed) for seed in found if seed.isdigit())
+  found = [files.seed_of(p.parent) for p in Path(group_dir).glob(f"seed_*/{files.RESULTS_FILE}")]
+  return sorted(seed for seed in found if seed is not None)
 
 
 def main(argv: list[str]) -> None:
@@ -290,12 +322,12 @@ def main(argv: list[str]) -> None:
   try:
     config_arg, overrides, seeds, out, per_program = parse_args(argv)
     summary = run_study(config_arg, overrides, seeds, out, per_program)
-  except (ConfigError, checkpoint.CheckpointError) as e:
+  except (ConfigError, checkpoint.CheckpointError, files.LockedError) as e:
     print(f"cwgnc_jax.study: error: {e}", file=sys.stderr)
     sys.exit(2)
   print(json.dumps({k: summary[k] for k in ("group", "finished", "std", "mean", "max", "min",
                                             "failed_percent")}))
-  print(f"summary: {Path(out) / summary['group'] / SUMMARY_FILE}", file=sys.stderr)
+  print(f"summary: {Path(out) / summary['group'] / files.SUMMARY_FILE}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ Between iterations:
     moments and update counts; newly unfrozen tensors start from zero moments and count 0.
     Adam's bias correction counts each tensor's own updates
     (``optimizers.scale_by_adam_per_tensor_count``), so a newly unfrozen tensor starts as
-    under a fresh Adam and a continuing one goes on as before; the schedule restarts.
+    under a fresh Adam and a continuing one goes on as before; the schedule restarts (the
+    learning rate and the decay read counts of the iteration's own optimizer).
   * GU restart (``mode='gu_restart'``): every iteration starts again from the pretrained
     parameters (the classifier from the same initial value) with a fresh optimizer state.
 
@@ -45,7 +46,6 @@ import ml_collections
 import optax
 
 from cwgnc_jax import diagnostics, optimizers, paths
-from cwgnc_jax.training import step as step_lib
 
 MODES = ("none", "gu", "gu_restart")
 EMBEDDINGS = -1  # the embeddings' place in the layer stack: below encoder layer 0
@@ -145,17 +145,6 @@ def stage_optimizer(opt_config: ml_collections.ConfigDict,
                                     per_tensor_count=True)
 
 
-def stage_schedule(opt_config: ml_collections.ConfigDict, stage: Stage,
-                   applied_before: int) -> optax.Schedule:
-  """The learning rate as a function of the run's applied updates (``step - skipped``), given
-  the updates applied before the stage began."""
-  schedule = optimizers.linear_warmup_decay(opt_config.learning_rate, stage.num_steps,
-                                            opt_config.warmup_fraction)
-  if not applied_before:
-    return schedule
-  return lambda applied: schedule(applied - applied_before)
-
-
 def stage_apply(apply: Callable[..., jax.Array], stage: Stage) -> Callable[..., jax.Array]:
   """The model function of the stage's train step: no backward pass below its bottom layer."""
   if stage.stop_gradient_at is None:
@@ -164,7 +153,7 @@ def stage_apply(apply: Callable[..., jax.Array], stage: Stage) -> Callable[..., 
 
 
 def _is_schedule_state(node: Any) -> bool:
-  return isinstance(node, optax.ScaleByScheduleState)
+  return isinstance(node, (optax.ScaleByScheduleState, optimizers.ScaleByLearningRateState))
 
 
 def carry_opt_state(old: Any, new: Any) -> Any:
@@ -189,22 +178,24 @@ def carry_opt_state(old: Any, new: Any) -> Any:
   return jax.tree_util.tree_map_with_path(pick, new, is_leaf=_is_schedule_state)
 
 
-def next_state(mode: str, state: Any, pretrained: Any, optimizer: optax.GradientTransformation,
-               abstract: Any, seed: int) -> Any:
-  """The train state at the start of the next iteration (``step_lib.TrainState``).
+def next_state(mode: str, state: Any, pretrained: Any,
+               optimizer: optax.GradientTransformation) -> Any:
+  """The train state at the start of the next iteration; ``state`` is the loop's
+  ``TrainState`` (a NamedTuple with ``params`` and ``opt_state``), ``optimizer`` the next
+  iteration's (``stage_optimizer``). Pure: the loop jits (or vmaps) it.
 
-  GU: the parameters carry over, the optimizer state as ``carry_opt_state`` says. GU restart:
-  the pretrained parameters and a fresh optimizer state. Either way the step, the RNG key and
-  the skip count go on. Laid out as ``abstract`` (the next iteration's state) says.
+  GU: the parameters carry over, the optimizer state as ``carry_opt_state`` says. GU
+  restart: the pretrained parameters and a fresh optimizer state. Either way the step, the
+  RNG key and the count of skipped steps (``optax.apply_if_finite``'s) go on.
   """
-  shardings = step_lib.shardings_of(abstract)
+  if mode == "gu":
+    return state._replace(opt_state=carry_opt_state(state.opt_state,
+                                                    optimizer.init(state.params)))
   if mode == "gu_restart":
-    fresh = step_lib.init_state(pretrained, optimizer, seed, abstract)
-    return fresh._replace(step=state.step, rng=state.rng, skipped=state.skipped)
-  if mode != "gu":
-    raise ValueError(f"unknown unfreezing mode {mode!r}; valid: {', '.join(MODES[1:])}")
-  carry = lambda s: s._replace(opt_state=carry_opt_state(s.opt_state, optimizer.init(s.params)))
-  return jax.jit(carry, out_shardings=shardings)(state)
+    fresh = optimizer.init(pretrained)
+    return state._replace(params=pretrained, opt_state=fresh._replace(
+        total_notfinite=state.opt_state.total_notfinite))
+  raise ValueError(f"unknown unfreezing mode {mode!r}; valid: {', '.join(MODES[1:])}")
 
 
 def record(stage: Stage, depth: int, evaluation: dict[str, Any], params: Any,
@@ -212,11 +203,10 @@ def record(stage: Stage, depth: int, evaluation: dict[str, Any], params: Any,
   """What results.json keeps of a finished iteration: its dev evaluation (Fig. 1) and the
   per-layer drift of its final parameters from the pretrained ones and from the previous
   iteration's final ones, the pretrained ones for iteration 0 (Figs. 2, 4, 5:
-  ``diagnostics.layer_drift``). Every process must call it (``step.host_copy`` gathers
-  parameters split across them).
+  ``diagnostics.layer_drift``). All three are host (numpy) trees; ``previous`` None means
+  the pretrained ones.
   """
-  params = step_lib.host_copy(params)
-  previous = pretrained if previous is None else step_lib.host_copy(previous)
+  previous = pretrained if previous is None else previous
   return {"iteration": stage.index, "trained_layers": stage.trained_layers(depth),
           "start_step": stage.start_step, "end_step": stage.end_step,
           "score": evaluation["score"], "loss": evaluation["loss"],

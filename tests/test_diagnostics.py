@@ -13,7 +13,7 @@ import pytest
 from flax import nnx
 
 from cwgnc_jax import config as config_lib
-from cwgnc_jax import diagnostics, methods, optimizers, paths
+from cwgnc_jax import diagnostics, files, methods, optimizers, paths
 from cwgnc_jax.models import bert
 from cwgnc_jax.training import loop
 from cwgnc_jax.training import step as step_lib
@@ -173,7 +173,7 @@ def test_gradient_norm_log_keeps_every_kth_step_and_drops_rows_after_a_resume(tm
     log.take(step, metrics)
     assert set(metrics) == {"loss"}  # the norms never go to metrics.jsonl
   log.save()
-  stored = diagnostics.read_gradient_norms(tmp_path / diagnostics.GRAD_NORMS_FILE)
+  stored = diagnostics.read_gradient_norms(tmp_path / files.GRAD_NORMS_FILE)
   np.testing.assert_array_equal(stored["step"], [2, 4, 6])
   assert list(stored["tensor_names"]) == ["a/kernel", "a/bias"]
   assert list(stored["component_names"]) == ["a"]
@@ -186,7 +186,7 @@ def test_gradient_norm_log_keeps_every_kth_step_and_drops_rows_after_a_resume(tm
   for step in (6, 7, 8):
     log.take(step, _fake_metrics(step))
   log.save()
-  stored = diagnostics.read_gradient_norms(tmp_path / diagnostics.GRAD_NORMS_FILE)
+  stored = diagnostics.read_gradient_norms(tmp_path / files.GRAD_NORMS_FILE)
   np.testing.assert_array_equal(stored["step"], [2, 4, 6, 8])
   np.testing.assert_array_equal(stored["tensor_norms"][:, 0], [2, 4, 6, 8])
 
@@ -197,7 +197,7 @@ def test_per_tensor_components_are_not_stored_twice(tmp_path):
   log.take(1, {"tensor_norms": np.ones(2), "component_norms": np.ones(2),
                "clipped": np.array([True, False])})
   log.save()
-  stored = diagnostics.read_gradient_norms(tmp_path / diagnostics.GRAD_NORMS_FILE)
+  stored = diagnostics.read_gradient_norms(tmp_path / files.GRAD_NORMS_FILE)
   assert set(stored) == {"step", "tensor_names", "component_names", "tensor_norms", "clipped"}
   # Off (K = 0) or on another process: nothing is written.
   off = diagnostics.GradientNormLog(tmp_path / "off", names, 0, 0, True)
@@ -238,8 +238,8 @@ def test_run_with_diagnostics_gives_identical_results_and_params(tiny_bert_dir, 
                _final_params(tmp_path / "every0"))
   assert ((tmp_path / "every3" / "metrics.jsonl").read_text()
           == (tmp_path / "every0" / "metrics.jsonl").read_text())
-  assert not (tmp_path / "every0" / diagnostics.GRAD_NORMS_FILE).exists()
-  stored = diagnostics.read_gradient_norms(tmp_path / "every3" / diagnostics.GRAD_NORMS_FILE)
+  assert not (tmp_path / "every0" / files.GRAD_NORMS_FILE).exists()
+  stored = diagnostics.read_gradient_norms(tmp_path / "every3" / files.GRAD_NORMS_FILE)
   np.testing.assert_array_equal(stored["step"], [3, 6])  # 2 epochs of 4 steps
   assert stored["tensor_norms"].shape == (2, 41) and np.all(stored["tensor_norms"] > 0)
   assert stored["clipped"].shape == (2, 41)  # demo is CWGNC with per-tensor components

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from cwgnc_jax import config as config_lib
-from cwgnc_jax import diagnostics, report, study
+from cwgnc_jax import diagnostics, files, report, study
 
 REPO = Path(__file__).resolve().parent.parent
 LAYERS = ["embeddings", "encoder/layers/0", "encoder/layers/1", "encoder/layers/2", "head"]
@@ -68,7 +68,7 @@ def make_group(root: Path, config_name: str, overrides: dict[str, str], scores: 
                  {"tensor_norms": norms, "component_norms": norms, "clipped": norms > clip_norm})
       log.save()
   summary = study.summarize(group, config_name, values, config, seeds, results)
-  (root / group / study.SUMMARY_FILE).write_text(json.dumps(summary))
+  (root / group / files.SUMMARY_FILE).write_text(json.dumps(summary))
   return root / group
 
 
@@ -187,7 +187,7 @@ def test_threshold_sweep_figure_counts_the_clipped_steps(studies, tmp_path):
       ("cola", 2e-5, 5)]}
   for c, group in groups.items():
     for seed in (1, 2, 3):
-      log = diagnostics.read_gradient_norms(group.seed_dir(seed) / diagnostics.GRAD_NORMS_FILE)
+      log = diagnostics.read_gradient_norms(group.seed_dir(seed) / files.GRAD_NORMS_FILE)
       # pylint: disable-next=protected-access
       assert report._clipped_fraction(group, seed) == pytest.approx(
           np.mean(log["tensor_norms"] > c))
@@ -297,9 +297,9 @@ def test_rows_say_optax_adam_best_evaluation_and_failure_rule(tmp_path):
   new = make_group(tmp_path, "rte_adamw", {"optimizer.adam_form": "transformers"}, scores,
                    52.71)
   old = make_group(tmp_path, "rte_adamw", {"num_epochs": "3"}, scores, 52.71)
-  summary = json.loads((old / study.SUMMARY_FILE).read_text())
+  summary = json.loads((old / files.SUMMARY_FILE).read_text())
   del summary["config"]["optimizer"]["adam_form"]  # as written before the key existed
-  (old / study.SUMMARY_FILE).write_text(json.dumps(summary))
+  (old / files.SUMMARY_FILE).write_text(json.dumps(summary))
   make_group(tmp_path, "rte_mosbach", {}, scores, 52.71)
   make_group(tmp_path, "rte_cwgnc", {"failure_rule": "released"}, scores, 52.71)
   groups = report.find_groups(tmp_path)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -13,7 +16,7 @@ import numpy as np
 import pytest
 
 from cwgnc_jax import config as config_lib
-from cwgnc_jax import report, study
+from cwgnc_jax import files, report, study
 from cwgnc_jax.training import loop
 
 REPO = Path(__file__).resolve().parent.parent
@@ -115,7 +118,8 @@ def _tiny_overrides(tiny_bert_dir: Path, tiny_rte_dir: Path) -> list[tuple[str, 
 
 @pytest.fixture()
 def count_compiles(monkeypatch):
-  """Records, per seed trained (``loop.train`` called), the XLA compilations it triggered."""
+  """Records, per seed trained (``loop.train_seeds`` called), the XLA compilations it
+  triggered."""
   counts: dict[int, int] = {}
   active: list[int] = []
 
@@ -125,17 +129,18 @@ def count_compiles(monkeypatch):
       counts[active[-1]] = counts.get(active[-1], 0) + 1
 
   jax.monitoring.register_event_duration_secs_listener(listener)
-  train = loop.train
+  train = loop.train_seeds
 
-  def counting_train(run, steps_cache=None):
+  def counting_train(runs, steps_cache=None, **kwargs):
+    (run,) = runs
     counts.setdefault(run.config.seed, 0)
     active.append(run.config.seed)
     try:
-      return train(run, steps_cache)
+      return train(runs, steps_cache, **kwargs)
     finally:
       active.pop()
 
-  monkeypatch.setattr(loop, "train", counting_train)
+  monkeypatch.setattr(loop, "train_seeds", counting_train)
   yield counts
   active.append(-1)  # the listener cannot be removed; park it
 
@@ -196,14 +201,14 @@ def test_summary_counts_seeds_another_process_finishes_meanwhile(tiny_bert_dir, 
   overrides = _tiny_overrides(tiny_bert_dir, tiny_rte_dir)
   other = study.run_study("demo", overrides, [5], tmp_path / "other")
   group = tmp_path / "runs" / other["group"]
-  train = loop.train
+  train = loop.train_seeds
 
-  def other_process_finishes_seed_5(run, steps_cache=None):
+  def other_process_finishes_seed_5(runs, steps_cache=None, **kwargs):
     group.mkdir(parents=True, exist_ok=True)
     shutil.move(tmp_path / "other" / other["group"] / "seed_5", group / "seed_5")
-    return train(run, steps_cache)
+    return train(runs, steps_cache, **kwargs)
 
-  monkeypatch.setattr(loop, "train", other_process_finishes_seed_5)
+  monkeypatch.setattr(loop, "train_seeds", other_process_finishes_seed_5)
   summary = study.run_study("demo", overrides, [3], tmp_path / "runs")
   assert summary["seeds"] == [3, 5] and summary["finished"] == 2
   assert [r["seed"] for r in summary["runs"]] == [3, 5]
@@ -256,3 +261,40 @@ def test_two_seed_study_of_minilm_on_real_rte(glue_dir, minilm_dir, tmp_path):
   assert report.cell(summary).endswith("% failed, n=2)")
   for name in ("scores.png", "drift_by_method.png"):
     assert f"![{name}]({name})" in text and (tmp_path / "report" / name).is_file()
+
+
+@pytest.mark.real
+def test_two_studies_over_the_same_seeds_share_the_work(tiny_bert_dir, tiny_rte_dir, tmp_path):
+  """Study A holds seed 1 (stopped with SIGSTOP once it has its lock); study B over seeds
+  1-2 skips seed 1 and trains seed 2; A then finishes seed 1 and skips seed 2. Every seed is
+  trained once, and its step records are not duplicated."""
+  overrides = _tiny_overrides(tiny_bert_dir, tiny_rte_dir)
+  args = [f"--config.{key}={value}" for key, value in overrides]
+  env = {**os.environ, "PYTHONPATH": str(REPO)}
+  config = config_lib.apply_overrides(config_lib.load("demo"), overrides)
+  group = tmp_path / study.group_name("demo", study.group_overrides(config, overrides))
+  first = subprocess.Popen([sys.executable, "-m", "cwgnc_jax.study", "--config", "demo",
+                            "--seeds", "1-2", "--out", str(tmp_path), *args], cwd=REPO,
+                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    deadline = time.monotonic() + 300
+    while not files.is_locked(files.seed_dir(group, 1)):
+      assert first.poll() is None and time.monotonic() < deadline, first.stderr.read()
+      time.sleep(0.01)
+    first.send_signal(signal.SIGSTOP)
+    second = study.run_study("demo", overrides, [1, 2], tmp_path)
+    assert [r["seed"] for r in second["runs"]] == [2]
+  finally:
+    first.send_signal(signal.SIGCONT)
+  out, err = first.communicate(timeout=300)
+  assert first.returncode == 0, err
+  assert "skipped" not in err  # A found seed 2 finished, not in use
+  summary = study.read_summary(group)
+  assert summary["finished"] == 2 and json.loads(out.splitlines()[-1])["finished"] == 2
+  for seed in (1, 2):
+    results = json.loads((files.seed_dir(group, seed) / "results.json").read_text())
+    assert len(results["timings"]["sessions"]) == 1  # trained once, by one process
+    steps = [json.loads(line)["step"] for line in
+             (files.seed_dir(group, seed) / "metrics.jsonl").read_text().splitlines()
+             if "grad_norm" in line]
+    assert steps == list(range(1, results["steps"] + 1))

@@ -30,7 +30,7 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
-from cwgnc_jax import methods, optimizers
+from cwgnc_jax import files, methods, optimizers
 from cwgnc_jax.models import bert
 from cwgnc_jax.training import loop
 from cwgnc_jax.training import step as step_lib
@@ -161,15 +161,18 @@ def _tiny_step_inputs():
 
 def test_nonfinite_step_is_skipped_and_counted():
   state, step, batch = _tiny_step_inputs()
-  before = jax.device_get((state.params, state.opt_state))
+  # The optimizer's own state (moments, counts, clip statistics; not apply_if_finite's
+  # counters of skips) and the parameters stay as they were.
+  before = jax.device_get((state.params, state.opt_state.inner_state))
   state, metrics = step(state, batch([1.0, np.nan, 1.0, 1.0]))  # NaN loss and gradients
   assert not bool(metrics["finite"]) and not math.isfinite(float(metrics["loss"]))
-  assert (int(state.step), int(state.skipped)) == (1, 1)
-  after = jax.device_get((state.params, state.opt_state))
+  assert (int(state.step), int(step_lib.skipped(state))) == (1, 1)
+  after = jax.device_get((state.params, state.opt_state.inner_state))
   jax.tree.map(np.testing.assert_array_equal, after, before)
-  # A finite step afterwards is applied (and not counted).
+  # A finite step afterwards is applied (and not counted), at the schedule's first rate.
   state, metrics = step(state, batch([1.0, 1.0, 1.0, 1.0]))
-  assert bool(metrics["finite"]) and (int(state.step), int(state.skipped)) == (2, 1)
+  assert bool(metrics["finite"]) and (int(state.step), int(step_lib.skipped(state))) == (2, 1)
+  np.testing.assert_allclose(float(metrics["learning_rate"]), 2e-5 * 10 / 10, rtol=1e-6)
   changed = jax.tree.map(lambda a, b: not np.array_equal(a, b),
                          jax.device_get(state.params), before[0])
   assert all(jax.tree.leaves(changed))
@@ -380,6 +383,79 @@ def test_run_directory_of_another_config_is_left_alone(reference, tiny_args, env
   assert done.stderr.count("\n") == 1
   assert f"run directory {reference} holds a run of another config (differs in seed)" in done.stderr
   assert _tree_digest(reference) == before
+
+
+def _wait_for(condition, process: subprocess.Popen, timeout: float = 300.0) -> None:
+  end = time.monotonic() + timeout
+  while not condition():
+    assert process.poll() is None, "the process ended first"
+    assert time.monotonic() < end, "timed out"
+    time.sleep(0.01)
+
+
+@pytest.mark.real
+def test_a_second_process_on_a_run_directory_is_refused(reference, tiny_args, env, tmp_path):
+  """While one process trains a run directory (held still with SIGSTOP once it has its
+  lock), a second one exits 2 naming the holder and changes nothing; the first then ends
+  exactly as an uninterrupted run."""
+  workdir = tmp_path / "shared"
+  first = _start(tiny_args, workdir, env)
+  try:
+    _wait_for(lambda: files.is_locked(workdir), first)
+    first.send_signal(signal.SIGSTOP)
+    before = _tree_digest(workdir)
+    done = train_py(tiny_args, workdir, env)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert (f"run directory {workdir} is in use by another process (pid {first.pid})"
+            in done.stderr)
+    assert _tree_digest(workdir) == before
+  finally:
+    first.send_signal(signal.SIGCONT)
+  assert first.wait(timeout=300) == 0
+  assert_same_run(workdir, reference)
+  # Results follow the umask as every other file does (mkstemp alone would make them 0600).
+  mode = 0o666 & ~_umask()
+  for name in ("results.json", "config.json", "metrics.jsonl", "grad_norms.npz"):
+    assert (workdir / name).stat().st_mode & 0o777 == mode, name
+
+
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
+@pytest.mark.real
+def test_nothing_is_written_before_the_input_is_accepted(tiny_args, env, tmp_path):
+  """A resume step with no checkpoint, a run directory that is a file or lies under a file:
+  one line, exit 2, nothing made or changed."""
+  done = train_py([*tiny_args, "--config.resume_step=4"], tmp_path / "fresh", env)
+  assert done.returncode == 2 and done.stderr.count("\n") == 1
+  assert (f"config.resume_step=4 has no checkpoint in {tmp_path / 'fresh' / 'checkpoints'}"
+          in done.stderr)
+  assert not (tmp_path / "fresh").exists()
+  (tmp_path / "a_file").write_text("keep me")
+  for workdir, message in ((tmp_path / "a_file", "is a file, not a folder"),
+                           (tmp_path / "a_file" / "run", "a_file is a file, not a folder")):
+    done = train_py(tiny_args, workdir, env)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert message in done.stderr
+  assert (tmp_path / "a_file").read_text() == "keep me"
+
+
+def test_unwritable_run_directories_are_named(tmp_path, monkeypatch):
+  """As root every folder is writable, so the permission check is tested with os.access
+  answering as it does for an ordinary user."""
+  (tmp_path / "locked").mkdir()
+  real_access = os.access
+  monkeypatch.setattr(os, "access", lambda path, mode: (
+      Path(path) != tmp_path / "locked" and real_access(path, mode)))
+  assert files.unwritable_reason(tmp_path / "locked" / "run") == (
+      f"cannot write to {tmp_path / 'locked'} (to make {tmp_path / 'locked' / 'run'} in it): "
+      "permission denied")
+  assert files.unwritable_reason(tmp_path / "locked") == (
+      f"cannot write to {tmp_path / 'locked'}: permission denied")
+  assert files.unwritable_reason(tmp_path / "new" / "run") is None
 
 
 BAD_INPUTS = [

@@ -206,10 +206,13 @@ def test_frozen_tensors_stay_put_without_state_and_moments_carry_over():
 
   # Iteration 1: layer 0 unfrozen with zero moments; the rest keeps its moments and counts.
   optimizer, abstract, step = _stage_step(config, stages[1], apply, constants, pretrained, mesh)
-  state = unfreezing.next_state("gu", state, pretrained, optimizer, abstract, seed=0)
+  state = jax.jit(unfreezing.next_state, static_argnums=(0, 3))(
+      "gu", state, pretrained, optimizer)
   adam = _adam(state.opt_state)
   # Each iteration has its own schedule (the learning rate's and the decay's counts).
-  assert [int(s.count) for s in _nodes(state.opt_state, optax.ScaleByScheduleState)] == [0, 0]
+  schedules = _nodes(state.opt_state, (optax.ScaleByScheduleState,
+                                       optimizers.ScaleByLearningRateState))
+  assert [int(s.count) for s in schedules] == [0, 0]
   for field in ("mu", "nu", "count"):
     new, old = by_path(getattr(adam, field)), by_path(getattr(old_adam, field))
     for path, value in new.items():
@@ -242,10 +245,13 @@ def test_gu_restart_starts_each_iteration_from_the_pretrained_weights():
   assert not np.array_equal(state.params["classifier"]["kernel"],
                             pretrained["classifier"]["kernel"])
   optimizer, abstract, _ = _stage_step(config, stages[1], apply, constants, pretrained, mesh)
-  state = unfreezing.next_state("gu_restart", state, pretrained, optimizer, abstract, seed=0)
+  state = state._replace(opt_state=state.opt_state._replace(total_notfinite=jnp.asarray(3)))
+  state = jax.jit(unfreezing.next_state, static_argnums=(0, 3))(
+      "gu_restart", state, pretrained, optimizer)
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), pretrained)
-  assert not any(np.any(np.asarray(x)) for x in jax.tree.leaves(state.opt_state))
-  assert (int(state.step), int(state.skipped)) == (2, 0)
+  # A fresh optimizer state (zero moments and counts), but the step and the skip count go on.
+  assert not any(np.any(np.asarray(x)) for x in jax.tree.leaves(state.opt_state.inner_state))
+  assert (int(state.step), int(step_lib.skipped(state))) == (2, 3)
 
 
 def test_stop_gradient_cuts_the_backward_pass_of_frozen_layers():

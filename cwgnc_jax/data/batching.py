@@ -184,3 +184,27 @@ def padded_over_packed(data: TokenizedSplit, batch_size: int = 16, *, seed: int 
     padded += batch_size
     packed += batch["input_ids"].shape[0]
   return padded / packed
+
+
+def pad_rows(batch: Batch, num_rows: int) -> Batch:
+  """``batch`` with empty rows (no tokens) appended up to ``num_rows`` rows. ``cls_index``
+  (flat ``row * T + col``) stays valid: existing rows keep their places."""
+  rows = batch["input_ids"].shape[0]
+  if rows == num_rows:
+    return batch
+  padded = dict(batch)
+  for key in ("input_ids", "token_type_ids", "position_ids", "segment_ids"):
+    padded[key] = np.concatenate(
+        [batch[key], np.zeros((num_rows - rows, batch[key].shape[1]), batch[key].dtype)])
+  return padded
+
+
+def stack_batches(batches: list[Batch], row_multiple: int = 1) -> Batch:
+  """One batch per seed, stacked: arrays ``[S, ...]``. Packed batches of different seeds
+  have different row counts, so each is padded with empty rows to the largest (rounded up
+  to ``row_multiple``): rows without tokens change no example's logits (attention stays
+  within an example's segment) but cost compute."""
+  num_rows = max(b["input_ids"].shape[0] for b in batches)
+  num_rows = -(-num_rows // row_multiple) * row_multiple
+  padded = [pad_rows(b, num_rows) for b in batches]
+  return {key: np.stack([b[key] for b in padded]) for key in batches[0]}

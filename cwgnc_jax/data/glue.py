@@ -21,12 +21,13 @@ import hashlib
 import json
 import os
 import socket
-import tempfile
 import urllib.parse
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
 import numpy as np
+
+from cwgnc_jax import files
 
 HUB_DATASET = "nyu-mll/glue"
 SPLITS = ("train", "dev")
@@ -300,18 +301,9 @@ def default_cache_dir() -> Path:
 
 
 def _save_atomically(path: Path, data: TokenizedSplit) -> None:
-  """Writes to a temporary file beside ``path``, then renames it into place.
-
-  The rename is atomic, so an interrupted write never leaves a file at ``path``.
-  """
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, **data._asdict())
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
+  """Writes ``path`` atomically (``files.write_atomic``): an interrupted write never leaves a
+  file there."""
+  files.write_atomic(path, lambda f: np.savez(f, **data._asdict()), binary=True)
 
 
 def _load(path: Path) -> TokenizedSplit:

@@ -29,6 +29,16 @@ STATE, BEST, META, PREVIOUS = "state", "best", "meta", "previous"
 logging.getLogger("absl").setLevel(logging.WARNING)
 
 
+def saved_steps(directory: str | Path) -> list[int]:
+  """The steps of the complete checkpoints in ``directory``, ascending, read without opening
+  an orbax manager (which would create the folder): orbax renames a checkpoint to its bare
+  step number only when it is complete."""
+  directory = Path(directory)
+  if not directory.is_dir():
+    return []
+  return sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
+
+
 class CheckpointError(RuntimeError):
   """A checkpoint exists but cannot be restored; the message names it and the way out."""
 

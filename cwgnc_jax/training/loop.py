@@ -1,44 +1,48 @@
-"""The training loop: prepare a run (all input checks), train, evaluate, log, checkpoint.
+"""The training loop, for one seed or several trained together.
 
 ``prepare(config, workdir)`` does every check that depends on user input -- the config, the
 devices, the run directory, the GLUE data, the model -- and loads data and weights, before
-anything is compiled or written. ``train(run)`` then trains for ``num_epochs`` epochs:
+anything is compiled or written. ``train(run)`` trains one run; ``train_seeds(runs)`` trains
+S >= 1 runs of one config that differ only in their seed, in lockstep, as one program:
 
-  * one jitted step per batch (``step.py``); a step with non-finite loss or gradients is
-    skipped, counted and reported;
+  * one jitted step per batch (``step.py``); with S > 1 the seeds' states are stacked and the
+    step is vmapped over them (the mesh's ``seeds`` axis splits them over devices). A step
+    with non-finite loss or gradients is skipped by the optimizer (``optax.apply_if_finite``),
+    counted and reported;
   * a dev evaluation ``evals_per_epoch`` times per epoch, always at each epoch's end; the
     result is the last evaluation (the final model) or, with ``keep_best``, the best one;
-    each evaluation also records every layer's drift from the pretrained parameters
-    (``drift_from_pretrained``);
+    each evaluation also records every layer's drift from the run's initial parameters;
   * every ``diagnostics_every`` steps, the gradient norm of every tensor (and what a CWGNC
     clip did), computed inside the step, to ``grad_norms.npz`` (``diagnostics.py``);
-  * a checkpoint every ``checkpoint_every`` steps and after every evaluation; a run that
-    finds checkpoints in its directory resumes from the latest (or ``resume_step``) and
-    ends exactly as an uninterrupted run would;
-  * under gradual unfreezing (``config.unfreezing``, ``unfreezing.py``) the run is a
-    sequence of iterations, each with its own optimizer (frozen tensors masked out) and
-    jitted step; at each iteration's end the dev evaluation and the layer drift from the
-    pretrained and the previous iteration's parameters go into ``results.json``.
+  * a checkpoint of every seed every ``checkpoint_every`` steps and after every evaluation;
+    runs that find checkpoints resume from them (all seeds of a program from the same step)
+    and end exactly as an uninterrupted run would;
+  * under gradual unfreezing (``config.unfreezing``, ``unfreezing.py``) the run is a sequence
+    of stages (iterations), each with its own optimizer (frozen tensors masked out) and
+    jitted step (``Stages``); at each iteration's end the dev evaluation and the layer drift
+    from the pretrained and the previous iteration's parameters go into ``results.json``.
 
-The run directory holds ``config.json`` (what the run computes: a run directory is never
-resumed with another config), ``metrics.jsonl`` (one line per step, one per evaluation),
-TensorBoard event files in ``tb/``, ``checkpoints/``, ``grad_norms.npz`` and, at the end,
-``results.json``.
-``results.json`` depends only on the config and the seed, except its ``timings`` key (the
-seconds spent, summed over the sessions of an interrupted run up to its last checkpoint, and
-the sessions).
+Each seed's run directory (``files.py``) is locked while it trains: a second process on it
+is refused at once. What a seed writes there -- logs, evaluations, clock, checkpoints,
+results -- is its :class:`Recorder`'s job; the loop itself only moves the shared state.
+``results.json`` depends only on the config and the seed, except its ``timings`` key; a seed
+trained with others computes what it computes alone up to floating-point rounding (batched
+matmuls, and the empty rows that pad packed batches of different seeds to one shape, may
+sum in another order).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import json
+import math
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -49,7 +53,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from cwgnc_jax import config as config_lib
-from cwgnc_jax import diagnostics, metrics, models, unfreezing
+from cwgnc_jax import diagnostics, files, metrics, models, unfreezing
 from cwgnc_jax.models import mixout
 from cwgnc_jax.data import batching, glue
 from cwgnc_jax.training import checkpoint as checkpoint_lib
@@ -125,14 +129,20 @@ def _flat(values: dict, prefix: str = "") -> dict[str, Any]:
   return flat
 
 
-CONFIG_FILE = "config.json"
-
-
 def check_run_dir(workdir: Path, config: ml_collections.ConfigDict) -> None:
-  """Raises ConfigError if ``workdir`` holds anything but a run of this config."""
-  stored_path = workdir / CONFIG_FILE
+  """Raises ConfigError if ``workdir`` cannot hold this config's run: it holds another
+  config's run, or files but no run, or it (or the folder it would be made in) is not a
+  writable folder."""
+  workdir = Path(workdir)
+  problem = files.unwritable_reason(workdir)
+  if problem:
+    raise ConfigError(problem)
+  stored_path = workdir / files.CONFIG_FILE
   if stored_path.is_file():
-    stored = json.loads(stored_path.read_text())
+    try:
+      stored = files.read_json(stored_path, "the run's config")
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
     current = _normalized(config_lib.run_identity(config))
     for group, (key, off) in config_lib.LATER_GROUPS.items():
       if group not in stored and current.get(group, {}).get(key) == off:
@@ -149,9 +159,20 @@ def check_run_dir(workdir: Path, config: ml_collections.ConfigDict) -> None:
           f"run directory {workdir} holds a run of another config (differs in "
           f"{', '.join(differ[:6])}{', ...' if len(differ) > 6 else ''}); pass another "
           "--workdir or delete that directory")
-  elif workdir.is_dir() and any(workdir.iterdir()):
-    raise ConfigError(f"run directory {workdir} is not empty and holds no {CONFIG_FILE}; "
-                      "pass another --workdir")
+  elif workdir.is_dir() and any(p.name != files.LOCK_FILE for p in workdir.iterdir()):
+    raise ConfigError(f"run directory {workdir} is not empty and holds no "
+                      f"{files.CONFIG_FILE}; pass another --workdir")
+
+
+def check_resume_step(workdir: Path, config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError unless ``config.resume_step`` (if set) has a checkpoint in
+  ``workdir``. Reads the folder only."""
+  if config.resume_step is None:
+    return
+  steps = checkpoint_lib.saved_steps(Path(workdir) / files.CHECKPOINTS_DIR)
+  if config.resume_step not in steps:
+    raise ConfigError(f"config.resume_step={config.resume_step} has no checkpoint in "
+                      f"{Path(workdir) / files.CHECKPOINTS_DIR}; available: {steps}")
 
 
 def head(data: glue.TokenizedSplit, n: int) -> glue.TokenizedSplit:
@@ -184,6 +205,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | Path) -> Run:
   config_lib.check_devices(config, num_devices)
   workdir = Path(workdir)
   check_run_dir(workdir, config)
+  check_resume_step(workdir, config)
   task = glue.get_task(config.task)
   model_config = models.load_config(config.model)
   if config.max_length > model_config.max_position_embeddings:
@@ -209,86 +231,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | Path) -> Run:
              models.apply_fn(graphdef), num_devices, majority)
 
 
-# -- Logs. ---------------------------------------------------------------------------------
-
-class MetricsLog:
-  """``metrics.jsonl`` and TensorBoard events of a run, written by the main process.
-
-  On resume at step ``s`` every record after ``s`` (written by the interrupted session after
-  its last checkpoint) is dropped, so the file ends as an uninterrupted run's would.
-  """
-
-  def __init__(self, workdir: Path, start_step: int, enabled: bool):
-    self.enabled = enabled
-    if not enabled:
-      return
-    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-    self.path = workdir / "metrics.jsonl"
-    kept = []
-    if self.path.is_file():
-      for line in self.path.read_text().splitlines():
-        try:
-          record = json.loads(line)
-        except json.JSONDecodeError:  # a line cut short by a kill
-          continue
-        if record["step"] <= start_step:
-          kept.append(line + "\n")
-    self.path.write_text("".join(kept))
-    self.file = self.path.open("a")
-    self.tb = SummaryWriter(str(workdir / "tb"), purge_step=start_step + 1 if start_step else None)
-
-  def write(self, record: dict[str, Any], prefix: str) -> None:
-    if not self.enabled:
-      return
-    self.file.write(json.dumps(record, sort_keys=True) + "\n")
-    for key, value in record.items():
-      if key != "step" and isinstance(value, (int, float)):
-        self.tb.add_scalar(f"{prefix}/{key}", value, record["step"])
-
-  def flush(self) -> None:
-    if self.enabled:
-      self.file.flush()
-      self.tb.flush()
-
-  def close(self) -> None:
-    if self.enabled:
-      self.file.close()
-      self.tb.close()
-
-
-def write_json(path: Path, values: Any) -> None:
-  """Writes ``values`` to ``path`` atomically (a temporary file renamed into place)."""
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-  with os.fdopen(fd, "w") as f:
-    json.dump(values, f, indent=2, sort_keys=True)
-    f.write("\n")
-  os.replace(tmp, path)
-
-
 # -- Evaluation. ---------------------------------------------------------------------------
-
-def evaluate(eval_step: Callable, params: Any, constants: Any, run: Run,
-             mesh: jax.sharding.Mesh) -> dict[str, float]:
-  """Dev score (x100) and mean cross-entropy over every dev example."""
-  config = run.config
-  logits, labels = [], []
-  for batch in batching.eval_batches(run.dev_data, config.eval_batch_size, layout=config.layout,
-                                     max_length=config.max_length, row_multiple=run.num_devices):
-    real = batch["example_mask"] == 1
-    logits.append(np.asarray(eval_step(params, constants, step_lib.put_batch(batch, mesh)))[real])
-    labels.append(batch["labels"][real])
-  logits, labels = np.concatenate(logits), np.concatenate(labels)
-  return {"score": metrics.score(config.task, logits.argmax(-1), labels),
-          "loss": mean_cross_entropy(logits, labels), "examples": int(len(labels))}
-
-
-def drift_from_pretrained(params: Any, run: Run) -> dict[str, dict[str, float]]:
-  """Per layer, the maximum RMS difference and minimum cosine similarity of its tensors
-  against the run's initial parameters (pretrained; the fresh classifier at its seed's
-  initialisation): ``diagnostics.layer_drift``, the data of the paper's Figs. 2a, 4 and 5.
-  Every process must call it (``step.host_copy`` gathers parameters split across them)."""
-  return diagnostics.layer_drift(step_lib.host_copy(params), run.params)
-
 
 def mean_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
   """``mean(logsumexp(logits) - logits[label])`` in float64 on the host."""
@@ -310,222 +253,181 @@ def best_index(evals: list[dict[str, Any]]) -> int:
   return max(range(len(evals)), key=lambda i: (evals[i]["score"], -i))
 
 
-# -- Training. -----------------------------------------------------------------------------
-
-def _start(run: Run, checkpoints: checkpoint_lib.Checkpointer,
-           setup_at: Callable[[int], tuple[optax.GradientTransformation, Any]],
-           log: Callable[[str], None]) -> tuple[Any, dict[str, Any], Any]:
-  """The state, loop metadata and best parameters to continue from: the latest checkpoint
-  (or ``resume_step``'s), else the pretrained parameters at step 0. ``setup_at(step)`` is
-  the optimizer and abstract state of the stage that trained up to ``step``."""
-  steps = checkpoints.steps()
-  resume_step = run.config.resume_step
-  if resume_step is None and not steps:
-    optimizer, abstract = setup_at(0)
-    state = step_lib.init_state(run.params, optimizer, run.config.seed, abstract)
-    return state, {"step": 0, "evals": [], "best_index": None}, None
-  if resume_step is not None and resume_step not in steps:
-    raise ConfigError(f"config.resume_step={resume_step} has no checkpoint in "
-                      f"{checkpoints.directory}; available: {steps}")
-  step = steps[-1] if resume_step is None else resume_step
-  meta = checkpoints.read_meta(step)
-  _, abstract = setup_at(step)
-  abstract_best = abstract.params if meta.get("best_index") is not None else None
-  restored, best = checkpoints.restore(step, abstract, abstract_best)
-  later = checkpoints.delete_after(step)
-  if later:
-    log(f"resuming from step {step}: deleted the later checkpoints {later}")
-  log(f"resumed from {checkpoints.path(step)}")
-  return restored, meta, best
-
-
-def steps_key(run: Run, mesh_shape: tuple[int, int], diagnostics: bool) -> str:
+def steps_key(run: Run, mesh_shape: tuple[int, ...], diagnostics: bool) -> str:
   """Everything that determines the computation of a run's jitted steps: the config without
   its seed (which enters the step as data: ``TrainState.rng``, as the model's constants do)
   and operational keys, the mesh and its sharding threshold, and whether the step computes
-  diagnostics. Runs with equal keys can share their jitted (compiled) steps."""
+  diagnostics. Runs with equal keys can share their jitted (compiled) steps, and train
+  together."""
   identity = config_lib.run_identity(run.config)
   identity.pop("seed")
   return json.dumps([identity, mesh_shape, run.config.fsdp_min_size, diagnostics],
                     sort_keys=True)
 
 
-def train(run: Run, steps_cache: dict[Any, Any] | None = None) -> dict[str, Any]:
-  """Trains, evaluates and checkpoints ``run``; returns (and writes) its results.
+# -- One seed's run directory while it trains. ---------------------------------------------
 
-  ``steps_cache``: a dict in which the jitted train and eval steps are kept by ``steps_key``
-  (the train step also by GU iteration), so several runs of one process (a study's seeds)
-  compile each batch shape once.
+class MetricsLog:
+  """``metrics.jsonl`` and TensorBoard events of a run, written by the main process.
+
+  On resume at step ``s`` every record after ``s`` (written by the interrupted session after
+  its last checkpoint) is dropped, so the file ends as an uninterrupted run's would.
   """
-  config, workdir = run.config, run.workdir
-  main = is_main_process()
-  log = lambda message: tqdm.write(message, file=sys.stderr) if main else None
-  if main:
-    workdir.mkdir(parents=True, exist_ok=True)
-    if not (workdir / CONFIG_FILE).exists():
-      write_json(workdir / CONFIG_FILE, config_lib.run_identity(config))
 
-  data_size, fsdp_size = config_lib.mesh_shape(config, run.num_devices)
-  mesh = step_lib.make_mesh(data_size, fsdp_size)
-  total_steps, steps_per_epoch = run.total_steps, run.steps_per_epoch
-  # One stage for plain fine-tuning; one per iteration under gradual unfreezing.
-  stages = unfreezing.stages(config, run.num_layers, steps_per_epoch)
-  gradual = config.unfreezing.mode != "none"
-  setups: dict[int, tuple[optax.GradientTransformation, Any]] = {}
+  def __init__(self, workdir: Path, start_step: int, enabled: bool):
+    self.enabled = enabled
+    if not enabled:
+      return
+    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+    self.path = workdir / files.METRICS_FILE
+    kept = []
+    if self.path.is_file():
+      for line in self.path.read_text().splitlines():
+        try:
+          record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a kill
+          continue
+        if record["step"] <= start_step:
+          kept.append(line + "\n")
+    files.write_atomic(self.path, lambda f: f.write("".join(kept)))
+    self.file = self.path.open("a")
+    self.tb = SummaryWriter(str(workdir / files.TENSORBOARD_DIR),
+                            purge_step=start_step + 1 if start_step else None)
 
-  def setup(stage: unfreezing.Stage) -> tuple[optax.GradientTransformation, Any]:
-    """The stage's optimizer and the layout of the state it trains."""
-    if stage.index not in setups:
-      optimizer = unfreezing.stage_optimizer(config.optimizer, stage)
-      setups[stage.index] = optimizer, step_lib.abstract_state(
-          run.params, optimizer, config.seed, mesh, config.fsdp_min_size)
-    return setups[stage.index]
+  def write(self, record: dict[str, Any], prefix: str) -> None:
+    if not self.enabled:
+      return
+    self.file.write(json.dumps(record, sort_keys=True) + "\n")
+    for key, value in record.items():
+      if key != "step" and isinstance(value, (int, float)):
+        self.tb.add_scalar(f"{prefix}/{key}", value, record["step"])
 
-  checkpoints = checkpoint_lib.Checkpointer(workdir / "checkpoints",
-                                            keep=config.keep_checkpoints)
-  state, meta, best_params = _start(
-      run, checkpoints, lambda at: setup(unfreezing.stage_at(stages, at)), log)
-  step = int(meta["step"])
-  stage = unfreezing.stage_at(stages, step)
-  optimizer, abstract = setup(stage)
-  shardings = step_lib.shardings_of(abstract)
-  # GU: each finished iteration's record; the parameters at the end of the previous one
-  # (None: the pretrained ones); the updates applied before this one (its schedule's origin).
-  iterations: list[dict[str, Any]] = meta.get("iterations", [])
-  previous = checkpoints.restore_previous(step, abstract.params) if stage.index else None
-  applied_before = meta.get("applied_before_stage", 0)
-  evals: list[dict[str, Any]] = meta["evals"]
-  sessions = meta.get("sessions", []) + [{"start_step": step, "devices": run.num_devices,
-                                          "mesh": [data_size, fsdp_size]}]
-  # Seconds and examples of the earlier sessions, up to the checkpoint resumed from.
-  before = meta.get("clock", {"train_seconds": 0.0, "eval_seconds": 0.0, "train_examples": 0})
+  def flush(self) -> None:
+    if self.enabled:
+      self.file.flush()
+      self.tb.flush()
 
-  with_diagnostics = config.diagnostics_every > 0
-  key = steps_key(run, (data_size, fsdp_size), with_diagnostics)
-  steps_cache = {} if steps_cache is None else steps_cache
+  def close(self) -> None:
+    if self.enabled:
+      self.file.close()
+      self.tb.close()
 
-  def stage_train_step() -> Callable:
-    """The jitted train step of the current stage (shared through ``steps_cache``)."""
-    stage_key = (key, stage.index, applied_before)
-    if stage_key not in steps_cache:
-      steps_cache[stage_key] = step_lib.jit_train_step(
-          unfreezing.stage_apply(run.apply, stage), optimizer, mesh, shardings,
-          unfreezing.stage_schedule(config.optimizer, stage, applied_before),
-          diagnostics=with_diagnostics)
-    return steps_cache[stage_key]
 
-  train_step = stage_train_step()
-  if (key, "eval") not in steps_cache:
-    steps_cache[key, "eval"] = step_lib.jit_eval_step(run.apply, mesh, shardings.params)
-  eval_step = steps_cache[key, "eval"]
-  constants = step_lib.put_constants(run.constants, mesh, config.fsdp_min_size)
-  names = step_lib.gradient_norm_names(abstract.params, abstract.opt_state)
-  if gradual:  # the clip's components change from iteration to iteration: tensors only
-    names.pop("component_norms", None)
-  grad_norms = diagnostics.GradientNormLog(workdir, names, config.diagnostics_every, step,
-                                           main)
-  when_eval = eval_steps(steps_per_epoch, run.num_epochs, config.evals_per_epoch)
-  metrics_log = MetricsLog(workdir, step, main)
-  pending: list[tuple[int, dict[str, jax.Array]]] = []
-  window: list[float] = []
-  eval_seconds = 0.0
+class Clock:
+  """Seconds a program spends training (compiling and checkpointing included) and
+  evaluating, shared by the seeds it trains."""
 
-  def clock() -> dict[str, float]:
-    """Seconds spent training (compiling and checkpointing included) and evaluating, and
-    examples trained on, over all sessions."""
-    train_seconds = time.perf_counter() - t_train - eval_seconds
-    return {"train_seconds": before["train_seconds"] + train_seconds,
-            "eval_seconds": before["eval_seconds"] + eval_seconds,
-            "train_examples": before["train_examples"] + seen}
+  def __init__(self):
+    self.start, self.eval_seconds = time.perf_counter(), 0.0
 
-  def flush_pending():
-    for at, values in jax.device_get(pending):
+  @contextlib.contextmanager
+  def evaluating(self):
+    start = time.perf_counter()
+    yield
+    self.eval_seconds += time.perf_counter() - start
+
+  @property
+  def train_seconds(self) -> float:
+    return time.perf_counter() - self.start - self.eval_seconds
+
+
+class Recorder:
+  """One seed's run directory while it trains: its step records (``metrics.jsonl``, TensorBoard,
+  ``grad_norms.npz``), evaluations, GU iteration records, clock, checkpoints and results.
+
+  ``meta`` is the loop metadata of the checkpoint it resumes from (empty when it starts).
+  """
+
+  def __init__(self, run: Run, start_step: int, meta: dict[str, Any], names: dict,
+               clock: Clock, session: dict[str, Any], checkpoints: checkpoint_lib.Checkpointer):
+    config = run.config
+    self.run, self.clock, self.checkpoints = run, clock, checkpoints
+    self.main = is_main_process()
+    self.evals: list[dict[str, Any]] = meta.get("evals", [])
+    self.iterations: list[dict[str, Any]] = meta.get("iterations", [])
+    self.sessions = meta.get("sessions", []) + [session]
+    # Seconds and examples of the earlier sessions, up to the checkpoint resumed from.
+    self.before = meta.get("clock", {"train_seconds": 0.0, "eval_seconds": 0.0,
+                                     "train_examples": 0})
+    self.seen = 0
+    self.best: Any = None  # the best evaluation's parameters (device), with keep_best
+    self.metrics = MetricsLog(run.workdir, start_step, self.main)
+    self.grad_norms = diagnostics.GradientNormLog(run.workdir, names, config.diagnostics_every,
+                                                  start_step, self.main)
+    self.pending: list[tuple[int, dict[str, Any]]] = []
+    self.window: list[float] = []  # losses since the progress bar was last updated
+
+  def take(self, step: int, step_metrics: dict[str, Any], examples: int) -> None:
+    """A step's metrics (device arrays); written at the next ``flush``."""
+    self.seen += examples
+    self.grad_norms.take(step, step_metrics)
+    self.pending.append((step, step_metrics))
+
+  def flush(self) -> None:
+    for at, values in jax.device_get(self.pending):
       record = {"step": at, "loss": float(values["loss"]),
                 "grad_norm": float(values["grad_norm"]),
                 "learning_rate": float(values["learning_rate"]),
                 "skipped": not bool(values["finite"])}
-      metrics_log.write(record, "train")
-      window.append(record["loss"])
+      self.metrics.write(record, "train")
+      self.window.append(record["loss"])
       if record["skipped"]:
-        log(f"step {at}: loss or gradients not finite; update skipped")
-    pending.clear()
-    metrics_log.flush()
+        log(f"{self.run.workdir}: step {at}: loss or gradients not finite; update skipped")
+    self.pending.clear()
+    self.metrics.flush()
 
-  def save():
-    flush_pending()
+  def evaluation(self, result: dict[str, Any], params: Callable[[], Any]) -> None:
+    """Records an evaluation; ``params()`` gives the seed's parameters (device), kept when
+    the evaluation is the best so far and ``keep_best`` is set."""
+    self.evals.append(result)
+    self.metrics.write(result, "eval")
+    log(f"{self.run.workdir}: step {result['step']} (epoch {result['epoch']:.2f}): dev "
+        f"{self.run.task.metric} {result['score']:.2f}, loss {result['loss']:.4f}")
+    if self.run.config.keep_best and best_index(self.evals) == len(self.evals) - 1:
+      self.best = jax.tree.map(jnp.copy, params())
+
+  def clock_totals(self) -> dict[str, float]:
+    return {"train_seconds": self.before["train_seconds"] + self.clock.train_seconds,
+            "eval_seconds": self.before["eval_seconds"] + self.clock.eval_seconds,
+            "train_examples": self.before["train_examples"] + self.seen}
+
+  def save(self, step: int, state: Any, previous: Any) -> None:
+    """The checkpoint of ``step``: the seed's state, best and previous-iteration parameters,
+    and the loop metadata that resumes it."""
+    self.flush()
+    steps_per_epoch = self.run.steps_per_epoch
     meta = {"step": step, "epoch": step // steps_per_epoch,
-            "epoch_step": step % steps_per_epoch, "evals": evals,
-            "best_index": best_index(evals) if config.keep_best and evals else None,
-            "sessions": sessions, "clock": clock(), "iterations": iterations,
-            "applied_before_stage": applied_before}
-    grad_norms.save()  # first: rows after the checkpoint are dropped on resume, missing ones not
-    checkpoints.save(step, state, meta, best_params, previous)
+            "epoch_step": step % steps_per_epoch, "evals": self.evals,
+            "best_index": best_index(self.evals) if self.best is not None else None,
+            "sessions": self.sessions, "clock": self.clock_totals(),
+            "iterations": self.iterations}
+    self.grad_norms.save()  # first: rows after the checkpoint are dropped on resume
+    self.checkpoints.save(step, state, meta, self.best, previous)
 
-  progress = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True,
-                  disable=not (config.progress and main), file=sys.stderr)
-  t_train, seen = time.perf_counter(), 0
-  while step < total_steps:
-    if step == stage.end_step:  # a GU iteration ended here: the next one starts
-      previous = jax.tree.map(jnp.copy, state.params)
-      stage = stages[stage.index + 1]
-      optimizer, abstract = setup(stage)
-      shardings = step_lib.shardings_of(abstract)
-      state = unfreezing.next_state(config.unfreezing.mode, state, run.params, optimizer,
-                                    abstract, config.seed)
-      applied_before = step - int(state.skipped)
-      train_step = stage_train_step()
-      log(f"step {step}: GU iteration {stage.index} trains "
-          f"{', '.join(stage.trained_layers(run.num_layers))}")
-    epoch, epoch_step = divmod(step, steps_per_epoch)
-    for batch in batching.train_batches(
-        run.train_data, config.batch_size, seed=config.seed, epoch=epoch, layout=config.layout,
-        max_length=config.max_length, row_multiple=run.num_devices, start_step=epoch_step):
-      state, step_metrics = train_step(state, step_lib.put_batch(batch, mesh), constants)
-      step += 1
-      seen += int(batch["example_mask"].sum())
-      grad_norms.take(step, step_metrics)
-      pending.append((step, step_metrics))
-      if step % config.log_every == 0:
-        flush_pending()
-        progress.set_postfix(loss=f"{np.mean(window):.4f}",
-                             lr=f"{float(step_metrics['learning_rate']):.2e}",
-                             ex_per_s=f"{seen / (time.perf_counter() - t_train):.1f}")
-        window.clear()
-      progress.update()
-      if step in when_eval:
-        flush_pending()
-        t_eval = time.perf_counter()
-        result = {"step": step, "epoch": step / steps_per_epoch,
-                  **evaluate(eval_step, state.params, constants, run, mesh),
-                  "drift": drift_from_pretrained(state.params, run)}
-        eval_seconds += time.perf_counter() - t_eval
-        evals.append(result)
-        metrics_log.write(result, "eval")
-        log(f"step {step} (epoch {result['epoch']:.2f}): dev {run.task.metric} "
-            f"{result['score']:.2f}, loss {result['loss']:.4f}")
-        if config.keep_best and best_index(evals) == len(evals) - 1:
-          best_params = jax.tree.map(jnp.copy, state.params)
-      if gradual and step == stage.end_step:  # always an epoch's end: just evaluated
-        iterations.append(unfreezing.record(stage, run.num_layers, evals[-1], state.params,
-                                            run.params, previous))
-      if step in when_eval or (config.checkpoint_every and step % config.checkpoint_every == 0):
-        save()
-  flush_pending()
-  grad_norms.save()
-  progress.close()
-  metrics_log.close()
-  checkpoints.close()
+  def finish(self, skipped: int, steps: int, seeds_in_program: int) -> dict[str, Any]:
+    """Writes and returns ``results.json``."""
+    self.flush()
+    self.grad_norms.save()
+    self.metrics.close()
+    self.checkpoints.close()
+    results = make_results(self.run, self.evals, skipped, steps)
+    if self.run.config.unfreezing.mode != "none":
+      results["unfreezing"] = {"mode": self.run.config.unfreezing.mode,
+                               "iterations": self.iterations}
+    totals = self.clock_totals()
+    results["timings"] = {**totals, "sessions": self.sessions,
+                          "seeds_in_program": seeds_in_program,
+                          "train_examples_per_second":
+                              seeds_in_program * totals["train_examples"]
+                              / max(totals["train_seconds"], 1e-9)}
+    if self.main:
+      files.write_json(self.run.workdir / files.RESULTS_FILE, results)
+    return results
 
-  results = make_results(run, evals, int(state.skipped), step)
-  if gradual:
-    results["unfreezing"] = {"mode": config.unfreezing.mode, "iterations": iterations}
-  totals = clock()
-  results["timings"] = {**totals, "sessions": sessions,
-                        "train_examples_per_second":
-                            totals["train_examples"] / max(totals["train_seconds"], 1e-9)}
-  if main:
-    write_json(workdir / "results.json", results)
-  return results
+
+def log(message: str) -> None:
+  if is_main_process():
+    tqdm.write(message, file=sys.stderr)
 
 
 def make_results(run: Run, evals: list[dict[str, Any]], skipped: int, steps: int
@@ -546,3 +448,297 @@ def make_results(run: Run, evals: list[dict[str, Any]], skipped: int, steps: int
       "train_examples": len(run.train_data), "dev_examples": len(run.dev_data),
       "config": config_lib.run_identity(config),
   }
+
+
+# -- The program: what the seeds share. ----------------------------------------------------
+
+class Stages:
+  """The stages of the runs (one for plain fine-tuning, one per GU iteration) and, per stage,
+  its optimizer, state layout and jitted train step, shared through ``steps_cache``."""
+
+  def __init__(self, runs: Sequence[Run], mesh: jax.sharding.Mesh, key: str,
+               steps_cache: dict[Any, Any]):
+    first = runs[0]
+    self.config, self.mesh, self.key, self.cache = first.config, mesh, key, steps_cache
+    self.first, self.stacked = first, len(runs) > 1
+    self.all = unfreezing.stages(first.config, first.num_layers, first.steps_per_epoch)
+    self.mode = first.config.unfreezing.mode
+    self._setups: dict[int, tuple[optax.GradientTransformation, Any]] = {}
+
+  def at(self, step: int) -> unfreezing.Stage:
+    return unfreezing.stage_at(self.all, step)
+
+  def setup(self, stage: unfreezing.Stage) -> tuple[optax.GradientTransformation, Any]:
+    """The stage's optimizer and the layout (abstract state) of one seed's state."""
+    if stage.index not in self._setups:
+      optimizer = unfreezing.stage_optimizer(self.config.optimizer, stage)
+      self._setups[stage.index] = optimizer, step_lib.abstract_state(
+          self.first.params, optimizer, self.config.seed, self.mesh, self.config.fsdp_min_size)
+    return self._setups[stage.index]
+
+  def shardings(self, stage: unfreezing.Stage) -> Any:
+    """The shardings of the program's state (seed-stacked when it trains several seeds)."""
+    shardings = step_lib.shardings_of(self.setup(stage)[1])
+    return step_lib.stacked(shardings) if self.stacked else shardings
+
+  def train_step(self, stage: unfreezing.Stage) -> Callable:
+    cache_key = (self.key, stage.index, "train")
+    if cache_key not in self.cache:
+      self.cache[cache_key] = step_lib.jit_train_step(
+          unfreezing.stage_apply(self.first.apply, stage), self.setup(stage)[0], self.mesh,
+          self.shardings(stage), diagnostics=self.config.diagnostics_every > 0,
+          seeds=self.stacked)
+    return self.cache[cache_key]
+
+  def eval_step(self) -> Callable:
+    cache_key = (self.key, "eval")
+    if cache_key not in self.cache:
+      self.cache[cache_key] = step_lib.jit_eval_step(
+          self.first.apply, self.mesh, self.shardings(self.all[0]).params, seeds=self.stacked)
+    return self.cache[cache_key]
+
+  def enter(self, stage: unfreezing.Stage, state: Any, pretrained: Any) -> Any:
+    """The state at the start of GU iteration ``stage`` (``unfreezing.next_state``), laid
+    out for it; ``pretrained`` are the seeds' initial parameters (stacked with S > 1)."""
+    optimizer = self.setup(stage)[0]
+    transition = functools.partial(unfreezing.next_state, self.mode, optimizer=optimizer)
+    if self.stacked:
+      transition = jax.vmap(transition)
+    return jax.jit(transition, out_shardings=self.shardings(stage))(state, pretrained)
+
+
+def check_together(runs: Sequence[Run]) -> None:
+  """Raises ConfigError unless ``runs`` can train as one program: one config but for the
+  seed, distinct run directories, one process when there are several."""
+  if len(runs) > 1 and jax.process_count() != 1:
+    raise ConfigError("training seeds together needs one process; train them one after "
+                      "another on several hosts")
+  first = runs[0]
+  key = steps_key(first, (), False)
+  for run in runs[1:]:
+    if steps_key(run, (), False) != key:
+      raise ConfigError(f"seed {run.config.seed} differs from seed {first.config.seed} in "
+                        "more than its seed")
+  workdirs = [run.workdir.resolve() for run in runs]
+  if len(set(workdirs)) != len(workdirs):
+    raise ConfigError("two runs of one program share a run directory")
+
+
+def _mesh(runs: Sequence[Run], seeds_axis: int) -> tuple[jax.sharding.Mesh, tuple[int, ...]]:
+  config = runs[0].config
+  if len(runs) % seeds_axis:
+    raise ConfigError(f"{len(runs)} seeds do not split over a seeds axis of {seeds_axis}")
+  data, fsdp = config_lib.mesh_shape(config, runs[0].num_devices // seeds_axis)
+  config_lib.check_devices(config, runs[0].num_devices // seeds_axis)
+  return step_lib.make_mesh(data, fsdp, seeds=seeds_axis), (seeds_axis, data, fsdp)
+
+
+def _restore(run: Run, checkpoints: checkpoint_lib.Checkpointer, step: int, abstract: Any,
+             with_previous: bool) -> tuple[Any, dict[str, Any], Any, Any]:
+  """``(state, meta, best, previous)`` of ``run``'s checkpoint of ``step``."""
+  meta = checkpoints.read_meta(step)
+  abstract_best = abstract.params if meta.get("best_index") is not None else None
+  state, best = checkpoints.restore(step, abstract, abstract_best)
+  previous = checkpoints.restore_previous(step, abstract.params) if with_previous else None
+  later = checkpoints.delete_after(step)
+  if later:
+    log(f"{run.workdir}: resuming from step {step}: deleted the later checkpoints {later}")
+  log(f"resumed from {checkpoints.path(step)}")
+  return state, meta, best, previous
+
+
+def start_step(run: Run) -> int:
+  """The step ``run`` starts (or resumes) at: ``resume_step``, else its latest checkpoint,
+  else 0. Reads its folder only."""
+  if run.config.resume_step is not None:
+    return run.config.resume_step
+  steps = checkpoint_lib.saved_steps(run.workdir / files.CHECKPOINTS_DIR)
+  return steps[-1] if steps else 0
+
+
+# -- Training. -----------------------------------------------------------------------------
+
+def train(run: Run, steps_cache: dict[Any, Any] | None = None) -> dict[str, Any]:
+  """Trains, evaluates and checkpoints one run; returns (and writes) its results.
+
+  ``steps_cache``: a dict in which the jitted steps are kept by ``steps_key``, so several
+  runs of one process (a study's seeds) compile each batch shape once.
+  """
+  return train_seeds([run], steps_cache)[0]
+
+
+def train_seeds(runs: Sequence[Run], steps_cache: dict[Any, Any] | None = None, *,
+                seeds_axis: int = 1) -> list[dict[str, Any]]:
+  """Trains S >= 1 runs of one config (seeds differ) in lockstep as one program; returns
+  their results, in order. ``seeds_axis``: the size of the mesh's ``seeds`` axis (it
+  divides S and the device count), over which the stacked seeds are split.
+
+  Each run directory is locked first (``files.LockedError`` if another process holds one)
+  and ends as a run trained alone leaves it. Runs that resume must all resume from the same
+  step (as runs trained together checkpoint together).
+  """
+  check_together(runs)
+  first, config = runs[0], runs[0].config
+  mesh, mesh_shape = _mesh(runs, seeds_axis)
+  with contextlib.ExitStack() as held:
+    # The main process writes the run directories (the others write only their checkpoint
+    # shards), so it alone holds their locks.
+    if is_main_process():
+      for run in runs:
+        run.workdir.mkdir(parents=True, exist_ok=True)
+        held.enter_context(files.locked(run.workdir))
+        check_run_dir(run.workdir, run.config)  # again: another process may have been first
+        if not (run.workdir / files.CONFIG_FILE).exists():
+          files.write_json(run.workdir / files.CONFIG_FILE,
+                           config_lib.run_identity(run.config))
+    starts = {start_step(run) for run in runs}
+    if len(starts) > 1:
+      raise ConfigError(f"the seeds {[r.config.seed for r in runs]} resume from different "
+                        f"steps {sorted(starts)}; train them one at a time")
+    step = starts.pop()
+    key = steps_key(first, mesh_shape, config.diagnostics_every > 0)
+    stages = Stages(runs, mesh, key, {} if steps_cache is None else steps_cache)
+    return _train(runs, stages, step, mesh, mesh_shape)
+
+
+def _train(runs: Sequence[Run], stages: Stages, step: int, mesh: jax.sharding.Mesh,
+           mesh_shape: tuple[int, ...]) -> list[dict[str, Any]]:
+  count, first, config = len(runs), runs[0], runs[0].config
+  stacked = count > 1
+  seed_slice = (lambda tree, s: step_lib.unstack(tree, s)) if stacked else (
+      lambda tree, s: tree)
+  stage = stages.at(step)
+  optimizer, abstract = stages.setup(stage)
+  clock = Clock()
+  session = {"start_step": step, "devices": first.num_devices, "mesh": list(mesh_shape),
+             "seeds_in_program": count}
+  names = step_lib.gradient_norm_names(abstract.params, abstract.opt_state)
+  if config.unfreezing.mode != "none":  # the clip's components change between iterations
+    names.pop("component_norms", None)
+
+  # Each seed's state: its checkpoint, or the pretrained parameters at step 0.
+  recorders, states, previous = [], [], []
+  restore_abstract = abstract if not stacked else step_lib.abstract_state(
+      first.params, optimizer, config.seed, step_lib.make_mesh(1, 1, jax.devices()[:1]),
+      config.fsdp_min_size)
+  for run in runs:
+    checkpoints = checkpoint_lib.Checkpointer(run.workdir / files.CHECKPOINTS_DIR,
+                                              keep=config.keep_checkpoints)
+    if step:
+      state, meta, best, prior = _restore(run, checkpoints, step, restore_abstract,
+                                          with_previous=stage.index > 0)
+    else:
+      state = step_lib.init_state(run.params, optimizer, run.config.seed, restore_abstract)
+      meta, best, prior = {}, None, None
+    recorder = Recorder(run, step, meta, names, clock, session, checkpoints)
+    recorder.best = best
+    recorders.append(recorder)
+    states.append(state)
+    previous.append(prior)
+  shardings = stages.shardings(stage)
+  if stacked:
+    state = step_lib.put_tree(step_lib.stack(jax.device_get(states)), shardings)
+    constants = step_lib.put_tree(step_lib.stack([r.constants for r in runs]),
+                                  step_lib.stacked(step_lib.tree_shardings(
+                                      mesh, first.constants, config.fsdp_min_size)))
+    pretrained = step_lib.stack([r.params for r in runs])
+    previous = step_lib.stack(jax.device_get(previous)) if previous[0] is not None else None
+  else:
+    state, previous, pretrained = states[0], previous[0], first.params
+    constants = step_lib.put_constants(first.constants, mesh, config.fsdp_min_size)
+
+  train_step, eval_step = stages.train_step(stage), stages.eval_step()
+  total_steps, steps_per_epoch = first.total_steps, first.steps_per_epoch
+  when_eval = eval_steps(steps_per_epoch, first.num_epochs, config.evals_per_epoch)
+  main = is_main_process()
+  progress = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True,
+                  desc=f"{count} seeds" if stacked else None,
+                  disable=not (config.progress and main), file=sys.stderr)
+  row_multiple = first.num_devices // mesh_shape[0]
+  while step < total_steps:
+    if step == stage.end_step:  # a GU iteration ended here: the next one starts
+      previous = jax.tree.map(jnp.copy, state.params)
+      stage = stages.all[stage.index + 1]
+      state = stages.enter(stage, state, pretrained)
+      train_step = stages.train_step(stage)
+      log(f"step {step}: GU iteration {stage.index} trains "
+          f"{', '.join(stage.trained_layers(first.num_layers))}")
+    epoch, epoch_step = divmod(step, steps_per_epoch)
+    epochs = [batching.train_batches(
+        run.train_data, config.batch_size, seed=run.config.seed, epoch=epoch,
+        layout=config.layout, max_length=config.max_length, row_multiple=row_multiple,
+        start_step=epoch_step) for run in runs]
+    for batches in zip(*epochs):
+      batch = (batching.stack_batches(list(batches), max(row_multiple, 1)) if stacked
+               else batches[0])
+      state, step_metrics = train_step(state, step_lib.put_batch(batch, mesh, seeds=stacked),
+                                       constants)
+      step += 1
+      norms = {k: step_metrics.pop(k) for k in diagnostics.GRADIENT_NORM_KEYS
+               if k in step_metrics}
+      for s, (recorder, seed_batch) in enumerate(zip(recorders, batches)):
+        recorder.take(step, {**seed_slice(step_metrics, s), **seed_slice(norms, s)},
+                      int(seed_batch["example_mask"].sum()))
+      if step % config.log_every == 0:
+        _show(progress, recorders, step_metrics, seed_slice)
+      progress.update()
+      if step in when_eval:
+        with clock.evaluating():
+          results = evaluate(eval_step, state.params, constants, runs, mesh)
+        for s, (recorder, result) in enumerate(zip(recorders, results)):
+          recorder.flush()
+          recorder.evaluation({"step": step, "epoch": step / steps_per_epoch, **result},
+                              functools.partial(seed_slice, state.params, s))
+      if stages.mode != "none" and step == stage.end_step:  # always an epoch's end
+        host = step_lib.host_copy(state.params)
+        host_previous = None if previous is None else step_lib.host_copy(previous)
+        for s, (recorder, run) in enumerate(zip(recorders, runs)):
+          recorder.iterations.append(unfreezing.record(
+              stage, first.num_layers, recorder.evals[-1], seed_slice(host, s), run.params,
+              None if host_previous is None else seed_slice(host_previous, s)))
+      if step in when_eval or (config.checkpoint_every and step % config.checkpoint_every == 0):
+        for s, recorder in enumerate(recorders):
+          recorder.save(step, seed_slice(state, s),
+                        None if previous is None else seed_slice(previous, s))
+  progress.close()
+  skipped = np.asarray(jax.device_get(step_lib.skipped(state))).reshape(-1)
+  return [recorder.finish(int(skipped[s]), step, count) for s, recorder in enumerate(recorders)]
+
+
+def _show(progress: tqdm, recorders: Sequence[Recorder], step_metrics: dict[str, Any],
+          seed_slice: Callable) -> None:
+  """Writes the pending step records and shows the first seed's loss in the progress bar."""
+  for recorder in recorders:
+    recorder.flush()
+  first = recorders[0]
+  examples_per_second = sum(r.seen for r in recorders) / max(first.clock.train_seconds, 1e-9)
+  progress.set_postfix(loss=f"{np.mean(first.window):.4f}",
+                       lr=f"{float(seed_slice(step_metrics, 0)['learning_rate']):.2e}",
+                       ex_per_s=f"{examples_per_second:.1f}")
+  for recorder in recorders:
+    recorder.window.clear()
+
+
+def evaluate(eval_step: Callable, params: Any, constants: Any, runs: Sequence[Run],
+             mesh: jax.sharding.Mesh) -> list[dict[str, Any]]:
+  """Every seed's dev score (x100), mean cross-entropy over every dev example, and layer
+  drift against its initial parameters (``diagnostics.layer_drift``: the data of the
+  paper's Figs. 2a, 4 and 5), each dev batch through all seeds at once. Every process must
+  call it (``step.host_copy`` gathers parameters split across them)."""
+  config, stacked = runs[0].config, len(runs) > 1
+  row_multiple = runs[0].num_devices // mesh.shape[step_lib.SEEDS]
+  logits, labels = [], []
+  for batch in batching.eval_batches(runs[0].dev_data, config.eval_batch_size,
+                                     layout=config.layout, max_length=config.max_length,
+                                     row_multiple=row_multiple):
+    real = batch["example_mask"] == 1
+    out = np.asarray(eval_step(params, constants, step_lib.put_batch(batch, mesh)))
+    logits.append(out[:, real] if stacked else out[None, real])
+    labels.append(batch["labels"][real])
+  logits, labels = np.concatenate(logits, axis=1), np.concatenate(labels)
+  host = step_lib.host_copy(params)
+  return [{"score": metrics.score(config.task, logits[s].argmax(-1), labels),
+           "loss": mean_cross_entropy(logits[s], labels), "examples": int(len(labels)),
+           "drift": diagnostics.layer_drift(step_lib.unstack(host, s) if stacked else host,
+                                            run.params)}
+          for s, run in enumerate(runs)]

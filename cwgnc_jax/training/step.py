@@ -1,10 +1,16 @@
 """The device mesh, the shardings, and the jitted train and eval steps.
 
-Mesh: two axes, ``data`` and ``fsdp``. A batch is split over both (every device sees
-``B / num_devices`` examples); a large parameter (and its optimizer moments) is split over
-``fsdp`` along its largest evenly divisible dimension and replicated over ``data``
-(ZeRO-3 / FSDP); small ones are replicated. With ``fsdp = 1`` this is plain data
-parallelism. XLA inserts the gathers and reduce-scatters (``AxisType.Auto``).
+Mesh: three axes, ``seeds``, ``data`` and ``fsdp``. A batch is split over ``data`` and
+``fsdp`` (every device of a seed group sees ``B / (data * fsdp)`` examples); a large
+parameter (and its optimizer moments) is split over ``fsdp`` along its largest evenly
+divisible dimension and replicated over ``data`` (ZeRO-3 / FSDP); small ones are replicated.
+With ``fsdp = 1`` this is plain data parallelism. XLA inserts the gathers and
+reduce-scatters (``AxisType.Auto``).
+
+Several seeds of one config train in one program as a stacked state (a leading seed axis on
+every array) and a ``vmap`` of the step: ``seeds`` > 1 splits that axis over the mesh's
+``seeds`` axis, so each group of ``data * fsdp`` devices trains its own seeds (e.g. 8 seeds
+on 8 GPUs, one each). With ``seeds = 1`` nothing is stacked and the step is not vmapped.
 
 The train step, for a batch with example mask ``m`` and per-example cross-entropy ``l``::
 
@@ -14,10 +20,13 @@ The train step, for a batch with example mask ``m`` and per-example cross-entrop
   params, opt_state unchanged, skipped += 1           otherwise
   step += 1                                           always (the data moves on)
 
-so a step is a pure function of (state, batch, constants) and a resumed run repeats it bit
-for bit. ``constants`` are the arrays the model reads but never trains (Mixout targets; empty
-for plain BERT): a step argument laid out like the parameters, never part of the state (so
-never checkpointed: they are rebuilt with the model).
+The skip is the optimizer's own (``optimizers.build_optimizer`` wraps its chain in
+``optax.apply_if_finite``, whose state counts the skips); a non-finite loss with finite
+gradients is handed to it as a non-finite gradient. So a step is a pure function of (state,
+batch, constants) and a resumed run repeats it bit for bit. ``constants`` are the arrays the
+model reads but never trains (Mixout targets; empty for plain BERT): a step argument laid
+out like the parameters, never part of the state (so never checkpointed: they are rebuilt
+with the model).
 """
 
 from __future__ import annotations
@@ -31,9 +40,9 @@ import optax
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from cwgnc_jax import clipping, paths
+from cwgnc_jax import clipping, optimizers, paths
 
-DATA, FSDP = "data", "fsdp"
+SEEDS, DATA, FSDP = "seeds", "data", "fsdp"
 BATCH_AXES = (DATA, FSDP)
 
 
@@ -43,26 +52,27 @@ class TrainState(NamedTuple):
   Attributes:
     step: int32 [], batches consumed so far (applied or skipped): the data position.
     params: the model parameters (pure nested dict).
-    opt_state: the optimizer state.
+    opt_state: the optimizer state (``optimizers.build_optimizer``'s: its
+      ``optimizers.skipped_steps`` counts the steps whose loss or gradients were not finite).
     rng: uint32 key data of ``jax.random.key(seed)``; step s drops out with
       ``fold_in(rng, s)``.
-    skipped: int32 [], steps whose loss or gradients were not finite (not applied).
   """
   step: jax.Array
   params: Any
   opt_state: Any
   rng: jax.Array
-  skipped: jax.Array
 
 
 # -- Mesh and shardings. -------------------------------------------------------------------
 
-def make_mesh(data: int, fsdp: int, devices: Any = None) -> Mesh:
-  """A ``(data, fsdp)`` mesh over ``devices`` (default: all devices, in topology order)."""
-  axis_types = (jax.sharding.AxisType.Auto,) * 2
+def make_mesh(data: int, fsdp: int, devices: Any = None, *, seeds: int = 1) -> Mesh:
+  """A ``(seeds, data, fsdp)`` mesh over ``devices`` (default: all devices, in topology
+  order)."""
+  axis_types = (jax.sharding.AxisType.Auto,) * 3
+  shape, names = (seeds, data, fsdp), (SEEDS, *BATCH_AXES)
   if devices is None:
-    return jax.make_mesh((data, fsdp), BATCH_AXES, axis_types=axis_types)
-  return Mesh(np.asarray(devices).reshape(data, fsdp), BATCH_AXES, axis_types=axis_types)
+    return jax.make_mesh(shape, names, axis_types=axis_types)
+  return Mesh(np.asarray(devices).reshape(shape), names, axis_types=axis_types)
 
 
 def param_spec(shape: tuple[int, ...], fsdp_size: int, min_size: int) -> P:
@@ -89,8 +99,28 @@ def tree_shardings(mesh: Mesh, tree: Any, min_size: int) -> Any:
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """Leading (row or example) axis split over every device."""
+  """Leading (row or example) axis split over the devices of a seed group."""
   return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def stacked_batch_sharding(mesh: Mesh) -> NamedSharding:
+  """``[S, rows, ...]``: seeds over ``seeds``, rows over the devices of each seed group."""
+  return NamedSharding(mesh, P(SEEDS, BATCH_AXES))
+
+
+def stacked(shardings: Any) -> Any:
+  """The shardings of a seed-stacked tree: each leaf's with a leading axis over ``seeds``."""
+  return jax.tree.map(lambda s: NamedSharding(s.mesh, P(SEEDS, *s.spec)), shardings)
+
+
+def stack(trees: Any) -> Any:
+  """The trees' leaves stacked along a new leading (seed) axis."""
+  return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
+def unstack(tree: Any, index: int) -> Any:
+  """Seed ``index``'s slice of a stacked tree."""
+  return jax.tree.map(lambda leaf: leaf[index], tree)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -107,9 +137,11 @@ def global_array(value: np.ndarray, sharding: NamedSharding) -> jax.Array:
   return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
 
 
-def put_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-  """A host batch as global arrays split over the mesh; every process feeds its slice."""
-  sharding = batch_sharding(mesh)
+def put_batch(batch: Mapping[str, np.ndarray], mesh: Mesh, *, seeds: bool = False
+              ) -> dict[str, jax.Array]:
+  """A host batch as global arrays split over the mesh; every process feeds its slice.
+  ``seeds``: the batch is seed-stacked (``batching.stack_batches``: ``[S, rows, ...]``)."""
+  sharding = stacked_batch_sharding(mesh) if seeds else batch_sharding(mesh)
   return {key: global_array(value, sharding) for key, value in batch.items()}
 
 
@@ -140,8 +172,7 @@ def put_constants(constants: Any, mesh: Mesh, min_size: int) -> Any:
 def _state_fn(optimizer: optax.GradientTransformation, seed: int):
   def make(params):
     rng = jax.random.key_data(jax.random.key(seed))
-    zero = jnp.zeros([], jnp.int32)
-    return TrainState(zero, params, optimizer.init(params), rng, zero)
+    return TrainState(jnp.zeros([], jnp.int32), params, optimizer.init(params), rng)
   return make
 
 
@@ -171,6 +202,11 @@ def init_state(params: Any, optimizer: optax.GradientTransformation, seed: int,
   return jax.jit(_state_fn(optimizer, seed), out_shardings=shardings)(params)
 
 
+def skipped(state: TrainState) -> jax.Array:
+  """The steps whose loss or gradients were not finite (not applied) so far."""
+  return optimizers.skipped_steps(state.opt_state)
+
+
 # -- Steps. --------------------------------------------------------------------------------
 
 def masked_mean_cross_entropy(logits: jax.Array, labels: jax.Array,
@@ -180,25 +216,20 @@ def masked_mean_cross_entropy(logits: jax.Array, labels: jax.Array,
   return jnp.sum(mask * losses) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
-def all_finite(tree: Any) -> jax.Array:
-  """True iff every entry of every leaf is finite."""
-  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
-
-
 ApplyFn = Callable[..., jax.Array]  # (params, constants, inputs, dropout_rng=None) -> logits
 
 
-def train_step_fn(apply: ApplyFn, optimizer: optax.GradientTransformation,
-                  schedule: optax.Schedule | None = None, *, diagnostics: bool = False
+def train_step_fn(apply: ApplyFn, optimizer: optax.GradientTransformation, *,
+                  diagnostics: bool = False
                   ) -> Callable[[TrainState, Mapping[str, jax.Array], Any],
                                 tuple[TrainState, dict[str, jax.Array]]]:
   """The (unjitted) train step ``(state, batch, constants) -> (state, metrics)`` (module
-  docstring).
+  docstring); ``optimizer`` is ``optimizers.build_optimizer``'s (it skips non-finite steps).
 
-  Metrics: ``loss``, ``grad_norm`` (global L2 norm of the raw gradient), ``finite``,
-  ``examples`` (real examples), ``learning_rate`` = ``schedule(applied updates)``
-  when a schedule is given, and with ``diagnostics`` the per-tensor gradient norms of
-  ``gradient_norms``.
+  Metrics: ``loss``, ``grad_norm`` (global L2 norm of the raw gradient), ``finite`` (the
+  step was applied), ``examples`` (real examples), ``learning_rate`` (of the last applied
+  update, read from the optimizer state), and with ``diagnostics`` the per-tensor gradient
+  norms of ``gradient_norms``.
   """
   def step(state: TrainState, batch: Mapping[str, jax.Array], constants: Any):
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
@@ -208,28 +239,27 @@ def train_step_fn(apply: ApplyFn, optimizer: optax.GradientTransformation,
       return masked_mean_cross_entropy(logits, batch["labels"], batch["example_mask"])
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    finite = jnp.logical_and(jnp.isfinite(loss), all_finite(grads))
-    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-    new_state = TrainState(
-        step=state.step + 1,
-        params=keep(params, state.params),
-        opt_state=keep(opt_state, state.opt_state),
-        rng=state.rng,
-        skipped=state.skipped + jnp.where(finite, 0, 1).astype(jnp.int32))
+    # A non-finite loss skips the step even if its gradients are finite: one poisoned
+    # gradient entry makes apply_if_finite reject the update.
+    leaves, treedef = jax.tree.flatten(grads)
+    poison = jnp.where(jnp.isfinite(loss), 0.0, jnp.nan).astype(leaves[0].dtype)
+    checked = jax.tree.unflatten(treedef, [leaves[0] + poison, *leaves[1:]])
+    updates, opt_state = optimizer.update(checked, state.opt_state, state.params)
+    new_state = TrainState(step=state.step + 1,
+                           params=optax.apply_updates(state.params, updates),
+                           opt_state=opt_state, rng=state.rng)
+    finite = opt_state.last_finite
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "finite": finite,
-               "examples": jnp.sum(batch["example_mask"])}
-    if schedule is not None:
-      metrics["learning_rate"] = jnp.asarray(schedule(state.step - state.skipped), jnp.float32)
+               "examples": jnp.sum(batch["example_mask"]),
+               "learning_rate": optimizers.applied_learning_rate(opt_state)}
     if diagnostics:
-      metrics.update(gradient_norms(grads, opt_state))
+      metrics.update(gradient_norms(grads, opt_state, finite))
     return new_state, metrics
 
   return step
 
 
-def gradient_norms(grads: Any, opt_state: Any) -> dict[str, jax.Array]:
+def gradient_norms(grads: Any, opt_state: Any, finite: jax.Array) -> dict[str, jax.Array]:
   """This step's pre-clip gradient norm of every tensor, and what a component clip did.
 
   ``tensor_norms``: float32 [N], ``||g_t||_2`` of every gradient tensor ``t`` in leaf order
@@ -239,22 +269,25 @@ def gradient_norms(grads: Any, opt_state: Any) -> dict[str, jax.Array]:
   same per-tensor sums of squares as ``grad_norm``'s, which XLA shares).
   ``component_norms``, ``clipped``: float32 [C] and bool [C], the pre-clip norm of each of
   the clip's C components and whether it was clipped, by ``str(label)`` order; present only
-  when the optimizer has a component clip. ``opt_state`` is the state ``update`` returned,
-  before a non-finite step is undone, so the values are always this step's.
+  when the optimizer has a component clip. A skipped step (not ``finite``) leaves the clip's
+  state as it was, so its norms are NaN and nothing is marked clipped.
   """
   stats = clipping.component_norm_stats(opt_state)
+  this_step = lambda value: jnp.where(finite, value, jnp.nan)
   tensor_norms = []
   for path, grad in jax.tree_util.tree_flatten_with_path(grads)[0]:
     name = paths.path_to_str(path)
     if name in stats["norms"]:
-      tensor_norms.append(stats["norms"][name])
+      tensor_norms.append(this_step(stats["norms"][name]))
     else:
       tensor_norms.append(jnp.sqrt(jnp.sum(jnp.square(grad.astype(jnp.float32)))))
   norms = {"tensor_norms": jnp.stack(tensor_norms)}
   if stats["norms"]:
     labels = sorted(stats["norms"], key=str)
-    norms["component_norms"] = jnp.stack([stats["norms"][label] for label in labels])
-    norms["clipped"] = jnp.stack([stats["clipped"][label] for label in labels])
+    norms["component_norms"] = jnp.stack([this_step(stats["norms"][label])
+                                          for label in labels])
+    norms["clipped"] = jnp.stack([jnp.logical_and(finite, stats["clipped"][label])
+                                  for label in labels])
   return norms
 
 
@@ -270,19 +303,32 @@ def gradient_norm_names(params: Any, opt_state: Any) -> dict[str, list[str]]:
 
 
 def jit_train_step(apply: ApplyFn, optimizer: optax.GradientTransformation, mesh: Mesh,
-                   state_shardings: Any, schedule: optax.Schedule | None = None, *,
-                   diagnostics: bool = False):
+                   state_shardings: Any, *, diagnostics: bool = False, seeds: bool = False):
   """The train step ``(state, batch, constants)`` jitted over the mesh; the input state is
-  donated; the constants keep the layout they are passed in (``put_tree``)."""
-  return jax.jit(train_step_fn(apply, optimizer, schedule, diagnostics=diagnostics),
-                 in_shardings=(state_shardings, batch_sharding(mesh), None),
-                 out_shardings=(state_shardings, replicated(mesh)),
+  donated; the constants keep the layout they are passed in (``put_tree``).
+
+  ``seeds``: the state, batch and constants are seed-stacked (``state_shardings`` are the
+  stacked ones, ``stacked``) and the step is vmapped over their leading axis.
+  """
+  step = train_step_fn(apply, optimizer, diagnostics=diagnostics)
+  if seeds:
+    step = jax.vmap(step)
+  metrics = NamedSharding(mesh, P(SEEDS)) if seeds else replicated(mesh)
+  return jax.jit(step,
+                 in_shardings=(state_shardings,
+                               stacked_batch_sharding(mesh) if seeds else batch_sharding(mesh),
+                               None),
+                 out_shardings=(state_shardings, metrics),
                  donate_argnums=0)
 
 
-def jit_eval_step(apply: ApplyFn, mesh: Mesh, params_shardings: Any):
+def jit_eval_step(apply: ApplyFn, mesh: Mesh, params_shardings: Any, *, seeds: bool = False):
   """``(params, constants, batch) -> logits [B, C]`` without dropout, replicated on every
-  device (so every process can read all of them)."""
-  return jax.jit(lambda params, constants, batch: apply(params, constants, batch),
-                 in_shardings=(params_shardings, None, batch_sharding(mesh)),
+  device (so every process can read all of them). ``seeds``: params and constants are
+  seed-stacked, the batch is not (every seed sees the same dev batch): logits ``[S, B, C]``.
+  """
+  forward = lambda params, constants, batch: apply(params, constants, batch)
+  if seeds:
+    forward = jax.vmap(forward, in_axes=(0, 0, None))
+  return jax.jit(forward, in_shardings=(params_shardings, None, batch_sharding(mesh)),
                  out_shardings=replicated(mesh))

@@ -1,0 +1,171 @@
+"""The project's files: the run-directory layout, atomic writes, JSON reads, the run lock.
+
+A run directory (``train.py --workdir``, a study's ``<group>/seed_<s>/``) holds::
+
+  config.json      what the run computes (``config.run_identity``)
+  metrics.jsonl    one line per logged step and per evaluation
+  tb/              TensorBoard events
+  grad_norms.npz   per-tensor gradient norms (``diagnostics.GradientNormLog``)
+  checkpoints/     orbax checkpoints (``training/checkpoint.py``)
+  results.json     at the end: the dev score and everything the study and report read
+  .lock            held (``flock``) while a process trains the run
+
+A study group folder holds ``summary.json`` and ``seed_<s>/`` run directories. Every name is
+defined here once; every file the project writes goes through :func:`write_atomic` (a
+temporary file renamed into place, so a reader or a killed writer never leaves a half file);
+every JSON file it reads back goes through :func:`read_json` (a corrupt file is named).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, IO, Iterator
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tb"
+GRAD_NORMS_FILE = "grad_norms.npz"
+CHECKPOINTS_DIR = "checkpoints"
+RESULTS_FILE = "results.json"
+LOCK_FILE = ".lock"
+SUMMARY_FILE = "summary.json"
+
+
+def seed_dir(group_dir: str | os.PathLike, seed: int) -> Path:
+  """The run directory of ``seed`` in a study group folder."""
+  return Path(group_dir) / f"seed_{seed}"
+
+
+def seed_of(run_dir: str | os.PathLike) -> int | None:
+  """The seed a study run directory is named for (``seed_<s>``), else None."""
+  name = Path(run_dir).name
+  digits = name[len("seed_"):]
+  return int(digits) if name.startswith("seed_") and digits.isdigit() else None
+
+
+def unwritable_reason(folder: str | os.PathLike) -> str | None:
+  """Why ``folder`` cannot be written (made if missing) by this process, or None if it can:
+  it is a file, or it (or the nearest folder above it that exists) is not writable."""
+  folder = Path(folder)
+  if folder.exists() and not folder.is_dir():
+    return f"{folder} is a file, not a folder"
+  existing = folder
+  while not existing.exists():
+    existing = existing.parent
+  if not existing.is_dir():
+    return f"cannot make {folder}: {existing} is a file, not a folder"
+  if not os.access(existing, os.W_OK | os.X_OK):
+    what = folder if existing == folder else f"{existing} (to make {folder} in it)"
+    return f"cannot write to {what}: permission denied"
+  return None
+
+
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[IO], None], *,
+                 binary: bool = False) -> None:
+  """Writes ``path`` through ``write(file)`` into a temporary file beside it, then renames it
+  into place: readers see the old file or the new one, never a part.
+
+  The file gets the permissions an ordinary ``open`` would give (0666 minus the umask), not
+  ``mkstemp``'s 0600.
+  """
+  path = Path(path)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+  try:
+    os.fchmod(fd, 0o666 & ~_umask())
+    with os.fdopen(fd, "wb" if binary else "w", encoding=None if binary else "utf-8") as f:
+      write(f)
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(FileNotFoundError):
+      os.unlink(tmp)
+    raise
+
+
+def write_json(path: str | os.PathLike, values: Any) -> None:
+  """``values`` as indented JSON (keys sorted), written atomically."""
+  def write(f):
+    json.dump(values, f, indent=2, sort_keys=True)
+    f.write("\n")
+  write_atomic(path, write)
+
+
+def read_json(path: str | os.PathLike, what: str) -> Any:
+  """The JSON value in ``path``; ValueError naming the file (``what`` it is) if it is not
+  readable JSON."""
+  path = Path(path)
+  try:
+    return json.loads(path.read_text(encoding="utf-8"))
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(f"{path} is not valid JSON ({what}; {e}): restore it or remove its "
+                     "folder") from None
+  except IsADirectoryError:
+    raise ValueError(f"{path} is a folder, not a file ({what})") from None
+
+
+class LockedError(RuntimeError):
+  """Another process holds a run directory's lock; the message names it."""
+
+
+def _try_lock(fd: int) -> bool:
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return True
+  except OSError as e:
+    if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+      raise
+    return False
+
+
+# How long ``locked`` keeps trying: ``is_locked`` probes hold the lock for microseconds.
+_PATIENCE_SECONDS = 2.0
+
+
+@contextlib.contextmanager
+def locked(run_dir: str | os.PathLike) -> Iterator[None]:
+  """Holds ``run_dir``'s lock while the block runs; LockedError if another process holds it.
+
+  The lock is ``flock`` on ``run_dir/.lock``: the operating system drops it when its holder
+  exits, however it exits (SIGKILL included), so a stale lock cannot outlive a crash. The
+  file keeps the holder's pid for the message of the process that is refused.
+  """
+  path = Path(run_dir) / LOCK_FILE
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+  try:
+    deadline = time.monotonic() + _PATIENCE_SECONDS
+    while not _try_lock(fd):
+      if time.monotonic() > deadline:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        raise LockedError(f"run directory {run_dir} is in use by another process (pid "
+                          f"{holder}); wait for it to finish, or pass another --workdir")
+      time.sleep(0.05)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    yield
+  finally:
+    os.close(fd)  # releases the lock
+
+
+def is_locked(run_dir: str | os.PathLike) -> bool:
+  """Does another process hold ``run_dir``'s lock right now? (A probe: it takes the lock
+  for an instant, which ``locked`` waits out, and writes nothing.)"""
+  path = Path(run_dir) / LOCK_FILE
+  if not path.is_file():
+    return False
+  fd = os.open(path, os.O_RDWR)
+  try:
+    return not _try_lock(fd)
+  finally:
+    os.close(fd)

@@ -1,0 +1,84 @@
+"""The run-directory files: atomic writes with ordinary permissions, named JSON errors, the
+run lock (held, refused, released when its holder dies)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from cwgnc_jax import files
+
+
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
+def test_atomic_writes_follow_the_umask_and_leave_no_temporary_file(tmp_path):
+  files.write_json(tmp_path / "a.json", {"b": 1, "a": [1, 2]})
+  assert json.loads((tmp_path / "a.json").read_text()) == {"a": [1, 2], "b": 1}
+  assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~_umask()
+  with pytest.raises(RuntimeError, match="boom"):  # a failed write keeps the old file
+    files.write_atomic(tmp_path / "a.json", lambda f: (f.write("{"), (_ for _ in ()).throw(
+        RuntimeError("boom"))))
+  assert json.loads((tmp_path / "a.json").read_text()) == {"a": [1, 2], "b": 1}
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
+
+
+def test_read_json_names_a_corrupt_file(tmp_path):
+  (tmp_path / "results.json").write_text('{"score": 1')
+  with pytest.raises(ValueError) as error:
+    files.read_json(tmp_path / "results.json", "seed 3's results")
+  message = str(error.value)
+  assert message.startswith(f"{tmp_path / 'results.json'} is not valid JSON (seed 3's results")
+  assert "\n" not in message
+  (tmp_path / "folder.json").mkdir()
+  with pytest.raises(ValueError, match="is a folder, not a file"):
+    files.read_json(tmp_path / "folder.json", "a summary")
+
+
+def test_seed_dirs_round_trip(tmp_path):
+  assert files.seed_dir(tmp_path, 7) == tmp_path / "seed_7"
+  assert files.seed_of(tmp_path / "seed_7") == 7
+  assert files.seed_of(tmp_path / "seed_x") is None and files.seed_of(tmp_path / "run") is None
+
+
+def test_lock_is_exclusive_and_names_its_holder(tmp_path):
+  with files.locked(tmp_path):
+    assert files.is_locked(tmp_path)  # another open file: refused, as another process is
+    with pytest.raises(files.LockedError) as error:
+      with files.locked(tmp_path):
+        pass
+    assert str(error.value) == (f"run directory {tmp_path} is in use by another process (pid "
+                                f"{os.getpid()}); wait for it to finish, or pass another "
+                                "--workdir")
+  assert not files.is_locked(tmp_path)
+  with files.locked(tmp_path):  # free again
+    pass
+
+
+def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
+  holder = subprocess.Popen([sys.executable, "-c", (
+      "import sys, time; from cwgnc_jax import files\n"
+      f"with files.locked({str(tmp_path)!r}):\n"
+      "  print('held', flush=True); time.sleep(600)")], stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "held"
+    assert files.is_locked(tmp_path)
+    assert (tmp_path / files.LOCK_FILE).read_text().strip() == str(holder.pid)
+  finally:
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+  deadline = time.monotonic() + 10
+  while files.is_locked(tmp_path):
+    assert time.monotonic() < deadline
+    time.sleep(0.01)
+  with files.locked(tmp_path):
+    pass

@@ -1,0 +1,184 @@
+"""Several seeds in one program: batch stacking, the vmapped step against each seed's own,
+a study trained that way against one trained seed by seed, and seeds split over 8 devices."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from cwgnc_jax import files, methods, optimizers, study
+from cwgnc_jax.data import batching, glue
+from cwgnc_jax.models import bert
+from cwgnc_jax.training import step as step_lib
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _split(lengths):
+  """A tokenized split of examples with the given lengths (token ids 5, 6, ...)."""
+  ids = np.concatenate([np.arange(5, 5 + n, dtype=np.int32) for n in lengths])
+  offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+  return glue.TokenizedSplit(ids, np.zeros_like(ids), offsets,
+                             np.arange(len(lengths), dtype=np.int64) % 2)
+
+
+def test_stack_batches_pads_rows_with_empty_rows():
+  data = _split([30, 30, 30, 30, 10, 10, 10, 10])
+  long = batching.make_batch(data, np.arange(4), 4, layout="packed", max_length=32)
+  short = batching.make_batch(data, np.arange(4, 8), 4, layout="packed", max_length=32)
+  assert long["input_ids"].shape[0] > short["input_ids"].shape[0]
+  stacked = batching.stack_batches([long, short], row_multiple=4)
+  rows = -(-long["input_ids"].shape[0] // 4) * 4
+  assert stacked["input_ids"].shape == (2, rows, 32)
+  extra = stacked["segment_ids"][1, short["input_ids"].shape[0]:]
+  assert not extra.any()  # the added rows hold no token
+  np.testing.assert_array_equal(stacked["cls_index"][1], short["cls_index"])
+  tree = step_lib.stack([{"a": np.ones(2)}, {"a": np.zeros(2)}])
+  np.testing.assert_array_equal(step_lib.unstack(tree, 1)["a"], [0, 0])
+
+
+def test_vmapped_step_equals_the_step_of_each_seed():
+  model = bert.BertForSequenceClassification(bert.tiny_config(num_hidden_layers=1), 2,
+                                             rngs=nnx.Rngs(0))
+  graphdef, constants, params = bert.split_params(model)
+  apply = bert.apply_fn(graphdef)
+  opt = methods.recipe("cwgnc")
+  opt.warmup_fraction = 0.0  # the first step updates
+  optimizer = optimizers.build_optimizer(opt, 10)
+  mesh = step_lib.make_mesh(1, 1, jax.devices()[:1])
+  abstract = step_lib.abstract_state(params, optimizer, 0, mesh, 2**18)
+  data = _split([12, 20, 7, 9, 30, 15, 11, 8])
+  batches = [batching.make_batch(data, order, 4, layout="packed", max_length=32)
+             for order in (np.array([0, 1, 2, 3]), np.array([4, 5, 6, 7]))]
+  states = [step_lib.init_state(params, optimizer, seed, abstract) for seed in (1, 2)]
+  shardings = step_lib.shardings_of(abstract)
+  single = step_lib.jit_train_step(apply, optimizer, mesh, shardings, diagnostics=True)
+  expected = [jax.device_get(single(state, step_lib.put_batch(batch, mesh), constants))
+              for state, batch in zip(states, batches)]
+  states = [step_lib.init_state(params, optimizer, seed, abstract) for seed in (1, 2)]
+  vmapped = step_lib.jit_train_step(apply, optimizer, mesh, step_lib.stacked(shardings),
+                                    diagnostics=True, seeds=True)
+  together, metrics = jax.device_get(vmapped(
+      step_lib.stack(states),
+      step_lib.put_batch(batching.stack_batches(batches), mesh, seeds=True),
+      step_lib.stack([constants, constants])))
+  for s, (state, step_metrics) in enumerate(expected):
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                 step_lib.unstack(together, s), state)
+    for key, value in step_metrics.items():
+      np.testing.assert_allclose(metrics[key][s], value, rtol=1e-5, atol=1e-7)
+  assert not np.allclose(metrics["loss"][0], metrics["loss"][1])  # two different seeds
+
+
+def _study_overrides(tiny_bert_dir: Path, tiny_rte_dir: Path) -> list[tuple[str, str]]:
+  return [("model", str(tiny_bert_dir)), ("glue_dir", str(tiny_rte_dir)),
+          ("batch_size", "8"), ("eval_batch_size", "8"), ("num_epochs", "2"),
+          ("layout", "padded"), ("progress", "false"), ("optimizer.learning_rate", "1e-3"),
+          ("diagnostics_every", "2"), ("keep_best", "true")]
+
+
+def _assert_same_seed(together: Path, alone: Path) -> None:
+  """What a seed trained with others records equals what it records alone, up to the
+  rounding of batched matmuls (the tolerances of ``loop``'s docstring)."""
+  results = {way: json.loads((path / files.RESULTS_FILE).read_text())
+             for way, path in (("together", together), ("alone", alone))}
+  assert set(results["together"]) == set(results["alone"])
+  for key in ("seed", "steps", "result_step", "skipped_steps", "train_examples", "config"):
+    assert results["together"][key] == results["alone"][key], key
+  for a, b in zip(results["together"]["evaluations"], results["alone"]["evaluations"]):
+    assert (a["step"], a["examples"]) == (b["step"], b["examples"])
+    assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+    for layer in b["drift"]:
+      assert a["drift"][layer] == pytest.approx(b["drift"][layer], rel=1e-3, abs=1e-9)
+  losses = {way: [json.loads(line)["loss"] for line in
+                  (path / files.METRICS_FILE).read_text().splitlines() if "grad_norm" in line]
+            for way, path in (("together", together), ("alone", alone))}
+  assert len(losses["together"]) == results["alone"]["steps"]
+  np.testing.assert_allclose(losses["together"], losses["alone"], rtol=1e-4)
+  norms = {way: np.load(path / files.GRAD_NORMS_FILE)
+           for way, path in (("together", together), ("alone", alone))}
+  np.testing.assert_array_equal(norms["together"]["step"], norms["alone"]["step"])
+  np.testing.assert_allclose(norms["together"]["tensor_norms"], norms["alone"]["tensor_norms"],
+                             rtol=1e-3, atol=1e-7)
+
+
+@pytest.mark.real
+def test_study_with_seeds_in_one_program_matches_seed_by_seed(tiny_bert_dir, tiny_rte_dir,
+                                                              tmp_path):
+  overrides = _study_overrides(tiny_bert_dir, tiny_rte_dir)
+  together = study.run_study("demo", overrides, [1, 2], tmp_path / "together", 2)
+  alone = study.run_study("demo", overrides, [2], tmp_path / "alone")
+  group = together["group"]
+  seed_2 = lambda way: files.seed_dir(tmp_path / way / group, 2)
+  assert json.loads((seed_2("together") / "results.json").read_text())["timings"][
+      "seeds_in_program"] == 2
+  _assert_same_seed(seed_2("together"), seed_2("alone"))
+  assert together["finished"] == 2 and together["seeds"] == [1, 2]
+
+  # Its checkpoints resume: without results.json, seed 2 ends from its last one.
+  shutil.move(seed_2("together") / "results.json", tmp_path / "old.json")
+  study.run_study("demo", overrides, [1, 2], tmp_path / "together", 2)
+  resumed = json.loads((seed_2("together") / "results.json").read_text())
+  old = json.loads((tmp_path / "old.json").read_text())
+  assert {k: v for k, v in resumed.items() if k != "timings"} == {
+      k: v for k, v in old.items() if k != "timings"}
+
+
+def _study_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, "-m", "cwgnc_jax.study", *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.real
+def test_four_seeds_split_over_eight_fake_devices(tiny_bert_dir, tiny_rte_dir, tmp_path):
+  """4 seeds in one program on a (seeds 4, data 2) mesh of 8 CPU devices equal the same
+  seeds trained one by one on one device; a study stopped midway resumes, and finished
+  seeds are skipped."""
+  args = ["--config", "demo", "--seeds", "1-4", "--config.progress=false",
+          *[f"--config.{key}={value}" for key, value in
+            _study_overrides(tiny_bert_dir, tiny_rte_dir)]]
+  env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
+  eight = {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  done = _study_cli([*args, "--out", str(tmp_path / "split"), "--seeds-per-program", "4",
+                     "--config.mesh.seeds=4"], eight)
+  assert done.returncode == 0, done.stderr
+  done = _study_cli([*args, "--out", str(tmp_path / "alone")], env)
+  assert done.returncode == 0, done.stderr
+  group = json.loads(done.stdout.splitlines()[-1])["group"]
+  for seed in range(1, 5):
+    split = files.seed_dir(tmp_path / "split" / group, seed)
+    sessions = json.loads((split / "results.json").read_text())["timings"]["sessions"]
+    assert sessions == [{"start_step": 0, "devices": 8, "mesh": [4, 2, 1],
+                         "seeds_in_program": 4}]
+    _assert_same_seed(split, files.seed_dir(tmp_path / "alone" / group, seed))
+
+  # Seeds 3 and 4 lose their results (as if killed after their last checkpoint): the study
+  # reruns them together from that checkpoint, on a seeds axis of 2, and skips seeds 1, 2.
+  finished = {s: (files.seed_dir(tmp_path / "split" / group, s) / "results.json").read_text()
+              for s in range(1, 5)}
+  for seed in (3, 4):
+    (files.seed_dir(tmp_path / "split" / group, seed) / "results.json").unlink()
+  done = _study_cli([*args, "--out", str(tmp_path / "split"), "--seeds-per-program", "4",
+                     "--config.mesh.seeds=4"], eight)
+  assert done.returncode == 0, done.stderr
+  for seed in range(1, 5):
+    results = json.loads((files.seed_dir(tmp_path / "split" / group, seed) /
+                          "results.json").read_text())
+    before = json.loads(finished[seed])
+    if seed <= 2:
+      assert results == before  # skipped: not rewritten
+    else:
+      assert results["timings"]["sessions"][-1]["mesh"] == [2, 4, 1]
+      assert {k: v for k, v in results.items() if k != "timings"} == {
+          k: v for k, v in before.items() if k != "timings"}
+  summary = json.loads((tmp_path / "split" / group / "summary.json").read_text())
+  assert summary["finished"] == 4
