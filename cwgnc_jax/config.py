@@ -275,11 +275,12 @@ def _check_glue(config: ml_collections.ConfigDict) -> None:
   if source == "hub":
     return
   task = glue.get_task(config.task)
-  if Path(source).exists() and not Path(source).is_dir():
+  folder = Path(source).expanduser()
+  if folder.exists() and not folder.is_dir():
     raise ConfigError(f"the GLUE folder {source} is a file, not a folder: pass a folder "
                       f"holding {task.name}/train.tsv and {task.name}/dev.tsv")
   for split in glue.SPLITS:
-    path = Path(source) / task.name / f"{split}.tsv"
+    path = folder / task.name / f"{split}.tsv"
     if path.is_dir():
       raise ConfigError(f"{path} is a directory, not a file: the GLUE folder {source} must "
                         f"hold the {task.name} {split} split as the file {task.name}/{split}.tsv")
@@ -357,6 +358,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for key in ("batch_size", "eval_batch_size", "max_length", "evals_per_epoch",
               "keep_checkpoints", "log_every"):
     _positive_int(config, key)
+  task = glue.get_task(config.task)
+  special = glue.special_tokens(task.is_pair)
+  _require(config.max_length > special,
+           f"config.max_length must be > {special} for {task.name}: its examples hold {special} "
+           f"special tokens ([CLS], [SEP]) besides their text; got {config.max_length}")
   _check_unfreezing(config)
   _check_mixout(config)
   _positive_int(config, "checkpoint_every", zero_ok=True)

@@ -123,6 +123,10 @@ def test_method_override_replaces_the_optimizer_first():
     (["--config", "demo", f"--config.seed={2**32}"], "keeps their low 32 bits"),
     (["--config", "demo", "--config.seed=-1"], "must be an int in [0, 4294967295], got -1"),
     (["--config", "demo", "--config.seed=True"], "must be an int in [0, 4294967295], got True"),
+    (["--config", "demo", "--config.max_length=3"], "config.max_length must be > 3 for RTE: "
+     "its examples hold 3 special tokens ([CLS], [SEP]) besides their text; got 3"),
+    (["--config", "cola_cwgnc", "--config.max_length=2"], "config.max_length must be > 2 for "
+     "CoLA"),
     (["--config", "demo", "--config.num_epochs=2.5"], "expected an int, got a float"),
     (["--config", "demo", "--config.keep_best=maybe"], "expected true or false"),
     (["--config", "demo", "--config.batch_size=0"], "config.batch_size must be an int > 0"),
@@ -159,6 +163,15 @@ def test_glue_paths_of_the_wrong_kind_are_named(tmp_path):
   (tmp_path / "glue").write_text("")
   with pytest.raises(ConfigError, match=f"the GLUE folder {tmp_path / 'glue'} is a file, not"):
     config_lib.from_command_line(["--config", "demo", f"--config.glue_dir={tmp_path / 'glue'}"])
+
+
+def test_a_glue_folder_under_home_is_found(tmp_path, monkeypatch):
+  for split in ("train", "dev"):
+    (tmp_path / "glue" / "RTE").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "glue" / "RTE" / f"{split}.tsv").write_text("")
+  monkeypatch.setenv("HOME", str(tmp_path))
+  config, _ = _cli("--config.glue_dir=~/glue")
+  assert config.glue_dir == "~/glue"
 
 
 def test_check_devices_and_mesh_shape():

@@ -227,6 +227,28 @@ def test_tokenize_pairs_and_singles(tokenizer):
 
 
 @pytest.mark.real
+def test_max_length_shorter_than_the_special_tokens_is_refused(tokenizer):
+  """The tokenizer would return such examples whole."""
+  pair = glue.Example("the cat sat", "a dog ran far away", 0, "x")
+  assert glue.tokenize([pair], tokenizer, max_length=3).lengths.tolist() == [3]
+  assert one_line_error(ValueError, glue.tokenize, [pair], tokenizer, max_length=2) == (
+      "max_length=2 is shorter than the 3 special tokens ([CLS], [SEP]) of an example, below "
+      "which the tokenizer cannot truncate")
+
+
+@pytest.mark.real
+def test_folders_under_home_are_expanded(tmp_path, tokenizer, monkeypatch):
+  """``~`` in a GLUE folder or a cache folder is the home folder, not a folder named '~'."""
+  write(tmp_path / "home" / "glue" / "MRPC" / "dev.tsv", MRPC_HEADER + "".join(MRPC_ROWS))
+  monkeypatch.setenv("HOME", str(tmp_path / "home"))
+  monkeypatch.chdir(tmp_path)
+  data = glue.load_tokenized("mrpc", "dev", tokenizer, source="~/glue", cache_dir="~/cache")
+  assert data.labels.tolist() == [1, 0, 1]
+  assert len(list((tmp_path / "home" / "cache").iterdir())) == 1
+  assert not (tmp_path / "~").exists()
+
+
+@pytest.mark.real
 def test_cache_hit_on_second_run(tmp_path, tokenizer, monkeypatch):
   write(tmp_path / "MRPC" / "train.tsv", MRPC_HEADER + "".join(MRPC_ROWS))
   monkeypatch.setenv("CWGNC_CACHE", str(tmp_path / "cache"))

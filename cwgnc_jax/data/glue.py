@@ -135,7 +135,7 @@ def load_examples(task_name: str, split: str, source: str | os.PathLike | None =
   if str(source) == "hub":
     where, examples = source, _load_hub(task, split)
   else:
-    path = _tsv_path(task, split, Path(source))
+    path = _tsv_path(task, split, Path(source).expanduser())
     where, examples = path, read_tsv(task, path)
   if not examples:
     raise ValueError(f"{task.name} {split} split from {where} is empty: expected "
@@ -274,9 +274,18 @@ class TokenizedSplit(NamedTuple):
     return self.input_ids[start:stop], self.token_type_ids[start:stop]
 
 
+def special_tokens(pair: bool) -> int:
+  """The special tokens of an example: ``[CLS] a [SEP]``, and ``b [SEP]`` for a pair."""
+  return 3 if pair else 2
+
+
 def tokenize(examples: Sequence[Example], tokenizer: Any, max_length: int = DEFAULT_MAX_LENGTH
              ) -> TokenizedSplit:
-  """Tokenizes ``examples`` with a transformers fast tokenizer in one batched call."""
+  """Tokenizes ``examples`` with a transformers fast tokenizer in one batched call.
+
+  ``max_length`` must not be shorter than the special tokens: the tokenizer cannot truncate
+  below them, and would return the examples whole (ValueError instead).
+  """
   if not examples:
     raise ValueError("no examples to tokenize")
   texts_a = [e.text_a for e in examples]
@@ -287,6 +296,10 @@ def tokenize(examples: Sequence[Example], tokenizer: Any, max_length: int = DEFA
   ids, types = encoded["input_ids"], encoded["token_type_ids"]
   offsets = np.zeros(len(ids) + 1, np.int64)
   np.cumsum([len(x) for x in ids], out=offsets[1:])
+  if np.diff(offsets).max() > max_length:
+    raise ValueError(f"max_length={max_length} is shorter than the {special_tokens(pair)} "
+                     "special tokens ([CLS], [SEP]) of an example, below which the tokenizer "
+                     "cannot truncate")
   return TokenizedSplit(
       input_ids=np.fromiter((t for x in ids for t in x), np.int32, count=offsets[-1]),
       token_type_ids=np.fromiter((t for x in types for t in x), np.int32, count=offsets[-1]),
@@ -383,7 +396,7 @@ def load_tokenized(task_name: str, split: str, tokenizer: Any, *,
   """
   task = get_task(task_name)
   examples = load_examples(task_name, split, source)
-  cache_dir = default_cache_dir() if cache_dir is None else Path(cache_dir)
+  cache_dir = default_cache_dir() if cache_dir is None else Path(cache_dir).expanduser()
   if cache_dir.is_file():
     raise _cache_error(cache_dir, "is a file, not a folder")
   path = cache_dir / f"{task.hub_config}-{split}-{max_length}-" \
