@@ -284,6 +284,17 @@ def test_a_tokenizer_transformers_cannot_build_is_named(tokenizer_dir):
 
 
 @pytest.mark.real
+def test_a_tokenizer_that_fails_when_used_is_named(tokenizer_dir):
+  """From an empty vocab.txt transformers builds a tokenizer that raises on every call."""
+  (tokenizer_dir / "tokenizer.json").unlink()
+  (tokenizer_dir / "vocab.txt").write_text("")
+  assert one_line_error(ValueError, load_tokenizer, tokenizer_dir) == (
+      f"cannot build the tokenizer of {tokenizer_dir} from its files (Exception: WordPiece "
+      "error: Missing [UNK] token from the vocabulary): restore its tokenizer files from the "
+      "model's source")
+
+
+@pytest.mark.real
 def test_a_folder_without_tokenizer_files_is_refused(tokenizer_dir):
   """transformers would build a 5-token tokenizer of special tokens from such a folder,
   which maps every word to [UNK]."""

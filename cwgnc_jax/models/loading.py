@@ -161,6 +161,7 @@ def load_tokenizer(name_or_path: str | os.PathLike) -> Any:
       _read_json_object(model_dir / name, f"the model's {name}")
   try:
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(model_dir))
+    tokenizer("a", "b")  # some bad files fail only when used (an empty vocab.txt)
   except Exception as error:  # transformers and tokenizers raise many kinds on bad files
     raise ValueError(f"cannot build the tokenizer of {model_dir} from its files "
                      f"({type(error).__name__}: {_one_line(error)}): restore its tokenizer "
