@@ -91,6 +91,17 @@ def test_a_missing_tensor_is_named(tmp_path, tiny_pretrained):
     from_pretrained(folder, num_labels=2)
 
 
+def test_a_checkpoint_of_another_model_is_named_in_one_short_line(tmp_path, tiny_pretrained):
+  """A RoBERTa checkpoint lacks every BERT name: the first five are listed, not all."""
+  config, params = tiny_pretrained
+  folder = write_checkpoint(tmp_path / "model", config, params, prefix="roberta.")
+  message = one_line_error(ValueError, from_pretrained, folder, num_labels=2)
+  names = list(checkpoint_names(config.num_hidden_layers).values())
+  assert message == (f"{folder / 'model.safetensors'} lacks {len(names)} BERT tensor(s): "
+                     f"{names[:5]} and {len(names) - 5} more; a BERT checkpoint names them so, "
+                     "with or without 'bert.'")
+
+
 def test_a_wrong_shape_is_named(tmp_path, tiny_pretrained):
   config, params = tiny_pretrained
   wrong = {"encoder.layer.0.intermediate.dense.weight": np.zeros((63, 32), np.float32)}

@@ -268,7 +268,7 @@ def read_bert_weights(weights_file: str | os.PathLike,
     shapes: parameter path -> expected shape, for every path of ``checkpoint_names``.
 
   Returns float32 arrays, Linear weights transposed to [in, out] kernels. Raises ValueError
-  naming every missing tensor, or the first tensor of the wrong shape; warns listing the
+  naming the first missing tensors, or the first tensor of the wrong shape; warns listing the
   tensors it ignores (MLM or classification heads).
   """
   weights_file = Path(weights_file)
@@ -292,7 +292,9 @@ def read_bert_weights(weights_file: str | os.PathLike,
       by_name[name] = stored_name
     missing = [name for name in wanted.values() if name not in by_name]
     if missing:
-      raise ValueError(f"{weights_file} lacks {len(missing)} BERT tensor(s): {missing}")
+      more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+      raise ValueError(f"{weights_file} lacks {len(missing)} BERT tensor(s): {missing[:5]}"
+                       f"{more}; a BERT checkpoint names them so, with or without 'bert.'")
     params = {}
     for path, name in wanted.items():
       try:
