@@ -359,7 +359,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
               "keep_checkpoints", "log_every"):
     _positive_int(config, key)
   task = glue.get_task(config.task)
-  special = glue.special_tokens(task.is_pair)
+  special = glue.num_special_tokens(task.is_pair)
   _require(config.max_length > special,
            f"config.max_length must be > {special} for {task.name}: its examples hold {special} "
            f"special tokens ([CLS], [SEP]) besides their text; got {config.max_length}")

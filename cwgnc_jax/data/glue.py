@@ -274,8 +274,8 @@ class TokenizedSplit(NamedTuple):
     return self.input_ids[start:stop], self.token_type_ids[start:stop]
 
 
-def special_tokens(pair: bool) -> int:
-  """The special tokens of an example: ``[CLS] a [SEP]``, and ``b [SEP]`` for a pair."""
+def num_special_tokens(pair: bool) -> int:
+  """How many special tokens an example holds: ``[CLS] a [SEP]``, and ``b [SEP]`` for a pair."""
   return 3 if pair else 2
 
 
@@ -297,7 +297,7 @@ def tokenize(examples: Sequence[Example], tokenizer: Any, max_length: int = DEFA
   offsets = np.zeros(len(ids) + 1, np.int64)
   np.cumsum([len(x) for x in ids], out=offsets[1:])
   if np.diff(offsets).max() > max_length:
-    raise ValueError(f"max_length={max_length} is shorter than the {special_tokens(pair)} "
+    raise ValueError(f"max_length={max_length} is shorter than the {num_special_tokens(pair)} "
                      "special tokens ([CLS], [SEP]) of an example, below which the tokenizer "
                      "cannot truncate")
   return TokenizedSplit(
