@@ -44,6 +44,11 @@ MODELS = {
     "bert-base-uncased": "google-bert/bert-base-uncased (hub)",
 }
 DTYPES = ("float32", "bfloat16", "float16")
+# The largest seed. jax.random.key takes a Python int as an int64 (OverflowError from 2**63
+# on) and, without jax_enable_x64, keeps its low 32 bits: key(2**32) is key(0), so a larger
+# seed would silently repeat a smaller seed's run. The epoch order (numpy's default_rng)
+# rejects negative seeds.
+MAX_SEED = 2**32 - 1
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 # Fields that change how a run is executed or saved, not what it computes: a run directory
@@ -270,8 +275,15 @@ def _check_glue(config: ml_collections.ConfigDict) -> None:
   if source == "hub":
     return
   task = glue.get_task(config.task)
+  folder = Path(source).expanduser()
+  if folder.exists() and not folder.is_dir():
+    raise ConfigError(f"the GLUE folder {source} is a file, not a folder: pass a folder "
+                      f"holding {task.name}/train.tsv and {task.name}/dev.tsv")
   for split in glue.SPLITS:
-    path = Path(source) / task.name / f"{split}.tsv"
+    path = folder / task.name / f"{split}.tsv"
+    if path.is_dir():
+      raise ConfigError(f"{path} is a directory, not a file: the GLUE folder {source} must "
+                        f"hold the {task.name} {split} split as the file {task.name}/{split}.tsv")
     if not os.access(path, os.R_OK):
       raise ConfigError(f"cannot read {path}: the GLUE folder {source} must hold "
                         f"{task.name}/train.tsv and {task.name}/dev.tsv")
@@ -346,11 +358,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for key in ("batch_size", "eval_batch_size", "max_length", "evals_per_epoch",
               "keep_checkpoints", "log_every"):
     _positive_int(config, key)
+  task = glue.get_task(config.task)
+  special = glue.num_special_tokens(task.is_pair)
+  _require(config.max_length > special,
+           f"config.max_length must be > {special} for {task.name}: its examples hold {special} "
+           f"special tokens ([CLS], [SEP]) besides their text; got {config.max_length}")
   _check_unfreezing(config)
   _check_mixout(config)
   _positive_int(config, "checkpoint_every", zero_ok=True)
   _positive_int(config, "diagnostics_every", zero_ok=True)
-  _require(isinstance(config.seed, int), f"config.seed must be an int, got {config.seed!r}")
+  seed = config.seed
+  _require(isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= MAX_SEED,
+           f"config.seed must be an int in [0, {MAX_SEED}], got {seed!r}: jax.random.key "
+           "takes ints in [-2**63, 2**63 - 1] but keeps their low 32 bits (key(2**32) is "
+           "key(0)), and the data order needs a seed >= 0")
   for key in ("train_limit", "resume_step"):
     if config[key] is not None:
       _positive_int(config, key, zero_ok=key == "resume_step")

@@ -44,7 +44,11 @@ import argparse
 import csv
 import dataclasses
 import json
+import os
+import shutil
 import sys
+import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -63,12 +67,138 @@ _LOCATION_KEYS = ("glue_dir", "cache_dir", "task")
 
 # -- Loading. ------------------------------------------------------------------------------
 
+_NUMBER = (int, float)
+# What the report reads of the files cwgnc_jax.study and train.py write, by key: its types.
+# A summary.json's aggregates (and majority score) are numbers once a seed has finished.
+SUMMARY_FIELDS = {"task": str, "method": str, "config": dict, "overrides": dict, "seeds": list,
+                  "finished": int, "runs": list}
+SUMMARY_AGGREGATES = ("std", "mean", "max", "min", "failed_percent", "majority_score")
+SUMMARY_RUN_FIELDS = {"seed": int, "score": _NUMBER, "failed": bool}
+RESULTS_FIELDS = {"metric": str, "score": _NUMBER, "majority_score": _NUMBER, "failed": bool,
+                  "skipped_steps": int}
+DRIFT_FIELDS = {"max_rms": _NUMBER, "min_cos": _NUMBER}
+GRAD_NORMS_ARRAYS = ("step", "tensor_names", "tensor_norms")
+_REWRITE_SUMMARY = "rerun the study command that wrote it, which rewrites it"
+_REWRITE_RESULTS = ("restore it, or move its seed folder away and rerun the study, which "
+                    "trains that seed again")
+
+
+def _read_json(path: Path, fix: str) -> Any:
+  """The JSON value in ``path``; an error naming the file (and line) and ``fix`` otherwise."""
+  try:
+    data = path.read_bytes()
+  except OSError as error:
+    raise OSError(f"cannot read {path} ({error.strerror})") from None
+  try:
+    return json.loads(data.decode("utf-8"))
+  except UnicodeDecodeError as error:
+    line = data[:error.start].count(b"\n") + 1
+    raise ValueError(f"{path}:{line}: not UTF-8 text (byte 0x{data[error.start]:02x}); {fix}"
+                     ) from None
+  except json.JSONDecodeError as error:
+    raise ValueError(f"{path}:{error.lineno}: not valid JSON ({error.msg}); {fix}") from None
+
+
+_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "an integer",
+               _NUMBER: "a number", bool: "true or false", float: "a number",
+               type(None): "null"}
+
+
+def _check_value(value: Any, kind: Any, path: Path, where: str, fix: str) -> None:
+  """Raises ValueError naming ``path`` and ``where`` in it (e.g. 'runs[2].score') unless
+  ``value`` is of type ``kind`` (true and false are not numbers here)."""
+  if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+    shown = repr(value) if len(repr(value)) <= 60 else f"{repr(value)[:57]}..."
+    raise ValueError(f"{path}: {where} is {shown}, expected {_JSON_TYPES[kind]}; {fix}")
+
+
+def _check_fields(values: Any, fields: dict[str, Any], path: Path, where: str, fix: str
+                  ) -> None:
+  """Raises ValueError naming ``path`` unless ``values`` is an object holding every key of
+  ``fields`` with a value of its type (``where``: where in the file, e.g. 'runs[2]', or ''
+  for the whole file)."""
+  place = f"{path}: {where}" if where else str(path)
+  if not isinstance(values, dict):
+    raise ValueError(f"{place} is {_JSON_TYPES.get(type(values), 'a value')}, expected an "
+                     f"object; {fix}")
+  missing = [key for key in fields if key not in values]
+  if missing:
+    raise ValueError(f"{place} lacks {missing}; {fix}")
+  for key, kind in fields.items():
+    _check_value(values[key], kind, path, f"{where}.{key}" if where else key, fix)
+
+
+def read_summary(path: Path) -> dict[str, Any]:
+  """A group's summary.json, checked to hold what the report reads."""
+  summary = _read_json(path, _REWRITE_SUMMARY)
+  _check_fields(summary, SUMMARY_FIELDS, path, "", _REWRITE_SUMMARY)
+  for i, run in enumerate(summary["runs"]):
+    _check_fields(run, SUMMARY_RUN_FIELDS, path, f"runs[{i}]", _REWRITE_SUMMARY)
+  if summary["finished"]:
+    _check_fields(summary, dict.fromkeys(SUMMARY_AGGREGATES, _NUMBER), path, "",
+                  _REWRITE_SUMMARY)
+  _check_fields(summary["config"], {"optimizer": dict}, path, "config", _REWRITE_SUMMARY)
+  _check_fields(summary["config"]["optimizer"], {"learning_rate": _NUMBER}, path,
+                "config.optimizer", _REWRITE_SUMMARY)
+  clip_norm = summary["config"]["optimizer"].get("clip_norm")
+  if clip_norm is not None:
+    _check_value(clip_norm, _NUMBER, path, "config.optimizer.clip_norm", _REWRITE_SUMMARY)
+  return summary
+
+
+def _check_drift(drift: Any, path: Path, where: str) -> None:
+  """Per layer, the max RMS difference and min cosine (``diagnostics.layer_drift``)."""
+  _check_value(drift, dict, path, where, _REWRITE_RESULTS)
+  for layer, values in drift.items():
+    _check_fields(values, DRIFT_FIELDS, path, f"{where}[{layer!r}]", _REWRITE_RESULTS)
+
+
+def read_results(path: Path) -> dict[str, Any]:
+  """A seed's results.json, checked to hold what the report reads (scores; each
+  evaluation's drift and each GU iteration's score and drift where present)."""
+  results = _read_json(path, _REWRITE_RESULTS)
+  _check_fields(results, RESULTS_FIELDS, path, "", _REWRITE_RESULTS)
+  optional = {"timings": dict, "evaluations": list, "unfreezing": dict}
+  _check_fields(results, {k: v for k, v in optional.items() if results.get(k) is not None},
+                path, "", _REWRITE_RESULTS)
+  for i, evaluation in enumerate(results.get("evaluations") or []):
+    _check_value(evaluation, dict, path, f"evaluations[{i}]", _REWRITE_RESULTS)
+    if evaluation.get("drift"):
+      _check_drift(evaluation["drift"], path, f"evaluations[{i}].drift")
+  iterations = (results.get("unfreezing") or {}).get("iterations") or []
+  _check_value(iterations, list, path, "unfreezing.iterations", _REWRITE_RESULTS)
+  for i, iteration in enumerate(iterations):
+    where = f"unfreezing.iterations[{i}]"
+    _check_fields(iteration, {"score": _NUMBER, "drift_from_pretrained": dict,
+                              "drift_from_previous": dict}, path, where, _REWRITE_RESULTS)
+    for source in ("drift_from_pretrained", "drift_from_previous"):
+      _check_drift(iteration[source], path, f"{where}.{source}")
+  return results
+
+
+def read_gradient_norms(path: Path) -> dict[str, np.ndarray]:
+  """A seed's grad_norms.npz; ValueError naming it when it cannot be read as one."""
+  try:
+    norms = diagnostics.read_gradient_norms(path)
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+    raise ValueError(f"{path} is not a readable gradient-norm log ({type(error).__name__}: "
+                     f"{error}); move it away (the figures it feeds are then skipped) or rerun "
+                     "that seed") from None
+  missing = [key for key in GRAD_NORMS_ARRAYS if key not in norms]
+  if missing:
+    raise ValueError(f"{path} lacks the arrays {missing}; move it away (the figures it feeds "
+                     "are then skipped) or rerun that seed")
+  return norms
+
+
 @dataclasses.dataclass
 class Group:
   """A group folder: its summary and (on demand) its seeds' results and gradient norms."""
   path: Path
   summary: dict[str, Any]
   label: str = ""
+  _results: dict[int, dict[str, Any]] | None = dataclasses.field(default=None, init=False,
+                                                                 repr=False, compare=False)
 
   @property
   def task(self) -> str:
@@ -109,13 +239,14 @@ class Group:
     return files.seed_dir(self.path, seed)
 
   def results(self) -> dict[int, dict[str, Any]]:
-    """The results.json of every finished seed, by seed."""
-    found = {}
-    for run in self.summary["runs"]:
-      path = self.seed_dir(run["seed"]) / files.RESULTS_FILE
-      if path.is_file():
-        found[run["seed"]] = json.loads(path.read_text())
-    return found
+    """The results.json of every finished seed, by seed (read and checked once)."""
+    if self._results is None:
+      self._results = {}
+      for run in self.summary["runs"]:
+        path = self.seed_dir(run["seed"]) / files.RESULTS_FILE
+        if path.exists():
+          self._results[run["seed"]] = read_results(path)
+    return self._results
 
 
 def find_groups(run_dir: str | Path) -> list[Group]:
@@ -124,7 +255,7 @@ def find_groups(run_dir: str | Path) -> list[Group]:
   if not run_dir.is_dir():
     raise FileNotFoundError(f"{run_dir} is not a folder")
   found = sorted({p.parent for p in run_dir.rglob(files.SUMMARY_FILE)})
-  return [Group(path, json.loads((path / files.SUMMARY_FILE).read_text())) for path in found]
+  return [Group(path, read_summary(path / files.SUMMARY_FILE)) for path in found]
 
 
 def _base_label(group: Group) -> str:
@@ -567,7 +698,7 @@ def figure_gradient_norms(groups: Sequence[Group], path: Path) -> str | None:
     return ("no group has both a failed and a successful seed with grad_norms.npz "
             "(diagnostics_every > 0)")
   g, failed_seed, good_seed = pick
-  norms = {seed: diagnostics.read_gradient_norms(g.seed_dir(seed) / files.GRAD_NORMS_FILE)
+  norms = {seed: read_gradient_norms(g.seed_dir(seed) / files.GRAD_NORMS_FILE)
            for seed in (failed_seed, good_seed)}
   names = [str(n) for n in norms[good_seed]["tensor_names"]]
   layers = sorted({paths.layer_index(n) for n in names} - {None})
@@ -606,7 +737,7 @@ def _clipped_fraction(group: Group, seed: int) -> float | None:
   path = group.seed_dir(seed) / files.GRAD_NORMS_FILE
   if not path.is_file():
     return None
-  clipped = diagnostics.read_gradient_norms(path).get("clipped")
+  clipped = read_gradient_norms(path).get("clipped")
   return None if clipped is None else float(np.mean(clipped))
 
 
@@ -705,18 +836,39 @@ def write_seed_table(groups: Sequence[Group], path: Path) -> None:
                          "" if seconds is None else f"{seconds:.0f}"])
 
 
+def _staging_folder(out: Path) -> Path:
+  """A new temporary folder inside ``out`` (made if need be), where the report is written
+  before its files are moved into ``out``."""
+  if out.exists() and not out.is_dir():
+    raise NotADirectoryError(f"the report folder {out} is a file, not a folder: pass --out a "
+                             "folder")
+  try:
+    out.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(dir=out, prefix=".report-"))
+  except OSError as error:
+    raise OSError(f"cannot write the report to {out} ({error.strerror}): pass --out a folder "
+                  "you can write") from None
+
+
 def write_report(run_dirs: Sequence[str | Path], out: str | Path,
                  command: str | None = None) -> Path:
-  """Writes ``out/report.md`` and the figures from the groups below ``run_dirs``."""
+  """Writes ``out/report.md``, ``seeds.csv`` and the figures from the groups below
+  ``run_dirs``.
+
+  Every summary.json and results.json is read and checked before anything is written, and
+  the files are made in a temporary folder inside ``out``, then moved there: bad input or a
+  failure leaves an earlier report in ``out`` as it was.
+  """
   settings = []
   for run_dir in run_dirs:
     groups = find_groups(run_dir)
     if not groups:
       raise FileNotFoundError(f"no study groups ({files.SUMMARY_FILE}) below {run_dir}")
+    for group in groups:
+      group.results()
     label_groups(groups)
     settings.append((Path(run_dir), groups))
   out = Path(out)
-  out.mkdir(parents=True, exist_ok=True)
   lines = ["# Stability study report", ""]
   if command:
     lines += [f"Written by `{command}`.", ""]
@@ -746,22 +898,31 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path,
   everything = [g for _, groups in settings for g in groups]
   if len(settings) > 1:  # the figures show every setting: names must not collide across them
     label_groups(everything)
-  write_seed_table(everything, out / "seeds.csv")
-  lines += ["Every finished seed's result: [seeds.csv](seeds.csv).", "", "## Figures", ""]
-  skipped = []
-  for name, draw, caption in FIGURES:
-    reason = draw(everything, out / name)
-    if reason is None:
-      lines += [f"![{name}]({name})", "", caption, ""]
-    else:
-      skipped.append(f"- `{name}` skipped: {reason}.")
-      if (out / name).exists():
-        (out / name).unlink()  # a stale figure of an earlier report
-  if skipped:
-    lines += ["Skipped figures:", "", *skipped, ""]
-  path = out / "report.md"
-  path.write_text("\n".join(lines))
-  return path
+  staging = _staging_folder(out)
+  try:
+    write_seed_table(everything, staging / "seeds.csv")
+    lines += ["Every finished seed's result: [seeds.csv](seeds.csv).", "", "## Figures", ""]
+    skipped = {}
+    for name, draw, caption in FIGURES:
+      reason = draw(everything, staging / name)
+      if reason is None:
+        lines += [f"![{name}]({name})", "", caption, ""]
+      else:
+        skipped[name] = f"- `{name}` skipped: {reason}."
+    if skipped:
+      lines += ["Skipped figures:", "", *skipped.values(), ""]
+    (staging / "report.md").write_text("\n".join(lines))
+    # report.md last: once it is in place, so is everything it shows.
+    for name in sorted(os.listdir(staging), key=lambda name: name == "report.md"):
+      os.replace(staging / name, out / name)
+    for name in skipped:
+      (out / name).unlink(missing_ok=True)  # a stale figure of an earlier report
+  except OSError as error:
+    raise OSError(f"cannot write the report to {out} ({error.strerror or error}): pass --out "
+                  "a folder you can write") from None
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+  return out / "report.md"
 
 
 def main(argv: list[str]) -> None:

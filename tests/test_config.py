@@ -117,6 +117,16 @@ def test_method_override_replaces_the_optimizer_first():
     (["--config", "demo", "--config.glue_dir=/no/such/glue"],
      "cannot read /no/such/glue/RTE/train.tsv"),
     (["--config", "demo", "--config.seed=abc"], "--config.seed=abc: expected an int"),
+    (["--config", "demo", f"--config.seed={2**64}"],
+     f"config.seed must be an int in [0, 4294967295], got {2**64}: jax.random.key takes ints "
+     "in [-2**63, 2**63 - 1]"),
+    (["--config", "demo", f"--config.seed={2**32}"], "keeps their low 32 bits"),
+    (["--config", "demo", "--config.seed=-1"], "must be an int in [0, 4294967295], got -1"),
+    (["--config", "demo", "--config.seed=True"], "must be an int in [0, 4294967295], got True"),
+    (["--config", "demo", "--config.max_length=3"], "config.max_length must be > 3 for RTE: "
+     "its examples hold 3 special tokens ([CLS], [SEP]) besides their text; got 3"),
+    (["--config", "cola_cwgnc", "--config.max_length=2"], "config.max_length must be > 2 for "
+     "CoLA"),
     (["--config", "demo", "--config.num_epochs=2.5"], "expected an int, got a float"),
     (["--config", "demo", "--config.keep_best=maybe"], "expected true or false"),
     (["--config", "demo", "--config.batch_size=0"], "config.batch_size must be an int > 0"),
@@ -130,6 +140,38 @@ def test_bad_command_lines_name_the_culprit(args, message):
     config_lib.from_command_line(args)
   assert message in str(error.value)
   assert "\n" not in str(error.value)
+
+
+def test_the_seed_range_is_where_jax_keys_are_distinct():
+  import jax  # pylint: disable=import-outside-toplevel
+  config, _ = _cli(f"--config.seed={config_lib.MAX_SEED}")
+  assert config.seed == 2**32 - 1
+  key = lambda seed: jax.random.key_data(jax.random.key(seed)).tolist()
+  assert key(config_lib.MAX_SEED) != key(0)
+  if not jax.config.jax_enable_x64:  # the default: one seed past the range repeats seed 0
+    assert key(config_lib.MAX_SEED + 1) == key(0)
+  with pytest.raises(OverflowError):
+    jax.random.key(2**63)
+
+
+def test_glue_paths_of_the_wrong_kind_are_named(tmp_path):
+  (tmp_path / "RTE" / "train.tsv").mkdir(parents=True)
+  with pytest.raises(ConfigError) as error:
+    config_lib.from_command_line(["--config", "demo", f"--config.glue_dir={tmp_path}"])
+  assert str(error.value).startswith(f"{tmp_path / 'RTE' / 'train.tsv'} is a directory, not a "
+                                     "file: the GLUE folder")
+  (tmp_path / "glue").write_text("")
+  with pytest.raises(ConfigError, match=f"the GLUE folder {tmp_path / 'glue'} is a file, not"):
+    config_lib.from_command_line(["--config", "demo", f"--config.glue_dir={tmp_path / 'glue'}"])
+
+
+def test_a_glue_folder_under_home_is_found(tmp_path, monkeypatch):
+  for split in ("train", "dev"):
+    (tmp_path / "glue" / "RTE").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "glue" / "RTE" / f"{split}.tsv").write_text("")
+  monkeypatch.setenv("HOME", str(tmp_path))
+  config, _ = _cli("--config.glue_dir=~/glue")
+  assert config.glue_dir == "~/glue"
 
 
 def test_check_devices_and_mesh_shape():

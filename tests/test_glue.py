@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import collections
+import errno
 import time
+import warnings
 
 import numpy as np
 import pytest
 
+from cwgnc_jax import files
 from cwgnc_jax.data import glue
 
 MRPC_HEADER = "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
@@ -112,10 +115,47 @@ def test_malformed_row_names_file_and_line(tmp_path, row, problem):
     glue.load_examples("mrpc", "train", tmp_path)
 
 
+def one_line_error(error_type, call, *args, **kwargs) -> str:
+  """The message of the ``error_type`` that ``call`` raises, checked to be one line."""
+  with pytest.raises(error_type) as error:
+    call(*args, **kwargs)
+  assert "\n" not in str(error.value)
+  return str(error.value)
+
+
+@pytest.mark.parametrize("mark", [b"", b"\xef\xbb\xbf"])
+def test_text_that_is_not_utf8_names_file_and_line(tmp_path, mark):
+  """A Latin-1 file (after a UTF-8 mark or none): the line of the first bad byte."""
+  path = tmp_path / "MRPC" / "dev.tsv"
+  path.parent.mkdir()
+  text = MRPC_HEADER.lstrip("\ufeff") + MRPC_ROWS[0] + "1\t1\t2\tna\u00efve\tb\n"
+  path.write_bytes(mark + text.encode("latin-1"))
+  message = one_line_error(ValueError, glue.load_examples, "mrpc", "dev", tmp_path)
+  assert message.startswith(f"{path}:3: not UTF-8 (byte 0xef): GLUE files are UTF-8 text; "
+                            "convert the file to UTF-8")
+
+
+def test_a_field_the_csv_module_refuses_names_file_and_line(tmp_path):
+  path = write(tmp_path / "RTE" / "dev.tsv", "index\tsentence1\tsentence2\tlabel\n"
+               "0\ta\tb\tentailment\n" f"1\t{'x' * 200_000}\tb\tentailment\n")
+  message = one_line_error(ValueError, glue.load_examples, "rte", "dev", tmp_path)
+  assert message.startswith(f"{path}:3: field larger than field limit")
+
+
 def test_wrong_header_names_file(tmp_path):
   path = write(tmp_path / "RTE" / "dev.tsv", "idx\tsentence1\tsentence2\tlabel\n")
   with pytest.raises(ValueError, match=f"{path}:1: header"):
     glue.load_examples("rte", "dev", tmp_path)
+
+
+def test_paths_of_the_wrong_kind_say_so(tmp_path):
+  (tmp_path / "RTE" / "dev.tsv").mkdir(parents=True)
+  message = one_line_error(IsADirectoryError, glue.load_examples, "rte", "dev", tmp_path)
+  assert message.startswith(f"{tmp_path / 'RTE' / 'dev.tsv'} is a directory, not a file; "
+                            "expected the RTE dev split as the file <GLUE_DIR>/RTE/dev.tsv")
+  folder = write(tmp_path / "glue", "")
+  message = one_line_error(NotADirectoryError, glue.load_examples, "rte", "dev", folder)
+  assert message.startswith(f"GLUE folder {folder} is a file, not a folder")
 
 
 def test_missing_folder_and_file_name_the_path(tmp_path):
@@ -128,9 +168,16 @@ def test_missing_folder_and_file_name_the_path(tmp_path):
 
 
 def test_empty_split_is_an_error(tmp_path):
-  write(tmp_path / "RTE" / "train.tsv", "index\tsentence1\tsentence2\tlabel\n")
+  path = write(tmp_path / "RTE" / "train.tsv", "index\tsentence1\tsentence2\tlabel\n")
   with pytest.raises(ValueError, match="RTE train split from .* is empty"):
     glue.load_examples("rte", "train", tmp_path)
+  write(path, "")
+  assert one_line_error(ValueError, glue.load_examples, "rte", "train", tmp_path) == (
+      f"RTE train split from {path} is empty: expected a header line, then one example per "
+      "line")
+  path = write(tmp_path / "CoLA" / "dev.tsv", "")
+  assert one_line_error(ValueError, glue.load_examples, "cola", "dev", tmp_path) == (
+      f"CoLA dev split from {path} is empty: expected one example per line")
 
 
 def test_hub_offline_fails_fast_with_one_clear_error(monkeypatch):
@@ -181,6 +228,28 @@ def test_tokenize_pairs_and_singles(tokenizer):
 
 
 @pytest.mark.real
+def test_max_length_shorter_than_the_special_tokens_is_refused(tokenizer):
+  """The tokenizer would return such examples whole."""
+  pair = glue.Example("the cat sat", "a dog ran far away", 0, "x")
+  assert glue.tokenize([pair], tokenizer, max_length=3).lengths.tolist() == [3]
+  assert one_line_error(ValueError, glue.tokenize, [pair], tokenizer, max_length=2) == (
+      "max_length=2 is shorter than the 3 special tokens ([CLS], [SEP]) of an example, below "
+      "which the tokenizer cannot truncate")
+
+
+@pytest.mark.real
+def test_folders_under_home_are_expanded(tmp_path, tokenizer, monkeypatch):
+  """``~`` in a GLUE folder or a cache folder is the home folder, not a folder named '~'."""
+  write(tmp_path / "home" / "glue" / "MRPC" / "dev.tsv", MRPC_HEADER + "".join(MRPC_ROWS))
+  monkeypatch.setenv("HOME", str(tmp_path / "home"))
+  monkeypatch.chdir(tmp_path)
+  data = glue.load_tokenized("mrpc", "dev", tokenizer, source="~/glue", cache_dir="~/cache")
+  assert data.labels.tolist() == [1, 0, 1]
+  assert len(list((tmp_path / "home" / "cache").iterdir())) == 1
+  assert not (tmp_path / "~").exists()
+
+
+@pytest.mark.real
 def test_cache_hit_on_second_run(tmp_path, tokenizer, monkeypatch):
   write(tmp_path / "MRPC" / "train.tsv", MRPC_HEADER + "".join(MRPC_ROWS))
   monkeypatch.setenv("CWGNC_CACHE", str(tmp_path / "cache"))
@@ -216,3 +285,61 @@ def test_interrupted_write_leaves_no_cache(tmp_path, tokenizer, monkeypatch):
   data = glue.load_tokenized("mrpc", "dev", counting, source=tmp_path, cache_dir=cache)
   assert counting.calls == 1 and data.labels.tolist() == [1, 0, 1]
   assert len(list(cache.iterdir())) == 1
+
+
+CACHE_ADVICE = ("set config.cache_dir (default $CWGNC_CACHE, else ~/.cache/cwgnc_jax) to a "
+                "folder you can read and write")
+
+
+@pytest.mark.real
+def test_a_cache_that_is_not_a_folder_is_named(tmp_path, tokenizer):
+  write(tmp_path / "MRPC" / "dev.tsv", MRPC_HEADER + "".join(MRPC_ROWS))
+  cache = write(tmp_path / "cache", "not a folder")
+  message = one_line_error(OSError, glue.load_tokenized, "mrpc", "dev", tokenizer,
+                           source=tmp_path, cache_dir=cache)
+  assert message == f"the tokenized-data cache {cache} is a file, not a folder: {CACHE_ADVICE}"
+  message = one_line_error(OSError, glue.load_tokenized, "mrpc", "dev", tokenizer,
+                           source=tmp_path, cache_dir=cache / "tokens")
+  assert message == (f"the tokenized-data cache {cache / 'tokens'} cannot be made: a folder "
+                     f"on its path is a file: {CACHE_ADVICE}")
+  assert cache.read_text() == "not a folder"
+
+
+@pytest.mark.real
+def test_a_cache_that_cannot_be_read_or_written_is_named(tmp_path, tokenizer, monkeypatch):
+  """Permissions as a non-root user meets them (root reads and writes everything)."""
+  write(tmp_path / "MRPC" / "dev.tsv", MRPC_HEADER + "".join(MRPC_ROWS))
+  cache = tmp_path / "cache"
+
+  def denied(path, *args, **kwargs):
+    raise PermissionError(errno.EACCES, "Permission denied", str(path))
+  with monkeypatch.context() as m:
+    m.setattr(files.tempfile, "mkstemp", lambda *a, dir, **k: denied(dir))
+    message = one_line_error(OSError, glue.load_tokenized, "mrpc", "dev", tokenizer,
+                             source=tmp_path, cache_dir=cache)
+  assert message == (f"the tokenized-data cache {cache} cannot be written (Permission "
+                     f"denied): {CACHE_ADVICE}")
+  glue.load_tokenized("mrpc", "dev", tokenizer, source=tmp_path, cache_dir=cache)
+  with monkeypatch.context() as m:
+    m.setattr(glue, "open", denied, raising=False)
+    message = one_line_error(OSError, glue.load_tokenized, "mrpc", "dev", tokenizer,
+                             source=tmp_path, cache_dir=cache)
+  assert message == (f"the tokenized-data cache {cache} cannot be read (Permission denied): "
+                     f"{CACHE_ADVICE}")
+
+
+@pytest.mark.real
+def test_a_corrupt_cache_file_is_made_again(tmp_path, tokenizer):
+  write(tmp_path / "MRPC" / "dev.tsv", MRPC_HEADER + "".join(MRPC_ROWS))
+  cache = tmp_path / "cache"
+  expected = glue.load_tokenized("mrpc", "dev", tokenizer, source=tmp_path, cache_dir=cache)
+  path, = cache.iterdir()
+  path.write_bytes(path.read_bytes()[:100])  # cut short by a full disk
+  with pytest.warns(UserWarning, match=f"ignoring the unreadable cache file {path} "
+                    r"\(BadZipFile: .*\); tokenizing again"):
+    data = glue.load_tokenized("mrpc", "dev", tokenizer, source=tmp_path, cache_dir=cache)
+  for x, y in zip(data, expected):
+    np.testing.assert_array_equal(x, y)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # made again: read without a warning
+    glue.load_tokenized("mrpc", "dev", tokenizer, source=tmp_path, cache_dir=cache)

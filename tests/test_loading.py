@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shutil
+import struct
 import time
 import warnings
 
@@ -12,13 +14,15 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
+from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from cwgnc_jax import paths
 from cwgnc_jax.models import (MINILM_SHA256, BertConfig, BertForSequenceClassification,
                               from_pretrained, resolve_model_dir, split_params, tiny_config,
                               verify_sha256)
-from cwgnc_jax.models.loading import checkpoint_names, init_classifier
+from cwgnc_jax.models.loading import (checkpoint_names, init_classifier, load_config,
+                                      load_tokenizer)
 
 
 def encoder_params(model):
@@ -87,6 +91,17 @@ def test_a_missing_tensor_is_named(tmp_path, tiny_pretrained):
     from_pretrained(folder, num_labels=2)
 
 
+def test_a_checkpoint_of_another_model_is_named_in_one_short_line(tmp_path, tiny_pretrained):
+  """A RoBERTa checkpoint lacks every BERT name: the first five are listed, not all."""
+  config, params = tiny_pretrained
+  folder = write_checkpoint(tmp_path / "model", config, params, prefix="roberta.")
+  message = one_line_error(ValueError, from_pretrained, folder, num_labels=2)
+  names = list(checkpoint_names(config.num_hidden_layers).values())
+  assert message == (f"{folder / 'model.safetensors'} lacks {len(names)} BERT tensor(s): "
+                     f"{names[:5]} and {len(names) - 5} more; a BERT checkpoint names them so, "
+                     "with or without 'bert.'")
+
+
 def test_a_wrong_shape_is_named(tmp_path, tiny_pretrained):
   config, params = tiny_pretrained
   wrong = {"encoder.layer.0.intermediate.dense.weight": np.zeros((63, 32), np.float32)}
@@ -143,3 +158,160 @@ def test_config_rejects_what_the_model_does_not_implement():
     BertConfig.from_dict({**hf, "hidden_act": "gelu_new"})
   with pytest.raises(ValueError, match="num_attention_heads"):
     BertConfig.from_dict({**hf, "num_attention_heads": 3})
+
+
+def one_line_error(error_type, call, *args, **kwargs) -> str:
+  """The message of the ``error_type`` that ``call`` raises, checked to be one line."""
+  with pytest.raises(error_type) as error:
+    call(*args, **kwargs)
+  assert "\n" not in str(error.value)
+  return str(error.value)
+
+
+@pytest.mark.parametrize("damage, problem", [
+    (lambda data: data[:len(data) // 2], "incomplete metadata, file not fully covered"),
+    (lambda data: b"not a safetensors file at all" * 4, "header too large"),
+    (lambda data: b"", "header too small"),
+])
+def test_a_truncated_or_garbage_weights_file_is_named(tmp_path, tiny_pretrained, damage,
+                                                      problem):
+  config, params = tiny_pretrained
+  folder = write_checkpoint(tmp_path / "model", config, params)
+  weights = folder / "model.safetensors"
+  weights.write_bytes(damage(weights.read_bytes()))
+  assert one_line_error(ValueError, from_pretrained, folder, num_labels=2) == (
+      f"{weights} is not a readable safetensors file (Error while deserializing header: "
+      f"{problem}): it is truncated or corrupt; download or copy it again")
+
+
+def test_a_weights_path_that_is_a_directory_says_so(tmp_path, tiny_pretrained):
+  config, params = tiny_pretrained
+  folder = write_checkpoint(tmp_path / "model", config, params)
+  (folder / "model.safetensors").unlink()
+  (folder / "model.safetensors").mkdir()
+  assert one_line_error(ValueError, from_pretrained, folder, num_labels=2).startswith(
+      f"{folder / 'model.safetensors'} is a directory, not a file")
+
+
+def test_a_dtype_numpy_cannot_read_is_named(tmp_path, tiny_pretrained):
+  """float8 checkpoints: numpy has no such dtype, so safetensors' numpy reader fails (it
+  reads bfloat16 through ml_dtypes, which JAX loads)."""
+  config, params = tiny_pretrained
+  folder = write_checkpoint(tmp_path / "model", config, params)
+  with safe_open(folder / "model.safetensors", framework="numpy") as stored:
+    tensors = {name: stored.get_tensor(name) for name in stored.keys()}
+  name = "encoder.layer.0.output.dense.bias"
+  del tensors[name]
+  save_file(tensors, str(folder / "model.safetensors"))
+  # Append one float8 tensor by rewriting the header (safetensors' numpy writer has none).
+  data = (folder / "model.safetensors").read_bytes()
+  size = struct.unpack("<Q", data[:8])[0]
+  header, body = json.loads(data[8:8 + size]), data[8 + size:]
+  header[name] = {"dtype": "F8_E4M3", "shape": [32], "data_offsets": [len(body), len(body) + 32]}
+  header_bytes = json.dumps(header).encode()
+  (folder / "model.safetensors").write_bytes(
+      struct.pack("<Q", len(header_bytes)) + header_bytes + body + bytes(32))
+  assert one_line_error(ValueError, from_pretrained, folder, num_labels=2) == (
+      f"tensor {name!r} in {folder / 'model.safetensors'} has dtype F8_E4M3, which numpy "
+      "cannot read: save the checkpoint in float32, float16 or bfloat16")
+
+
+HF_CONFIG = {"model_type": "bert", "vocab_size": 100, "hidden_size": 32,
+             "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+RESTORE = "restore the file from the model's source"
+
+
+@pytest.mark.parametrize("content, message", [
+    (json.dumps(HF_CONFIG, indent=1)[:60],
+     ":4: not valid JSON (Expecting value): expected the model's HF "
+     f"config.json; {RESTORE}"),
+    (b"model_type: bert\n", ":1: not valid JSON (Expecting value): expected the model's HF "
+     f"config.json; {RESTORE}"),
+    (b'{"model_type":\n "b\xe9rt"}', ":2: not UTF-8 text (byte 0xe9): expected the model's HF "
+     f"config.json (JSON); {RESTORE}"),
+    ("[1, 2]", " holds a JSON list, expected the model's HF config.json (a JSON object); "
+     f"{RESTORE}"),
+    ({k: v for k, v in HF_CONFIG.items() if k not in ("vocab_size", "hidden_size")},
+     " lacks ['vocab_size', 'hidden_size'], which every BERT config.json holds: it is not a "
+     "BERT config, or cut short; restore it from the model's source"),
+    ({**HF_CONFIG, "hidden_size": "32"}, ": hidden_size must be an int > 0, got '32'"),
+    ({**HF_CONFIG, "num_attention_heads": 0}, ": num_attention_heads must be an int > 0, got 0"),
+    ({**HF_CONFIG, "layer_norm_eps": "small"}, ": layer_norm_eps must be a number, got 'small'"),
+    ({**HF_CONFIG, "hidden_act": "relu"},
+     ": hidden_act 'relu' is not supported: expected 'gelu' (erf)"),
+])
+def test_a_bad_model_config_names_the_file(tmp_path, content, message):
+  path = tmp_path / "config.json"
+  if isinstance(content, dict):
+    content = json.dumps(content)
+  if isinstance(content, str):
+    content = content.encode()
+  path.write_bytes(content)
+  for load in (load_config, lambda folder: from_pretrained(folder, num_labels=2)):
+    assert one_line_error(ValueError, load, tmp_path) == f"{path}{message}"
+
+
+def test_a_model_config_that_is_missing_or_a_directory_is_named(tmp_path):
+  with pytest.raises(FileNotFoundError, match=f"no BERT config file at {tmp_path}/config.json"):
+    load_config(tmp_path)
+  (tmp_path / "config.json").mkdir()
+  assert one_line_error(ValueError, load_config, tmp_path) == (
+      f"{tmp_path / 'config.json'} is a directory, not a file: expected the model's HF "
+      "config.json")
+
+
+@pytest.fixture
+def tokenizer_dir(tmp_path, tiny_bert_dir):
+  """A copy of the tiny model folder (config, weights, MiniLM's tokenizer files) to damage."""
+  return shutil.copytree(tiny_bert_dir, tmp_path / "model")
+
+
+@pytest.mark.real
+@pytest.mark.parametrize("name, content, message", [
+    ("tokenizer.json", b'{"version": "1.0", "truncat',
+     ":1: not valid JSON (Unterminated string starting at): expected the model's "
+     f"tokenizer.json; {RESTORE}"),
+    ("tokenizer.json", b"", ":1: not valid JSON (Expecting value): expected the model's "
+     f"tokenizer.json; {RESTORE}"),
+    ("tokenizer.json", b"\xff\xfe{}", ":1: not UTF-8 text (byte 0xff): expected the model's "
+     f"tokenizer.json (JSON); {RESTORE}"),
+    ("tokenizer.json", b"[1, 2]", " holds a JSON list, expected the model's tokenizer.json "
+     f"(a JSON object); {RESTORE}"),
+    ("tokenizer_config.json", b'{"model_max_len', ":1: not valid JSON (Unterminated string "
+     f"starting at): expected the model's tokenizer_config.json; {RESTORE}"),
+])
+def test_a_corrupt_tokenizer_file_is_named(tokenizer_dir, name, content, message):
+  (tokenizer_dir / name).write_bytes(content)
+  assert one_line_error(ValueError, load_tokenizer, tokenizer_dir) == (
+      f"{tokenizer_dir / name}{message}")
+
+
+@pytest.mark.real
+def test_a_tokenizer_transformers_cannot_build_is_named(tokenizer_dir):
+  (tokenizer_dir / "tokenizer.json").write_text("{}")
+  assert one_line_error(ValueError, load_tokenizer, tokenizer_dir) == (
+      f"cannot build the tokenizer of {tokenizer_dir} from its files (KeyError: "
+      "'added_tokens'): restore its tokenizer files from the model's source")
+
+
+@pytest.mark.real
+def test_a_tokenizer_that_fails_when_used_is_named(tokenizer_dir):
+  """From an empty vocab.txt transformers builds a tokenizer that raises on every call."""
+  (tokenizer_dir / "tokenizer.json").unlink()
+  (tokenizer_dir / "vocab.txt").write_text("")
+  assert one_line_error(ValueError, load_tokenizer, tokenizer_dir) == (
+      f"cannot build the tokenizer of {tokenizer_dir} from its files (Exception: WordPiece "
+      "error: Missing [UNK] token from the vocabulary): restore its tokenizer files from the "
+      "model's source")
+
+
+@pytest.mark.real
+def test_a_folder_without_tokenizer_files_is_refused(tokenizer_dir):
+  """transformers would build a 5-token tokenizer of special tokens from such a folder,
+  which maps every word to [UNK]."""
+  (tokenizer_dir / "tokenizer.json").unlink()
+  assert load_tokenizer(tokenizer_dir)("hello world")["input_ids"] == [101, 7592, 2088, 102]
+  (tokenizer_dir / "vocab.txt").unlink()
+  assert one_line_error(FileNotFoundError, load_tokenizer, tokenizer_dir) == (
+      f"model folder {tokenizer_dir} holds no tokenizer: expected tokenizer.json or vocab.txt "
+      "beside config.json; copy the model's tokenizer files there")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import errno
+import hashlib
 import json
 import subprocess
 import sys
@@ -313,3 +315,160 @@ def test_rows_say_optax_adam_best_evaluation_and_failure_rule(tmp_path):
   assert "| CWGNC (c = 0.05), failure rule 'released' | 7.1 / 60.9 / 70.0 (33% failed, n=3)" \
       in table
   assert "| + bias correction (AdamW) | 7.1 / 60.9 / 70.0 (0% failed, n=3)" in table
+
+
+# -- Bad input: one line naming the file, exit status 2, an earlier report left as it was. --
+
+def digests(folder: Path) -> dict[str, str]:
+  """sha256 of every file below ``folder``, by path."""
+  return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+          for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def small_study(tmp_path) -> tuple[Path, Path]:
+  """A finished study of two RTE groups (CWGNC's with gradient norms; its seed 3 failed),
+  and the folder of an earlier report."""
+  root = tmp_path / "study"
+  make_group(root, "rte_adamw", {}, [60.0, 52.0, 70.0], 52.7)
+  make_group(root, "rte_cwgnc", {}, [71.0, 69.5, 50.0], 52.7, grad_norms=True)
+  out = tmp_path / "report"
+  out.mkdir()
+  for name in ("report.md", "seeds.csv", "scores.png"):
+    (out / name).write_text(f"the earlier {name}")
+  return root, out
+
+
+def report_error(argv: list[str], capsys) -> str:
+  """The message of the one line ``python -m cwgnc_jax.report ARGV`` prints before it exits
+  with status 2."""
+  with pytest.raises(SystemExit) as done:
+    report.main(argv)
+  assert done.value.code == 2
+  stderr = capsys.readouterr().err
+  assert stderr.startswith("cwgnc_jax.report: error: ") and stderr.count("\n") == 1
+  return stderr[len("cwgnc_jax.report: error: "):-1]
+
+
+def _edit_json(path: Path, edit) -> None:
+  values = json.loads(path.read_text())
+  path.write_text(json.dumps(edit(values)))
+
+
+REWRITE_SUMMARY = "; rerun the study command that wrote it, which rewrites it"
+REWRITE_RESULTS = ("; restore it, or move its seed folder away and rerun the study, which "
+                   "trains that seed again")
+
+
+def _without(key: str):
+  """A damage: the JSON file loses ``key``."""
+  return lambda path: _edit_json(path, lambda values: {k: v for k, v in values.items()
+                                                       if k != key})
+
+
+def _score_a_string(summary):
+  summary["runs"][1]["score"] = "high"
+  return summary
+
+
+def _drop_min_cos(results):
+  del results["evaluations"][0]["drift"]["embeddings"]["min_cos"]
+  return results
+
+
+BAD_FILES = [
+    pytest.param("summary.json", lambda p: p.write_bytes(p.read_bytes()[:50]),
+                 ":1: not valid JSON (", REWRITE_SUMMARY, id="summary-cut-short"),
+    pytest.param("summary.json", lambda p: p.write_bytes(b'{"task": "r\xe9te"}'),
+                 ":1: not UTF-8 text (byte 0xe9)", REWRITE_SUMMARY, id="summary-not-utf8"),
+    pytest.param("summary.json", lambda p: p.write_text("[]"),
+                 " is an array, expected an object", REWRITE_SUMMARY, id="summary-an-array"),
+    pytest.param("summary.json", _without("runs"), " lacks ['runs']", REWRITE_SUMMARY,
+                 id="summary-lacks-runs"),
+    pytest.param("summary.json", lambda p: _edit_json(p, _score_a_string),
+                 ": runs[1].score is 'high', expected a number", REWRITE_SUMMARY,
+                 id="summary-score-a-string"),
+    pytest.param("seed_2/results.json", _without("score"), " lacks ['score']", REWRITE_RESULTS,
+                 id="results-lacks-score"),
+    pytest.param("seed_2/results.json", lambda p: p.write_text(p.read_text()[:-20]),
+                 ":1: not valid JSON (", REWRITE_RESULTS, id="results-cut-short"),
+    pytest.param("seed_2/results.json", lambda p: _edit_json(p, _drop_min_cos),
+                 ": evaluations[0].drift['embeddings'] lacks ['min_cos']", REWRITE_RESULTS,
+                 id="results-drift-lacks-min-cos"),
+]
+
+
+@pytest.mark.parametrize("name, damage, problem, fix", BAD_FILES)
+def test_a_bad_summary_or_results_file_is_named(small_study, capsys, name, damage, problem,
+                                                fix):
+  root, out = small_study
+  path = root / "rte_adamw" / name
+  damage(path)
+  study_before, out_before = digests(root), digests(out)
+  with pytest.raises(ValueError) as error:
+    report.write_report([root], out)
+  message = report_error([str(root), "--out", str(out)], capsys)
+  assert message == str(error.value)
+  assert message.startswith(f"{path}{problem}") and message.endswith(fix)
+  assert digests(root) == study_before and digests(out) == out_before
+  assert sorted(p.name for p in out.iterdir()) == ["report.md", "scores.png", "seeds.csv"]
+
+
+def test_a_results_path_that_is_a_directory_is_named(small_study, capsys):
+  root, out = small_study
+  path = root / "rte_adamw" / "seed_2" / "results.json"
+  path.unlink()
+  path.mkdir()
+  before = digests(out)
+  assert report_error([str(root), "--out", str(out)], capsys) == (
+      f"cannot read {path} (Is a directory)")
+  assert digests(out) == before
+
+
+def test_a_corrupt_gradient_norm_log_is_named_and_the_earlier_report_kept(small_study, capsys,
+                                                                         monkeypatch):
+  """The log is read while the figures are drawn, after others were: they are dropped."""
+  root, out = small_study
+  log = root / "rte_cwgnc" / "seed_3" / files.GRAD_NORMS_FILE
+  log.write_bytes(log.read_bytes()[:100])
+  redraw = lambda groups, path: path.write_text("a new figure") and None
+  monkeypatch.setattr(report, "FIGURES", (("scores.png", redraw, ""),
+                                          ("fig3_gradient_norms.png",
+                                           report.figure_gradient_norms, "")))
+  before = digests(out)
+  assert report_error([str(root), "--out", str(out)], capsys) == (
+      f"{log} is not a readable gradient-norm log (BadZipFile: File is not a zip file); move "
+      "it away (the figures it feeds are then skipped) or rerun that seed")
+  assert digests(out) == before
+  assert sorted(p.name for p in out.iterdir()) == ["report.md", "scores.png", "seeds.csv"]
+
+
+def test_the_report_replaces_an_earlier_one_whole(small_study, monkeypatch):
+  """Files are moved into place at the end; a figure now skipped is removed."""
+  root, out = small_study
+  redraw = lambda groups, path: path.write_text("a new figure") and None
+  monkeypatch.setattr(report, "FIGURES", (("fig3_gradient_norms.png", redraw, ""),
+                                          ("scores.png", lambda groups, path: "no data", "")))
+  assert report.write_report([root], out) == out / "report.md"
+  assert sorted(p.name for p in out.iterdir()) == ["fig3_gradient_norms.png", "report.md",
+                                                   "seeds.csv"]
+  assert "`scores.png` skipped: no data." in (out / "report.md").read_text()
+
+
+def test_a_report_folder_that_is_a_file_or_not_writable_is_named(small_study, capsys,
+                                                                 monkeypatch):
+  root, out = small_study
+  study_before = digests(root)
+  target = out / "report.md"
+  assert report_error([str(root), "--out", str(target)], capsys) == (
+      f"the report folder {target} is a file, not a folder: pass --out a folder")
+  assert target.read_text() == "the earlier report.md"
+
+  def denied(*args, dir, **kwargs):  # as a non-root user meets a folder it may not write
+    raise PermissionError(errno.EACCES, "Permission denied", dir)
+  monkeypatch.setattr(report.tempfile, "mkdtemp", denied)
+  before = digests(out)
+  assert report_error([str(root), "--out", str(out)], capsys) == (
+      f"cannot write the report to {out} (Permission denied): pass --out a folder you can "
+      "write")
+  assert digests(out) == before and digests(root) == study_before

@@ -18,10 +18,13 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import socket
 import urllib.parse
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
@@ -131,20 +134,30 @@ def load_examples(task_name: str, split: str, source: str | os.PathLike | None =
   _check_split(split)
   source = default_source() if source is None else source
   if str(source) == "hub":
-    examples = _load_hub(task, split)
+    where, examples = source, _load_hub(task, split)
   else:
-    examples = read_tsv(task, _tsv_path(task, split, Path(source)))
+    path = _tsv_path(task, split, Path(source).expanduser())
+    where, examples = path, read_tsv(task, path)
   if not examples:
-    raise ValueError(f"{task.name} {split} split from {source} is empty")
+    raise ValueError(f"{task.name} {split} split from {where} is empty: expected "
+                     f"{'a header line, then ' if task.tsv_header else ''}one example per line")
   return examples
 
 
 def _tsv_path(task: Task, split: str, glue_dir: Path) -> Path:
+  if glue_dir.exists() and not glue_dir.is_dir():
+    raise NotADirectoryError(
+        f"GLUE folder {glue_dir} is a file, not a folder; expected a folder holding "
+        f"{task.name}/{split}.tsv (the original GLUE layout), or source='hub'")
   if not glue_dir.is_dir():
     raise FileNotFoundError(
         f"GLUE folder {glue_dir} does not exist; expected a folder holding "
         f"{task.name}/{split}.tsv (the original GLUE layout), or source='hub'")
   path = glue_dir / task.name / f"{split}.tsv"
+  if path.is_dir():
+    raise IsADirectoryError(
+        f"{path} is a directory, not a file; expected the {task.name} {split} split as the "
+        f"file <GLUE_DIR>/{task.name}/{split}.tsv")
   if not path.is_file():
     raise FileNotFoundError(
         f"{path} does not exist; expected the {task.name} {split} split as "
@@ -155,13 +168,21 @@ def _tsv_path(task: Task, split: str, glue_dir: Path) -> Path:
 def read_tsv(task: Task, path: Path) -> list[Example]:
   """The examples of one GLUE TSV file (quoting off: sentences contain bare quotes).
 
-  A UTF-8 byte-order mark (the MRPC files start with one) is dropped. A row with the wrong
-  number of columns or an unknown label raises a ValueError naming the file and line.
+  A UTF-8 byte-order mark (the MRPC files start with one) is dropped. Text that is not
+  UTF-8, a row with the wrong number of columns or an unknown label, and a field the csv
+  module refuses raise a ValueError naming the file and line.
   """
   path = Path(path)
+  try:
+    text = path.read_bytes().decode("utf-8-sig")
+  except UnicodeDecodeError as error:  # its positions are in error.object (no mark)
+    line = error.object[:error.start].count(b"\n") + 1
+    raise ValueError(
+        f"{path}:{line}: not UTF-8 (byte 0x{error.object[error.start]:02x}): GLUE files are "
+        "UTF-8 text; convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
   examples = []
-  with path.open(encoding="utf-8-sig", newline="") as f:
-    rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+  rows = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
+  try:
     for line, row in enumerate(rows, start=1):
       if line == 1 and task.tsv_header is not None:
         if tuple(row) != task.tsv_header:
@@ -179,6 +200,9 @@ def read_tsv(task: Task, path: Path) -> list[Example]:
       texts = [row[i] for i in task.tsv_text]
       examples.append(Example(texts[0], texts[1] if task.is_pair else None, label,
                               f"{path.name}:{line}"))
+  except csv.Error as error:  # e.g. a field over csv.field_size_limit()
+    raise ValueError(f"{path}:{rows.line_num}: {error}; expected one {task.name} example "
+                     "per line") from None
   return examples
 
 
@@ -251,9 +275,18 @@ class TokenizedSplit(NamedTuple):
     return self.input_ids[start:stop], self.token_type_ids[start:stop]
 
 
+def num_special_tokens(pair: bool) -> int:
+  """How many special tokens an example holds: ``[CLS] a [SEP]``, and ``b [SEP]`` for a pair."""
+  return 3 if pair else 2
+
+
 def tokenize(examples: Sequence[Example], tokenizer: Any, max_length: int = DEFAULT_MAX_LENGTH
              ) -> TokenizedSplit:
-  """Tokenizes ``examples`` with a transformers fast tokenizer in one batched call."""
+  """Tokenizes ``examples`` with a transformers fast tokenizer in one batched call.
+
+  ``max_length`` must not be shorter than the special tokens: the tokenizer cannot truncate
+  below them, and would return the examples whole (ValueError instead).
+  """
   if not examples:
     raise ValueError("no examples to tokenize")
   texts_a = [e.text_a for e in examples]
@@ -264,6 +297,10 @@ def tokenize(examples: Sequence[Example], tokenizer: Any, max_length: int = DEFA
   ids, types = encoded["input_ids"], encoded["token_type_ids"]
   offsets = np.zeros(len(ids) + 1, np.int64)
   np.cumsum([len(x) for x in ids], out=offsets[1:])
+  if np.diff(offsets).max() > max_length:
+    raise ValueError(f"max_length={max_length} is shorter than the {num_special_tokens(pair)} "
+                     "special tokens ([CLS], [SEP]) of an example, below which the tokenizer "
+                     "cannot truncate")
   return TokenizedSplit(
       input_ids=np.fromiter((t for x in ids for t in x), np.int32, count=offsets[-1]),
       token_type_ids=np.fromiter((t for x in types for t in x), np.int32, count=offsets[-1]),
@@ -306,9 +343,31 @@ def _save_atomically(path: Path, data: TokenizedSplit) -> None:
   files.write_atomic(path, lambda f: np.savez(f, **data._asdict()), binary=True)
 
 
-def _load(path: Path) -> TokenizedSplit:
-  with np.load(path) as arrays:
-    return TokenizedSplit(**{k: arrays[k] for k in TokenizedSplit._fields})
+def _cache_error(cache_dir: Path, problem: str) -> OSError:
+  return OSError(f"the tokenized-data cache {cache_dir} {problem}: set config.cache_dir "
+                 f"(default $CWGNC_CACHE, else {DEFAULT_CACHE_DIR}) to a folder you can "
+                 "read and write")
+
+
+def _load_cached(path: Path, cache_dir: Path) -> TokenizedSplit | None:
+  """The split cached at ``path``, or None when there is none.
+
+  A file that is not a cached split (cut short by a full disk, or written by hand) is
+  ignored with a warning: it is made again. A cache that cannot be read raises OSError.
+  """
+  try:
+    with open(path, "rb") as f, np.load(f) as arrays:  # np.load leaks a file it fails on
+      return TokenizedSplit(**{k: arrays[k] for k in TokenizedSplit._fields})
+  except FileNotFoundError:
+    return None
+  except NotADirectoryError:
+    raise _cache_error(cache_dir, "cannot be made: a folder on its path is a file") from None
+  except PermissionError as error:
+    raise _cache_error(cache_dir, f"cannot be read ({error.strerror})") from None
+  except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as error:
+    warnings.warn(f"ignoring the unreadable cache file {path} ({type(error).__name__}: "
+                  f"{error}); tokenizing again", stacklevel=3)
+    return None
 
 
 def load_tokenized(task_name: str, split: str, tokenizer: Any, *,
@@ -324,15 +383,23 @@ def load_tokenized(task_name: str, split: str, tokenizer: Any, *,
     source: a GLUE folder or 'hub' (see ``load_examples``).
     max_length: tokens per example after truncation.
     cache_dir: default ``$CWGNC_CACHE``, else ``~/.cache/cwgnc_jax``.
+
+  Raises OSError naming the cache when it is not a folder that can be read and written.
   """
   task = get_task(task_name)
   examples = load_examples(task_name, split, source)
-  cache_dir = default_cache_dir() if cache_dir is None else Path(cache_dir)
+  cache_dir = default_cache_dir() if cache_dir is None else Path(cache_dir).expanduser()
+  if cache_dir.is_file():
+    raise _cache_error(cache_dir, "is a file, not a folder")
   path = cache_dir / f"{task.hub_config}-{split}-{max_length}-" \
                      f"{cache_key(task, split, examples, tokenizer, max_length)}.npz"
-  if path.is_file():
-    return _load(path)
+  cached = _load_cached(path, cache_dir)
+  if cached is not None:
+    return cached
   data = tokenize(examples, tokenizer, max_length)
-  cache_dir.mkdir(parents=True, exist_ok=True)
-  _save_atomically(path, data)
+  try:
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    _save_atomically(path, data)
+  except OSError as error:
+    raise _cache_error(cache_dir, f"cannot be written ({error.strerror or error})") from None
   return data

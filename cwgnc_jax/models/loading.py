@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import re
 import warnings
@@ -27,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from cwgnc_jax.models.bert import (BertConfig, BertForSequenceClassification, Linear,
                                    LinearFactory)
@@ -42,6 +43,9 @@ HUB_FILES = (CONFIG_FILE, WEIGHTS_FILE, "tokenizer.json", "tokenizer_config.json
              "special_tokens_map.json")
 # Seconds a hub request may wait, so a machine without internet fails fast instead of hanging.
 HUB_TIMEOUT = 10.0
+# The files a fast tokenizer is built from: either is enough (transformers builds one from
+# a bare vocab.txt); without both it silently makes a 5-token vocabulary of special tokens.
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
 # Buffers some checkpoints store beside the parameters; they are not weights.
 IGNORED_BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
 # Hub repository ids: "name" or "owner/name".
@@ -109,19 +113,98 @@ def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
   return _hub_dir(name)
 
 
+def _one_line(error: BaseException) -> str:
+  """An exception's message on one line (library messages may span several)."""
+  return " ".join(str(error).split())
+
+
+def _read_json_object(path: Path, what: str) -> dict[str, Any]:
+  """The JSON object in ``path``; ValueError naming the file (and line) when it is not one.
+
+  ``what`` says what the file should be, e.g. "the model's HF config.json".
+  """
+  if path.is_dir():
+    raise ValueError(f"{path} is a directory, not a file: expected {what}")
+  data = path.read_bytes()
+  try:
+    text = data.decode("utf-8")
+  except UnicodeDecodeError as error:
+    line = data[:error.start].count(b"\n") + 1
+    raise ValueError(f"{path}:{line}: not UTF-8 text (byte 0x{data[error.start]:02x}): "
+                     f"expected {what} (JSON); restore the file from the model's source"
+                     ) from None
+  try:
+    value = json.loads(text)
+  except json.JSONDecodeError as error:
+    raise ValueError(f"{path}:{error.lineno}: not valid JSON ({error.msg}): expected {what}; "
+                     "restore the file from the model's source") from None
+  if not isinstance(value, dict):
+    raise ValueError(f"{path} holds a JSON {type(value).__name__}, expected {what} (a JSON "
+                     "object); restore the file from the model's source")
+  return value
+
+
 def load_tokenizer(name_or_path: str | os.PathLike) -> Any:
-  """The model's transformers fast tokenizer."""
+  """The model's transformers fast tokenizer.
+
+  Raises FileNotFoundError when the folder has no tokenizer file, ValueError naming the file
+  when one of its JSON files is corrupt, or (one line) when transformers cannot build it.
+  """
   import transformers  # pylint: disable=import-outside-toplevel
   model_dir = resolve_model_dir(name_or_path)
-  tokenizer = transformers.AutoTokenizer.from_pretrained(str(model_dir))
+  if not any((model_dir / name).is_file() for name in TOKENIZER_FILES):
+    raise FileNotFoundError(f"model folder {model_dir} holds no tokenizer: expected "
+                            f"{' or '.join(TOKENIZER_FILES)} beside {CONFIG_FILE}; copy the "
+                            "model's tokenizer files there")
+  for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+    if (model_dir / name).exists():
+      _read_json_object(model_dir / name, f"the model's {name}")
+  try:
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(model_dir))
+    tokenizer("a", "b")  # some bad files fail only when used (an empty vocab.txt)
+  except Exception as error:  # transformers and tokenizers raise many kinds on bad files
+    raise ValueError(f"cannot build the tokenizer of {model_dir} from its files "
+                     f"({type(error).__name__}: {_one_line(error)}): restore its tokenizer "
+                     "files from the model's source") from error
   if not tokenizer.is_fast:
     raise ValueError(f"the tokenizer in {model_dir} is not a fast tokenizer")
   return tokenizer
 
 
+def _read_config(model_dir: Path) -> BertConfig:
+  """The ``BertConfig`` of ``model_dir/config.json``; errors name the file and the fix."""
+  path = model_dir / CONFIG_FILE
+  if not path.exists():
+    raise FileNotFoundError(f"no BERT config file at {path}: a model folder holds "
+                            f"{CONFIG_FILE} and {WEIGHTS_FILE}")
+  values = _read_json_object(path, f"the model's HF {CONFIG_FILE}")
+  fields = dataclasses.fields(BertConfig)
+  missing = [f.name for f in fields
+             if f.default is dataclasses.MISSING and f.name not in values]
+  if missing:
+    raise ValueError(f"{path} lacks {missing}, which every BERT {CONFIG_FILE} holds: it is "
+                     "not a BERT config, or cut short; restore it from the model's source")
+  # The sizes (the required fields and the int defaults) must be ints > 0, the rates and
+  # scales numbers (or null where the default is None).
+  for field in fields:
+    value = values.get(field.name)
+    if field.name not in values or (value is None and field.default is None):
+      continue
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if field.default is dataclasses.MISSING or type(field.default) is int:
+      if not (number and isinstance(value, int) and value > 0):
+        raise ValueError(f"{path}: {field.name} must be an int > 0, got {value!r}")
+    elif not number:
+      raise ValueError(f"{path}: {field.name} must be a number, got {value!r}")
+  try:
+    return BertConfig.from_dict(values)
+  except ValueError as error:
+    raise ValueError(f"{path}: {error}") from None
+
+
 def load_config(name_or_path: str | os.PathLike) -> BertConfig:
   """The model's ``BertConfig``, from its ``config.json``."""
-  return BertConfig.from_json(resolve_model_dir(name_or_path) / CONFIG_FILE)
+  return _read_config(resolve_model_dir(name_or_path))
 
 
 def checkpoint_names(num_layers: int) -> dict[str, str]:
@@ -163,6 +246,19 @@ def _canonical_name(name: str) -> str:
   return name
 
 
+def _corrupt_weights(weights_file: Path, error: SafetensorError) -> ValueError:
+  return ValueError(f"{weights_file} is not a readable safetensors file ({_one_line(error)}): "
+                    "it is truncated or corrupt; download or copy it again")
+
+
+def _open_weights(weights_file: Path) -> Any:
+  """``safe_open`` of the file for numpy; ValueError naming it when it is no safetensors file."""
+  try:
+    return safe_open(weights_file, framework="numpy")
+  except SafetensorError as error:
+    raise _corrupt_weights(weights_file, error) from None
+
+
 def read_bert_weights(weights_file: str | os.PathLike,
                       shapes: Mapping[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
   """The encoder and pooler weights of a PyTorch-named safetensors file, by parameter path.
@@ -172,10 +268,13 @@ def read_bert_weights(weights_file: str | os.PathLike,
     shapes: parameter path -> expected shape, for every path of ``checkpoint_names``.
 
   Returns float32 arrays, Linear weights transposed to [in, out] kernels. Raises ValueError
-  naming every missing tensor, or the first tensor of the wrong shape; warns listing the
+  naming the first missing tensors, or the first tensor of the wrong shape; warns listing the
   tensors it ignores (MLM or classification heads).
   """
   weights_file = Path(weights_file)
+  if weights_file.is_dir():
+    raise ValueError(f"{weights_file} is a directory, not a file: expected the model's "
+                     f"safetensors weights")
   if not weights_file.is_file():
     raise FileNotFoundError(f"no weights file {weights_file}")
   num_layers = 1 + max((int(m.group(1)) for p in shapes
@@ -184,7 +283,7 @@ def read_bert_weights(weights_file: str | os.PathLike,
   if set(wanted) != set(shapes):
     raise ValueError(f"shapes must cover exactly the BERT encoder and pooler paths; "
                      f"differs at {sorted(set(wanted) ^ set(shapes))[:5]}")
-  with safe_open(weights_file, framework="numpy") as stored:
+  with _open_weights(weights_file) as stored:
     by_name: dict[str, str] = {}
     for stored_name in stored.keys():
       name = _canonical_name(stored_name)
@@ -193,10 +292,19 @@ def read_bert_weights(weights_file: str | os.PathLike,
       by_name[name] = stored_name
     missing = [name for name in wanted.values() if name not in by_name]
     if missing:
-      raise ValueError(f"{weights_file} lacks {len(missing)} BERT tensor(s): {missing}")
+      more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+      raise ValueError(f"{weights_file} lacks {len(missing)} BERT tensor(s): {missing[:5]}"
+                       f"{more}; a BERT checkpoint names them so, with or without 'bert.'")
     params = {}
     for path, name in wanted.items():
-      tensor = stored.get_tensor(by_name[name]).astype(np.float32)
+      try:
+        tensor = stored.get_tensor(by_name[name]).astype(np.float32)
+      except AttributeError:  # a dtype numpy lacks, even with ml_dtypes (float8)
+        raise ValueError(f"tensor {by_name[name]!r} in {weights_file} has dtype "
+                         f"{stored.get_slice(by_name[name]).get_dtype()}, which numpy cannot "
+                         "read: save the checkpoint in float32, float16 or bfloat16") from None
+      except SafetensorError as error:
+        raise _corrupt_weights(weights_file, error) from None
       if path.endswith("/kernel"):
         tensor = tensor.T
       if tensor.shape != tuple(shapes[path]):
@@ -246,7 +354,7 @@ def from_pretrained(name_or_path: str | os.PathLike, num_labels: int, *, seed: i
       every dropout rate to 0).
   """
   model_dir = resolve_model_dir(name_or_path)
-  config = BertConfig.from_json(model_dir / CONFIG_FILE)
+  config = _read_config(model_dir)
   if config_overrides:
     config = dataclasses.replace(config, **config_overrides)
   abstract = nnx.eval_shape(lambda: BertForSequenceClassification(
