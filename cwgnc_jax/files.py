@@ -74,9 +74,10 @@ def _umask() -> int:
 
 
 def write_atomic(path: str | os.PathLike, write: Callable[[IO], None], *,
-                 binary: bool = False) -> None:
+                 binary: bool = False, replace: bool = True) -> None:
   """Writes ``path`` through ``write(file)`` into a temporary file beside it, then renames it
-  into place: readers see the old file or the new one, never a part.
+  into place: readers see the old file or the new one, never a part. ``replace=False``:
+  FileExistsError if ``path`` exists, even if it appeared while writing (never overwrites).
 
   The file gets the permissions an ordinary ``open`` would give (0666 minus the umask), not
   ``mkstemp``'s 0600.
@@ -85,13 +86,16 @@ def write_atomic(path: str | os.PathLike, write: Callable[[IO], None], *,
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
   try:
     os.fchmod(fd, 0o666 & ~_umask())
-    with os.fdopen(fd, "wb" if binary else "w", encoding=None if binary else "utf-8") as f:
+    with os.fdopen(fd, "wb" if binary else "w", encoding=None if binary else "utf-8",
+                   newline=None if binary else "") as f:
       write(f)
-    os.replace(tmp, path)
-  except BaseException:
+    if replace:
+      os.replace(tmp, path)
+    else:
+      os.link(tmp, path)  # fails if path exists
+  finally:
     with contextlib.suppress(FileNotFoundError):
       os.unlink(tmp)
-    raise
 
 
 def write_json(path: str | os.PathLike, values: Any) -> None:

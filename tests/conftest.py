@@ -87,3 +87,31 @@ def tiny_rte_dir(tmp_path_factory, glue_dir) -> Path:
     lines = (glue_dir / "RTE" / f"{split}.tsv").read_text(encoding="utf-8").splitlines(True)
     (folder / "RTE" / f"{split}.tsv").write_text("".join(lines[:rows + 1]), encoding="utf-8")
   return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_rte_run(tmp_path_factory, tiny_bert_dir, tiny_rte_dir, glue_dir) -> Path:
+  """A finished ``train.py`` run directory: the tiny BERT trained 2 epochs of one step (batch
+  32, the 32 train rows of ``tiny_rte_dir``; the first step's learning rate is 0, warmup),
+  evaluated after each on the whole real RTE dev set (277 examples, in one batch), its best
+  evaluation kept (``results.json``: ``result`` 'best')."""
+  import shutil  # pylint: disable=import-outside-toplevel
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+
+  data = tmp_path_factory.mktemp("rte_full_dev")
+  (data / "RTE").mkdir()
+  shutil.copy(tiny_rte_dir / "RTE" / "train.tsv", data / "RTE" / "train.tsv")
+  shutil.copy(glue_dir / "RTE" / "dev.tsv", data / "RTE" / "dev.tsv")
+  workdir = tmp_path_factory.mktemp("runs") / "tiny_rte"
+  done = subprocess.run(
+      [sys.executable, "train.py", "--config", "demo", f"--config.model={tiny_bert_dir}",
+       f"--config.glue_dir={data}", f"--config.cache_dir={data / 'cache'}",
+       "--config.num_epochs=2", "--config.batch_size=32", "--config.eval_batch_size=320",
+       "--config.optimizer.learning_rate=1e-3",
+       "--config.keep_best=true", "--config.diagnostics_every=0", "--config.progress=false",
+       "--workdir", str(workdir)],
+      cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+      timeout=600, check=False)
+  assert done.returncode == 0, done.stderr
+  return workdir

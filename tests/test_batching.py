@@ -101,6 +101,52 @@ def test_bad_batches_are_refused():
     batching.make_batch(data, np.arange(4), 4, layout="padded", max_length=T, row_multiple=3)
 
 
+def tokenizer_padded(data, indices):
+  """What a tokenizer returns for ``padding=True``: the examples right-padded with 0 to the
+  longest, an attention mask, token types."""
+  length = data.lengths[indices].max()
+  encoding = {key: np.zeros((len(indices), length), np.int64)
+              for key in ("input_ids", "token_type_ids", "attention_mask")}
+  for row, i in enumerate(indices):
+    ids, types = data.example(i)
+    encoding["input_ids"][row, :len(ids)] = ids
+    encoding["token_type_ids"][row, :len(ids)] = types
+    encoding["attention_mask"][row, :len(ids)] = 1
+  return encoding
+
+
+def test_inputs_from_padded_is_the_padded_layout():
+  data = synthetic(20)
+  indices = np.arange(3, 9)
+  encoding = tokenizer_padded(data, indices)
+  length = encoding["input_ids"].shape[1]
+  inputs = batching.inputs_from_padded({k: v.tolist() for k, v in encoding.items()})
+  padded = batching.make_batch(data, indices, len(indices), layout="padded", max_length=length)
+  assert set(inputs) == {"input_ids", "token_type_ids", "position_ids", "segment_ids",
+                         "cls_index"}
+  for key in ("input_ids", "token_type_ids", "segment_ids", "cls_index"):
+    np.testing.assert_array_equal(inputs[key], padded[key], err_msg=key)
+    assert inputs[key].dtype == np.int32
+  real = encoding["attention_mask"] == 1
+  np.testing.assert_array_equal(inputs["position_ids"][real], padded["position_ids"][real])
+  np.testing.assert_array_equal(inputs["position_ids"][1], np.arange(length))  # as HF BERT
+  del encoding["token_type_ids"]  # optional, 0 as in HF
+  np.testing.assert_array_equal(batching.inputs_from_padded(encoding)["token_type_ids"], 0)
+
+
+@pytest.mark.parametrize("change, problem", [
+    (lambda e: e.pop("attention_mask"), r"lacks \['attention_mask'\]"),
+    (lambda e: e.update(attention_mask=e["attention_mask"][:, 1:]), "must share one"),
+    (lambda e: e.update(attention_mask=2 * e["attention_mask"]), "only 0 and 1"),
+    (lambda e: e.update(attention_mask=e["attention_mask"][:, ::-1]), "padded on the right"),
+])
+def test_inputs_from_padded_refuses_other_batches(change, problem):
+  encoding = tokenizer_padded(synthetic(4), np.arange(4))
+  change(encoding)
+  with pytest.raises(ValueError, match=problem):
+    batching.inputs_from_padded(encoding)
+
+
 def test_order_depends_on_seed_and_epoch_only():
   first = batching.epoch_order(100, seed=1, epoch=0)
   np.testing.assert_array_equal(first, batching.epoch_order(100, seed=1, epoch=0))

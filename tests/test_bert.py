@@ -12,6 +12,7 @@ import pytest
 from flax import nnx
 
 from cwgnc_jax import paths
+from cwgnc_jax.data import batching, glue
 from cwgnc_jax.models import bert
 from cwgnc_jax.models import (BertForSequenceClassification, apply_fn, from_pretrained,
                               load_tokenizer, read_bert_weights, split_params, tiny_config)
@@ -193,6 +194,31 @@ def test_parity_with_hf_pytorch_bert_on_minilm(minilm):
   real = ref["attention_mask"].astype(bool)  # padding queries differ by design (masked here)
   assert np.abs(np.asarray(out.sequence_output) - ref["last_hidden_state"])[real].max() <= 1e-4
   assert np.abs(np.asarray(out.pooled_output) - ref["pooler_output"]).max() <= 1e-4
+
+
+@pytest.mark.real
+def test_a_padded_tokenizer_batch_gives_the_packed_logits(minilm):
+  """``batching.inputs_from_padded`` of the tokenizer's padded batch: the pooled [CLS] states
+  and logits of the same pairs packed as training packs them (several to a row)."""
+  pairs = [("The cat sat on the mat.", "A cat is sitting."),
+           ("It rained all day in Paris, and the streets were flooded by noon.", "Paris was dry."),
+           ("Stocks fell.", "Markets dropped sharply on Monday after the report."),
+           ("She wrote three novels before she turned thirty.", "She is a writer.")]
+  first, second = map(list, zip(*pairs))
+  tokenizer = load_tokenizer("minilm-l6")
+  padded = batching.inputs_from_padded(tokenizer(first, second, padding=True,
+                                                 return_tensors="np"))
+  data = glue.tokenize([glue.Example(a, b, 0, str(i)) for i, (a, b) in enumerate(pairs)],
+                       tokenizer)
+  packed = batching.make_batch(data, np.arange(len(pairs)), len(pairs), layout="packed",
+                               max_length=128)
+  assert packed["input_ids"].shape[0] < len(pairs)  # rows shared by several pairs
+  outputs = jax.jit(lambda inputs: minilm.outputs(inputs))
+  from_padded = outputs(padded)
+  from_packed = outputs({key: packed[key] for key in bert.INPUT_KEYS})
+  np.testing.assert_allclose(from_padded.pooled_output, from_packed.pooled_output, atol=1e-5)
+  np.testing.assert_allclose(from_padded.logits, from_packed.logits, atol=1e-6)
+  assert np.ptp(np.asarray(from_padded.pooled_output)[:, 0]) > 1e-2  # the pairs differ
 
 
 @pytest.mark.real

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import re
 import time
 import warnings
 
@@ -97,6 +98,45 @@ def test_mrpc_reads_the_published_format_with_a_bom(tmp_path):
   assert examples[0].text_a.startswith("Amrozi accused his brother , whom he called \" the")
   assert examples[1].text_b.endswith("for $ 1.8 billion in 1998 .")
   assert examples[2].id == "dev.tsv:4"
+
+
+# The published test layouts (MRPC's file starts with a byte-order mark), with made-up rows.
+TEST_FILES = {
+    "rte": "index\tsentence1\tsentence2\n"
+           "0\tThe museum opened in 1902 and \"houses\" paintings.\tThe museum holds art.\n"
+           "1\tHe sold the farm in May.\tHe bought a farm.\n",
+    "mrpc": "\ufeffindex\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
+            "0\t1089874\t1089925\tThe shares rose 5 percent .\tShares gained 5 percent .\n"
+            "1\t3019446\t3019327\tThe vote was delayed .\tThe council met on Tuesday .\n",
+    "cola": "index\tsentence\n0\tThe book was read by Mary.\n1\tRead Mary the book was.\n",
+}
+
+
+@pytest.mark.parametrize("task", sorted(TEST_FILES))
+def test_test_files_give_their_index_and_unlabelled_examples(tmp_path, task):
+  path = write(tmp_path / "test.tsv", TEST_FILES[task])
+  indices, examples = glue.read_test_tsv(glue.get_task(task), path)
+  assert indices == ["0", "1"]
+  assert [e.label for e in examples] == [glue.NO_LABEL] * 2
+  assert examples[1].id == "test.tsv:3"
+  first = {"rte": ('The museum opened in 1902 and "houses" paintings.', "The museum holds art."),
+           "mrpc": ("The shares rose 5 percent .", "Shares gained 5 percent ."),
+           "cola": ("The book was read by Mary.", None)}[task]
+  assert (examples[0].text_a, examples[0].text_b) == first
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n",  # RTE dev layout
+     ":1: header ['index', 'sentence1', 'sentence2', 'label'] is not the RTE test header "
+     "['index', 'sentence1', 'sentence2']"),
+    ("index\tsentence1\tsentence2\n0\tonly one\n", ":2: 2 columns, expected 3 for a RTE test"),
+    ("index\tsentence1\tsentence2\nx7\ta\tb\n", ":2: index 'x7' is not a non-negative int"),
+    ("index\tsentence1\tsentence2\n", " holds no examples below its header"),
+])
+def test_a_file_that_is_not_a_test_file_is_named(tmp_path, text, problem):
+  path = write(tmp_path / "test.tsv", text)
+  with pytest.raises(ValueError, match=re.escape(f"{path}{problem}")):
+    glue.read_test_tsv(glue.get_task("rte"), path)
 
 
 def test_glue_dir_is_the_default_source(tmp_path, monkeypatch):

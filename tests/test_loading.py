@@ -21,8 +21,8 @@ from cwgnc_jax import paths
 from cwgnc_jax.models import (MINILM_SHA256, BertConfig, BertForSequenceClassification,
                               from_pretrained, resolve_model_dir, split_params, tiny_config,
                               verify_sha256)
-from cwgnc_jax.models.loading import (checkpoint_names, init_classifier, load_config,
-                                      load_tokenizer)
+from cwgnc_jax.models.loading import (checkpoint_names, hf_tensors, init_classifier,
+                                      label_names, load_config, load_tokenizer)
 
 
 def encoder_params(model):
@@ -127,6 +127,46 @@ def test_seed_changes_only_the_classifier(tmp_path, tiny_pretrained):
   assert not np.allclose(first.classifier.kernel[...], second.classifier.kernel[...])
   np.testing.assert_array_equal(first.pooler.kernel[...], params["pooler/kernel"])
   np.testing.assert_array_equal(second.pooler.kernel[...], params["pooler/kernel"])
+
+
+def test_hf_tensors_are_the_inverse_of_loading_a_fine_tuned_folder(tmp_path):
+  """A classifier's parameters written as ``hf_tensors`` (with ``id2label``) load back
+  unchanged when no ``num_labels`` is given, the classifier included; with ``num_labels``
+  the classifier is fresh, as fine-tuning needs, and the stored one is listed as ignored."""
+  config = tiny_config()
+  model = BertForSequenceClassification(config, 3, rngs=nnx.Rngs(7))
+  _, _, params = split_params(model)
+  tensors = hf_tensors(params)
+  assert tensors["classifier.weight"].shape == (3, 32)  # PyTorch's [out, in]
+  assert tensors["bert.encoder.layer.1.output.LayerNorm.weight"].shape == (32,)
+  assert set(tensors) == ({"bert." + n for n in checkpoint_names(2).values()}
+                          | {"classifier.weight", "classifier.bias"})
+  folder = tmp_path / "fine_tuned"
+  folder.mkdir()
+  save_file(tensors, str(folder / "model.safetensors"))
+  hf_config = {**dataclasses.asdict(config), "model_type": "bert", "hidden_act": "gelu",
+               "id2label": {"0": "a", "1": "b", "2": "c"}}
+  (folder / "config.json").write_text(json.dumps(hf_config))
+  assert label_names(folder) == ("a", "b", "c")
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # every stored tensor is used
+    loaded = from_pretrained(folder)
+  jax.tree.map(np.testing.assert_array_equal, split_params(loaded)[2], params)
+  with pytest.warns(UserWarning, match=r"classifier\.bias.*classifier\.weight"):
+    fresh = from_pretrained(folder, num_labels=2)
+  assert fresh.classifier.kernel.shape == (32, 2)
+
+
+def test_loading_a_classifier_needs_a_fine_tuned_folder(tmp_path, tiny_pretrained):
+  config, params = tiny_pretrained
+  folder = write_checkpoint(tmp_path / "model", config, params)
+  assert label_names(folder) is None
+  with pytest.raises(ValueError, match="has no id2label.*pass num_labels"):
+    from_pretrained(folder)
+  hf_config = json.loads((folder / "config.json").read_text())
+  (folder / "config.json").write_text(json.dumps({**hf_config, "id2label": {"0": "x"}}))
+  with pytest.raises(ValueError, match=r"lacks 2 BERT tensor\(s\): \['classifier\.weight'"):
+    from_pretrained(folder)
 
 
 def test_sha256_mismatch_raises(tmp_path):

@@ -28,11 +28,14 @@ The last partial batch of an epoch is kept and filled with fillers (``steps_per_
 is the ceiling), as the HF Trainer keeps it: every training example is seen once per
 epoch. The loss must then be the mean over real examples,
 ``sum(mask * loss) / sum(mask)``, which equals the HF mean over the short batch.
+
+``inputs_from_padded`` turns a padded batch as a Hugging Face tokenizer returns it
+(``input_ids``, ``attention_mask``, ``token_type_ids``) into the model's inputs.
 """
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
@@ -208,3 +211,44 @@ def stack_batches(batches: list[Batch], row_multiple: int = 1) -> Batch:
   num_rows = -(-num_rows // row_multiple) * row_multiple
   padded = [pad_rows(b, num_rows) for b in batches]
   return {key: np.stack([b[key] for b in padded]) for key in batches[0]}
+
+
+def inputs_from_padded(encoding: Mapping[str, Any]) -> Batch:
+  """The model's inputs for a right-padded batch as a Hugging Face tokenizer returns it.
+
+  ``encoding`` holds ``input_ids`` and ``attention_mask`` [B, T] and optionally
+  ``token_type_ids`` (default 0), as numpy arrays or nested lists, e.g.
+  ``tokenizer(first, second, padding=True, return_tensors='np')``. The result is the padded
+  layout above (without labels): ``segment_ids = attention_mask``, ``position_ids = 0 ... T-1``
+  and each row's [CLS] at its column 0, as transformers' BERT computes it, so
+  ``model(inputs_from_padded(encoding))`` gives the logits of
+  ``BertForSequenceClassification(**encoding)``. A host-side (numpy) conversion: call it
+  outside ``jax.jit``. T must not exceed the model's ``max_position_embeddings``: tokenize
+  with ``truncation=True, max_length=128`` as training does (a position without an embedding
+  is not an error inside JAX: its gather fills the row with NaN).
+
+  Raises ValueError for shapes that differ, a mask that is not 0/1, or a row that is
+  left-padded or empty (its [CLS] would not be at column 0).
+  """
+  missing = [key for key in ("input_ids", "attention_mask") if key not in encoding]
+  if missing:
+    raise ValueError(f"the padded batch lacks {missing}: expected input_ids, attention_mask "
+                     "and optionally token_type_ids, as a tokenizer returns them")
+  input_ids = np.asarray(encoding["input_ids"], np.int32)
+  mask = np.asarray(encoding["attention_mask"])
+  token_type_ids = encoding.get("token_type_ids")
+  token_type_ids = (np.zeros_like(input_ids) if token_type_ids is None
+                    else np.asarray(token_type_ids, np.int32))
+  if input_ids.ndim != 2 or len({input_ids.shape, mask.shape, token_type_ids.shape}) != 1:
+    raise ValueError(f"input_ids {input_ids.shape}, attention_mask {mask.shape} and "
+                     f"token_type_ids {token_type_ids.shape} must share one [B, T] shape")
+  if not np.isin(mask, (0, 1)).all():
+    raise ValueError("attention_mask must hold only 0 and 1")
+  if not (mask[:, 0] == 1).all() or (np.diff(mask, axis=1) > 0).any():
+    raise ValueError("every row must start with a real token and be padded on the right "
+                     "(tokenizer.padding_side = 'right')")
+  rows, length = input_ids.shape
+  return {"input_ids": input_ids, "token_type_ids": token_type_ids,
+          "position_ids": np.tile(np.arange(length, dtype=np.int32), (rows, 1)),
+          "segment_ids": mask.astype(np.int32),
+          "cls_index": np.arange(rows, dtype=np.int32) * length}

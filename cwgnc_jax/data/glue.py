@@ -8,6 +8,11 @@ Two sources give the same examples:
 Label ids are the hub's: RTE 0 = entailment, 1 = not_entailment; MRPC 1 = equivalent;
 CoLA 1 = acceptable.
 
+Test files (``test.tsv`` of the GLUE download) have no labels and a layout of their own, each
+with a header and an ``index`` first column: RTE ``index sentence1 sentence2``, MRPC
+``index #1 ID #2 ID #1 String #2 String`` (after a UTF-8 byte-order mark in the public file),
+CoLA ``index sentence``; ``read_test_tsv`` reads them.
+
 Tokenization is ``[CLS] a [SEP] b [SEP]`` (``[CLS] a [SEP]`` for CoLA) with token types
 0 / 1, truncated ``longest_first`` to ``max_length`` tokens, and is cached on disk keyed by
 the examples, the task, the split, the tokenizer and ``max_length``.
@@ -46,8 +51,10 @@ class Task:
   """One GLUE task: where its text and labels are, and how it is scored.
 
   ``label_names[i]`` is the name of label id ``i``. The ``tsv_*`` fields describe the
-  original GLUE files: ``tsv_header`` is the expected first line (None: no header), and
-  ``tsv_label`` maps the file's label strings to ids.
+  original GLUE train and dev files: ``tsv_header`` is the expected first line (None: no
+  header), and ``tsv_label`` maps the file's label strings to ids. The ``test_*`` fields
+  describe the test file: its header (the ``index`` column first) and its text columns.
+  ``submission_labels[i]`` is how the GLUE server expects label id ``i`` in a submission.
   """
   name: str
   hub_config: str
@@ -59,6 +66,9 @@ class Task:
   tsv_text: tuple[int, ...]
   tsv_label_column: int
   tsv_label: dict[str, int]
+  test_header: tuple[str, ...]
+  test_text: tuple[int, ...]
+  submission_labels: tuple[str, ...]
 
   @property
   def num_labels(self) -> int:
@@ -75,17 +85,22 @@ TASKS: dict[str, Task] = {
         label_names=("entailment", "not_entailment"), metric="accuracy",
         tsv_header=("index", "sentence1", "sentence2", "label"), tsv_columns=4,
         tsv_text=(1, 2), tsv_label_column=3,
-        tsv_label={"entailment": 0, "not_entailment": 1}),
+        tsv_label={"entailment": 0, "not_entailment": 1},
+        test_header=("index", "sentence1", "sentence2"), test_text=(1, 2),
+        submission_labels=("entailment", "not_entailment")),
     "mrpc": Task(
         name="MRPC", hub_config="mrpc", text_columns=("sentence1", "sentence2"),
         label_names=("not_equivalent", "equivalent"), metric="f1",
         tsv_header=("Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"), tsv_columns=5,
-        tsv_text=(3, 4), tsv_label_column=0, tsv_label={"0": 0, "1": 1}),
+        tsv_text=(3, 4), tsv_label_column=0, tsv_label={"0": 0, "1": 1},
+        test_header=("index", "#1 ID", "#2 ID", "#1 String", "#2 String"), test_text=(3, 4),
+        submission_labels=("0", "1")),
     "cola": Task(
         name="CoLA", hub_config="cola", text_columns=("sentence",),
         label_names=("unacceptable", "acceptable"), metric="mcc",
         tsv_header=None, tsv_columns=4, tsv_text=(3,), tsv_label_column=1,
-        tsv_label={"0": 0, "1": 1}),
+        tsv_label={"0": 0, "1": 1},
+        test_header=("index", "sentence"), test_text=(1,), submission_labels=("0", "1")),
 }
 
 
@@ -99,7 +114,8 @@ def get_task(name: str) -> Task:
 
 @dataclasses.dataclass(frozen=True)
 class Example:
-  """One labelled example; ``text_b`` is None for single-sentence tasks (CoLA).
+  """One example; ``text_b`` is None for single-sentence tasks (CoLA), ``label`` is
+  ``NO_LABEL`` for a test example.
 
   ``id`` says where the example came from: ``<file>:<line>`` for a TSV row, the hub's
   ``idx`` otherwise.
@@ -204,6 +220,40 @@ def read_tsv(task: Task, path: Path) -> list[Example]:
     raise ValueError(f"{path}:{rows.line_num}: {error}; expected one {task.name} example "
                      "per line") from None
   return examples
+
+
+NO_LABEL = -1  # the label of a test example: GLUE test files have none
+
+
+def read_test_tsv(task: Task, path: Path) -> tuple[list[str], list[Example]]:
+  """The ``index`` column and the examples (labels ``NO_LABEL``) of a GLUE test file.
+
+  Quoting off and a byte-order mark dropped, as ``read_tsv``. A wrong header, a row with the
+  wrong number of columns, an index that is not an integer, or no rows at all raise a
+  ValueError naming the file (and line).
+  """
+  path = Path(path)
+  indices, examples = [], []
+  with path.open(encoding="utf-8-sig", newline="") as f:
+    rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+    for line, row in enumerate(rows, start=1):
+      if line == 1:
+        if tuple(row) != task.test_header:
+          raise ValueError(f"{path}:1: header {row} is not the {task.name} test header "
+                           f"{list(task.test_header)}")
+        continue
+      if len(row) != len(task.test_header):
+        raise ValueError(f"{path}:{line}: {len(row)} columns, expected "
+                         f"{len(task.test_header)} for a {task.name} test file")
+      if not row[0].isdigit():
+        raise ValueError(f"{path}:{line}: index {row[0]!r} is not a non-negative integer")
+      texts = [row[i] for i in task.test_text]
+      indices.append(row[0])
+      examples.append(Example(texts[0], texts[1] if task.is_pair else None, NO_LABEL,
+                              f"{path.name}:{line}"))
+  if not examples:
+    raise ValueError(f"{path} holds no examples below its header")
+  return indices, examples
 
 
 def _hub_unreachable() -> bool:

@@ -9,7 +9,11 @@ A model is named by one string:
 
 Weights are read with safetensors into numpy (no torch) in PyTorch naming, with or without
 the ``bert.`` prefix, and old ``LayerNorm.gamma/beta`` names; PyTorch Linear weights
-[out, in] become Flax kernels [in, out]. The classifier is always fresh.
+[out, in] become Flax kernels [in, out]. The classifier is fresh, except when
+``from_pretrained`` is given no ``num_labels``: then the folder is a fine-tuned
+``BertForSequenceClassification`` (an export of ``cwgnc_jax.export``, or any such HF folder)
+and its classifier is loaded too. ``hf_tensors`` is the inverse mapping: parameters to the
+tensors of transformers' ``BertForSequenceClassification``.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import json
 import os
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +42,13 @@ MINILM_NAME = "minilm-l6"
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+# The files of a model folder that define its tokenizer (an export copies those present).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
+                   "special_tokens_map.json")
 # What a hub download fetches: config, weights and tokenizer, nothing else (no other formats).
-HUB_FILES = (CONFIG_FILE, WEIGHTS_FILE, "tokenizer.json", "tokenizer_config.json", "vocab.txt",
-             "special_tokens_map.json")
+HUB_FILES = (CONFIG_FILE, WEIGHTS_FILE, *TOKENIZER_FILES)
+# The prefix of the encoder and pooler tensors in a ``BertForSequenceClassification`` file.
+BERT_PREFIX = "bert."
 # Seconds a hub request may wait, so a machine without internet fails fast instead of hanging.
 HUB_TIMEOUT = 10.0
 # The files a fast tokenizer is built from: either is enough (transformers builds one from
@@ -207,8 +215,12 @@ def load_config(name_or_path: str | os.PathLike) -> BertConfig:
   return _read_config(resolve_model_dir(name_or_path))
 
 
-def checkpoint_names(num_layers: int) -> dict[str, str]:
-  """Parameter path -> PyTorch ``BertModel`` tensor name (without a ``bert.`` prefix)."""
+def checkpoint_names(num_layers: int, *, classifier: bool = False) -> dict[str, str]:
+  """Parameter path -> PyTorch ``BertModel`` tensor name (without a ``bert.`` prefix).
+
+  ``classifier``: also the classifier, ``classifier.weight`` and ``classifier.bias`` as in
+  ``BertForSequenceClassification`` (which has no prefix on them).
+  """
   names = {
       "embeddings/word_embeddings/embedding": "embeddings.word_embeddings.weight",
       "embeddings/position_embeddings/embedding": "embeddings.position_embeddings.weight",
@@ -235,7 +247,15 @@ def checkpoint_names(num_layers: int) -> dict[str, str]:
     for ours, theirs in layer_norms.items():
       names[f"encoder/layers/{i}/{ours}/scale"] = f"encoder.layer.{i}.{theirs}.weight"
       names[f"encoder/layers/{i}/{ours}/bias"] = f"encoder.layer.{i}.{theirs}.bias"
+  if classifier:
+    names.update({"classifier/kernel": "classifier.weight", "classifier/bias": "classifier.bias"})
   return names
+
+
+def _num_layers(paths: Iterable[str]) -> int:
+  """The number of encoder layers that parameter paths name (``encoder/layers/<i>/...``)."""
+  return 1 + max((int(m.group(1)) for p in paths
+                  if (m := re.match(r"encoder/layers/(\d+)/", p))), default=-1)
 
 
 def _canonical_name(name: str) -> str:
@@ -265,7 +285,8 @@ def read_bert_weights(weights_file: str | os.PathLike,
 
   Args:
     weights_file: a ``model.safetensors`` of a ``BertModel`` (or a model around one).
-    shapes: parameter path -> expected shape, for every path of ``checkpoint_names``.
+    shapes: parameter path -> expected shape, for every path of ``checkpoint_names``; with
+      the classifier's paths, the classifier is read too.
 
   Returns float32 arrays, Linear weights transposed to [in, out] kernels. Raises ValueError
   naming the first missing tensors, or the first tensor of the wrong shape; warns listing the
@@ -277,12 +298,11 @@ def read_bert_weights(weights_file: str | os.PathLike,
                      f"safetensors weights")
   if not weights_file.is_file():
     raise FileNotFoundError(f"no weights file {weights_file}")
-  num_layers = 1 + max((int(m.group(1)) for p in shapes
-                        if (m := re.match(r"encoder/layers/(\d+)/", p))), default=-1)
-  wanted = checkpoint_names(num_layers)
+  wanted = checkpoint_names(_num_layers(shapes), classifier="classifier/kernel" in shapes)
   if set(wanted) != set(shapes):
-    raise ValueError(f"shapes must cover exactly the BERT encoder and pooler paths; "
-                     f"differs at {sorted(set(wanted) ^ set(shapes))[:5]}")
+    raise ValueError(f"shapes must cover exactly the BERT encoder and pooler paths (and "
+                     f"both classifier paths, or neither); differs at "
+                     f"{sorted(set(wanted) ^ set(shapes))[:5]}")
   with _open_weights(weights_file) as stored:
     by_name: dict[str, str] = {}
     for stored_name in stored.keys():
@@ -338,16 +358,33 @@ def _nest(flat: Mapping[str, Any]) -> dict:
   return tree
 
 
-def from_pretrained(name_or_path: str | os.PathLike, num_labels: int, *, seed: int = 0,
-                    dtype: Any = jnp.float32, linear: LinearFactory = Linear,
+def label_names(name_or_path: str | os.PathLike) -> tuple[str, ...] | None:
+  """The class names of a fine-tuned classification folder (``id2label`` of its
+  ``config.json``, by id), or None when the config has no ``id2label``."""
+  config_file = resolve_model_dir(name_or_path) / CONFIG_FILE
+  id2label = json.loads(config_file.read_text()).get("id2label")
+  if not id2label:
+    return None
+  by_id = {int(key): name for key, name in id2label.items() if str(key).isdigit()}
+  if sorted(by_id) != list(range(len(id2label))):
+    raise ValueError(f"id2label of {config_file} does not number its labels 0 ... "
+                     f"{len(id2label) - 1}: {id2label}")
+  return tuple(by_id[i] for i in range(len(by_id)))
+
+
+def from_pretrained(name_or_path: str | os.PathLike, num_labels: int | None = None, *,
+                    seed: int = 0, dtype: Any = jnp.float32, linear: LinearFactory = Linear,
                     config_overrides: Mapping[str, Any] | None = None
                     ) -> BertForSequenceClassification:
-  """BERT for sequence classification with pretrained encoder and pooler, fresh classifier.
+  """BERT for sequence classification with pretrained encoder and pooler.
 
   Args:
     name_or_path: a local folder, ``'minilm-l6'``, or a Hugging Face Hub id.
-    num_labels: the number of classes.
-    seed: seeds the classifier's initialisation (nothing else is random).
+    num_labels: the number of classes of a fresh classifier (fine-tuning starts here). None:
+      the folder is a fine-tuned ``BertForSequenceClassification`` (``cwgnc_jax.export``
+      writes one) and its classifier is loaded as well, one class per ``id2label`` entry of
+      its ``config.json``.
+    seed: seeds a fresh classifier's initialisation (nothing else is random).
     dtype: the compute dtype; parameters stay float32.
     linear: the dense-layer constructor (``bert.Linear``; Mixout passes its own).
     config_overrides: ``BertConfig`` fields replacing the ``config.json`` values (Mixout sets
@@ -357,14 +394,40 @@ def from_pretrained(name_or_path: str | os.PathLike, num_labels: int, *, seed: i
   config = _read_config(model_dir)
   if config_overrides:
     config = dataclasses.replace(config, **config_overrides)
+  load_classifier = num_labels is None
+  if load_classifier:
+    names = label_names(model_dir)
+    if names is None:
+      raise ValueError(f"{model_dir / CONFIG_FILE} has no id2label, so {model_dir} is not a "
+                       "fine-tuned classifier: pass num_labels for a fresh classifier")
+    num_labels = len(names)
   abstract = nnx.eval_shape(lambda: BertForSequenceClassification(
       config, num_labels, rngs=nnx.Rngs(0), dtype=dtype, linear=linear))
   graphdef, abstract_params, rest = nnx.split(abstract, nnx.Param, ...)
   shapes = {path_to_str(path): leaf.shape for path, leaf
             in jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(abstract_params))[0]
-            if not path_to_str(path).startswith("classifier/")}
+            if load_classifier or not path_to_str(path).startswith("classifier/")}
   params = _nest({path: jnp.asarray(value) for path, value
                   in read_bert_weights(model_dir / WEIGHTS_FILE, shapes).items()})
-  params["classifier"] = init_classifier(seed, config.hidden_size, num_labels,
-                                         config.initializer_range)
+  if not load_classifier:
+    params["classifier"] = init_classifier(seed, config.hidden_size, num_labels,
+                                           config.initializer_range)
   return nnx.merge(graphdef, params, rest)
+
+
+def hf_tensors(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """The tensors of transformers' ``BertForSequenceClassification`` holding ``params``.
+
+  The inverse of ``from_pretrained``'s mapping: ``bert.``-prefixed encoder and pooler names,
+  ``classifier.weight`` and ``classifier.bias``; kernels [in, out] transposed to PyTorch's
+  [out, in]; contiguous float32 arrays, ready for ``safetensors.numpy.save_file``.
+  """
+  flat = {path_to_str(path): np.asarray(leaf, np.float32)
+          for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+  names = checkpoint_names(_num_layers(flat), classifier=True)
+  if set(names) != set(flat):
+    raise ValueError(f"params are not those of a BERT classifier; they differ at "
+                     f"{sorted(set(names) ^ set(flat))[:5]}")
+  return {(name if path.startswith("classifier/") else BERT_PREFIX + name):
+              np.ascontiguousarray(flat[path].T if path.endswith("/kernel") else flat[path])
+          for path, name in names.items()}

@@ -13,6 +13,9 @@ when complete, so a process killed while saving leaves the previous checkpoints 
 (the partial folder is ignored, and removed when the checkpoints are next opened). Saves are
 synchronous: the train step donates its state buffers, which an asynchronous save could still
 be reading.
+
+``read_params`` reads the parameters of one checkpoint without a ``Checkpointer`` (for export
+and prediction): read-only, and without the optimizer.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 STATE, BEST, META, PREVIOUS = "state", "best", "meta", "previous"
@@ -123,3 +128,40 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.close()
 
+
+
+def read_params(step_dir: str | Path, item: str) -> dict[str, Any]:
+  """The parameters held in ``item`` of the checkpoint folder ``step_dir``, as numpy arrays.
+
+  ``item`` is STATE (then only the TrainState's ``params`` are read: an orbax partial restore
+  leaves the optimizer state on disk) or BEST. The arrays are laid out from the checkpoint's
+  own metadata onto this process's first device, whatever mesh saved them, so neither the
+  run's optimizer nor its abstract state is needed: rebuilding those as the training loop
+  does would tie this reader to the loop's optimizer recipes only to describe Adam moments
+  that would then be thrown away (twice the parameters' bytes). No ``CheckpointManager``
+  either: opening one creates folders and deletes unfinished saves, and the run may still be
+  training. Layer keys come back as strings (``'0'``), as orbax stores them.
+
+  Raises CheckpointError naming the folder when the item is missing or unreadable.
+  """
+  folder = Path(step_dir) / item
+  handler = ocp.PyTreeCheckpointHandler()
+  try:
+    stored = handler.metadata(folder).tree
+    stored_params = stored["params"] if item == STATE else stored
+    here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=here),
+                          stored_params)
+    restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=here), stored_params)
+    if item == STATE:
+      target, restore_args = {"params": target}, {"params": restore_args}
+    restored = handler.restore(folder, args=ocp.args.PyTreeRestore(
+        item=target, restore_args=restore_args, partial_restore=item == STATE))
+  except Exception as e:  # orbax and tensorstore raise many kinds; all mean "unusable".
+    reason = (str(e).splitlines() or [""])[0][:200]
+    raise CheckpointError(f"cannot read the parameters of checkpoint item {folder} "
+                          f"({type(e).__name__}: {reason})") from e
+  finally:
+    handler.close()
+  params = restored["params"] if item == STATE else restored
+  return jax.tree.map(np.asarray, jax.device_get(params))

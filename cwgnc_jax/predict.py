@@ -1,0 +1,195 @@
+"""Predictions of a fine-tuned run on a GLUE split: ``python -m cwgnc_jax.predict``.
+
+  python -m cwgnc_jax.predict RUN_DIR --split {test,dev} [--tsv FILE] [--out FILE]
+      [--batch-size N]
+
+predicts every example of the split with the parameters the run's ``results.json`` scored
+(final, or best with ``keep_best``), in packed batches of ``N`` examples (default: the run's
+``eval_batch_size``), and writes them to ``--out`` (default ``<TASK>.tsv`` for the test split,
+the name the GLUE server expects, ``<TASK>-dev.tsv`` for dev) in the GLUE submission format:
+
+  index<TAB>prediction        the header line
+  0<TAB>not_entailment        one line per example, in file order
+
+Predictions are label names for RTE (``entailment`` / ``not_entailment``) and 0 / 1 for MRPC
+(1 = equivalent) and CoLA (1 = acceptable), as jiant's GLUE submission formatter writes them
+(``glue_submission_formatter.py``: header ``index prediction``, ``GlueMixin.get_glue_preds``
+with RTE's labels ``entailment, not_entailment`` and MRPC's and CoLA's ``0, 1``;
+transformers' ``run_glue.py`` writes the same header but label names for every task). The
+index is a test file's own ``index`` column, and the row number (from 0) for dev files, which
+have no index column in MRPC and CoLA.
+
+The split is read from ``--tsv FILE`` when given, else from the run's GLUE folder
+(``config.glue_dir``, else ``$GLUE_DIR``): ``<TASK>/test.tsv`` in the test layout (no labels;
+``data/glue.py``), ``<TASK>/dev.tsv`` as in training (or the hub's validation split when the
+run read the hub). With labels (dev), the dev metric is computed as the training loop's
+evaluation does and printed with the summary on stdout.
+
+Exit status: 0 done; 2 bad input (not a finished run, a missing or wrong TSV, an existing
+or unwritable output file), reported in one line on stderr before any prediction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from cwgnc_jax import files, metrics, saved_run
+from cwgnc_jax.data import batching, glue
+from cwgnc_jax.models import bert, loading
+
+USAGE_ERROR = 2
+SPLITS = ("test", "dev")
+HEADER = ("index", "prediction")
+
+
+def default_output(task_name: str, split: str) -> Path:
+  """``RTE.tsv`` for the test split (the GLUE submission's file name), ``RTE-dev.tsv`` for dev."""
+  return Path(f"{task_name}.tsv" if split == "test" else f"{task_name}-dev.tsv")
+
+
+def check_output_file(path: str | Path) -> Path:
+  """``path`` if a new file can be written there (never over an existing one)."""
+  path = Path(path).absolute()
+  if path.exists():
+    raise ValueError(f"output file {path} already exists: pass another --out (nothing is "
+                     "overwritten)")
+  if not (path.parent.is_dir() and os.access(path.parent, os.W_OK | os.X_OK)):
+    raise ValueError(f"output file {path} cannot be written: {path.parent} is not a writable "
+                     "folder")
+  return path
+
+
+def read_split(run: saved_run.SavedRun, split: str, tsv: str | Path | None
+               ) -> tuple[list[str], list[glue.Example]]:
+  """``(indices, examples)`` of the run's task: from ``tsv`` when given, else from the run's
+  GLUE source (module docstring). Dev examples keep their labels; test ones have none."""
+  task = run.task
+  source = run.config.get("glue_dir") or glue.default_source()
+  if tsv is None and split == "test":
+    if source == "hub":
+      raise ValueError(f"the {task.name} test split is read from a GLUE test file: pass "
+                       "--tsv FILE, or set GLUE_DIR to a folder holding "
+                       f"{task.name}/test.tsv")
+    tsv = Path(source) / task.name / "test.tsv"
+  if tsv is not None and not Path(tsv).is_file():
+    raise FileNotFoundError(f"no {task.name} {split} file at {tsv}")
+  if split == "test":
+    return glue.read_test_tsv(task, Path(tsv))
+  if tsv is None:
+    examples = glue.load_examples(task.hub_config, "dev", source)
+  else:
+    examples = glue.read_tsv(task, Path(tsv))
+    if not examples:
+      raise ValueError(f"{tsv} holds no {task.name} examples")
+  return [str(i) for i in range(len(examples))], examples
+
+
+def predict_logits(model: bert.BertForSequenceClassification, data: glue.TokenizedSplit, *,
+                   batch_size: int, max_length: int, progress: bool | None = None
+                   ) -> np.ndarray:
+  """float32 [N, num_labels]: the logits of every example of ``data`` (a tokenized split),
+  in its order, from packed batches (``batching.eval_batches``, as the training loop's
+  evaluation) on this process's default device. ``progress``: a progress bar on stderr
+  (None: only when stderr is a terminal)."""
+  graphdef, constants, params = bert.split_params(model)
+  forward = jax.jit(bert.apply_fn(graphdef))
+  logits = []
+  batches = batching.eval_batches(data, batch_size, layout="packed", max_length=max_length)
+  for batch in tqdm(batches, total=-(-len(data) // batch_size), unit="batch", file=sys.stderr,
+                    disable=None if progress is None else not progress, dynamic_ncols=True):
+    inputs = {key: batch[key] for key in bert.INPUT_KEYS}
+    real = batch["example_mask"] == 1
+    logits.append(np.asarray(forward(params, constants, inputs))[real])
+  return np.concatenate(logits)
+
+
+def write_submission(path: str | Path, indices: Sequence[str], predictions: np.ndarray,
+                     task: glue.Task) -> Path:
+  """Writes ``index<TAB>prediction`` lines (after that header) to the new file ``path``:
+  label ids as the GLUE server expects them (``Task.submission_labels``). The file appears
+  complete or not at all (written beside it, then renamed)."""
+  path = check_output_file(path)
+  lines = ["\t".join(HEADER)] + [f"{index}\t{task.submission_labels[label]}"
+                                 for index, label in zip(indices, predictions, strict=True)]
+  files.write_atomic(path, lambda f: f.write("\n".join(lines) + "\n"), replace=False)
+  return path
+
+
+def predict_run(run_dir: str | Path, split: str, *, tsv: str | Path | None = None,
+                out: str | Path | None = None, batch_size: int | None = None,
+                progress: bool | None = None) -> dict[str, Any]:
+  """Predicts ``split`` with the run in ``run_dir`` and writes the submission file (module
+  docstring); returns the summary: task, split, examples, output file, and with labels the
+  dev metric and score (x100)."""
+  if split not in SPLITS:
+    raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+  if batch_size is not None and batch_size < 1:
+    raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+  run = saved_run.open_run(run_dir)
+  out = check_output_file(out if out is not None else default_output(run.task.name, split))
+  indices, examples = read_split(run, split, tsv)
+  model = saved_run.load_model(run)
+  max_length = run.config["max_length"]
+  data = glue.tokenize(examples, loading.load_tokenizer(run.model_name), max_length)
+  logits = predict_logits(model, data, batch_size=batch_size or run.config["eval_batch_size"],
+                          max_length=max_length, progress=progress)
+  predictions = logits.argmax(-1)
+  write_submission(out, indices, predictions, run.task)
+  summary = {"task": run.config["task"], "split": split, "result": run.result,
+             "examples": len(examples), "predictions": str(out)}
+  if split == "dev":
+    summary.update(metric=run.task.metric,
+                   score=metrics.score(run.config["task"], predictions, data.labels))
+  return summary
+
+
+class _Parser(argparse.ArgumentParser):
+  """argparse with its usage errors in one line and exit status 2, as the other errors."""
+
+  def error(self, message: str) -> None:
+    fail(f"{message} (python -m cwgnc_jax.predict --help)")
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+  parser = _Parser(prog="python -m cwgnc_jax.predict",
+                   description=__doc__.split("\n\n")[0],
+                   formatter_class=argparse.RawDescriptionHelpFormatter,
+                   epilog=__doc__.split("\n\n", 2)[2])
+  parser.add_argument("run_dir", metavar="RUN_DIR", help="a finished run's directory")
+  parser.add_argument("--split", required=True, choices=SPLITS,
+                      help="the GLUE split: test (no labels) or dev (and its metric)")
+  parser.add_argument("--tsv", metavar="FILE", help="the split's GLUE TSV file")
+  parser.add_argument("--out", metavar="FILE", help="the submission file to write (new)")
+  parser.add_argument("--batch-size", type=int, metavar="N",
+                      help="examples per packed batch (default: the run's eval_batch_size)")
+  return parser.parse_args(argv)
+
+
+def fail(message: str) -> None:
+  print(f"cwgnc_jax.predict: error: {' '.join(message.splitlines())}", file=sys.stderr)
+  sys.exit(USAGE_ERROR)
+
+
+def main(argv: list[str]) -> None:
+  args = parse_args(argv)
+  try:
+    summary = predict_run(args.run_dir, args.split, tsv=args.tsv, out=args.out,
+                          batch_size=args.batch_size)
+  except (ValueError, OSError) as e:  # RunDirError, a missing or wrong TSV, the output file
+    fail(str(e))
+  print(json.dumps(summary))
+  print(f"predictions: {summary['predictions']}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+  os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+  main(sys.argv[1:])
