@@ -77,7 +77,7 @@ def main() -> None:
         f"{args.method}; train-step FLOPs (XLA cost analysis) per GU iteration")
   full_flops = None
   for stage in stages:
-    optimizer = unfreezing.stage_optimizer(config.optimizer, stage)
+    optimizer = unfreezing.stage_optimizer(config.optimizer, stage, params)
     abstract = step_lib.abstract_state(params, optimizer, 0, mesh, 2**62)
     step = jax.jit(step_lib.train_step_fn(unfreezing.stage_apply(apply, stage), optimizer))
     compiled = step.lower(abstract, batch(args.batch, args.length, abstract=True),

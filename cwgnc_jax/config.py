@@ -111,10 +111,18 @@ def load(name_or_path: str) -> ml_collections.ConfigDict:
   module_name = f"_cwgnc_config_{config_name(name_or_path)}"
   spec = importlib.util.spec_from_file_location(module_name, path)
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  try:
+    spec.loader.exec_module(module)
+  except SyntaxError as e:
+    raise ConfigError(f"config file {path}:{e.lineno}: {e.msg}") from None
+  except Exception as e:  # the file is the user's Python: any error is bad input
+    raise ConfigError(f"config file {path} failed to load ({type(e).__name__}: {e})") from None
   if not hasattr(module, "get_config"):
     raise ConfigError(f"config file {path} has no get_config() function")
-  config = module.get_config()
+  try:
+    config = module.get_config()
+  except Exception as e:  # as above
+    raise ConfigError(f"get_config() of {path} failed ({type(e).__name__}: {e})") from None
   if not isinstance(config, ml_collections.ConfigDict):
     raise ConfigError(f"get_config() of {path} returned {type(config).__name__}, "
                       "expected an ml_collections.ConfigDict")
@@ -366,6 +374,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_unfreezing(config)
   _check_mixout(config)
   _positive_int(config, "checkpoint_every", zero_ok=True)
+  if "fsdp_min_size" in config:
+    _positive_int(config, "fsdp_min_size", zero_ok=True)
   _positive_int(config, "diagnostics_every", zero_ok=True)
   seed = config.seed
   _require(isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= MAX_SEED,

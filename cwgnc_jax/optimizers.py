@@ -67,14 +67,11 @@ def linear_warmup_decay(
   if not 0 <= warmup_fraction <= 1:
     raise ValueError(f"warmup_fraction must be in [0, 1], got {warmup_fraction!r}")
   warmup_steps = math.ceil(warmup_fraction * total_steps)
-
-  def schedule(count):
-    step = jnp.asarray(count, jnp.float32)
-    warmup = peak * step / max(1, warmup_steps)
-    decay = peak * jnp.maximum(0.0, total_steps - step) / max(1, total_steps - warmup_steps)
-    return jnp.where(step < warmup_steps, warmup, decay)
-
-  return schedule
+  decay = optax.linear_schedule(peak, 0.0, max(1, total_steps - warmup_steps))
+  if warmup_steps == 0:
+    return decay
+  warmup = optax.linear_schedule(0.0, peak, warmup_steps)
+  return optax.join_schedules([warmup, decay], [warmup_steps])
 
 
 def scale_by_adam_no_bias_correction(
@@ -471,8 +468,8 @@ def build_optimizer(
   Args:
     opt_config: the optimizer config (the fields of :func:`optimizer_config`).
     total_steps: the number of optimizer steps of the run (the schedule ends there).
-    trainable: optional pytree of bool (or params -> pytree of bool); False leaves are
-      frozen: routed through ``optax.partition`` to ``optax.set_to_zero``, so they have no
+    trainable: optional pytree of bool; False leaves are frozen
+      (``optax.selective_transform``: routed to ``optax.set_to_zero``), so they have no
       optimizer state, no weight decay and a zero update.
     per_tensor_count: Adam with bias correction counts each tensor's updates on its own
       (:func:`scale_by_adam_per_tensor_count`; gradual unfreezing) instead of optax's one
@@ -497,13 +494,8 @@ def build_optimizer(
     parts.append(bert_adam(schedule, cfg.b1, cfg.b2, cfg.eps, cfg.weight_decay, mask))
   optimizer = optax.chain(*parts)
   if trainable is not None:
-
-    def labels(params):
-      flags = trainable(params) if callable(trainable) else trainable
-      return jax.tree.map(lambda flag: "trainable" if flag else "frozen", flags)
-
-    optimizer = optax.partition({"trainable": optimizer, "frozen": optax.set_to_zero()},
-                                labels)
+    optimizer = optax.selective_transform(
+        optimizer, freeze_mask=jax.tree.map(lambda flag: not flag, trainable))
   return optax.apply_if_finite(optimizer, max_consecutive_errors=NEVER_GIVE_UP)
 
 

@@ -18,17 +18,9 @@ EMBEDDINGS = "embeddings"
 HEAD = "head"
 
 
-def key_to_str(key: Any) -> str:
-  """One path entry (a JAX key or a plain key) as a string."""
-  for attr in ("key", "name", "idx"):
-    if hasattr(key, attr):
-      return str(getattr(key, attr))
-  return str(key)
-
-
 def path_to_str(keypath: tuple[Any, ...]) -> str:
   """A JAX key path as ``a/b/3/c``."""
-  return "/".join(key_to_str(k) for k in keypath)
+  return jax.tree_util.keystr(keypath, simple=True, separator="/")
 
 
 def tree_paths(tree: Any) -> Any:

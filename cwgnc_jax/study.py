@@ -79,6 +79,9 @@ def parse_seeds(text: str) -> list[int]:
                       "ranges such as 1,2,5 or 11-20 (one seed: 7-7)") from None
   if any(seed < 0 for seed in seeds) or len(set(seeds)) != len(seeds):
     raise ConfigError(f"--seeds {text}: seeds must be distinct ints >= 0")
+  if max(seeds) > config_lib.MAX_SEED:
+    raise ConfigError(f"--seeds {text}: seeds must be <= {config_lib.MAX_SEED} (jax.random.key "
+                      "keeps 32 bits of a seed)")
   return seeds
 
 
@@ -227,6 +230,9 @@ def run_study(config_arg: str, overrides: Sequence[tuple[str, str]], seeds: Sequ
   values = group_overrides(config, overrides)
   group = group_name(config_arg, values)
   group_dir = Path(out) / group
+  problem = files.unwritable_reason(group_dir)
+  if problem:
+    raise ConfigError(f"--out {out}: {problem}")
   # Seeds finished by earlier invocations (other --seeds) count in the summary too.
   earlier = finished_seeds(group_dir)
   configs = {}

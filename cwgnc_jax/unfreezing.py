@@ -136,13 +136,14 @@ def stage_at(stages_: list[Stage], step: int) -> Stage:
   return next(s for s in stages_ if step <= s.end_step)
 
 
-def stage_optimizer(opt_config: ml_collections.ConfigDict,
-                    stage: Stage) -> optax.GradientTransformation:
-  """The optimizer of ``opt_config`` over the stage's steps, frozen tensors masked out."""
+def stage_optimizer(opt_config: ml_collections.ConfigDict, stage: Stage,
+                    params: Any) -> optax.GradientTransformation:
+  """The optimizer of ``opt_config`` over the stage's steps, frozen tensors masked out;
+  ``params`` (arrays or shapes) gives the parameter tree the masks are made for."""
   if stage.bottom is None:
     return optimizers.build_optimizer(opt_config, stage.num_steps)
-  return optimizers.build_optimizer(opt_config, stage.num_steps, trainable=stage.trainable,
-                                    per_tensor_count=True)
+  return optimizers.build_optimizer(opt_config, stage.num_steps,
+                                    trainable=stage.trainable(params), per_tensor_count=True)
 
 
 def stage_apply(apply: Callable[..., jax.Array], stage: Stage) -> Callable[..., jax.Array]:

@@ -139,3 +139,57 @@ def test_a_seed_jax_cannot_take_exits_2_before_anything_is_written(train_main, i
   stderr = capsys.readouterr().err
   assert stderr.startswith(f"train.py: error: {message}: ") and stderr.count("\n") == 1
   assert not (tmp_path / "fresh").exists() and not inputs["cache"].exists()
+
+
+@pytest.mark.real
+def test_a_corrupt_run_config_is_named_and_left_alone(train_main, inputs, capsys):
+  (inputs["run"] / "config.json").write_text('{"task": "rte",')
+  before = digests(inputs["run"])
+  with pytest.raises(SystemExit) as done:
+    train_main([*args(inputs), "--workdir", str(inputs["run"])])
+  assert done.value.code == 2
+  err = capsys.readouterr().err
+  assert err.startswith(f"train.py: error: {inputs['run'] / 'config.json'} is not valid JSON "
+                        "(the run's config; ") and err.count("\n") == 1
+  assert err.rstrip().endswith("restore it or remove its folder")
+  assert digests(inputs["run"]) == before
+
+
+@pytest.mark.parametrize("text, message", [
+    ("def get_config(:\n", "config file {file}:1: invalid syntax"),
+    ("import no_such_module_here\n", "config file {file} failed to load (ModuleNotFoundError: "
+     "No module named 'no_such_module_here')"),
+    ("def get_config():\n  return 1 / 0\n", "get_config() of {file} failed "
+     "(ZeroDivisionError: division by zero)"),
+])
+def test_a_config_file_that_fails_is_named(train_main, capsys, tmp_path, text, message):
+  path = tmp_path / "mine.py"
+  path.write_text(text)
+  with pytest.raises(SystemExit) as done:
+    train_main(["--config", str(path), "--workdir", str(tmp_path / "run")])
+  assert done.value.code == 2
+  assert capsys.readouterr().err == f"train.py: error: {message.format(file=path)}\n"
+  assert not (tmp_path / "run").exists()
+
+
+def test_a_metrics_log_keeps_only_well_formed_records_up_to_the_resumed_step(tmp_path):
+  from cwgnc_jax.training import loop  # pylint: disable=import-outside-toplevel
+  lines = ['{"step": 1, "loss": 0.7}', "5", '{"loss": 0.6}', '{"step": "2"}',
+           '{"step": 3, "loss": 0.5}', '{"step": 4, "loss": 0.4}', '{"step": 5, "lo']
+  (tmp_path / "metrics.jsonl").write_text("\n".join(lines))
+  log = loop.MetricsLog(tmp_path, 3, True)
+  log.close()
+  assert (tmp_path / "metrics.jsonl").read_text() == f"{lines[0]}\n{lines[4]}\n"
+
+
+@pytest.mark.real
+def test_a_study_with_a_seed_jax_cannot_take_or_an_out_that_is_a_file_exits_2(tmp_path,
+                                                                              tiny_rte_dir):
+  from cwgnc_jax import study  # pylint: disable=import-outside-toplevel
+  with pytest.raises(config_lib.ConfigError, match=r"--seeds 1,4294967296: seeds must be <= "
+                     r"4294967295 \(jax.random.key keeps 32 bits of a seed\)"):
+    study.parse_seeds("1,4294967296")
+  (tmp_path / "out").write_text("a file")
+  with pytest.raises(config_lib.ConfigError, match=f"--out {tmp_path / 'out'}: cannot make "):
+    study.run_study("demo", [("glue_dir", str(tiny_rte_dir))], [1], tmp_path / "out")
+  assert (tmp_path / "out").read_text() == "a file"

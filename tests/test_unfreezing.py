@@ -163,7 +163,7 @@ def _tiny_setup(num_layers: int = 2):
 
 def _stage_step(config, stage, apply, constants, params, mesh):
   """The stage's optimizer, abstract state and jitted ``step(state, batch)``."""
-  optimizer = unfreezing.stage_optimizer(config.optimizer, stage)
+  optimizer = unfreezing.stage_optimizer(config.optimizer, stage, params)
   abstract = step_lib.abstract_state(params, optimizer, 0, mesh, 2**18)
   train_step = step_lib.train_step_fn(unfreezing.stage_apply(apply, stage), optimizer)
   step = jax.jit(lambda state, batch: train_step(state, batch, constants))

@@ -287,7 +287,8 @@ class MetricsLog:
           record = json.loads(line)
         except json.JSONDecodeError:  # a line cut short by a kill
           continue
-        if record["step"] <= start_step:
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and (
+            record["step"] <= start_step):
           kept.append(line + "\n")
     files.write_atomic(self.path, lambda f: f.write("".join(kept)))
     self.file = self.path.open("a")
@@ -471,7 +472,7 @@ class Stages:
   def setup(self, stage: unfreezing.Stage) -> tuple[optax.GradientTransformation, Any]:
     """The stage's optimizer and the layout (abstract state) of one seed's state."""
     if stage.index not in self._setups:
-      optimizer = unfreezing.stage_optimizer(self.config.optimizer, stage)
+      optimizer = unfreezing.stage_optimizer(self.config.optimizer, stage, self.first.params)
       self._setups[stage.index] = optimizer, step_lib.abstract_state(
           self.first.params, optimizer, self.config.seed, self.mesh, self.config.fsdp_min_size)
     return self._setups[stage.index]
