@@ -6,7 +6,10 @@ skips elsewhere, so a developer without ``../shared`` can still run the fast tes
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,15 @@ from cwgnc_jax.training import host_memory
 
 # As train.py does, before JAX starts its threads, so in-process tests run as train.py does.
 host_memory.keep_freed_memory()
+
+# One persistent XLA compilation cache for the session, set before JAX is imported: in-process
+# tests and the train.py and study processes they start (which inherit the environment) then
+# compile each tiny-model step once, not once per test. A cached executable is the compiled
+# program itself, so results are bit-identical.
+_XLA_CACHE = tempfile.mkdtemp(prefix="cwgnc_jax_tests_xla_")
+atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _XLA_CACHE)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -180,6 +180,11 @@ def test_eval_covers_every_example_once_in_order(batch_size, layout):
   labels = np.concatenate([b["labels"][b["example_mask"] == 1] for b in batches])
   np.testing.assert_array_equal(labels, data.labels)
   assert sum(b["example_mask"].sum() for b in batches) == 37
+  # One shape for the whole evaluation: a packed batch is padded to the largest's rows.
+  assert len({b["input_ids"].shape for b in batches}) == 1
+  if layout == "packed" and batch_size == 16:
+    rows = [len(batching.first_fit(data.lengths[i:i + 16], T)) for i in range(0, 37, 16)]
+    assert len(set(rows)) > 1  # the batches alone would have had several shapes
 
 
 def test_packing_efficiency_counts_real_tokens():

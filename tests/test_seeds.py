@@ -111,14 +111,23 @@ def _assert_same_seed(together: Path, alone: Path) -> None:
                              rtol=1e-3, atol=1e-7)
 
 
+@pytest.fixture(scope="module")
+def alone(tiny_bert_dir, tiny_rte_dir, tmp_path_factory) -> Path:
+  """The group folder of seeds 1 and 2 trained one after the other on one device."""
+  out = tmp_path_factory.mktemp("alone")
+  summary = study.run_study("demo", _study_overrides(tiny_bert_dir, tiny_rte_dir), [1, 2], out)
+  return out / summary["group"]
+
+
 @pytest.mark.real
 def test_study_with_seeds_in_one_program_matches_seed_by_seed(tiny_bert_dir, tiny_rte_dir,
-                                                              tmp_path):
+                                                              alone, tmp_path):
   overrides = _study_overrides(tiny_bert_dir, tiny_rte_dir)
   together = study.run_study("demo", overrides, [1, 2], tmp_path / "together", 2)
-  alone = study.run_study("demo", overrides, [2], tmp_path / "alone")
   group = together["group"]
-  seed_2 = lambda way: files.seed_dir(tmp_path / way / group, 2)
+  assert group == alone.name
+  seed_2 = lambda way: files.seed_dir(tmp_path / way / group if way == "together" else alone,
+                                      2)
   assert json.loads((seed_2("together") / "results.json").read_text())["timings"][
       "seeds_in_program"] == 2
   _assert_same_seed(seed_2("together"), seed_2("alone"))
@@ -139,46 +148,36 @@ def _study_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProc
 
 
 @pytest.mark.real
-def test_four_seeds_split_over_eight_fake_devices(tiny_bert_dir, tiny_rte_dir, tmp_path):
-  """4 seeds in one program on a (seeds 4, data 2) mesh of 8 CPU devices equal the same
-  seeds trained one by one on one device; a study stopped midway resumes, and finished
-  seeds are skipped."""
-  args = ["--config", "demo", "--seeds", "1-4", "--config.progress=false",
+def test_seeds_split_over_eight_fake_devices(tiny_bert_dir, tiny_rte_dir, alone, tmp_path):
+  """2 seeds in one program on a (seeds 2, data 4) mesh of 8 CPU devices equal the same
+  seeds trained one by one on one device; a study stopped midway resumes (on a seeds axis of
+  1, with 8 data devices), and finished seeds are skipped."""
+  args = ["--config", "demo", "--seeds", "1-2", "--config.progress=false",
+          "--out", str(tmp_path), "--seeds-per-program", "2", "--config.mesh.seeds=2",
           *[f"--config.{key}={value}" for key, value in
             _study_overrides(tiny_bert_dir, tiny_rte_dir)]]
-  env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
-  eight = {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-  done = _study_cli([*args, "--out", str(tmp_path / "split"), "--seeds-per-program", "4",
-                     "--config.mesh.seeds=4"], eight)
+  eight = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  done = _study_cli(args, eight)
   assert done.returncode == 0, done.stderr
-  done = _study_cli([*args, "--out", str(tmp_path / "alone")], env)
-  assert done.returncode == 0, done.stderr
-  group = json.loads(done.stdout.splitlines()[-1])["group"]
-  for seed in range(1, 5):
-    split = files.seed_dir(tmp_path / "split" / group, seed)
-    sessions = json.loads((split / "results.json").read_text())["timings"]["sessions"]
-    assert sessions == [{"start_step": 0, "devices": 8, "mesh": [4, 2, 1],
-                         "seeds_in_program": 4}]
-    _assert_same_seed(split, files.seed_dir(tmp_path / "alone" / group, seed))
+  group = tmp_path / alone.name
+  for seed in (1, 2):
+    sessions = json.loads((files.seed_dir(group, seed) / "results.json").read_text())[
+        "timings"]["sessions"]
+    assert sessions == [{"start_step": 0, "devices": 8, "mesh": [2, 4, 1],
+                         "seeds_in_program": 2}]
+    _assert_same_seed(files.seed_dir(group, seed), files.seed_dir(alone, seed))
 
-  # Seeds 3 and 4 lose their results (as if killed after their last checkpoint): the study
-  # reruns them together from that checkpoint, on a seeds axis of 2, and skips seeds 1, 2.
-  finished = {s: (files.seed_dir(tmp_path / "split" / group, s) / "results.json").read_text()
-              for s in range(1, 5)}
-  for seed in (3, 4):
-    (files.seed_dir(tmp_path / "split" / group, seed) / "results.json").unlink()
-  done = _study_cli([*args, "--out", str(tmp_path / "split"), "--seeds-per-program", "4",
-                     "--config.mesh.seeds=4"], eight)
+  # Seed 2 loses its results (as if killed after its last checkpoint): the study reruns it
+  # from that checkpoint alone (a seeds axis of 1) and skips seed 1.
+  finished = {s: (files.seed_dir(group, s) / "results.json").read_text() for s in (1, 2)}
+  (files.seed_dir(group, 2) / "results.json").unlink()
+  done = _study_cli(args, eight)
   assert done.returncode == 0, done.stderr
-  for seed in range(1, 5):
-    results = json.loads((files.seed_dir(tmp_path / "split" / group, seed) /
-                          "results.json").read_text())
-    before = json.loads(finished[seed])
-    if seed <= 2:
-      assert results == before  # skipped: not rewritten
-    else:
-      assert results["timings"]["sessions"][-1]["mesh"] == [2, 4, 1]
-      assert {k: v for k, v in results.items() if k != "timings"} == {
-          k: v for k, v in before.items() if k != "timings"}
-  summary = json.loads((tmp_path / "split" / group / "summary.json").read_text())
-  assert summary["finished"] == 4
+  assert (files.seed_dir(group, 1) / "results.json").read_text() == finished[1]  # skipped
+  resumed = json.loads((files.seed_dir(group, 2) / "results.json").read_text())
+  before = json.loads(finished[2])
+  assert resumed["timings"]["sessions"][-1]["mesh"] == [1, 8, 1]
+  assert {k: v for k, v in resumed.items() if k != "timings"} == {
+      k: v for k, v in before.items() if k != "timings"}
+  assert json.loads((group / "summary.json").read_text())["finished"] == 2

@@ -141,7 +141,11 @@ def count_compiles(monkeypatch):
       active.pop()
 
   monkeypatch.setattr(loop, "train_seeds", counting_train)
+  # Counted compilations are real ones, not hits of the session's persistent cache.
+  enabled = jax.config.jax_enable_compilation_cache
+  jax.config.update("jax_enable_compilation_cache", False)
   yield counts
+  jax.config.update("jax_enable_compilation_cache", enabled)
   active.append(-1)  # the listener cannot be removed; park it
 
 

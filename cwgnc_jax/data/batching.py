@@ -162,12 +162,18 @@ def eval_batches(data: TokenizedSplit, batch_size: int = 16, *, layout: str, max
                  row_multiple: int = 1) -> Iterator[Batch]:
   """Every example exactly once, in file order; the last batch is filled with fillers.
 
-  Predictions in file order are ``logits[example_mask == 1]`` over the batches.
+  Predictions in file order are ``logits[example_mask == 1]`` over the batches. Packed
+  batches are all padded with empty rows (``pad_rows``) to the largest one's row count, so an
+  evaluation compiles one shape, not one per row count: on a small run compiling them cost
+  more than evaluating.
   """
   _check(layout, batch_size, max_length, row_multiple)
-  for start in range(0, len(data), batch_size):
-    yield make_batch(data, np.arange(start, min(start + batch_size, len(data))), batch_size,
-                     layout=layout, max_length=max_length, row_multiple=row_multiple)
+  batches = [make_batch(data, np.arange(start, min(start + batch_size, len(data))), batch_size,
+                        layout=layout, max_length=max_length, row_multiple=row_multiple)
+             for start in range(0, len(data), batch_size)]
+  rows = max((b["input_ids"].shape[0] for b in batches), default=0)
+  for batch in batches:
+    yield pad_rows(batch, rows)
 
 
 def packing_efficiency(batch: Batch) -> float:
