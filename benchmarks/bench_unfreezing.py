@@ -32,7 +32,7 @@ import ml_collections  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 from flax import nnx  # pylint: disable=wrong-import-position
 
-from cwgnc_jax import methods, models, optimizers, unfreezing  # pylint: disable=wrong-import-position
+from cwgnc_jax import methods, models, unfreezing  # pylint: disable=wrong-import-position
 from cwgnc_jax.training import step as step_lib  # pylint: disable=wrong-import-position
 
 

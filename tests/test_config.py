@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cwgnc_jax import config as config_lib
-from cwgnc_jax import methods, optimizers
+from cwgnc_jax import methods
 from cwgnc_jax.config import ConfigError
 
 TASKS = ("rte", "mrpc", "cola")

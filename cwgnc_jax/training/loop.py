@@ -37,7 +37,6 @@ import contextlib
 import dataclasses
 import functools
 import json
-import math
 import os
 import sys
 import time
