@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 import jax
@@ -74,14 +74,12 @@ def linear_warmup_decay(
   return optax.join_schedules([warmup, decay], [warmup_steps])
 
 
-def scale_by_adam_no_bias_correction(
-    b1: float = 0.9, b2: float = 0.999, eps: float = 1e-6
-) -> optax.GradientTransformation:
-  """Adam's direction without bias correction: ``m / (sqrt(v) + eps)`` (BertAdam).
-
-  ``m = b1*m + (1-b1)*g`` and ``v = b2*v + (1-b2)*g^2``, both starting at 0. The state is
-  ``optax.ScaleByAdamState`` so tools that read ``mu``/``nu`` work unchanged.
-  """
+def _scale_by_adam(b1: Any, b2: Any, direction: Callable[[jax.Array, jax.Array, jax.Array],
+                                                          jax.Array]
+                   ) -> optax.GradientTransformation:
+  """Adam's moments and update count, ``m = b1*m + (1-b1)*g``, ``v = b2*v + (1-b2)*g^2``,
+  ``t = t + 1`` (all starting at 0), and per tensor the update ``direction(m, v, t)``. The
+  state is ``optax.ScaleByAdamState``, so tools that read ``mu``/``nu``/``count`` work."""
 
   def init_fn(params):
     return optax.ScaleByAdamState(
@@ -94,12 +92,18 @@ def scale_by_adam_no_bias_correction(
     del params
     mu = optax.tree_utils.tree_update_moment(updates, state.mu, b1, 1)
     nu = optax.tree_utils.tree_update_moment_per_elem_norm(updates, state.nu, b2, 2)
-    updates = jax.tree.map(lambda m, v: m / (jnp.sqrt(v) + eps), mu, nu)
-    return updates, optax.ScaleByAdamState(
-        count=optax.safe_increment(state.count), mu=mu, nu=nu
-    )
+    count = optax.safe_increment(state.count)
+    updates = jax.tree.map(lambda m, v: direction(m, v, count), mu, nu)
+    return updates, optax.ScaleByAdamState(count=count, mu=mu, nu=nu)
 
   return optax.GradientTransformation(init_fn, update_fn)
+
+
+def scale_by_adam_no_bias_correction(
+    b1: float = 0.9, b2: float = 0.999, eps: float = 1e-6
+) -> optax.GradientTransformation:
+  """Adam's direction without bias correction: ``m / (sqrt(v) + eps)`` (BertAdam)."""
+  return _scale_by_adam(b1, b2, lambda m, v, t: m / (jnp.sqrt(v) + eps))
 
 
 class ScaleByLearningRateState(NamedTuple):
@@ -188,24 +192,8 @@ def scale_by_adam_transformers(
   ``optax.ScaleByAdamState``, so tools that read ``mu``/``nu``/``count`` work unchanged.
   """
 
-  def init_fn(params):
-    return optax.ScaleByAdamState(
-        count=jnp.zeros([], jnp.int32),
-        mu=optax.tree_utils.tree_zeros_like(params),
-        nu=optax.tree_utils.tree_zeros_like(params),
-    )
-
-  def update_fn(updates, state, params=None):
-    del params
-    mu = optax.tree_utils.tree_update_moment(updates, state.mu, b1, 1)
-    nu = optax.tree_utils.tree_update_moment_per_elem_norm(updates, state.nu, b2, 2)
-    count = optax.safe_increment(state.count)
-    updates = jax.tree.map(
-        lambda m, v: _bias_corrected_direction(m, v, count, b1, b2, eps, "transformers"),
-        mu, nu)
-    return updates, optax.ScaleByAdamState(count=count, mu=mu, nu=nu)
-
-  return optax.GradientTransformation(init_fn, update_fn)
+  return _scale_by_adam(
+      b1, b2, lambda m, v, t: _bias_corrected_direction(m, v, t, b1, b2, eps, "transformers"))
 
 
 def add_decayed_weights_after_step(

@@ -127,3 +127,14 @@ def tiny_rte_run(tmp_path_factory, tiny_bert_dir, tiny_rte_dir, glue_dir) -> Pat
       timeout=600, check=False)
   assert done.returncode == 0, done.stderr
   return workdir
+
+
+def command_line_error(main, argv: list[str], capsys, prog: str) -> str:
+  """The stderr of ``main(argv)`` (a ``python -m cwgnc_jax.<prog>`` entry point), after
+  checking that it exits with status 2 and says one line starting ``<prog>: error: ``."""
+  with pytest.raises(SystemExit) as exit_info:
+    main(argv)
+  assert exit_info.value.code == 2
+  stderr = capsys.readouterr().err
+  assert stderr.startswith(f"{prog}: error: ") and stderr.count("\n") == 1
+  return stderr

@@ -13,6 +13,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from conftest import command_line_error
 from safetensors import safe_open
 
 from cwgnc_jax import export, saved_run
@@ -115,13 +116,7 @@ def test_pytorch_gives_the_logits_of_the_exported_minilm(minilm_dir, tmp_path):
 # -- Bad input: one line on stderr, exit status 2, nothing written. ------------------------
 
 def run_main(argv: list[str], capsys) -> str:
-  """``export.main(argv)``'s stderr, after checking that it exits with status 2."""
-  with pytest.raises(SystemExit) as exit_info:
-    export.main(argv)
-  assert exit_info.value.code == 2
-  stderr = capsys.readouterr().err
-  assert stderr.startswith("cwgnc_jax.export: error: ") and stderr.count("\n") == 1
-  return stderr
+  return command_line_error(export.main, argv, capsys, "cwgnc_jax.export")
 
 
 @pytest.mark.real

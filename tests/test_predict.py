@@ -12,6 +12,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from conftest import command_line_error
 
 from cwgnc_jax import predict, saved_run
 from cwgnc_jax.data import batching, glue
@@ -132,13 +133,7 @@ def test_dev_metric_on_real_rte_is_the_runs_evaluation(tiny_rte_run, tmp_path, m
 # -- Bad input: one line on stderr, exit status 2, nothing written. ------------------------
 
 def run_main(argv: list[str], capsys) -> str:
-  """``predict.main(argv)``'s stderr, after checking that it exits with status 2."""
-  with pytest.raises(SystemExit) as exit_info:
-    predict.main(argv)
-  assert exit_info.value.code == 2
-  stderr = capsys.readouterr().err
-  assert stderr.startswith("cwgnc_jax.predict: error: ") and stderr.count("\n") == 1
-  return stderr
+  return command_line_error(predict.main, argv, capsys, "cwgnc_jax.predict")
 
 
 @pytest.mark.real
