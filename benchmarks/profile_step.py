@@ -16,11 +16,16 @@ and is deleted (``--keep-trace DIR`` keeps it, for TensorBoard / Perfetto).
 Categories (first match wins, on the instruction's name stack and opcode):
 
   matmul fwd / bwd     dense-layer matmuls (``dot`` or a YNNPACK/oneDNN fusion around one)
+  reductions (YNNPACK) the other YNNPACK fusions: LayerNorm's and softmax's sums and maxima,
+                       bias gradients
   attention matmuls    the q k^T and p v contractions and their gradients
-  dropout bits         drawing dropout's random bits (threefry, the bit hash, the compare)
+  dropout (bits, mask) drawing dropout's random bits and applying the mask (all that XLA
+                       fused with them, e.g. a bias add or a residual)
   rng keys             splitting and folding keys
   softmax/mask         the attention softmax and mask (forward and backward)
-  embedding gather / scatter   the word-embedding lookup and its gradient
+  word embedding: gradient + update   every pass over a [vocab, hidden] array: zeroing and
+                       scattering its gradient, its norm, the finite check, Adam's update
+  embedding gather / scatter   the other embedding lookups and their gradients
   optimizer            everything after the gradient: clip, Adam, decay, the finite check
   elementwise fwd / bwd        the rest (LayerNorm, GELU, dropout's multiply, residuals)
   copy                 layout copies and transposes XLA inserted
@@ -47,7 +52,7 @@ host_memory.keep_freed_memory()  # before JAX starts its threads
 import jax  # pylint: disable=wrong-import-position
 
 from cwgnc_jax import config as config_lib  # pylint: disable=wrong-import-position
-from cwgnc_jax import optimizers  # pylint: disable=wrong-import-position
+from cwgnc_jax import models, optimizers  # pylint: disable=wrong-import-position
 from cwgnc_jax.data import batching  # pylint: disable=wrong-import-position
 from cwgnc_jax.training import loop  # pylint: disable=wrong-import-position
 from cwgnc_jax.training import step as step_lib  # pylint: disable=wrong-import-position
@@ -74,32 +79,32 @@ def _computations(hlo: str) -> dict[str, list[str]]:
 def category(opcode: str, op_names: str, fused: str) -> str:
   """The category of one top-level instruction (module docstring)."""
   backward = "transpose(" in op_names
-  if opcode == "copy" or (opcode == "fusion" and re.fullmatch(r"(copy|transpose)(\.\d+)?",
-                                                               fused)):
+  if opcode == "copy" or fused == "copy":
     return "copy"
-  if "rhqk" in op_names or "rqhd" in op_names or "attention_scores" in op_names:
-    if " dot(" in fused or opcode == "dot" or "ynn" in fused or "onednn" in fused:
+  if opcode == "dot" or " dot(" in fused:
+    if "attention_scores" in op_names or "rhqk" in op_names:
       return "attention matmuls"
-  if opcode == "dot" or "__ynn_fusion" in fused or "__onednn" in fused or " dot(" in fused:
     return "matmul bwd" if backward else "matmul fwd"
-  if re.search(r"_bernoulli|_uniform|random_bits|dropout_bits|_random_bits", op_names):
-    return "dropout bits"
+  if "__ynn_fusion" in fused or "__onednn" in fused:  # a library fusion without a dot
+    return "reductions (YNNPACK)"
+  if "dropout" in op_names or re.search(r"_bernoulli|_uniform|random_bits", op_names):
+    return "dropout (bits, mask)"
   if re.search(r"threefry_split|threefry_fold_in|split_rng|fold_in", op_names):
     return "rng keys"
-  if "scatter" in op_names or "scatter(" in fused:
-    return "embedding gather / scatter"
-  if re.search(r"_take|gather", op_names):
+  if "softmax" in op_names:
+    return "softmax/mask"
+  if re.search(r"scatter|gather|_take", op_names) or "scatter(" in fused:
     return "embedding gather / scatter"
   if "optimizer" in op_names or not re.search(r"jvp\(", op_names):
     return "optimizer"
-  if re.search(r"softmax|reduce_max|attention_mask", op_names):
-    return "softmax/mask"
   return "elementwise bwd" if backward else "elementwise fwd"
 
 
-def categorize(hlo: str) -> dict[str, tuple[str, str]]:
+def categorize(hlo: str, embedding_shape: str = "") -> dict[str, tuple[str, str]]:
   """``{instruction name: (category, short description)}`` for every instruction of every
-  computation that a thunk can run (fusions are described by their fused computation)."""
+  computation that a thunk can run (fusions are described by their fused computation).
+  Instructions whose result has ``embedding_shape`` (e.g. ``[30522,384]``) count as the
+  word embedding's gradient and update, outside matmuls."""
   comps = _computations(hlo)
   out = {}
   for lines in comps.values():
@@ -107,7 +112,7 @@ def categorize(hlo: str) -> dict[str, tuple[str, str]]:
       match = _INSTRUCTION.match(line)
       if not match:
         continue
-      name, _, opcode = match.groups()
+      name, result_type, opcode = match.groups()
       op_names = " ".join(_OP_NAME.findall(line))
       fused = ""
       calls = _CALLS.search(line)
@@ -116,9 +121,13 @@ def categorize(hlo: str) -> dict[str, tuple[str, str]]:
         op_names += " " + " ".join(" ".join(_OP_NAME.findall(l)) for l in body)
         fused = line + "\n" + "\n".join(body)
         ops = collections.Counter(m.group(3) for m in map(_INSTRUCTION.match, body) if m)
-        if set(ops) <= {"parameter", "copy", "transpose", "bitcast"} and ops["transpose"] + ops["copy"]:
+        if (set(ops) <= {"parameter", "copy", "transpose", "bitcast"}
+            and ops["transpose"] + ops["copy"]):
           fused = "copy"
-      out[name] = (category(opcode, op_names, fused), line.strip()[:160])
+      cat = category(opcode, op_names, fused)
+      if embedding_shape and embedding_shape in result_type and not cat.startswith("matmul"):
+        cat = "word embedding: gradient + update"
+      out[name] = (cat, line.strip()[:160])
   return out
 
 
@@ -160,6 +169,8 @@ def main(argv: list[str]) -> None:
     batches.append(step_lib.put_batch(batch, mesh))
     if len(batches) == args.steps:
       break
+  model_config = models.load_config(config.model)
+  embedding_shape = f"[{model_config.vocab_size},{model_config.hidden_size}]"
   by_shape = collections.defaultdict(list)
   for batch in batches:
     by_shape[batch["input_ids"].shape].append(batch)
@@ -169,7 +180,8 @@ def main(argv: list[str]) -> None:
   described: dict[str, str] = {}
   wall = 0.0
   for shape, group in sorted(by_shape.items()):
-    names = categorize(train_step.lower(state, group[0], constants).compile().as_text())
+    names = categorize(train_step.lower(state, group[0], constants).compile().as_text(),
+                       embedding_shape)
     for batch in group:  # compile and warm up
       state, metrics = train_step(state, batch, constants)
     jax.block_until_ready((state, metrics))

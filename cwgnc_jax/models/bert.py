@@ -192,8 +192,9 @@ def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
   (``bernoulli``: the bits of ``jax.random.bernoulli``, drawn faster)."""
   if rng is None or rate == 0.0:
     return x
-  keep = bernoulli(rng, 1.0 - rate, x.shape)
-  return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+  with jax.named_scope("dropout"):  # names in profiles only (benchmarks/profile_step.py)
+    keep = bernoulli(rng, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
 
 
 def attention_mask(segment_ids: jax.Array) -> jax.Array:
@@ -210,10 +211,14 @@ def attention_with_dropout(query: jax.Array, key: jax.Array, value: jax.Array, m
   dtype's minimum, so a fully masked padding query gets uniform weights, never NaN).
   """
   scale = query.shape[-1] ** -0.5
-  logits = jnp.einsum("rqhd,rkhd->rhqk", query, key, preferred_element_type=jnp.float32)
-  logits = jnp.where(mask, logits * scale, jnp.finfo(jnp.float32).min)
-  probs = dropout(jax.nn.softmax(logits, axis=-1), rate, rng)
-  return jnp.einsum("rhqk,rkhd->rqhd", probs.astype(value.dtype), value)
+  with jax.named_scope("attention_scores"):
+    logits = jnp.einsum("rqhd,rkhd->rhqk", query, key, preferred_element_type=jnp.float32)
+  with jax.named_scope("softmax"):
+    logits = jnp.where(mask, logits * scale, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1)
+  probs = dropout(probs, rate, rng)
+  with jax.named_scope("attention_scores"):
+    return jnp.einsum("rhqk,rkhd->rqhd", probs.astype(value.dtype), value)
 
 
 def _normal(config: BertConfig) -> nnx.Initializer:

@@ -214,6 +214,7 @@ def train_step_fn(apply: ApplyFn, optimizer: optax.GradientTransformation,
     # live after the update, XLA copied every donated moment and parameter first (2 passes
     # over the 11.7M-row word embedding's moments alone); here the update runs in place.
     # The skip branch still runs the update for this step's diagnostics, then drops it.
+    @jax.named_scope("optimizer")  # names in profiles only (benchmarks/profile_step.py)
     def update(operands):
       params, opt_state = operands
       updates, new_opt_state = optimizer.update(grads, opt_state, params)
