@@ -15,7 +15,9 @@ the PyTorch one is the authors' loop (``loss.backward()``, then ``clip_grad_norm
 on every parameter tensor, then ``torch.optim.AdamW`` with weight decay off on biases and
 LayerNorm, and the linear warmup/decay schedule of ``transformers``). The runners advance
 alternately, ``--chunk`` steps at a time, so a change in the machine's load hits all alike;
-every step is timed to completion. Each JAX batch shape is compiled before timing (on a
+every step is timed to completion (the ratios are of the summed step times; the ratios of
+the median steps, less sensitive to bursts of load from other processes, are printed beside
+them). Each JAX batch shape is compiled before timing (on a
 throwaway state), and each PyTorch runner takes one untimed warm-up step (on a throwaway copy
 of its model), so only steady-state steps are compared. The process keeps freed host memory
 mapped (``training/host_memory.py``) for both frameworks, as ``train.py`` does.
@@ -69,16 +71,23 @@ class Runner:
   name: str
 
   def __init__(self, num_batches: int):
-    self.remaining, self.done, self.seconds, self.losses = num_batches, 0, 0.0, []
+    self.remaining, self.done, self.losses = num_batches, 0, []
+    self.times: list[float] = []  # wall seconds of each step
+    self.cpu = 0.0  # process CPU seconds while this runner stepped (only one steps at a time)
+
+  @property
+  def seconds(self) -> float:
+    return float(np.sum(self.times))
 
   def step(self, i: int) -> float:
     raise NotImplementedError
 
   def advance(self, n: int) -> None:
     for _ in range(min(n, self.remaining)):
-      start = time.perf_counter()
+      start, cpu = time.perf_counter(), time.process_time()
       loss = self.step(self.done)
-      self.seconds += time.perf_counter() - start
+      self.times.append(time.perf_counter() - start)
+      self.cpu += time.process_time() - cpu
       self.losses.append(loss)
       self.done += 1
       self.remaining -= 1
@@ -204,12 +213,17 @@ def bench_task(task: str, args: argparse.Namespace, rest: list[str]) -> dict:
     for runner in runners:
       runner.advance(args.chunk)
   per_step = {r.name: r.seconds / r.done for r in runners}
-  ratios = {"jax packed / torch pad-128": per_step["jax packed"] / per_step["torch pad-128"],
-            "jax packed / torch longest": per_step["jax packed"] / per_step["torch longest"]}
+  median = {r.name: float(np.median(r.times)) for r in runners}
+  pairs = [("jax packed", "torch pad-128"), ("jax packed", "torch longest")]
   if args.jax_padded:
-    ratios["jax padded / torch pad-128"] = per_step["jax padded"] / per_step["torch pad-128"]
+    pairs.append(("jax padded", "torch pad-128"))
+  ratios = {f"{a} / {b}": per_step[a] / per_step[b] for a, b in pairs}
   return {"task": task, "steps": runners[0].done, "seconds_per_step": per_step,
+          "median_seconds_per_step": median,
+          "cpu_seconds_per_step": {r.name: r.cpu / r.done for r in runners},
           "ratios": ratios,
+          "ratios_of_medians": {f"{a} / {b}": median[a] / median[b] for a, b in pairs},
+          "load_average": os.getloadavg(),
           "real_token_fraction": {r.name: r.tokens / r.slots for r in runners},
           "mean_loss": {r.name: float(np.mean(r.losses)) for r in runners}}
 
@@ -222,7 +236,11 @@ def main(argv: list[str]) -> None:
   parser.add_argument("--chunk", type=int, default=8, help="steps per turn of a runner")
   parser.add_argument("--jax-padded", action=argparse.BooleanOptionalAction, default=True,
                       help="also time this project's padded layout")
+  parser.add_argument("--torch-threads", type=int, default=0,
+                      help="PyTorch intra-op threads (0: its default, one per core)")
   args, rest = parser.parse_known_args(argv)
+  if args.torch_threads:
+    torch.set_num_threads(args.torch_threads)
   print(f"jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} "
         f"({torch.get_num_threads()} threads), transformers {transformers.__version__}, "
         f"{os.cpu_count()} CPUs", file=sys.stderr)
@@ -239,7 +257,8 @@ def main(argv: list[str]) -> None:
       goal = goals.get(task)
       mark = (f" (goal <= {goal[1]}: {'met' if ratio <= goal[1] else 'missed'})"
               if goal and goal[0] == name else "")
-      print(f"  {name}: {ratio:.2f}x{mark}", file=sys.stderr)
+      print(f"  {name}: {ratio:.2f}x{mark} (of medians "
+            f"{result['ratios_of_medians'][name]:.2f}x)", file=sys.stderr)
 
 
 if __name__ == "__main__":
