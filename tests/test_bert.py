@@ -121,6 +121,38 @@ def test_dropout_scales_kept_units():
   assert abs((dropped == 0).mean() - 0.1) < 0.005
 
 
+@pytest.mark.parametrize("shape", [(1,), (7, 33), (2, 3, 16, 16)])
+@pytest.mark.parametrize("p", [0.9, 0.5, 0.1])
+def test_fused_bernoulli_is_jax_random_bernoulli_bit_for_bit(shape, p):
+  """The straight-line threefry draws exactly jax's masks (typed, split, folded and raw
+  keys; eagerly and under jit): dropout's random bits are today's, only faster."""
+  key = jax.random.key(5)
+  for k in (key, jax.random.split(key, 3)[2], jax.random.fold_in(key, 11), jax.random.PRNGKey(7)):
+    expected = np.asarray(jax.random.bernoulli(k, p, shape))
+    np.testing.assert_array_equal(bert.bernoulli(k, p, shape), expected)
+    np.testing.assert_array_equal(jax.jit(lambda kk: bert.bernoulli(kk, p, shape))(k), expected)
+  # The straight-line path is the one taken here (else the test would compare jax to itself).
+  assert bert._fast_bernoulli_applies(key, p, shape)  # pylint: disable=protected-access
+
+
+def test_dropout_keep_rate_and_independence_across_keys():
+  """Keep rate 0.9 within 4 standard errors over 2e6 draws; masks of different keys (layers,
+  steps: ``split``, ``fold_in``) agree only as often as independent ones do (0.82)."""
+  shape = (4, 12, 128, 128)
+  step_key = jax.random.fold_in(jax.random.key(1), 3)
+  keys = list(jax.random.split(step_key, 3)) + [jax.random.fold_in(jax.random.key(1), 4)]
+  masks = [np.asarray(bert.bernoulli(k, 0.9, shape)) for k in keys]
+  n = masks[0].size
+  for mask in masks:
+    assert abs(mask.mean() - 0.9) < 4 * np.sqrt(0.09 / n)
+    # No structure along any axis: per-head and per-query keep rates are all near 0.9.
+    assert np.abs(mask.mean(axis=(0, 2, 3)) - 0.9).max() < 0.01
+  for i in range(len(masks)):
+    for j in range(i):
+      agree = (masks[i] == masks[j]).mean()
+      assert abs(agree - 0.82) < 4 * np.sqrt(0.82 * 0.18 / n), (i, j, agree)
+
+
 def test_dropout_only_with_a_key_and_pure_in_the_key(tiny):
   _, params, apply = tiny
   batch = padded_batch(random_examples(np.random.default_rng(2), [8, 5]), 8)

@@ -134,7 +134,7 @@ def test_param_spec_shards_the_largest_divisible_dimension():
   assert step_lib.param_spec((1024, 1024), 1, 1) == jax.sharding.PartitionSpec()  # no fsdp
 
 
-def _tiny_step_inputs():
+def _tiny_step_inputs(diagnostics=False):
   """A tiny model's state and jitted step on one device, and ``batch(example_mask)``."""
   model = bert.BertForSequenceClassification(bert.tiny_config(), 2, rngs=nnx.Rngs(0))
   graphdef, constants, params = bert.split_params(model)
@@ -145,7 +145,7 @@ def _tiny_step_inputs():
   abstract = step_lib.abstract_state(params, optimizer, 0, mesh, 2**18)
   state = step_lib.init_state(params, optimizer, 0, abstract)
   jitted = step_lib.jit_train_step(bert.apply_fn(graphdef), optimizer, mesh,
-                                   step_lib.shardings_of(abstract))
+                                   step_lib.shardings_of(abstract), diagnostics=diagnostics)
   step = lambda state, batch: jitted(state, batch, constants)
   rng = np.random.default_rng(0)
   tokens = {"input_ids": rng.integers(1, 100, (4, 16)).astype(np.int32),
@@ -176,6 +176,18 @@ def test_nonfinite_step_is_skipped_and_counted():
   changed = jax.tree.map(lambda a, b: not np.array_equal(a, b),
                          jax.device_get(state.params), before[0])
   assert all(jax.tree.leaves(changed))
+
+
+def test_skipped_step_reports_its_own_gradient_norms():
+  """Diagnostics of a skipped step are that step's (NaN) norms, not the last applied ones;
+  an applied step reports the norms of its gradients."""
+  state, step, batch = _tiny_step_inputs(diagnostics=True)
+  state, metrics = step(state, batch([1.0, 1.0, 1.0, 1.0]))
+  assert bool(metrics["finite"]) and np.isfinite(metrics["tensor_norms"]).all()
+  assert (np.asarray(metrics["tensor_norms"]) > 0).any()
+  state, metrics = step(state, batch([1.0, np.nan, 1.0, 1.0]))
+  assert not bool(metrics["finite"]) and int(step_lib.skipped(state)) == 1
+  assert np.isnan(metrics["tensor_norms"]).any() and np.isnan(metrics["component_norms"]).any()
 
 
 def test_loss_is_the_mean_over_real_examples():

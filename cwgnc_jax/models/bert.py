@@ -15,7 +15,12 @@ padded rows), positions and token types come from the batch, and ``cls_index`` i
 example's flat index into the ``R * T`` tokens.
 
 Dropout is pure: it is on exactly when a ``dropout_rng`` is passed, and every module derives
-its keys from it by ``jax.random.split``; no RNG state lives in the model. With dropout off
+its keys from it by ``jax.random.split``; no RNG state lives in the model. A mask is
+``jax.random.bernoulli(key, 1 - rate, shape)`` bit for bit, but drawn by ``bernoulli`` below:
+the same threefry-2x32 hash of each entry's flat index under the module's key, written as
+straight-line elementwise ops that XLA fuses into the dropout's multiply (JAX's own CPU
+lowering is a rolled loop, 10x slower: ``docs/benchmarks.md``). So each entry is kept with
+probability 1 - rate, independently across entries, heads, layers and steps. With dropout off
 (or an attention dropout rate of 0) attention runs through ``jax.nn.dot_product_attention``;
 because that function has no dropout on the attention probabilities, training with attention
 dropout computes the same softmax explicitly and drops probabilities before multiplying by v.
@@ -31,12 +36,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 # The batch keys the forward pass reads (the contract's layout; labels are ignored here).
@@ -125,12 +132,69 @@ def split_rng(rng: jax.Array | None, num: int) -> tuple[jax.Array | None, ...]:
   return tuple(jax.random.split(rng, num))
 
 
+# Threefry-2x32's rotation constants and key-schedule parity (Salmon et al. 2011; as in JAX).
+_THREEFRY_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+_THREEFRY_PARITY = 0x1BD11BDA
+
+
+def _rotate_left(x: jax.Array, d: int) -> jax.Array:
+  return (x << np.uint32(d)) | (x >> np.uint32(32 - d))
+
+
+def threefry2x32(k1: jax.Array, k2: jax.Array, x1: jax.Array,
+                 x2: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Threefry-2x32 (20 rounds) of the counters ``(x1, x2)`` under the key ``(k1, k2)``, as
+  straight-line elementwise ops: the same function as JAX's ``threefry2x32`` primitive,
+  whose CPU lowering is a rolled 5-iteration loop that XLA can neither fuse nor vectorise
+  across iterations (10x slower here for a dropout mask)."""
+  ks = (k1, k2, k1 ^ k2 ^ np.uint32(_THREEFRY_PARITY))
+  x = [x1 + ks[0], x2 + ks[1]]
+  for i in range(5):
+    for r in _THREEFRY_ROTATIONS[i % 2]:
+      x[0] = x[0] + x[1]
+      x[1] = x[0] ^ _rotate_left(x[1], r)
+    x[0] = x[0] + ks[(i + 1) % 3]
+    x[1] = x[1] + ks[(i + 2) % 3] + np.uint32(i + 1)
+  return x[0], x[1]
+
+
+def _fast_bernoulli_applies(rng: jax.Array, p: float, shape: tuple[int, ...]) -> bool:
+  """Whether ``bernoulli`` below reproduces ``jax.random.bernoulli(rng, p, shape)`` here:
+  a threefry key, JAX's partitionable counter layout, float32 uniforms, < 2^32 entries."""
+  if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
+    if rng.shape or str(jax.random.key_impl(rng)) != "threefry2x32":
+      return False
+  elif rng.shape != (2,) or rng.dtype != jnp.uint32 or jax.config.jax_default_prng_impl != "threefry2x32":
+    return False
+  return (jax.config.jax_threefry_partitionable and not jax.config.jax_enable_x64
+          and math.prod(shape) < 2**32 and isinstance(p, float))
+
+
+def bernoulli(rng: jax.Array, p: float, shape: tuple[int, ...]) -> jax.Array:
+  """``jax.random.bernoulli(rng, p, shape)``, bit for bit, as one fusible elementwise
+  expression (``threefry2x32`` above on the flat index of each entry; the uniform is
+  ``(bits >> 9) / 2^23``, JAX's float32 recipe). Where it could differ (another PRNG
+  implementation, ``jax_threefry_partitionable`` off, 64-bit floats, 2^32 entries or more)
+  it calls ``jax.random.bernoulli`` itself."""
+  if not _fast_bernoulli_applies(rng, p, shape):
+    return jax.random.bernoulli(rng, p, shape)
+  key = jax.random.key_data(rng) if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) else rng
+  index = jax.lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
+  bits1, bits2 = threefry2x32(key[0], key[1], jnp.zeros(shape, jnp.uint32), index)
+  bits = bits1 ^ bits2
+  one = np.array(1.0, np.float32).view(np.uint32)
+  uniform = jax.lax.bitcast_convert_type((bits >> np.uint32(9)) | one, jnp.float32) - 1.0
+  return uniform < np.float32(p)
+
+
 def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
-  """Inverted dropout: ``x * keep / (1 - rate)`` with ``keep ~ Bernoulli(1 - rate)``."""
+  """Inverted dropout: ``x * keep / (1 - rate)`` with ``keep ~ Bernoulli(1 - rate)``
+  (``bernoulli``: the bits of ``jax.random.bernoulli``, drawn faster)."""
   if rng is None or rate == 0.0:
     return x
-  keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
-  return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+  with jax.named_scope("dropout"):  # names in profiles only (benchmarks/profile_step.py)
+    keep = bernoulli(rng, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
 
 
 def attention_mask(segment_ids: jax.Array) -> jax.Array:
@@ -147,10 +211,14 @@ def attention_with_dropout(query: jax.Array, key: jax.Array, value: jax.Array, m
   dtype's minimum, so a fully masked padding query gets uniform weights, never NaN).
   """
   scale = query.shape[-1] ** -0.5
-  logits = jnp.einsum("rqhd,rkhd->rhqk", query, key, preferred_element_type=jnp.float32)
-  logits = jnp.where(mask, logits * scale, jnp.finfo(jnp.float32).min)
-  probs = dropout(jax.nn.softmax(logits, axis=-1), rate, rng)
-  return jnp.einsum("rhqk,rkhd->rqhd", probs.astype(value.dtype), value)
+  with jax.named_scope("attention_scores"):
+    logits = jnp.einsum("rqhd,rkhd->rhqk", query, key, preferred_element_type=jnp.float32)
+  with jax.named_scope("softmax"):
+    logits = jnp.where(mask, logits * scale, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1)
+  probs = dropout(probs, rate, rng)
+  with jax.named_scope("attention_scores"):
+    return jnp.einsum("rhqk,rkhd->rqhd", probs.astype(value.dtype), value)
 
 
 def _normal(config: BertConfig) -> nnx.Initializer:

@@ -244,10 +244,11 @@ def train_step_fn(apply: ApplyFn, optimizer: optax.GradientTransformation, *,
     leaves, treedef = jax.tree.flatten(grads)
     poison = jnp.where(jnp.isfinite(loss), 0.0, jnp.nan).astype(leaves[0].dtype)
     checked = jax.tree.unflatten(treedef, [leaves[0] + poison, *leaves[1:]])
-    updates, opt_state = optimizer.update(checked, state.opt_state, state.params)
-    new_state = TrainState(step=state.step + 1,
-                           params=optax.apply_updates(state.params, updates),
-                           opt_state=opt_state, rng=state.rng)
+    with jax.named_scope("optimizer"):  # names in profiles only (benchmarks/profile_step.py)
+      updates, opt_state = optimizer.update(checked, state.opt_state, state.params)
+      params = optax.apply_updates(state.params, updates)
+    new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state,
+                           rng=state.rng)
     finite = opt_state.last_finite
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "finite": finite,
                "examples": jnp.sum(batch["example_mask"]),
