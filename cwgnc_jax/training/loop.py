@@ -364,11 +364,12 @@ class Recorder:
     self.pending.append((step, step_metrics))
 
   def flush(self) -> None:
+    """Writes the pending steps' records: every scalar metric of the step (``step.py``), and
+    ``skipped`` for a step that was not ``finite``."""
     for at, values in jax.device_get(self.pending):
-      record = {"step": at, "loss": float(values["loss"]),
-                "grad_norm": float(values["grad_norm"]),
-                "learning_rate": float(values["learning_rate"]),
-                "skipped": not bool(values["finite"])}
+      record = {"step": at, "skipped": not bool(values["finite"])}
+      record.update((key, float(value)) for key, value in values.items()
+                    if key != "finite" and np.ndim(value) == 0)
       self.metrics.write(record, "train")
       self.window.append(record["loss"])
       if record["skipped"]:
