@@ -31,6 +31,13 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 REPO = Path(__file__).resolve().parent.parent
 
 
+def pytest_xdist_auto_num_workers(config) -> int:
+  """``-n auto``: one worker per core, at most 8 (each worker is a JAX process of its own and
+  builds its own session fixtures, so more stop paying off)."""
+  del config
+  return max(1, min(8, len(os.sched_getaffinity(0))))
+
+
 def _missing(what: str) -> None:
   if os.environ.get("CI", "").lower() == "true":
     pytest.fail(f"{what} is missing, and CI must run every real-data test")

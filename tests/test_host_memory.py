@@ -45,6 +45,7 @@ def run_program(keep: str) -> dict:
   return json.loads(done.stdout)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_kept_memory_is_not_faulted_in_again_at_every_execution():
   kept, default = run_program("1"), run_program("0")

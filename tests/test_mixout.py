@@ -234,6 +234,7 @@ def test_mixout_seeds_share_one_compiled_step_that_takes_the_targets(tiny_bert_d
   assert all(np.size(c) < smallest for c in jaxpr.consts), [np.shape(c) for c in jaxpr.consts]
 
 
+@pytest.mark.slow
 @pytest.mark.real
 def test_real_minilm_mixout_targets_and_steps(minilm_dir, glue_dir):
   """MiniLM-L6 with Mixout p = 0.9: every dense layer targets its loaded weight, no dropout;

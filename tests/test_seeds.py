@@ -147,6 +147,7 @@ def _study_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProc
                         capture_output=True, text=True, timeout=900)
 
 
+@pytest.mark.slow
 @pytest.mark.real
 def test_seeds_split_over_eight_fake_devices(tiny_bert_dir, tiny_rte_dir, alone, tmp_path):
   """2 seeds in one program on a (seeds 2, data 4) mesh of 8 CPU devices equal the same

@@ -234,6 +234,7 @@ def one_device(tmp_path_factory, tiny_args, env) -> Path:
   return workdir
 
 
+@pytest.mark.slow
 @pytest.mark.real
 def test_eight_fake_devices_match_one(one_device, tiny_args, env, tmp_path):
   """5 steps on a (data 4, fsdp 2) mesh of 8 CPU devices give the single-device losses."""
@@ -251,6 +252,7 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.real
 def test_two_processes_match_one(one_device, tiny_args, env, tmp_path):
   """Two train.py processes joined through $JAX_COORDINATOR_ADDRESS, 2 CPU devices each, a
@@ -343,6 +345,7 @@ def test_sigkill_mid_epoch_then_rerun_is_bit_identical(reference, tiny_args, env
   assert_same_run(workdir, reference)
 
 
+@pytest.mark.slow
 @pytest.mark.real
 def test_sigkill_during_a_save_leaves_the_previous_checkpoint(reference, tiny_args, env,
                                                                tmp_path):
@@ -505,6 +508,7 @@ def test_unknown_config_and_indivisible_batch_exit_2(tiny_args, env, tmp_path):
   assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.real
 def test_demo_config_learns_on_real_rte(glue_dir, env, tmp_path):
   """MiniLM-L6 on 32 real RTE examples, 3 epochs of 2 steps: the training loss falls, and

@@ -387,6 +387,7 @@ def test_gu_restart_run_starts_each_iteration_from_the_pretrained_model(tiny_arg
                                                        "encoder/layers/0"}
 
 
+@pytest.mark.slow
 @pytest.mark.real
 def test_real_minilm_gu_records_a_dev_metric_per_iteration(glue_dir, env, tmp_path):
   """MiniLM-L6 on 16 real RTE examples, 2 GU iterations of one step: a dev score per iteration
