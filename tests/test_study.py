@@ -230,6 +230,7 @@ def test_bad_command_line_exits_2_in_one_line(tmp_path):
   assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 @pytest.mark.real
 def test_two_seed_study_of_minilm_on_real_rte(glue_dir, minilm_dir, tmp_path):
   """2 seeds of the demo config (MiniLM-L6, CWGNC) on the first 32 real RTE train examples,

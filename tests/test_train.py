@@ -370,6 +370,7 @@ def _tree_digest(folder: Path) -> dict[str, str]:
           for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 @pytest.mark.real
 def test_corrupt_checkpoint_is_named_and_an_older_one_resumes(reference, tiny_args, env,
                                                                tmp_path):
