@@ -405,41 +405,54 @@ def _p(value: float) -> str:
   return "-" if np.isnan(value) else "<0.001" if value < 1e-3 else f"{value:.3f}"
 
 
+def compare_scores(a: Sequence[float], b: Sequence[float], failed_a: int, failed_b: int
+                   ) -> str:
+  """Scores ``a`` against scores ``b`` (``failed_*`` of them failed), as the Markdown cells
+  ``seeds | Std ratio | p (equal spread) | mean difference | p (equal means) | failed |
+  p (equal failures)``.
+
+  The ratio ``std(a) / std(b)`` of the population stds; the Brown-Forsythe test of equal
+  spread (Levene's test on deviations from each group's median: robust to a failed run's
+  outlying score; from 3 scores a side, below which it is degenerate); Welch's t-test of
+  equal means (from 2 a side); Fisher's exact test of equal failure rates. Two-sided p-values:
+  with ten seeds a group's std is known only to about +-25%, so only large differences in
+  spread reach a small p.
+  """
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  with np.errstate(all="ignore"):  # constant scores (every seed failed): no test
+    spread = (stats.levene(a, b, center="median").pvalue if min(len(a), len(b)) >= 3
+              else np.nan)
+    means = stats.ttest_ind(a, b, equal_var=False).pvalue if min(len(a), len(b)) >= 2 else np.nan
+    ratio = np.std(a) / np.std(b) if np.std(b) else np.nan
+  fisher = stats.fisher_exact([[failed_a, len(a) - failed_a],
+                               [failed_b, len(b) - failed_b]]).pvalue
+  return (f"{len(a)}, {len(b)} | {'-' if np.isnan(ratio) else f'{ratio:.2f}'} | {_p(spread)} | "
+          f"{np.mean(a) - np.mean(b):+.1f} | {_p(means)} | "
+          f"{failed_a}/{len(a)} vs {failed_b}/{len(b)} | {_p(fisher)}")
+
+
+COMPARISON_COLUMNS = ("seeds | Std ratio | p (equal spread) | mean difference | p (equal means) "
+                      "| failed | p (equal failures)")
+
+
 def comparisons(groups: Sequence[Group]) -> str | None:
   """CWGNC against each baseline of its task, where both have at least
-  ``MIN_SEEDS_TO_COMPARE`` finished seeds, as a Markdown table (None: no such pair).
-
-  For CWGNC scores ``a`` and baseline scores ``b``: the ratio ``std(a) / std(b)`` of the
-  population stds; the Brown-Forsythe test of equal spread (Levene's test on deviations from
-  each group's median: robust to a failed run's outlying score); Welch's t-test of equal
-  means; Fisher's exact test of equal failure rates. Two-sided p-values: with ten seeds a
-  group's std is known only to about +-25%, so only large differences in spread reach a
-  small p.
-  """
+  ``MIN_SEEDS_TO_COMPARE`` finished seeds, as a Markdown table of :func:`compare_scores`
+  (None: no such pair)."""
   rows = []
   for task in _tasks(groups):
     plain = sorted((g for g in groups if g.task == task and g.unfreezing == "none"
                     and len(_scores(g)) >= MIN_SEEDS_TO_COMPARE), key=_row_order)
     for ours in (g for g in plain if g.is_cwgnc):
       for base in (g for g in plain if not g.is_cwgnc):
-        a, b = _scores(ours), _scores(base)
         failed = [sum(run["failed"] for run in g.summary["runs"] if "score" in run)
                   for g in (ours, base)]
-        with np.errstate(all="ignore"):  # constant scores (every seed failed): no test
-          spread = stats.levene(a, b, center="median").pvalue
-          means = stats.ttest_ind(a, b, equal_var=False).pvalue
-          ratio = np.std(a) / np.std(b) if np.std(b) else np.nan
-        fisher = stats.fisher_exact([[failed[0], len(a) - failed[0]],
-                                     [failed[1], len(b) - failed[1]]]).pvalue
         rows.append(f"| {TASK_NAMES.get(task, task)} | {ours.label} | {base.label} | "
-                    f"{len(a)}, {len(b)} | {'-' if np.isnan(ratio) else f'{ratio:.2f}'} | "
-                    f"{_p(spread)} | {np.mean(a) - np.mean(b):+.1f} | {_p(means)} | "
-                    f"{failed[0]}/{len(a)} vs {failed[1]}/{len(b)} | {_p(fisher)} |")
+                    f"{compare_scores(_scores(ours), _scores(base), *failed)} |")
   if not rows:
     return None
-  return "\n".join([
-      "| task | CWGNC | baseline | seeds | Std ratio | p (equal spread) | mean difference | "
-      "p (equal means) | failed | p (equal failures) |", "|---" * 10 + "|", *rows])
+  return "\n".join([f"| task | CWGNC | baseline | {COMPARISON_COLUMNS} |", "|---" * 10 + "|",
+                    *rows])
 
 
 def settings_list(groups: Sequence[Group]) -> str:

@@ -21,8 +21,8 @@ host_memory.keep_freed_memory()
 
 # One persistent XLA compilation cache for the session, set before JAX is imported: in-process
 # tests, pytest-xdist's workers and the train.py and study processes they start (all inherit
-# the environment) then compile each tiny-model step once, not once per test. A cached executable is the compiled
-# program itself, so results are bit-identical.
+# the environment) then compile each tiny-model step once, not once per test. A cached
+# executable is the compiled program itself, so results are bit-identical.
 _XLA_CACHE = tempfile.mkdtemp(prefix="cwgnc_jax_tests_xla_")
 atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _XLA_CACHE)
