@@ -332,7 +332,8 @@ def main(argv: list[str]) -> None:
                     "relative_error": (a_e + 8 * b_e) / eval_points[8] - 1}}
   print(f"compiled the eval step ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
 
-  # The optimizer update alone (as in the step: inside apply_if_finite), and the clip alone.
+  # The optimizer update alone (the step runs it inside apply_if_finite's branch), and the
+  # clip alone.
   params = models[0.0][1]
   updates = {}
   for program in programs.values():

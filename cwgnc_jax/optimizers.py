@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+from jax import lax
 from ml_collections import config_dict
 
 from cwgnc_jax import paths
@@ -139,7 +140,7 @@ def applied_learning_rate(opt_state: Any) -> jax.Array:
 
 
 def skipped_steps(opt_state: Any) -> jax.Array:
-  """The updates :func:`build_optimizer`'s optimizer has skipped (non-finite gradients)."""
+  """The steps :func:`apply_if_finite` has skipped (non-finite gradients or loss)."""
   return opt_state.total_notfinite
 
 
@@ -448,10 +449,9 @@ def build_optimizer(
     otherwise:         bert_adam(lr_t, b1, b2, eps, weight_decay, mask)
 
   with ``lr_t = linear_warmup_decay(learning_rate, total_steps, warmup_fraction)`` and
-  ``mask = decay_mask(exclude=decay_exclude)``, all inside ``optax.apply_if_finite``: an
-  update whose gradients hold a NaN or an infinity is skipped (zero update, state unchanged,
-  so the schedule's count is the number of applied updates) and counted
-  (:func:`skipped_steps`), however many come in a row.
+  ``mask = decay_mask(exclude=decay_exclude)``. The result is a plain Optax chain: the
+  train step skips non-finite steps around it (:func:`apply_if_finite`, whose state
+  :func:`init_state` makes); in a loop of your own, ``optax.apply_if_finite`` does the same.
 
   Args:
     opt_config: the optimizer config (the fields of :func:`optimizer_config`).
@@ -484,8 +484,72 @@ def build_optimizer(
   if trainable is not None:
     optimizer = optax.selective_transform(
         optimizer, freeze_mask=jax.tree.map(lambda flag: not flag, trainable))
-  return optax.apply_if_finite(optimizer, max_consecutive_errors=NEVER_GIVE_UP)
+  return optimizer
 
 
-# apply_if_finite accepts a non-finite update after this many in a row; a run never should.
-NEVER_GIVE_UP = 2**31 - 1
+# -- Skipping non-finite steps. -----------------------------------------------------------
+
+def init_state(optimizer: optax.GradientTransformation, params: Any) -> optax.ApplyIfFiniteState:
+  """The state :func:`apply_if_finite` carries: ``optimizer``'s, with the counts of
+  ``optax.apply_if_finite`` around it (the same type and layout as
+  ``optax.apply_if_finite(optimizer, n).init(params)``)."""
+  return optax.ApplyIfFiniteState(
+      notfinite_count=jnp.zeros([], jnp.int32),
+      last_finite=jnp.array(True, jnp.bool_),
+      total_notfinite=jnp.zeros([], jnp.int32),
+      inner_state=optimizer.init(params),
+  )
+
+
+def all_finite(tree: Any) -> jax.Array:
+  """Whether every entry of ``tree`` is finite, read off its squared global norm.
+
+  A finite ``sum(g^2)`` means every entry is finite (an infinity or a NaN makes the sum
+  one), and the norm is what a train step reports anyway, so the check shares its pass
+  over the gradients. Only when the sum is not finite, which finite entries above ~1e19
+  (float32) can also cause, are the entries checked one by one.
+  """
+  exact = lambda: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+  return lax.cond(jnp.isfinite(optax.tree.norm(tree, squared=True)),
+                  lambda: jnp.array(True), exact)
+
+
+def apply_if_finite(optimizer: optax.GradientTransformation, grads: Any,
+                    opt_state: optax.ApplyIfFiniteState, params: Any,
+                    loss: jax.Array | None = None) -> tuple[Any, optax.ApplyIfFiniteState]:
+  """One step of ``optimizer`` applied to ``params``, or none if a gradient (or ``loss``)
+  is not finite. Returns the new ``(params, opt_state)``; ``opt_state`` is
+  :func:`init_state`'s::
+
+    finite = every entry of grads is finite (and loss is, if given)
+    finite:      u, inner = optimizer.update(grads, inner, params);  params = params + u
+    otherwise:   params and inner unchanged
+    last_finite = finite;  total_notfinite += not finite;  notfinite_count: the run of them
+
+  The rule and state of ``optax.apply_if_finite(optimizer, n)`` (for any ``n`` not reached)
+  followed by ``optax.apply_updates``. The difference is where the parameters are updated:
+  here inside the ``lax.cond`` branch that updates the moments, so XLA does the moments, the
+  step and the new parameters in one pass per tensor, in place. Across the wrapper's branch
+  the updates are written out and read back in a pass of their own: MiniLM-L6's CWGNC update
+  takes 2.3 times as long that way (``benchmarks/bench_optimizer.py``). The state comes out
+  the same bit for bit; the parameters can differ in the last bit, because in one loop
+  XLA's CPU code generator computes ``theta + (-lr_t * d)`` as a fused multiply-add (one
+  rounding) where the wrapper rounds ``-lr_t * d`` first. Under ``vmap`` (several seeds in
+  one program) the ``lax.cond`` becomes a select, as the wrapper's does.
+  """
+  finite = all_finite(grads)
+  if loss is not None:
+    finite = jnp.logical_and(finite, jnp.isfinite(loss))
+
+  def step(_):
+    updates, inner = optimizer.update(grads, opt_state.inner_state, params)
+    return optax.apply_updates(params, updates), inner
+
+  params, inner = lax.cond(finite, step, lambda _: (params, opt_state.inner_state), None)
+  count_if_not = lambda count, zero: jnp.where(finite, zero, optax.safe_increment(count))
+  return params, optax.ApplyIfFiniteState(
+      notfinite_count=count_if_not(opt_state.notfinite_count, jnp.zeros([], jnp.int32)),
+      last_finite=finite,
+      total_notfinite=count_if_not(opt_state.total_notfinite, opt_state.total_notfinite),
+      inner_state=inner,
+  )

@@ -187,13 +187,13 @@ def next_state(mode: str, state: Any, pretrained: Any,
 
   GU: the parameters carry over, the optimizer state as ``carry_opt_state`` says. GU
   restart: the pretrained parameters and a fresh optimizer state. Either way the step, the
-  RNG key and the count of skipped steps (``optax.apply_if_finite``'s) go on.
+  RNG key and the count of skipped steps (``optimizers.skipped_steps``) go on.
   """
   if mode == "gu":
-    return state._replace(opt_state=carry_opt_state(state.opt_state,
-                                                    optimizer.init(state.params)))
+    return state._replace(opt_state=carry_opt_state(
+        state.opt_state, optimizers.init_state(optimizer, state.params)))
   if mode == "gu_restart":
-    fresh = optimizer.init(pretrained)
+    fresh = optimizers.init_state(optimizer, pretrained)
     return state._replace(params=pretrained, opt_state=fresh._replace(
         total_notfinite=state.opt_state.total_notfinite))
   raise ValueError(f"unknown unfreezing mode {mode!r}; valid: {', '.join(MODES[1:])}")

@@ -447,3 +447,79 @@ def test_decay_after_step_shrinks_the_stepped_parameters():
     np.testing.assert_allclose(new["bias"], params["bias"] + step["bias"], rtol=1e-6)
     pre_step = params["w"] + step["w"] - rate * params["w"]
     assert np.abs(np.asarray(new["w"] - pre_step)).min() > 1e-3
+
+
+# -- optimizers.apply_if_finite: optax.apply_if_finite's rule, parameters updated in place. --
+
+def _wrapper_steps(optimizer, params, grads_list, losses):
+  """``optax.apply_if_finite`` then ``optax.apply_updates`` (a non-finite loss is passed as
+  a NaN gradient entry), jitted: the reference for ``optimizers.apply_if_finite``."""
+  wrapped = optax.apply_if_finite(optimizer, max_consecutive_errors=2**31 - 1)
+
+  @jax.jit
+  def step(params, state, grads, loss):
+    grads = jax.tree.map(lambda g: g + jnp.where(jnp.isfinite(loss), 0.0, jnp.nan), grads)
+    updates, state = wrapped.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  state, out = wrapped.init(params), []
+  for grads, loss in zip(grads_list, losses):
+    params, state = step(params, state, grads, loss)
+    out.append((params, state))
+  return out
+
+
+def _in_place_steps(optimizer, params, grads_list, losses):
+  step = jax.jit(lambda p, s, g, l: optimizers.apply_if_finite(optimizer, g, s, p, l))
+  state, out = optimizers.init_state(optimizer, params), []
+  for grads, loss in zip(grads_list, losses):
+    params, state = step(params, state, grads, loss)
+    out.append((params, state))
+  return out
+
+
+def test_apply_if_finite_is_optax_apply_if_finite_then_apply_updates():
+  """Same counts, moments and clip statistics bit for bit, and the same parameters up to the
+  rounding of the step (one fused multiply-add where the wrapper rounds ``-lr * d`` first),
+  over finite steps, a NaN gradient, an infinite loss with finite gradients, and finite
+  gradients whose squared norm overflows float32 (applied: every entry is finite)."""
+  params = bert_params()
+  cfg = recipe("cwgnc")
+  cfg.warmup_fraction = 0.0
+  optimizer = build_optimizer(cfg, 10)
+  grads = random_grads(params, 6, seed=11, scale=0.01)
+  grads[1]["encoder"]["layers"][0]["intermediate"]["kernel"][1, 2] = np.nan
+  grads[4]["pooler"]["kernel"][:] = 3e19  # sum of squares: inf in float32
+  losses = [0.7, 0.7, np.inf, 0.6, 0.6, 0.5]
+  ours = _in_place_steps(optimizer, params, grads, losses)
+  reference = _wrapper_steps(optimizer, params, grads, losses)
+
+  applied = [bool(s.last_finite) for _, s in ours]
+  assert applied == [True, False, False, True, True, True]
+  assert [int(s.total_notfinite) for _, s in ours] == [0, 1, 2, 2, 2, 2]
+  assert [int(s.notfinite_count) for _, s in ours] == [0, 1, 2, 0, 0, 0]
+  for (p, s), (p_ref, s_ref) in zip(ours, reference):
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), s, s_ref))
+    scale = max(float(np.abs(np.asarray(x)).max()) for x in jax.tree.leaves(p_ref))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=scale * 2**-23),
+                 p, p_ref)
+  # A skipped step leaves parameters and state exactly as they were.
+  for before, after in ((ours[0], ours[1]), (ours[1], ours[2])):
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool(np.array_equal(a, b)),
+                                     (before[0], before[1].inner_state),
+                                     (after[0], after[1].inner_state)))
+  # The overflowing step moved the pooler (clipped to 0.05, so a finite step).
+  moved = np.abs(np.asarray(ours[4][0]["pooler"]["kernel"]) - np.asarray(ours[3][0]["pooler"]["kernel"]))
+  assert np.isfinite(moved).all() and moved.max() > 0
+
+
+def test_all_finite():
+  tree = {"a": np.ones((3, 4), np.float32), "b": np.zeros((5,), np.float32)}
+  check = jax.jit(optimizers.all_finite)
+  assert bool(check(tree))
+  for bad in (np.nan, np.inf, -np.inf):
+    broken = jax.tree.map(np.copy, tree)
+    broken["a"][2, 1] = bad
+    assert not bool(check(broken)), bad
+  huge = {"a": np.full((3, 4), 1e30, np.float32)}  # finite entries, overflowing sum
+  assert bool(check(huge))

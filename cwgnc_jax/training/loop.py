@@ -7,8 +7,8 @@ S >= 1 runs of one config that differ only in their seed, in lockstep, as one pr
 
   * one jitted step per batch (``step.py``); with S > 1 the seeds' states are stacked and the
     step is vmapped over them (the mesh's ``seeds`` axis splits them over devices). A step
-    with non-finite loss or gradients is skipped by the optimizer (``optax.apply_if_finite``),
-    counted and reported;
+    with non-finite loss or gradients is skipped (``optimizers.apply_if_finite``), counted
+    and reported;
   * a dev evaluation ``evals_per_epoch`` times per epoch, always at each epoch's end; the
     result is the last evaluation (the final model) or, with ``keep_best``, the best one;
     each evaluation also records every layer's drift from the run's initial parameters;

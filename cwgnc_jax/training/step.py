@@ -20,10 +20,10 @@ The train step, for a batch with example mask ``m`` and per-example cross-entrop
   params, opt_state unchanged, skipped += 1           otherwise
   step += 1                                           always (the data moves on)
 
-The skip is the optimizer's own (``optimizers.build_optimizer`` wraps its chain in
-``optax.apply_if_finite``, whose state counts the skips); a non-finite loss with finite
-gradients is handed to it as a non-finite gradient. So a step is a pure function of (state,
-batch, constants) and a resumed run repeats it bit for bit. ``constants`` are the arrays the
+The skip is ``optimizers.apply_if_finite`` (``optax.apply_if_finite``'s rule and state, with
+the parameters updated inside the taken branch so XLA updates them and the moments in one
+pass); its state counts the skips. So a step is a pure function of (state, batch, constants)
+and a resumed run repeats it bit for bit. ``constants`` are the arrays the
 model reads but never trains (Mixout targets; empty for plain BERT): a step argument laid
 out like the parameters, never part of the state (so never checkpointed: they are rebuilt
 with the model).
@@ -52,8 +52,9 @@ class TrainState(NamedTuple):
   Attributes:
     step: int32 [], batches consumed so far (applied or skipped): the data position.
     params: the model parameters (pure nested dict).
-    opt_state: the optimizer state (``optimizers.build_optimizer``'s: its
-      ``optimizers.skipped_steps`` counts the steps whose loss or gradients were not finite).
+    opt_state: ``optimizers.init_state``'s: the optimizer's state, and the counts of
+      ``optimizers.apply_if_finite`` (``optimizers.skipped_steps``: the steps whose loss or
+      gradients were not finite).
     rng: uint32 key data of ``jax.random.key(seed)``; step s drops out with
       ``fold_in(rng, s)``.
   """
@@ -172,7 +173,8 @@ def put_constants(constants: Any, mesh: Mesh, min_size: int) -> Any:
 def _state_fn(optimizer: optax.GradientTransformation, seed: int):
   def make(params):
     rng = jax.random.key_data(jax.random.key(seed))
-    return TrainState(jnp.zeros([], jnp.int32), params, optimizer.init(params), rng)
+    return TrainState(jnp.zeros([], jnp.int32), params,
+                      optimizers.init_state(optimizer, params), rng)
   return make
 
 
@@ -224,7 +226,8 @@ def train_step_fn(apply: ApplyFn, optimizer: optax.GradientTransformation, *,
                   ) -> Callable[[TrainState, Mapping[str, jax.Array], Any],
                                 tuple[TrainState, dict[str, jax.Array]]]:
   """The (unjitted) train step ``(state, batch, constants) -> (state, metrics)`` (module
-  docstring); ``optimizer`` is ``optimizers.build_optimizer``'s (it skips non-finite steps).
+  docstring); ``optimizer`` is ``optimizers.build_optimizer``'s (an Optax chain), applied
+  by ``optimizers.apply_if_finite``.
 
   Metrics: ``loss``, ``grad_norm`` (global L2 norm of the raw gradient), ``finite`` (the
   step was applied), ``examples`` (real examples), ``learning_rate`` (of the last applied
@@ -239,14 +242,9 @@ def train_step_fn(apply: ApplyFn, optimizer: optax.GradientTransformation, *,
       return masked_mean_cross_entropy(logits, batch["labels"], batch["example_mask"])
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
-    # A non-finite loss skips the step even if its gradients are finite: one poisoned
-    # gradient entry makes apply_if_finite reject the update.
-    leaves, treedef = jax.tree.flatten(grads)
-    poison = jnp.where(jnp.isfinite(loss), 0.0, jnp.nan).astype(leaves[0].dtype)
-    checked = jax.tree.unflatten(treedef, [leaves[0] + poison, *leaves[1:]])
     with jax.named_scope("optimizer"):  # names in profiles only (benchmarks/profile_step.py)
-      updates, opt_state = optimizer.update(checked, state.opt_state, state.params)
-      params = optax.apply_updates(state.params, updates)
+      params, opt_state = optimizers.apply_if_finite(optimizer, grads, state.opt_state,
+                                                     state.params, loss)
     new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state,
                            rng=state.rng)
     finite = opt_state.last_finite
