@@ -24,12 +24,16 @@ import argparse
 import statistics
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
+from cwgnc_jax.training import host_memory
 
-from cwgnc_jax import methods, models, optimizers
+host_memory.keep_freed_memory()  # before JAX starts its threads, as train.py
+
+import jax  # pylint: disable=wrong-import-position
+import jax.numpy as jnp  # pylint: disable=wrong-import-position
+import numpy as np  # pylint: disable=wrong-import-position
+import optax  # pylint: disable=wrong-import-position
+
+from cwgnc_jax import methods, models, optimizers  # pylint: disable=wrong-import-position
 
 
 def programs(optimizer: optax.GradientTransformation):
