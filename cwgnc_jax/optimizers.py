@@ -531,7 +531,7 @@ def apply_if_finite(optimizer: optax.GradientTransformation, grads: Any,
   here inside the ``lax.cond`` branch that updates the moments, so XLA does the moments, the
   step and the new parameters in one pass per tensor, in place. Across the wrapper's branch
   the updates are written out and read back in a pass of their own: MiniLM-L6's CWGNC update
-  takes 2.3 times as long that way (``benchmarks/bench_optimizer.py``). The state comes out
+  takes 1.4 times as long that way (``benchmarks/bench_optimizer.py``). The state comes out
   the same bit for bit; the parameters can differ in the last bit, because in one loop
   XLA's CPU code generator computes ``theta + (-lr_t * d)`` as a fused multiply-add (one
   rounding) where the wrapper rounds ``-lr_t * d`` first. Under ``vmap`` (several seeds in
