@@ -52,7 +52,8 @@ class Runner:
     self.eval_step = step_lib.jit_eval_step(run.apply, mesh, step_lib.shardings_of(abstract).params)
     self.batches = batching.train_batches(
         run.train_data, config.batch_size, seed=config.seed, epoch=0, layout=layout,
-        max_length=config.max_length, row_multiple=run.num_devices)
+        max_length=config.max_length, row_multiple=run.num_devices,
+        row_length_step=config.row_length_step)
     self.layout, self.mesh, self.remaining = layout, mesh, steps
     self.shapes: set[tuple[int, ...]] = set()
     self.seconds, self.examples, self.tokens, self.slots = 0.0, 0.0, 0, 0

@@ -68,7 +68,8 @@ def main(argv: list[str]) -> None:
   for r in runs:
     for batch in batching.train_batches(r.train_data, config.batch_size, seed=r.config.seed,
                                         epoch=0, layout=config.layout,
-                                        max_length=config.max_length):
+                                        max_length=config.max_length,
+                                        row_length_step=config.row_length_step):
       host[r.config.seed].append(batch)
       if len(host[r.config.seed]) == args.steps:
         break

@@ -94,7 +94,8 @@ def main(argv: list[str]) -> None:
   for batch in batching.train_batches(run.train_data, config.batch_size, seed=config.seed,
                                       epoch=0, layout=config.layout,
                                       max_length=config.max_length,
-                                      row_multiple=run.num_devices):
+                                      row_multiple=run.num_devices,
+                                      row_length_step=config.row_length_step):
     batches.append(batch)
     if len(batches) == args.steps:
       break

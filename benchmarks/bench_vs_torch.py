@@ -117,7 +117,8 @@ class JaxRunner(Runner):
     self.batches = []
     for batch in batching.train_batches(run.train_data, config.batch_size, seed=config.seed,
                                         epoch=0, layout=layout, max_length=config.max_length,
-                                        row_multiple=run.num_devices):
+                                        row_multiple=run.num_devices,
+                                        row_length_step=config.row_length_step):
       self.batches.append(step_lib.put_batch(batch, self.mesh))
       if len(self.batches) == num_batches:
         break

@@ -64,8 +64,9 @@ OPERATIONAL_KEYS = ("resume_step", "checkpoint_every", "keep_checkpoints", "log_
 LATER_GROUPS = {"unfreezing": ("mode", "none"), "mixout": ("p", 0.0)}
 
 # Keys added after runs were made, with the value a config.json without them was trained
-# with: before ``optimizer.adam_form`` existed, bias-corrected Adam was optax's.
-LATER_KEYS = {"optimizer.adam_form": "optax"}
+# with: before ``optimizer.adam_form`` existed, bias-corrected Adam was optax's; before
+# ``row_length_step``, packed rows were always max_length long.
+LATER_KEYS = {"optimizer.adam_form": "optax", "row_length_step": 0}
 
 
 class ConfigError(ValueError):
@@ -374,6 +375,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_unfreezing(config)
   _check_mixout(config)
   _positive_int(config, "checkpoint_every", zero_ok=True)
+  if "row_length_step" in config:
+    _positive_int(config, "row_length_step", zero_ok=True)
   if "fsdp_min_size" in config:
     _positive_int(config, "fsdp_min_size", zero_ok=True)
   _positive_int(config, "diagnostics_every", zero_ok=True)

@@ -225,9 +225,11 @@ def test_parity_with_hf_pytorch_bert_on_minilm(minilm):
 
 
 @pytest.mark.real
-def test_a_padded_tokenizer_batch_gives_the_packed_logits(minilm):
+@pytest.mark.parametrize("row_length_step", [0, 32])
+def test_a_padded_tokenizer_batch_gives_the_packed_logits(minilm, row_length_step):
   """``batching.inputs_from_padded`` of the tokenizer's padded batch: the pooled [CLS] states
-  and logits of the same pairs packed as training packs them (several to a row)."""
+  and logits of the same pairs packed as training packs them (several to a row; rows of 128,
+  or of the fewest slots)."""
   pairs = [("The cat sat on the mat.", "A cat is sitting."),
            ("It rained all day in Paris, and the streets were flooded by noon.", "Paris was dry."),
            ("Stocks fell.", "Markets dropped sharply on Monday after the report."),
@@ -239,8 +241,9 @@ def test_a_padded_tokenizer_batch_gives_the_packed_logits(minilm):
   data = glue.tokenize([glue.Example(a, b, 0, str(i)) for i, (a, b) in enumerate(pairs)],
                        tokenizer)
   packed = batching.make_batch(data, np.arange(len(pairs)), len(pairs), layout="packed",
-                               max_length=128)
-  assert packed["input_ids"].shape[0] < len(pairs)  # rows shared by several pairs
+                               max_length=128, row_length_step=row_length_step)
+  rows, length = packed["input_ids"].shape
+  assert rows * length < len(pairs) * 128 and (length < 128) == (row_length_step > 0)
   outputs = jax.jit(lambda inputs: minilm.outputs(inputs))
   from_padded = outputs(padded)
   from_packed = outputs({key: packed[key] for key in bert.INPUT_KEYS})

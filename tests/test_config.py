@@ -111,6 +111,8 @@ def test_method_override_replaces_the_optimizer_first():
      "config.mixout.p must be > 0 for method 'mixout'"),
     (["--config", "demo", "--config.model=nope"], "unknown model 'nope'; valid: minilm-l6"),
     (["--config", "demo", "--config.layout=ragged"], "unknown layout 'ragged'"),
+    (["--config", "demo", "--config.row_length_step=-32"],
+     "config.row_length_step must be an int >= 0, got -32"),
     (["--config", "demo", "--config.optimizer.clip_norm=0"], "clip_norm (the CWGNC threshold) "
      "must be > 0, got 0.0"),
     (["--config", "demo", "--config.optimizer.clip_norm=-1"], "must be > 0"),

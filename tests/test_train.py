@@ -30,6 +30,7 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
+from cwgnc_jax import config as config_lib
 from cwgnc_jax import files, methods, optimizers
 from cwgnc_jax.models import bert
 from cwgnc_jax.training import loop
@@ -399,6 +400,27 @@ def test_run_directory_of_another_config_is_left_alone(reference, tiny_args, env
   assert done.stderr.count("\n") == 1
   assert f"run directory {reference} holds a run of another config (differs in seed)" in done.stderr
   assert _tree_digest(reference) == before
+
+
+def test_run_dirs_from_before_row_length_step_resume_with_rows_of_max_length(tmp_path):
+  """A config.json without ``row_length_step`` packed every row to max_length: it resumes
+  with ``row_length_step=0`` and is refused, naming the key, with the default's shorter
+  rows; for a padded run the key does not matter."""
+  config = config_lib.load("rte_cwgnc")
+  assert config.row_length_step == 32
+  older = config_lib.run_identity(config)
+  del older["row_length_step"]
+  (tmp_path / "config.json").write_text(json.dumps(older))
+  with pytest.raises(config_lib.ConfigError, match=r"differs in row_length_step\)"):
+    loop.check_run_dir(tmp_path, config)
+  fixed_rows = config.copy_and_resolve_references()
+  fixed_rows.row_length_step = 0
+  loop.check_run_dir(tmp_path, fixed_rows)
+  older["layout"] = "padded"
+  (tmp_path / "config.json").write_text(json.dumps(older))
+  padded = config.copy_and_resolve_references()
+  padded.layout = "padded"
+  loop.check_run_dir(tmp_path, padded)
 
 
 def _wait_for(condition, process: subprocess.Popen, timeout: float = 300.0) -> None:

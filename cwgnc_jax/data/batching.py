@@ -16,8 +16,11 @@ Layouts:
   * "padded": one example per row, R = B (the reference behaviour).
   * "packed": first-fit decreasing of the batch's examples into rows of T tokens, with
     positions and token types restarting at each example; R is the rows needed rounded
-    up to a multiple of ``max(row_multiple, 2)``, so XLA compiles at most
-    ``ceil(B / max(row_multiple, 2))`` shapes (``packed_row_counts``).
+    up to a multiple of ``max(row_multiple, 2)`` (``packed_row_counts``). T is
+    ``max_length``, or with ``row_length_step`` = s > 0 the row length of the fewest token
+    slots R * T among ``max_length`` and the multiples of s from the batch's longest
+    example up (``packed_row_lengths``): 16 CoLA sentences (~180 tokens) fill 2 rows of 96
+    instead of 2 of 128. XLA compiles a program per (R, T) that occurs.
 
 Fillers (the tail of the last batch) have no tokens. Their ``cls_index`` points at a
 padding token, so their logits are garbage that ``example_mask`` removes; the model must
@@ -64,12 +67,45 @@ def packed_row_counts(batch_size: int, row_multiple: int = 1) -> list[int]:
   return list(range(step, -(-batch_size // step) * step + 1, step))
 
 
-def _check(layout: str, batch_size: int, max_length: int, row_multiple: int) -> None:
+def packed_row_lengths(max_length: int, row_length_step: int = 0) -> list[int]:
+  """Every row length T a packed batch can have: ``max_length``, and with
+  ``row_length_step`` = s > 0 also the multiples of s below it."""
+  shorter = range(row_length_step, max_length, row_length_step) if row_length_step else ()
+  return [*shorter, max_length]
+
+
+def pack(lengths: np.ndarray, max_length: int, row_multiple: int = 1,
+         row_length_step: int = 0) -> tuple[int, int, list[list[int]]]:
+  """``(R, T, rows)``: the packed layout of examples of ``lengths`` (module docstring).
+
+  ``rows`` are ``first_fit(lengths, T)``'s bins, R their count rounded up to a multiple of
+  ``max(row_multiple, 2)``, and T the length of ``packed_row_lengths`` (at least the longest
+  example) with the fewest slots R * T, the shortest of equals.
+  """
+  step = max(row_multiple, 2)
+  longest = int(np.max(lengths, initial=0))
+  best = None
+  for length in packed_row_lengths(max_length, row_length_step):
+    if length < longest:
+      continue
+    rows = first_fit(lengths, length)
+    num_rows = max(-(-len(rows) // step), 1) * step
+    if best is None or num_rows * length < best[0] * best[1]:
+      best = num_rows, length, rows
+  if best is None:
+    raise ValueError(f"example of {longest} tokens does not fit max_length {max_length}")
+  return best
+
+
+def _check(layout: str, batch_size: int, max_length: int, row_multiple: int,
+           row_length_step: int = 0) -> None:
   if layout not in LAYOUTS:
     raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
   if batch_size <= 0 or max_length <= 0 or row_multiple <= 0:
     raise ValueError(f"need batch_size, max_length, row_multiple > 0, got {batch_size}, "
                      f"{max_length}, {row_multiple}")
+  if row_length_step < 0:
+    raise ValueError(f"need row_length_step >= 0, got {row_length_step}")
   if layout == "padded" and batch_size % row_multiple:
     raise ValueError(f"padded layout: batch_size {batch_size} is not a multiple of "
                      f"row_multiple {row_multiple}")
@@ -98,9 +134,11 @@ def first_fit(lengths: np.ndarray, capacity: int) -> list[list[int]]:
 
 
 def make_batch(data: TokenizedSplit, indices: np.ndarray, batch_size: int, *, layout: str,
-               max_length: int, row_multiple: int = 1) -> Batch:
-  """The batch of examples ``indices`` (at most ``batch_size``; the rest are fillers)."""
-  _check(layout, batch_size, max_length, row_multiple)
+               max_length: int, row_multiple: int = 1, row_length_step: int = 0) -> Batch:
+  """The batch of examples ``indices`` (at most ``batch_size``; the rest are fillers).
+  ``row_length_step``: packed rows shorter than ``max_length`` where that saves slots
+  (module docstring); 0 keeps every row ``max_length`` long."""
+  _check(layout, batch_size, max_length, row_multiple, row_length_step)
   indices = np.asarray(indices, np.int64)
   if len(indices) > batch_size:
     raise ValueError(f"{len(indices)} examples do not fit a batch of {batch_size}")
@@ -109,17 +147,15 @@ def make_batch(data: TokenizedSplit, indices: np.ndarray, batch_size: int, *, la
     raise ValueError(f"example of {lengths.max()} tokens does not fit max_length {max_length}")
   if layout == "padded":
     rows = [[b] for b in range(len(indices))]
-    num_rows = batch_size
+    num_rows, length = batch_size, max_length
     cls_index = np.arange(batch_size, dtype=np.int32) * max_length
   else:
-    rows = first_fit(lengths, max_length)
-    step = max(row_multiple, 2)
-    num_rows = max(-(-len(rows) // step), 1) * step
+    num_rows, length, rows = pack(lengths, max_length, row_multiple, row_length_step)
     # Fillers point at the last slot of the last row: padding or some real token, either
     # way finite, and masked out of the loss and the metric.
-    cls_index = np.full(batch_size, num_rows * max_length - 1, np.int32)
+    cls_index = np.full(batch_size, num_rows * length - 1, np.int32)
 
-  shape = (num_rows, max_length)
+  shape = (num_rows, length)
   batch = {k: np.zeros(shape, np.int32)
            for k in ("input_ids", "token_type_ids", "position_ids", "segment_ids")}
   for r, members in enumerate(rows):
@@ -131,7 +167,7 @@ def make_batch(data: TokenizedSplit, indices: np.ndarray, batch_size: int, *, la
       batch["token_type_ids"][r, col:col + n] = types
       batch["position_ids"][r, col:col + n] = np.arange(n)
       batch["segment_ids"][r, col:col + n] = segment
-      cls_index[b] = r * max_length + col
+      cls_index[b] = r * length + col
       col += n
   labels = np.zeros(batch_size, np.int32)
   labels[:len(indices)] = data.labels[indices]
@@ -142,20 +178,22 @@ def make_batch(data: TokenizedSplit, indices: np.ndarray, batch_size: int, *, la
 
 
 def train_batches(data: TokenizedSplit, batch_size: int = 16, *, seed: int, epoch: int,
-                  layout: str, max_length: int, row_multiple: int = 1, start_step: int = 0
-                  ) -> Iterator[Batch]:
+                  layout: str, max_length: int, row_multiple: int = 1, start_step: int = 0,
+                  row_length_step: int = 0) -> Iterator[Batch]:
   """The batches of one training epoch, from ``start_step`` on (for exact resumption).
 
-  Step s holds examples ``epoch_order(...)[s * B:(s + 1) * B]``, in either layout.
+  Step s holds examples ``epoch_order(...)[s * B:(s + 1) * B]``, in either layout;
+  ``row_length_step`` as for ``make_batch``.
   """
-  _check(layout, batch_size, max_length, row_multiple)
+  _check(layout, batch_size, max_length, row_multiple, row_length_step)
   steps = steps_per_epoch(len(data), batch_size)
   if not 0 <= start_step <= steps:
     raise ValueError(f"start_step {start_step} outside [0, {steps}] steps of the epoch")
   order = epoch_order(len(data), seed=seed, epoch=epoch)
   for step in range(start_step, steps):
     yield make_batch(data, order[step * batch_size:(step + 1) * batch_size], batch_size,
-                     layout=layout, max_length=max_length, row_multiple=row_multiple)
+                     layout=layout, max_length=max_length, row_multiple=row_multiple,
+                     row_length_step=row_length_step)
 
 
 def eval_batches(data: TokenizedSplit, batch_size: int = 16, *, layout: str, max_length: int,
@@ -182,40 +220,46 @@ def packing_efficiency(batch: Batch) -> float:
 
 
 def padded_over_packed(data: TokenizedSplit, batch_size: int = 16, *, seed: int = 0,
-                       max_length: int, row_multiple: int = 1) -> float:
+                       max_length: int, row_multiple: int = 1, row_length_step: int = 0) -> float:
   """Token slots of one padded epoch over those of the same epoch packed (B*T / R*T summed).
 
   The compute saving of packing, up to the cost of the block-diagonal attention mask.
   """
   padded = packed = 0
   for batch in train_batches(data, batch_size, seed=seed, epoch=0, layout="packed",
-                             max_length=max_length, row_multiple=row_multiple):
-    padded += batch_size
-    packed += batch["input_ids"].shape[0]
+                             max_length=max_length, row_multiple=row_multiple,
+                             row_length_step=row_length_step):
+    padded += batch_size * max_length
+    packed += batch["input_ids"].size
   return padded / packed
 
 
-def pad_rows(batch: Batch, num_rows: int) -> Batch:
-  """``batch`` with empty rows (no tokens) appended up to ``num_rows`` rows. ``cls_index``
-  (flat ``row * T + col``) stays valid: existing rows keep their places."""
-  rows = batch["input_ids"].shape[0]
-  if rows == num_rows:
+def pad_rows(batch: Batch, num_rows: int, length: int | None = None) -> Batch:
+  """``batch`` with empty rows (no tokens) appended up to ``num_rows`` rows, and each row
+  padded to ``length`` tokens (default: as it is). ``cls_index`` (flat ``row * T + col``)
+  follows: every token keeps its row and column."""
+  rows, old_length = batch["input_ids"].shape
+  length = old_length if length is None else length
+  if (rows, length) == (num_rows, old_length):
     return batch
   padded = dict(batch)
   for key in ("input_ids", "token_type_ids", "position_ids", "segment_ids"):
-    padded[key] = np.concatenate(
-        [batch[key], np.zeros((num_rows - rows, batch[key].shape[1]), batch[key].dtype)])
+    padded[key] = np.zeros((num_rows, length), batch[key].dtype)
+    padded[key][:rows, :old_length] = batch[key]
+  row, col = np.divmod(batch["cls_index"], old_length)
+  padded["cls_index"] = (row * length + col).astype(batch["cls_index"].dtype)
   return padded
 
 
 def stack_batches(batches: list[Batch], row_multiple: int = 1) -> Batch:
   """One batch per seed, stacked: arrays ``[S, ...]``. Packed batches of different seeds
-  have different row counts, so each is padded with empty rows to the largest (rounded up
-  to ``row_multiple``): rows without tokens change no example's logits (attention stays
-  within an example's segment) but cost compute."""
+  have different shapes, so each is padded with empty rows to the most rows (rounded up to
+  ``row_multiple``) and to the longest rows: padding changes no example's logits (attention
+  stays within an example's segment) but costs compute."""
   num_rows = max(b["input_ids"].shape[0] for b in batches)
   num_rows = -(-num_rows // row_multiple) * row_multiple
-  padded = [pad_rows(b, num_rows) for b in batches]
+  length = max(b["input_ids"].shape[1] for b in batches)
+  padded = [pad_rows(b, num_rows, length) for b in batches]
   return {key: np.stack([b[key] for b in padded]) for key in batches[0]}
 
 

@@ -152,6 +152,9 @@ def check_run_dir(workdir: Path, config: ml_collections.ConfigDict) -> None:
     if not current.get("optimizer.bias_correction"):  # BertAdam: either form computes it
       stored.pop("optimizer.adam_form", None)
       current.pop("optimizer.adam_form", None)
+    if current.get("layout") == "padded":  # every row is max_length long either way
+      stored.pop("row_length_step", None)
+      current.pop("row_length_step", None)
     differ = sorted(k for k in stored.keys() | current.keys() if stored.get(k) != current.get(k))
     if differ:
       raise ConfigError(
@@ -668,7 +671,8 @@ def _train(runs: Sequence[Run], stages: Stages, step: int, mesh: jax.sharding.Me
     epochs = [batching.train_batches(
         run.train_data, config.batch_size, seed=run.config.seed, epoch=epoch,
         layout=config.layout, max_length=config.max_length, row_multiple=row_multiple,
-        start_step=epoch_step) for run in runs]
+        start_step=epoch_step, row_length_step=config.get("row_length_step", 0))
+              for run in runs]
     for batches in zip(*epochs):
       batch = (batching.stack_batches(list(batches), max(row_multiple, 1)) if stacked
                else batches[0])
