@@ -2,7 +2,7 @@
 
 Every step sees ``batch_size`` example slots, in an order fixed by (seed, epoch) alone, so
 the optimizer sees the same examples at every step whatever the layout. A batch is a dict
-of numpy arrays (the contract in notes/contracts.md):
+of numpy arrays, what the model reads (``models.bert.INPUT_KEYS``) and the loss needs:
 
   input_ids, token_type_ids, position_ids, segment_ids   int32 [R, T]
   cls_index      int32 [B]    flat index row * T + col of each example's [CLS]
