@@ -162,6 +162,13 @@ def locked(run_dir: str | os.PathLike) -> Iterator[None]:
     os.close(fd)  # releases the lock
 
 
+def holds_files(run_dir: str | os.PathLike) -> bool:
+  """Does ``run_dir`` hold anything but its lock and files being written (``write_atomic``'s
+  temporaries)? A process that has just taken the lock has written nothing else yet."""
+  return any(p.name != LOCK_FILE and not (p.name.startswith(".") and p.name.endswith(".tmp"))
+             for p in Path(run_dir).iterdir())
+
+
 def is_locked(run_dir: str | os.PathLike) -> bool:
   """Does another process hold ``run_dir``'s lock right now? (A probe: it takes the lock
   for an instant, which ``locked`` waits out, and writes nothing.)"""

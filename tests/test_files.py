@@ -82,3 +82,15 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
     time.sleep(0.01)
   with files.locked(tmp_path):
     pass
+
+
+def test_a_run_dir_being_started_holds_no_files_yet(tmp_path):
+  """Between taking the lock and renaming config.json into place, a starting process has
+  written only its lock and write_atomic's temporary: another process checking the folder
+  then must not call it a foreign, non-empty folder (a race two studies hit under load)."""
+  assert not files.holds_files(tmp_path)
+  (tmp_path / files.LOCK_FILE).write_text("123\n")
+  (tmp_path / ".config.json.k2j3h4.tmp").write_text("{")
+  assert not files.holds_files(tmp_path)
+  (tmp_path / "metrics.jsonl").write_text("")
+  assert files.holds_files(tmp_path)

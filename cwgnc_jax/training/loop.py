@@ -161,7 +161,7 @@ def check_run_dir(workdir: Path, config: ml_collections.ConfigDict) -> None:
           f"run directory {workdir} holds a run of another config (differs in "
           f"{', '.join(differ[:6])}{', ...' if len(differ) > 6 else ''}); pass another "
           "--workdir or delete that directory")
-  elif workdir.is_dir() and any(p.name != files.LOCK_FILE for p in workdir.iterdir()):
+  elif workdir.is_dir() and files.holds_files(workdir):
     raise ConfigError(f"run directory {workdir} is not empty and holds no "
                       f"{files.CONFIG_FILE}; pass another --workdir")
 
