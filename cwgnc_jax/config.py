@@ -31,6 +31,7 @@ from typing import Any, Sequence
 import ml_collections
 
 from cwgnc_jax import methods, metrics, optimizers, unfreezing
+from cwgnc_jax.models.bert import DROPOUT_BITS
 from cwgnc_jax.models.mixout import GRADIENTS as MIXOUT_GRADIENTS
 from cwgnc_jax.data import batching, glue
 
@@ -65,8 +66,18 @@ LATER_GROUPS = {"unfreezing": ("mode", "none"), "mixout": ("p", 0.0)}
 
 # Keys added after runs were made, with the value a config.json without them was trained
 # with: before ``optimizer.adam_form`` existed, bias-corrected Adam was optax's; before
-# ``row_length_step``, packed rows were always max_length long.
-LATER_KEYS = {"optimizer.adam_form": "optax", "row_length_step": 0}
+# ``row_length_step``, packed rows were always max_length long; before ``dropout_bits``,
+# dropout masks were jax.random.bernoulli's.
+LATER_KEYS = {"optimizer.adam_form": "optax", "row_length_step": 0, "dropout_bits": "threefry"}
+
+
+def later_key(config: ml_collections.ConfigDict, key: str) -> Any:
+  """``config``'s value of a ``LATER_KEYS`` key (dotted), or, where the config predates the
+  key, the value its runs were trained with."""
+  *groups, name = key.split(".")
+  for group in groups:
+    config = config.get(group, {})
+  return config.get(name, LATER_KEYS[key])
 
 
 class ConfigError(ValueError):
@@ -377,6 +388,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _positive_int(config, "checkpoint_every", zero_ok=True)
   if "row_length_step" in config:
     _positive_int(config, "row_length_step", zero_ok=True)
+  _require(later_key(config, "dropout_bits") in DROPOUT_BITS,
+           f"unknown config.dropout_bits {config.get('dropout_bits')!r}; valid: "
+           f"{', '.join(DROPOUT_BITS)}")
   if "fsdp_min_size" in config:
     _positive_int(config, "fsdp_min_size", zero_ok=True)
   _positive_int(config, "diagnostics_every", zero_ok=True)

@@ -113,39 +113,78 @@ def test_explicit_attention_equals_dot_product_attention():
                              atol=1e-6)
 
 
-def test_dropout_scales_kept_units():
+@pytest.mark.parametrize("bits", bert.DROPOUT_BITS)
+def test_dropout_scales_kept_units(bits):
   x = jnp.ones((200, 500))
-  dropped = np.asarray(bert.dropout(x, 0.1, jax.random.key(0)))
+  dropped = np.asarray(bert.dropout(x, 0.1, jax.random.key(0), bits))
   assert set(np.unique(dropped)) == {0.0, np.float32(1 / 0.9)}
   assert abs((dropped == 0).mean() - 0.1) < 0.005
 
 
 @pytest.mark.parametrize("shape", [(1,), (7, 33), (2, 3, 16, 16)])
 @pytest.mark.parametrize("p", [0.9, 0.5, 0.1])
-def test_fused_bernoulli_is_jax_random_bernoulli_bit_for_bit(shape, p):
+def test_fused_threefry_bernoulli_is_jax_random_bernoulli_bit_for_bit(shape, p):
   """The straight-line threefry draws exactly jax's masks (typed, split, folded and raw
-  keys; eagerly and under jit): dropout's random bits are today's, only faster."""
+  keys; eagerly and under jit): ``dropout_bits='threefry'`` gives jax's random bits."""
   key = jax.random.key(5)
   for k in (key, jax.random.split(key, 3)[2], jax.random.fold_in(key, 11), jax.random.PRNGKey(7)):
     expected = np.asarray(jax.random.bernoulli(k, p, shape))
-    np.testing.assert_array_equal(bert.bernoulli(k, p, shape), expected)
-    np.testing.assert_array_equal(jax.jit(lambda kk: bert.bernoulli(kk, p, shape))(k), expected)
+    np.testing.assert_array_equal(bert.threefry_bernoulli(k, p, shape), expected)
+    np.testing.assert_array_equal(jax.jit(lambda kk: bert.threefry_bernoulli(kk, p, shape))(k),
+                                  expected)
   # The straight-line path is the one taken here (else the test would compare jax to itself).
   assert bert._fast_bernoulli_applies(key, p, shape)  # pylint: disable=protected-access
 
 
-def test_dropout_keep_rate_and_independence_across_keys():
+def _lowbias32(x: np.ndarray) -> np.ndarray:
+  """Wellons' lowbias32 in NumPy uint32 arithmetic (wrapping multiplies)."""
+  x = x ^ (x >> np.uint32(16))
+  x = x * np.uint32(0x7FEB352D)
+  x = x ^ (x >> np.uint32(15))
+  x = x * np.uint32(0x846CA68B)
+  return x ^ (x >> np.uint32(16))
+
+
+@pytest.mark.parametrize("p", [0.9, 0.5, 0.1, 1 - 2**-34])
+def test_hash_bernoulli_is_the_documented_hash(p):
+  """``keep_i = lowbias32(lowbias32(i ^ k0) ^ k1) < round(p 2^32)``, ported to NumPy, for a
+  typed and a raw key, eagerly and under jit; a p within 2^-33 of 1 keeps nearly all."""
+  shape = (3, 5, 7)
+  # A bijection (no two of 2^20 inputs collide), as the docstring's distinctness rests on.
+  assert len(np.unique(_lowbias32(np.arange(2**20, dtype=np.uint32)))) == 2**20
+  for key in (jax.random.fold_in(jax.random.key(3), 2), jax.random.PRNGKey(9)):
+    k0, k1 = np.asarray(jax.random.key_data(key) if key.dtype != jnp.uint32 else key)
+    index = np.arange(np.prod(shape), dtype=np.uint32).reshape(shape)
+    with np.errstate(over="ignore"):
+      expected = _lowbias32(_lowbias32(index ^ k0) ^ k1) < np.uint32(min(round(p * 2**32),
+                                                                          2**32 - 1))
+    np.testing.assert_array_equal(bert.hash_bernoulli(key, p, shape), expected)
+    np.testing.assert_array_equal(jax.jit(lambda k: bert.hash_bernoulli(k, p, shape))(key),
+                                  expected)
+
+
+@pytest.mark.parametrize("bernoulli", [bert.hash_bernoulli, bert.threefry_bernoulli])
+def test_dropout_keep_rate_and_independence_across_keys(bernoulli):
   """Keep rate 0.9 within 4 standard errors over 2e6 draws; masks of different keys (layers,
-  steps: ``split``, ``fold_in``) agree only as often as independent ones do (0.82)."""
+  steps: ``split``, ``fold_in``; raw keys one bit apart) agree only as often as independent
+  ones do (0.82); neighbouring entries along every axis are uncorrelated."""
   shape = (4, 12, 128, 128)
   step_key = jax.random.fold_in(jax.random.key(1), 3)
   keys = list(jax.random.split(step_key, 3)) + [jax.random.fold_in(jax.random.key(1), 4)]
-  masks = [np.asarray(bert.bernoulli(k, 0.9, shape)) for k in keys]
+  raw = np.asarray(jax.random.key_data(keys[0]))
+  keys += [jnp.asarray(raw ^ np.array([1, 0], np.uint32)),
+           jnp.asarray(raw ^ np.array([0, 1 << 31], np.uint32))]
+  masks = [np.asarray(bernoulli(k, 0.9, shape)) for k in keys]
   n = masks[0].size
   for mask in masks:
     assert abs(mask.mean() - 0.9) < 4 * np.sqrt(0.09 / n)
     # No structure along any axis: per-head and per-query keep rates are all near 0.9.
     assert np.abs(mask.mean(axis=(0, 2, 3)) - 0.9).max() < 0.01
+    centred = mask - mask.mean()
+    for axis in range(len(shape)):  # lag-1 correlation along each axis
+      a, b = np.moveaxis(centred, axis, 0)[1:], np.moveaxis(centred, axis, 0)[:-1]
+      correlation = (a * b).mean() / centred.var()
+      assert abs(correlation) < 4 / np.sqrt(a.size), (axis, correlation)
   for i in range(len(masks)):
     for j in range(i):
       agree = (masks[i] == masks[j]).mean()

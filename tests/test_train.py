@@ -24,6 +24,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
@@ -421,6 +422,50 @@ def test_run_dirs_from_before_row_length_step_resume_with_rows_of_max_length(tmp
   padded = config.copy_and_resolve_references()
   padded.layout = "padded"
   loop.check_run_dir(tmp_path, padded)
+
+
+def test_run_dirs_from_before_dropout_bits_resume_with_jax_masks(tmp_path):
+  """A config.json without ``dropout_bits`` drew jax.random.bernoulli's masks: it resumes with
+  ``dropout_bits='threefry'`` and is refused, naming the key, with the default 'hash'; for
+  Mixout (every dropout rate 0) the key does not matter."""
+  config = config_lib.load("rte_cwgnc")
+  assert config.dropout_bits == "hash"
+  older = config_lib.run_identity(config)
+  del older["dropout_bits"]
+  (tmp_path / "config.json").write_text(json.dumps(older))
+  with pytest.raises(config_lib.ConfigError, match=r"differs in dropout_bits\)"):
+    loop.check_run_dir(tmp_path, config)
+  jax_masks = config.copy_and_resolve_references()
+  jax_masks.dropout_bits = "threefry"
+  loop.check_run_dir(tmp_path, jax_masks)
+  assert config_lib.later_key(ml_collections.ConfigDict(older), "dropout_bits") == "threefry"
+  mixout = config_lib.load("rte_mixout")
+  older = config_lib.run_identity(mixout)
+  del older["dropout_bits"]
+  (tmp_path / "config.json").write_text(json.dumps(older))
+  loop.check_run_dir(tmp_path, mixout)
+
+
+@pytest.mark.parametrize("bits", bert.DROPOUT_BITS)
+def test_the_run_model_draws_the_configs_dropout_bits(bits):
+  """``config.dropout_bits`` reaches the pretrained model's ``BertConfig``: the two choices
+  train with other masks and evaluate the same."""
+  config = config_lib.load("demo")
+  config.dropout_bits = bits
+  model = loop.load_model(config, 2)
+  assert model.config.dropout_bits == bits
+  other = loop.load_model(config_lib.load("demo"), 2) if bits == "threefry" else None
+  rows, length = 2, 16  # two padded examples of 16 tokens
+  batch = {"input_ids": jnp.asarray(np.random.default_rng(0).integers(1000, 2000, (rows, length))),
+           "token_type_ids": jnp.zeros((rows, length), jnp.int32),
+           "position_ids": jnp.tile(jnp.arange(length), (rows, 1)),
+           "segment_ids": jnp.ones((rows, length), jnp.int32),
+           "cls_index": jnp.arange(rows) * length}
+  key = jax.random.key(0)
+  logits = model(batch, dropout_rng=key)
+  if other is not None:  # the default (hash) draws other masks: other logits, same evaluation
+    assert not np.allclose(other(batch, dropout_rng=key), logits, atol=1e-4)
+    np.testing.assert_array_equal(other(batch), model(batch))
 
 
 def _wait_for(condition, process: subprocess.Popen, timeout: float = 300.0) -> None:

@@ -15,15 +15,17 @@ padded rows), positions and token types come from the batch, and ``cls_index`` i
 example's flat index into the ``R * T`` tokens.
 
 Dropout is pure: it is on exactly when a ``dropout_rng`` is passed, and every module derives
-its keys from it by ``jax.random.split``; no RNG state lives in the model. A mask is
-``jax.random.bernoulli(key, 1 - rate, shape)`` bit for bit, but drawn by ``bernoulli`` below:
-the same threefry-2x32 hash of each entry's flat index under the module's key, written as
-straight-line elementwise ops that XLA fuses into the dropout's multiply (JAX's own CPU
-lowering is a rolled loop, 10x slower: ``docs/benchmarks.md``). So each entry is kept with
-probability 1 - rate, independently across entries, heads, layers and steps. With dropout off
-(or an attention dropout rate of 0) attention runs through ``jax.nn.dot_product_attention``;
-because that function has no dropout on the attention probabilities, training with attention
-dropout computes the same softmax explicitly and drops probabilities before multiplying by v.
+its keys from it by ``jax.random.split``; no RNG state lives in the model. Each entry is kept
+with probability 1 - rate, independently across entries, heads, layers and steps; the bits
+come from ``BertConfig.dropout_bits``: ``"hash"`` (the default), a keyed integer hash of each
+entry's flat index under the module's key (``hash_bernoulli``), or ``"threefry"``,
+``jax.random.bernoulli(key, 1 - rate, shape)`` bit for bit (``threefry_bernoulli``). Both are
+straight-line elementwise ops that XLA fuses into the dropout's multiply (JAX's own CPU lowering
+of threefry is a rolled loop, 10x slower); the hash takes about a quarter of threefry's time
+(``docs/benchmarks.md``). With dropout off (or an attention dropout rate of 0) attention runs
+through ``jax.nn.dot_product_attention``; because that function has no dropout on the attention
+probabilities, training with attention dropout computes the same softmax explicitly and drops
+probabilities before multiplying by v.
 
 Every dense layer (query, key, value, attention output, intermediate, output, pooler,
 classifier) is built by the ``linear`` constructor argument, and is called as
@@ -48,6 +50,8 @@ from flax import nnx
 
 # The batch keys the forward pass reads (the contract's layout; labels are ignored here).
 INPUT_KEYS = ("input_ids", "token_type_ids", "position_ids", "segment_ids", "cls_index")
+# The generators of dropout's keep masks: ``hash_bernoulli`` and ``threefry_bernoulli``.
+DROPOUT_BITS = ("hash", "threefry")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +69,8 @@ class BertConfig:
   classifier_dropout: float | None = None  # None: hidden_dropout_prob (as HF)
   initializer_range: float = 0.02
   layer_norm_eps: float = 1e-12
+  # Not an HF field: the generator of dropout's keep masks, one of DROPOUT_BITS.
+  dropout_bits: str = "hash"
 
   def __post_init__(self):
     if self.hidden_size % self.num_attention_heads:
@@ -74,6 +80,8 @@ class BertConfig:
       rate = getattr(self, name)
       if rate is not None and not 0.0 <= rate < 1.0:
         raise ValueError(f"{name} must be in [0, 1), got {rate!r}")
+    if self.dropout_bits not in DROPOUT_BITS:
+      raise ValueError(f"dropout_bits must be one of {DROPOUT_BITS}, got {self.dropout_bits!r}")
 
   @property
   def classifier_dropout_rate(self) -> float:
@@ -159,7 +167,7 @@ def threefry2x32(k1: jax.Array, k2: jax.Array, x1: jax.Array,
 
 
 def _fast_bernoulli_applies(rng: jax.Array, p: float, shape: tuple[int, ...]) -> bool:
-  """Whether ``bernoulli`` below reproduces ``jax.random.bernoulli(rng, p, shape)`` here:
+  """Whether ``threefry_bernoulli`` below reproduces ``jax.random.bernoulli(rng, p, shape)`` here:
   a threefry key, JAX's partitionable counter layout, float32 uniforms, < 2^32 entries."""
   if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
     if rng.shape or str(jax.random.key_impl(rng)) != "threefry2x32":
@@ -170,7 +178,7 @@ def _fast_bernoulli_applies(rng: jax.Array, p: float, shape: tuple[int, ...]) ->
           and math.prod(shape) < 2**32 and isinstance(p, float))
 
 
-def bernoulli(rng: jax.Array, p: float, shape: tuple[int, ...]) -> jax.Array:
+def threefry_bernoulli(rng: jax.Array, p: float, shape: tuple[int, ...]) -> jax.Array:
   """``jax.random.bernoulli(rng, p, shape)``, bit for bit, as one fusible elementwise
   expression (``threefry2x32`` above on the flat index of each entry; the uniform is
   ``(bits >> 9) / 2^23``, JAX's float32 recipe). Where it could differ (another PRNG
@@ -187,11 +195,45 @@ def bernoulli(rng: jax.Array, p: float, shape: tuple[int, ...]) -> jax.Array:
   return uniform < np.float32(p)
 
 
-def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
-  """Inverted dropout: ``x * keep / (1 - rate)`` with ``keep ~ Bernoulli(1 - rate)``
-  (``bernoulli``: the bits of ``jax.random.bernoulli``, drawn faster)."""
+def _lowbias32(x: jax.Array) -> jax.Array:
+  """Wellons' ``lowbias32`` (hash-prospector): a bijection of uint32 with strong avalanche
+  (each input bit flips each output bit with probability 0.5 +- 0.002)."""
+  x = x ^ (x >> np.uint32(16))
+  x = x * np.uint32(0x7FEB352D)
+  x = x ^ (x >> np.uint32(15))
+  x = x * np.uint32(0x846CA68B)
+  return x ^ (x >> np.uint32(16))
+
+
+def hash_bernoulli(rng: jax.Array, p: float, shape: tuple[int, ...]) -> jax.Array:
+  """Bernoulli(p) entries of ``shape``, from a keyed hash of each entry's flat index ``i``::
+
+    h(i) = lowbias32(lowbias32(i ^ k0) ^ k1),    keep_i = h(i) < round(p * 2^32)
+
+  with ``(k0, k1)`` the first two 32-bit words of the key (each module's own, split from the
+  step's). For one key, ``h`` is a bijection of the 2^32 indices, so a mask of n entries draws
+  n distinct hash values; ``P(keep) = p`` to 2^-33. 4 multiplies and 6 shifts per entry against
+  threefry's 20 rounds, so about a quarter of the time; the masks differ from
+  ``jax.random.bernoulli``'s (``threefry_bernoulli`` draws those) but follow the same
+  distribution (``tests/test_bert.py`` checks keep rates, neighbours and keys)."""
+  if p >= 1.0:
+    return jnp.ones(shape, bool)
+  key = jax.random.key_data(rng) if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) else rng
+  if key.size < 2 or math.prod(shape) > 2**32:
+    raise ValueError(f"hash_bernoulli needs a key of 2 or more 32-bit words and at most 2^32 "
+                     f"entries, got key data of shape {key.shape} and shape {shape}")
+  k0, k1 = key.reshape(-1)[:2].astype(jnp.uint32)
+  index = jax.lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
+  bits = _lowbias32(_lowbias32(index ^ k0) ^ k1)
+  return bits < np.uint32(min(round(p * 2**32), 2**32 - 1))
+
+
+def dropout(x: jax.Array, rate: float, rng: jax.Array | None, bits: str = "hash") -> jax.Array:
+  """Inverted dropout: ``x * keep / (1 - rate)`` with ``keep ~ Bernoulli(1 - rate)``, drawn
+  by ``hash_bernoulli`` (``bits="hash"``) or ``threefry_bernoulli`` (``"threefry"``)."""
   if rng is None or rate == 0.0:
     return x
+  bernoulli = {"hash": hash_bernoulli, "threefry": threefry_bernoulli}[bits]
   with jax.named_scope("dropout"):  # names in profiles only (benchmarks/profile_step.py)
     keep = bernoulli(rng, 1.0 - rate, x.shape)
     return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
@@ -204,7 +246,7 @@ def attention_mask(segment_ids: jax.Array) -> jax.Array:
 
 
 def attention_with_dropout(query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array,
-                           rate: float, rng: jax.Array) -> jax.Array:
+                           rate: float, rng: jax.Array, bits: str = "hash") -> jax.Array:
   """``drop(softmax(q k^T / sqrt(d), masked)) v`` for [R, T, heads, d] inputs.
 
   The softmax is that of ``jax.nn.dot_product_attention`` (float32, masked logits set to the
@@ -216,7 +258,7 @@ def attention_with_dropout(query: jax.Array, key: jax.Array, value: jax.Array, m
   with jax.named_scope("softmax"):
     logits = jnp.where(mask, logits * scale, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1)
-  probs = dropout(probs, rate, rng)
+  probs = dropout(probs, rate, rng, bits)
   with jax.named_scope("attention_scores"):
     return jnp.einsum("rhqk,rkhd->rqhd", probs.astype(value.dtype), value)
 
@@ -236,11 +278,12 @@ class Embeddings(nnx.Module):
     self.layer_norm = nnx.LayerNorm(config.hidden_size, epsilon=config.layer_norm_eps,
                                     dtype=dtype, rngs=rngs)
     self.dropout_rate = config.hidden_dropout_prob
+    self.dropout_bits = config.dropout_bits
 
   def __call__(self, input_ids, position_ids, token_type_ids, rng=None) -> jax.Array:
     summed = (self.word_embeddings(input_ids) + self.position_embeddings(position_ids)
               + self.token_type_embeddings(token_type_ids))
-    return dropout(self.layer_norm(summed), self.dropout_rate, rng)
+    return dropout(self.layer_norm(summed), self.dropout_rate, rng, self.dropout_bits)
 
 
 class Attention(nnx.Module):
@@ -254,6 +297,7 @@ class Attention(nnx.Module):
     self.num_heads = config.num_attention_heads
     self.probs_dropout_rate = config.attention_probs_dropout_prob
     self.dropout_rate = config.hidden_dropout_prob
+    self.dropout_bits = config.dropout_bits
 
   def __call__(self, x: jax.Array, mask: jax.Array, rng=None) -> jax.Array:
     rng_q, rng_k, rng_v, rng_o, rng_probs, rng_drop = split_rng(rng, 6)
@@ -264,9 +308,9 @@ class Attention(nnx.Module):
       context = jax.nn.dot_product_attention(query, key, value, mask=mask)
     else:
       context = attention_with_dropout(query, key, value, mask, self.probs_dropout_rate,
-                                       rng_probs)
+                                       rng_probs, self.dropout_bits)
     out = self.output(context.reshape(x.shape), rng_o)
-    return self.layer_norm(x + dropout(out, self.dropout_rate, rng_drop))
+    return self.layer_norm(x + dropout(out, self.dropout_rate, rng_drop, self.dropout_bits))
 
 
 class Layer(nnx.Module):
@@ -284,12 +328,14 @@ class Layer(nnx.Module):
     self.output.layer_norm = nnx.LayerNorm(hidden, epsilon=config.layer_norm_eps, dtype=dtype,
                                            rngs=rngs)
     self.dropout_rate = config.hidden_dropout_prob
+    self.dropout_bits = config.dropout_bits
 
   def __call__(self, x: jax.Array, mask: jax.Array, rng=None) -> jax.Array:
     rng_attention, rng_inner, rng_out, rng_drop = split_rng(rng, 4)
     x = self.attention(x, mask, rng_attention)
     inner = jax.nn.gelu(self.intermediate(x, rng_inner), approximate=False)
-    out = dropout(self.output(inner, rng_out), self.dropout_rate, rng_drop)
+    out = dropout(self.output(inner, rng_out), self.dropout_rate, rng_drop,
+                  self.dropout_bits)
     return self.output.layer_norm(x + out)
 
 
@@ -355,7 +401,8 @@ class BertForSequenceClassification(nnx.Module):
                             stop_gradient_at)
     cls = sequence.reshape(-1, sequence.shape[-1])[inputs["cls_index"]]
     pooled = jnp.tanh(self.pooler(cls, rng_pooler))
-    features = dropout(pooled, self.config.classifier_dropout_rate, rng_drop)
+    features = dropout(pooled, self.config.classifier_dropout_rate, rng_drop,
+                       self.config.dropout_bits)
     logits = self.classifier(features, rng_classifier).astype(jnp.float32)
     return BertOutputs(sequence, pooled, logits)
 

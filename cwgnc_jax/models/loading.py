@@ -196,7 +196,8 @@ def _read_config(model_dir: Path) -> BertConfig:
   # scales numbers (or null where the default is None).
   for field in fields:
     value = values.get(field.name)
-    if field.name not in values or (value is None and field.default is None):
+    if (field.name not in values or (value is None and field.default is None)
+        or type(field.default) is str):  # dropout_bits: not an HF field, checked by BertConfig
       continue
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if field.default is dataclasses.MISSING or type(field.default) is int:

@@ -155,6 +155,9 @@ def check_run_dir(workdir: Path, config: ml_collections.ConfigDict) -> None:
     if current.get("layout") == "padded":  # every row is max_length long either way
       stored.pop("row_length_step", None)
       current.pop("row_length_step", None)
+    if current.get("mixout.p", 0.0) > 0:  # Mixout sets every dropout rate to 0
+      stored.pop("dropout_bits", None)
+      current.pop("dropout_bits", None)
     differ = sorted(k for k in stored.keys() | current.keys() if stored.get(k) != current.get(k))
     if differ:
       raise ConfigError(
@@ -186,14 +189,17 @@ def head(data: glue.TokenizedSplit, n: int) -> glue.TokenizedSplit:
 
 
 def load_model(config: ml_collections.ConfigDict, num_labels: int) -> nnx.Module:
-  """The run's pretrained model: with ``config.mixout.p > 0`` every dense layer mixes toward
-  its loaded weight and every dropout rate is 0 (``models/mixout.py``)."""
+  """The run's pretrained model, its dropout masks drawn by ``config.dropout_bits``: with
+  ``config.mixout.p > 0`` every dense layer mixes toward its loaded weight and every dropout
+  rate is 0 (``models/mixout.py``)."""
   dtype = jnp.dtype(config.dtype)
   if config.mixout.p > 0:
     return mixout.from_pretrained(config.model, num_labels, p=config.mixout.p,
                                   gradient=config.mixout.gradient, seed=config.seed,
                                   dtype=dtype)
-  return models.from_pretrained(config.model, num_labels, seed=config.seed, dtype=dtype)
+  return models.from_pretrained(
+      config.model, num_labels, seed=config.seed, dtype=dtype,
+      config_overrides={"dropout_bits": config_lib.later_key(config, "dropout_bits")})
 
 
 def prepare(config: ml_collections.ConfigDict, workdir: str | Path) -> Run:
@@ -671,7 +677,7 @@ def _train(runs: Sequence[Run], stages: Stages, step: int, mesh: jax.sharding.Me
     epochs = [batching.train_batches(
         run.train_data, config.batch_size, seed=run.config.seed, epoch=epoch,
         layout=config.layout, max_length=config.max_length, row_multiple=row_multiple,
-        start_step=epoch_step, row_length_step=config.get("row_length_step", 0))
+        start_step=epoch_step, row_length_step=config_lib.later_key(config, "row_length_step"))
               for run in runs]
     for batches in zip(*epochs):
       batch = (batching.stack_batches(list(batches), max(row_multiple, 1)) if stacked
