@@ -21,11 +21,11 @@ come from ``BertConfig.dropout_bits``: ``"hash"`` (the default), a keyed integer
 entry's flat index under the module's key (``hash_bernoulli``), or ``"threefry"``,
 ``jax.random.bernoulli(key, 1 - rate, shape)`` bit for bit (``threefry_bernoulli``). Both are
 straight-line elementwise ops that XLA fuses into the dropout's multiply (JAX's own CPU lowering
-of threefry is a rolled loop, 10x slower); the hash takes about a quarter of threefry's time
-(``docs/benchmarks.md``). With dropout off (or an attention dropout rate of 0) attention runs
-through ``jax.nn.dot_product_attention``; because that function has no dropout on the attention
-probabilities, training with attention dropout computes the same softmax explicitly and drops
-probabilities before multiplying by v.
+of threefry is a rolled loop, 10x slower); with the hash a MiniLM training step takes 0.95x
+the time (``benchmarks/bench_dropout.py``). With dropout off (or an attention dropout rate of
+0) attention runs through ``jax.nn.dot_product_attention``; because that function has no
+dropout on the attention probabilities, training with attention dropout computes the same
+softmax explicitly and drops probabilities before multiplying by v.
 
 Every dense layer (query, key, value, attention output, intermediate, output, pooler,
 classifier) is built by the ``linear`` constructor argument, and is called as
@@ -213,9 +213,9 @@ def hash_bernoulli(rng: jax.Array, p: float, shape: tuple[int, ...]) -> jax.Arra
   with ``(k0, k1)`` the first two 32-bit words of the key (each module's own, split from the
   step's). For one key, ``h`` is a bijection of the 2^32 indices, so a mask of n entries draws
   n distinct hash values; ``P(keep) = p`` to 2^-33. 4 multiplies and 6 shifts per entry against
-  threefry's 20 rounds, so about a quarter of the time; the masks differ from
-  ``jax.random.bernoulli``'s (``threefry_bernoulli`` draws those) but follow the same
-  distribution (``tests/test_bert.py`` checks keep rates, neighbours and keys)."""
+  threefry's 20 rounds (an attention dropout's forward and backward: 0.55x the time). The masks
+  differ from ``jax.random.bernoulli``'s (``threefry_bernoulli`` draws those) but follow the
+  same distribution (``tests/test_bert.py`` checks keep rates, neighbours and keys)."""
   if p >= 1.0:
     return jnp.ones(shape, bool)
   key = jax.random.key_data(rng) if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) else rng
