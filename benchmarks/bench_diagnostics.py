@@ -17,6 +17,7 @@ on the machine's load.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -31,7 +32,6 @@ import jax  # pylint: disable=wrong-import-position
 
 from cwgnc_jax import config as config_lib  # pylint: disable=wrong-import-position
 from cwgnc_jax import diagnostics, files, optimizers  # pylint: disable=wrong-import-position
-from cwgnc_jax.data import batching  # pylint: disable=wrong-import-position
 from cwgnc_jax.training import loop  # pylint: disable=wrong-import-position
 from cwgnc_jax.training import step as step_lib  # pylint: disable=wrong-import-position
 
@@ -63,15 +63,8 @@ def main(argv: list[str]) -> None:
             for flag in (False, True)}
   constants = step_lib.put_constants(run.constants, mesh, config.fsdp_min_size)
   names = step_lib.gradient_norm_names(abstract.params, abstract.opt_state)
-  batches = []
-  for batch in batching.train_batches(run.train_data, config.batch_size, seed=config.seed,
-                                      epoch=0, layout=config.layout,
-                                      max_length=config.max_length,
-                                      row_multiple=run.num_devices,
-                                      row_length_step=config.row_length_step):
-    batches.append(step_lib.put_batch(batch, mesh))
-    if len(batches) == args.steps:
-      break
+  batches = [step_lib.put_batch(batch, mesh) for batch in itertools.islice(
+      loop.epoch_batches(run, 0, row_multiple=run.num_devices), args.steps)]
   out = Path(tempfile.mkdtemp(prefix="bench_diagnostics_log_"))
 
   def one_pass(flag: bool) -> tuple[float, float]:

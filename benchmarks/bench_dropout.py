@@ -17,6 +17,7 @@ processes hits both alike:
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import sys
@@ -34,7 +35,6 @@ import jax.numpy as jnp  # pylint: disable=wrong-import-position
 
 from cwgnc_jax import config as config_lib  # pylint: disable=wrong-import-position
 from cwgnc_jax import models, optimizers  # pylint: disable=wrong-import-position
-from cwgnc_jax.data import batching  # pylint: disable=wrong-import-position
 from cwgnc_jax.models import bert  # pylint: disable=wrong-import-position
 from cwgnc_jax.training import loop  # pylint: disable=wrong-import-position
 from cwgnc_jax.training import step as step_lib  # pylint: disable=wrong-import-position
@@ -76,15 +76,8 @@ def step_programs(config, steps: int) -> dict:
   abstract = step_lib.abstract_state(run.params, optimizer, config.seed, mesh,
                                      config.fsdp_min_size)
   constants = step_lib.put_constants(run.constants, mesh, config.fsdp_min_size)
-  batches = []
-  for batch in batching.train_batches(run.train_data, config.batch_size, seed=config.seed,
-                                      epoch=0, layout=config.layout,
-                                      max_length=config.max_length,
-                                      row_multiple=run.num_devices,
-                                      row_length_step=config.row_length_step):
-    batches.append(step_lib.put_batch(batch, mesh))
-    if len(batches) == steps:
-      break
+  batches = [step_lib.put_batch(batch, mesh) for batch in itertools.islice(
+      loop.epoch_batches(run, 0, row_multiple=run.num_devices), steps)]
   programs = {}
   for bits in bert.DROPOUT_BITS:
     variant = config.copy_and_resolve_references()

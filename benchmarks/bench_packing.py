@@ -30,7 +30,6 @@ from tqdm import tqdm  # pylint: disable=wrong-import-position
 
 from cwgnc_jax import config as config_lib  # pylint: disable=wrong-import-position
 from cwgnc_jax import optimizers  # pylint: disable=wrong-import-position
-from cwgnc_jax.data import batching  # pylint: disable=wrong-import-position
 from cwgnc_jax.training import loop  # pylint: disable=wrong-import-position
 from cwgnc_jax.training import step as step_lib  # pylint: disable=wrong-import-position
 
@@ -50,10 +49,7 @@ class Runner:
     self.step = step_lib.jit_train_step(run.apply, optimizer, mesh,
                                         step_lib.shardings_of(abstract))
     self.eval_step = step_lib.jit_eval_step(run.apply, mesh, step_lib.shardings_of(abstract).params)
-    self.batches = batching.train_batches(
-        run.train_data, config.batch_size, seed=config.seed, epoch=0, layout=layout,
-        max_length=config.max_length, row_multiple=run.num_devices,
-        row_length_step=config.row_length_step)
+    self.batches = loop.epoch_batches(run, 0, row_multiple=run.num_devices, layout=layout)
     self.layout, self.mesh, self.remaining = layout, mesh, steps
     self.shapes: set[tuple[int, ...]] = set()
     self.seconds, self.examples, self.tokens, self.slots = 0.0, 0.0, 0, 0
@@ -98,7 +94,7 @@ def bench_task(args: argparse.Namespace, rest: list[str], task: str) -> dict[str
   results = {}
   for runner in runners:
     run.config.layout = runner.layout  # evaluation in the run's own layout
-    dev = loop.evaluate(runner.eval_step, runner.state.params, runner.constants, run, mesh)
+    dev, = loop.evaluate(runner.eval_step, runner.state.params, runner.constants, [run], mesh)
     results[runner.layout] = {
         "steps": steps, "timed_examples": runner.examples,
         "examples_per_second": runner.examples / runner.seconds,

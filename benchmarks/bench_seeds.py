@@ -20,6 +20,7 @@ padding that stacking adds).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -64,15 +65,8 @@ def main(argv: list[str]) -> None:
   constants = {"sequential": {r.config.seed: step_lib.put_constants(r.constants, mesh, 2**62)
                               for r in runs},
                "vmapped": jax.device_put(step_lib.stack([r.constants for r in runs]))}
-  host = {seed: [] for seed in seeds}
-  for r in runs:
-    for batch in batching.train_batches(r.train_data, config.batch_size, seed=r.config.seed,
-                                        epoch=0, layout=config.layout,
-                                        max_length=config.max_length,
-                                        row_length_step=config.row_length_step):
-      host[r.config.seed].append(batch)
-      if len(host[r.config.seed]) == args.steps:
-        break
+  host = {r.config.seed: list(itertools.islice(loop.epoch_batches(r, 0, row_multiple=1),
+                                               args.steps)) for r in runs}
   sequential_batches = {s: [step_lib.put_batch(b, mesh) for b in host[s]] for s in seeds}
   stacked = [batching.stack_batches([host[s][i] for s in seeds]) for i in range(args.steps)]
   vmapped_batches = [step_lib.put_batch(b, mesh, seeds=True) for b in stacked]

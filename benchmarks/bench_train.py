@@ -21,6 +21,7 @@ are not counted). The peak is the best of several jitted 2048 x 2048 float32 mat
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -39,7 +40,6 @@ import numpy as np  # pylint: disable=wrong-import-position
 
 from cwgnc_jax import config as config_lib  # pylint: disable=wrong-import-position
 from cwgnc_jax import models, optimizers  # pylint: disable=wrong-import-position
-from cwgnc_jax.data import batching  # pylint: disable=wrong-import-position
 from cwgnc_jax.training import loop  # pylint: disable=wrong-import-position
 from cwgnc_jax.training import step as step_lib  # pylint: disable=wrong-import-position
 
@@ -90,15 +90,8 @@ def main(argv: list[str]) -> None:
   constants = step_lib.put_constants(run.constants, mesh, config.fsdp_min_size)
   train_step = step_lib.jit_train_step(run.apply, optimizer, mesh,
                                        step_lib.shardings_of(abstract))
-  batches = []
-  for batch in batching.train_batches(run.train_data, config.batch_size, seed=config.seed,
-                                      epoch=0, layout=config.layout,
-                                      max_length=config.max_length,
-                                      row_multiple=run.num_devices,
-                                      row_length_step=config.row_length_step):
-    batches.append(batch)
-    if len(batches) == args.steps:
-      break
+  batches = list(itertools.islice(loop.epoch_batches(run, 0, row_multiple=run.num_devices),
+                                  args.steps))
   flops = sum(useful_flops(b, model_config, run.task.num_labels) for b in batches)
   examples = sum(float(b["example_mask"].sum()) for b in batches)
   slots = sum(b["segment_ids"].size for b in batches)

@@ -41,6 +41,7 @@ Goals (issue 19), on 2 CPU cores: RTE, jax packed <= 0.45x torch pad-128; CoLA, 
 from __future__ import annotations
 
 import argparse
+import itertools
 import copy
 import json
 import os
@@ -114,14 +115,8 @@ class JaxRunner(Runner):
     self.constants = step_lib.put_constants(run.constants, self.mesh, config.fsdp_min_size)
     self.train_step = step_lib.jit_train_step(run.apply, optimizer, self.mesh,
                                               step_lib.shardings_of(abstract))
-    self.batches = []
-    for batch in batching.train_batches(run.train_data, config.batch_size, seed=config.seed,
-                                        epoch=0, layout=layout, max_length=config.max_length,
-                                        row_multiple=run.num_devices,
-                                        row_length_step=config.row_length_step):
-      self.batches.append(step_lib.put_batch(batch, self.mesh))
-      if len(self.batches) == num_batches:
-        break
+    self.batches = [step_lib.put_batch(batch, self.mesh) for batch in itertools.islice(
+        loop.epoch_batches(run, 0, row_multiple=run.num_devices, layout=layout), num_batches)]
     throwaway, seen = init(), set()
     for batch in self.batches:  # compile every shape before timing
       if batch["input_ids"].shape not in seen:

@@ -34,6 +34,7 @@ Categories (first match wins, on the instruction's name stack and opcode):
 from __future__ import annotations
 
 import argparse
+import itertools
 import collections
 import glob
 import os
@@ -53,7 +54,6 @@ import jax  # pylint: disable=wrong-import-position
 
 from cwgnc_jax import config as config_lib  # pylint: disable=wrong-import-position
 from cwgnc_jax import models, optimizers  # pylint: disable=wrong-import-position
-from cwgnc_jax.data import batching  # pylint: disable=wrong-import-position
 from cwgnc_jax.training import loop  # pylint: disable=wrong-import-position
 from cwgnc_jax.training import step as step_lib  # pylint: disable=wrong-import-position
 
@@ -161,15 +161,8 @@ def main(argv: list[str]) -> None:
   constants = step_lib.put_constants(run.constants, mesh, config.fsdp_min_size)
   train_step = step_lib.jit_train_step(run.apply, optimizer, mesh,
                                        step_lib.shardings_of(abstract))
-  batches = []
-  for batch in batching.train_batches(run.train_data, config.batch_size, seed=config.seed,
-                                      epoch=0, layout=config.layout,
-                                      max_length=config.max_length,
-                                      row_multiple=run.num_devices,
-                                      row_length_step=config.row_length_step):
-    batches.append(step_lib.put_batch(batch, mesh))
-    if len(batches) == args.steps:
-      break
+  batches = [step_lib.put_batch(batch, mesh) for batch in itertools.islice(
+      loop.epoch_batches(run, 0, row_multiple=run.num_devices), args.steps)]
   model_config = models.load_config(config.model)
   embedding_shape = f"[{model_config.vocab_size},{model_config.hidden_size}]"
   by_shape = collections.defaultdict(list)

@@ -41,7 +41,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -237,6 +237,18 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | Path) -> Run:
   graphdef, constants, params = models.split_params(model)
   return Run(config, workdir, task, train_data, dev_data, params, constants,
              models.apply_fn(graphdef), num_devices, majority)
+
+
+def epoch_batches(run: Run, epoch: int, *, row_multiple: int, start_step: int = 0,
+                  layout: str | None = None) -> Iterator[batching.Batch]:
+  """The run's training batches of ``epoch`` from ``start_step`` on, as ``train`` draws them
+  (its seed, batch size, layout or ``layout``, and row lengths); rows a multiple of
+  ``row_multiple`` (the data-parallel devices)."""
+  config = run.config
+  return batching.train_batches(
+      run.train_data, config.batch_size, seed=config.seed, epoch=epoch,
+      layout=layout or config.layout, max_length=config.max_length, row_multiple=row_multiple,
+      start_step=start_step, row_length_step=config_lib.later_key(config, "row_length_step"))
 
 
 # -- Evaluation. ---------------------------------------------------------------------------
@@ -674,10 +686,7 @@ def _train(runs: Sequence[Run], stages: Stages, step: int, mesh: jax.sharding.Me
       log(f"step {step}: GU iteration {stage.index} trains "
           f"{', '.join(stage.trained_layers(first.num_layers))}")
     epoch, epoch_step = divmod(step, steps_per_epoch)
-    epochs = [batching.train_batches(
-        run.train_data, config.batch_size, seed=run.config.seed, epoch=epoch,
-        layout=config.layout, max_length=config.max_length, row_multiple=row_multiple,
-        start_step=epoch_step, row_length_step=config_lib.later_key(config, "row_length_step"))
+    epochs = [epoch_batches(run, epoch, row_multiple=row_multiple, start_step=epoch_step)
               for run in runs]
     for batches in zip(*epochs):
       batch = (batching.stack_batches(list(batches), max(row_multiple, 1)) if stacked
