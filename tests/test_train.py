@@ -403,47 +403,35 @@ def test_run_directory_of_another_config_is_left_alone(reference, tiny_args, env
   assert _tree_digest(reference) == before
 
 
-def test_run_dirs_from_before_row_length_step_resume_with_rows_of_max_length(tmp_path):
-  """A config.json without ``row_length_step`` packed every row to max_length: it resumes
-  with ``row_length_step=0`` and is refused, naming the key, with the default's shorter
-  rows; for a padded run the key does not matter."""
+@pytest.mark.parametrize("key, default, old, unaffected", [
+    ("row_length_step", 32, 0, ("rte_cwgnc", {"layout": "padded"})),
+    ("dropout_bits", "hash", "threefry", ("rte_mixout", {})),
+])
+def test_run_dirs_from_before_a_later_key_resume_with_its_old_value(tmp_path, key, default, old,
+                                                                   unaffected):
+  """A config.json without a ``LATER_KEYS`` key was trained with the key's old value (rows of
+  max_length; jax.random.bernoulli's masks): it resumes with that value and is refused,
+  naming the key, with today's default; where the key changes nothing (padded rows; Mixout,
+  whose dropout rates are all 0) the default resumes it too."""
+  assert config_lib.LATER_KEYS[key] == old
   config = config_lib.load("rte_cwgnc")
-  assert config.row_length_step == 32
+  assert config[key] == default
   older = config_lib.run_identity(config)
-  del older["row_length_step"]
+  del older[key]
   (tmp_path / "config.json").write_text(json.dumps(older))
-  with pytest.raises(config_lib.ConfigError, match=r"differs in row_length_step\)"):
+  with pytest.raises(config_lib.ConfigError, match=rf"differs in {key}\)"):
     loop.check_run_dir(tmp_path, config)
-  fixed_rows = config.copy_and_resolve_references()
-  fixed_rows.row_length_step = 0
-  loop.check_run_dir(tmp_path, fixed_rows)
-  older["layout"] = "padded"
-  (tmp_path / "config.json").write_text(json.dumps(older))
-  padded = config.copy_and_resolve_references()
-  padded.layout = "padded"
-  loop.check_run_dir(tmp_path, padded)
-
-
-def test_run_dirs_from_before_dropout_bits_resume_with_jax_masks(tmp_path):
-  """A config.json without ``dropout_bits`` drew jax.random.bernoulli's masks: it resumes with
-  ``dropout_bits='threefry'`` and is refused, naming the key, with the default 'hash'; for
-  Mixout (every dropout rate 0) the key does not matter."""
-  config = config_lib.load("rte_cwgnc")
-  assert config.dropout_bits == "hash"
+  assert config_lib.later_key(ml_collections.ConfigDict(older), key) == old
+  with_old = config.copy_and_resolve_references()
+  with_old[key] = old
+  loop.check_run_dir(tmp_path, with_old)
+  name, overrides = unaffected
+  config = config_lib.load(name)
+  config.update(overrides)
   older = config_lib.run_identity(config)
-  del older["dropout_bits"]
+  del older[key]
   (tmp_path / "config.json").write_text(json.dumps(older))
-  with pytest.raises(config_lib.ConfigError, match=r"differs in dropout_bits\)"):
-    loop.check_run_dir(tmp_path, config)
-  jax_masks = config.copy_and_resolve_references()
-  jax_masks.dropout_bits = "threefry"
-  loop.check_run_dir(tmp_path, jax_masks)
-  assert config_lib.later_key(ml_collections.ConfigDict(older), "dropout_bits") == "threefry"
-  mixout = config_lib.load("rte_mixout")
-  older = config_lib.run_identity(mixout)
-  del older["dropout_bits"]
-  (tmp_path / "config.json").write_text(json.dumps(older))
-  loop.check_run_dir(tmp_path, mixout)
+  loop.check_run_dir(tmp_path, config)
 
 
 @pytest.mark.parametrize("bits", bert.DROPOUT_BITS)
