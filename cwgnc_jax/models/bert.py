@@ -196,8 +196,8 @@ def threefry_bernoulli(rng: jax.Array, p: float, shape: tuple[int, ...]) -> jax.
 
 
 def _lowbias32(x: jax.Array) -> jax.Array:
-  """Wellons' ``lowbias32`` (hash-prospector): a bijection of uint32 with strong avalanche
-  (each input bit flips each output bit with probability 0.5 +- 0.002)."""
+  """Wellons' ``lowbias32`` (hash-prospector), searched for avalanche: a bijection of uint32,
+  since each xor-shift and each multiply by an odd constant is invertible."""
   x = x ^ (x >> np.uint32(16))
   x = x * np.uint32(0x7FEB352D)
   x = x ^ (x >> np.uint32(15))
