@@ -69,6 +69,15 @@ LATER_GROUPS = {"unfreezing": ("mode", "none"), "mixout": ("p", 0.0)}
 # ``row_length_step``, packed rows were always max_length long; before ``dropout_bits``,
 # dropout masks were jax.random.bernoulli's.
 LATER_KEYS = {"optimizer.adam_form": "optax", "row_length_step": 0, "dropout_bits": "threefry"}
+# Where a later key changes nothing, given a flat run identity ("group.key" -> value), a run
+# directory resumes whatever the key's value: BertAdam (no bias correction) computes the same
+# under either Adam form, padded rows are max_length long either way, and Mixout sets every
+# dropout rate to 0.
+LATER_KEYS_MOOT = {
+    "optimizer.adam_form": lambda flat: not flat.get("optimizer.bias_correction"),
+    "row_length_step": lambda flat: flat.get("layout") == "padded",
+    "dropout_bits": lambda flat: flat.get("mixout.p", 0.0) > 0,
+}
 
 
 def later_key(config: ml_collections.ConfigDict, key: str) -> Any:

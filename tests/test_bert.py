@@ -156,8 +156,9 @@ def test_hash_bernoulli_is_the_documented_hash(p):
     k0, k1 = np.asarray(jax.random.key_data(key) if key.dtype != jnp.uint32 else key)
     index = np.arange(np.prod(shape), dtype=np.uint32).reshape(shape)
     with np.errstate(over="ignore"):
-      expected = _lowbias32(_lowbias32(index ^ k0) ^ k1) < np.uint32(min(round(p * 2**32),
-                                                                          2**32 - 1))
+      bits = _lowbias32(_lowbias32(index ^ k0) ^ k1)
+    np.testing.assert_array_equal(bert.hash_bits(key, shape), bits)
+    expected = bits < np.uint32(min(round(p * 2**32), 2**32 - 1))
     np.testing.assert_array_equal(bert.hash_bernoulli(key, p, shape), expected)
     np.testing.assert_array_equal(jax.jit(lambda k: bert.hash_bernoulli(k, p, shape))(key),
                                   expected)

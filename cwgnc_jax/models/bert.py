@@ -205,27 +205,33 @@ def _lowbias32(x: jax.Array) -> jax.Array:
   return x ^ (x >> np.uint32(16))
 
 
-def hash_bernoulli(rng: jax.Array, p: float, shape: tuple[int, ...]) -> jax.Array:
-  """Bernoulli(p) entries of ``shape``, from a keyed hash of each entry's flat index ``i``::
+def hash_bits(rng: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """uint32 bits of ``shape`` from a keyed hash of each entry's flat index ``i``::
 
-    h(i) = lowbias32(lowbias32(i ^ k0) ^ k1),    keep_i = h(i) < round(p * 2^32)
+    h(i) = lowbias32(lowbias32(i ^ k0) ^ k1)
 
   with ``(k0, k1)`` the first two 32-bit words of the key (each module's own, split from the
-  step's). For one key, ``h`` is a bijection of the 2^32 indices, so a mask of n entries draws
-  n distinct hash values; ``P(keep) = p`` to 2^-33. 4 multiplies and 6 shifts per entry against
-  threefry's 20 rounds (an attention dropout's forward and backward: 0.55x the time). The masks
-  differ from ``jax.random.bernoulli``'s (``threefry_bernoulli`` draws those) but follow the
-  same distribution (``tests/test_bert.py`` checks keep rates, neighbours and keys)."""
-  if p >= 1.0:
-    return jnp.ones(shape, bool)
+  step's). For one key, ``h`` is a bijection of the 2^32 indices, so n entries get n
+  distinct values."""
   key = jax.random.key_data(rng) if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) else rng
   if key.size < 2 or math.prod(shape) > 2**32:
-    raise ValueError(f"hash_bernoulli needs a key of 2 or more 32-bit words and at most 2^32 "
+    raise ValueError(f"hash_bits needs a key of 2 or more 32-bit words and at most 2^32 "
                      f"entries, got key data of shape {key.shape} and shape {shape}")
   k0, k1 = key.reshape(-1)[:2].astype(jnp.uint32)
   index = jax.lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
-  bits = _lowbias32(_lowbias32(index ^ k0) ^ k1)
-  return bits < np.uint32(min(round(p * 2**32), 2**32 - 1))
+  return _lowbias32(_lowbias32(index ^ k0) ^ k1)
+
+
+def hash_bernoulli(rng: jax.Array, p: float, shape: tuple[int, ...]) -> jax.Array:
+  """Bernoulli(p) entries of ``shape``: ``keep_i = hash_bits(rng)_i < round(p * 2^32)``, so
+  ``P(keep) = p`` to 2^-33. 4 multiplies and 6 shifts per entry against threefry's 20 rounds
+  (an attention dropout's forward and backward: 0.55-0.57x the time). The masks differ from
+  ``jax.random.bernoulli``'s (``threefry_bernoulli`` draws those) but follow the same
+  distribution (``tests/test_bert.py`` checks keep rates, neighbours and keys;
+  ``tools/check_dropout_hash.py`` the bits)."""
+  if p >= 1.0:
+    return jnp.ones(shape, bool)
+  return hash_bits(rng, shape) < np.uint32(min(round(p * 2**32), 2**32 - 1))
 
 
 def dropout(x: jax.Array, rate: float, rng: jax.Array | None, bits: str = "hash") -> jax.Array:

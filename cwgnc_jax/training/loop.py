@@ -149,15 +149,9 @@ def check_run_dir(workdir: Path, config: ml_collections.ConfigDict) -> None:
     stored, current = _flat(stored), _flat(current)
     for key, value in config_lib.LATER_KEYS.items():
       stored.setdefault(key, value)
-    if not current.get("optimizer.bias_correction"):  # BertAdam: either form computes it
-      stored.pop("optimizer.adam_form", None)
-      current.pop("optimizer.adam_form", None)
-    if current.get("layout") == "padded":  # every row is max_length long either way
-      stored.pop("row_length_step", None)
-      current.pop("row_length_step", None)
-    if current.get("mixout.p", 0.0) > 0:  # Mixout sets every dropout rate to 0
-      stored.pop("dropout_bits", None)
-      current.pop("dropout_bits", None)
+      if config_lib.LATER_KEYS_MOOT[key](current):
+        stored.pop(key)
+        current.pop(key, None)
     differ = sorted(k for k in stored.keys() | current.keys() if stored.get(k) != current.get(k))
     if differ:
       raise ConfigError(
