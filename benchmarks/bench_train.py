@@ -9,6 +9,13 @@ only real (non-padding) tokens, for forward and backward::
   + 12 * L * H * sum_i len_i^2            attention scores and weighted values, per example
   + 6 * (H^2 + H C) * examples            pooler and classifier on each [CLS]
 
+and with ``cls_only_last_layer`` (the default) the last layer's as it computes them: keys and
+values of every token, the rest at the [CLS] tokens alone::
+
+  6 * (L - 1) * P_mm / L * tokens + 12 * (L - 1) * H * sum_i len_i^2
+  + 6 * 2 H^2 * tokens + 6 * (2 H^2 + 2 H I) * examples + 12 * H * sum_i len_i
+  + 6 * (H^2 + H C) * examples
+
 (embedding lookups, LayerNorm, softmax, GELU and the optimizer update are not matmul FLOPs and
 are not counted). The peak is the best of several jitted 2048 x 2048 float32 matmuls
 (2 * 2048^3 FLOPs each), measured in the same process before and after the steps. Like
@@ -59,16 +66,21 @@ def matmul_peak(size: int = 2048, repeats: int = 10) -> float:
 
 
 def useful_flops(batch: dict[str, np.ndarray], model_config: models.BertConfig,
-                 num_labels: int) -> float:
+                 num_labels: int, cls_only_last_layer: bool) -> float:
   """Forward + backward matmul FLOPs of the real tokens of a batch (module docstring)."""
   h, layers = model_config.hidden_size, model_config.num_hidden_layers
-  p_mm = layers * (4 * h * h + 2 * h * model_config.intermediate_size)
+  per_token = 4 * h * h + 2 * h * model_config.intermediate_size  # one layer's weights
   segments = batch["segment_ids"]
   tokens = int((segments != 0).sum())
   lengths = np.concatenate([np.bincount(row[row != 0])[1:] for row in segments])
+  lengths = lengths.astype(np.float64)
   examples = float(batch["example_mask"].sum())
-  return (6 * p_mm * tokens + 12 * layers * h * float((lengths.astype(np.float64)**2).sum())
-          + 6 * (h * h + h * num_labels) * examples)
+  full_layers = layers - 1 if cls_only_last_layer else layers
+  flops = 6 * full_layers * per_token * tokens + 12 * full_layers * h * (lengths**2).sum()
+  if cls_only_last_layer:  # every token's key and value; the rest for one query an example
+    flops += 6 * 2 * h * h * tokens + 6 * (per_token - 2 * h * h) * examples
+    flops += 12 * h * lengths.sum()
+  return flops + 6 * (h * h + h * num_labels) * examples
 
 
 def main(argv: list[str]) -> None:
@@ -92,7 +104,8 @@ def main(argv: list[str]) -> None:
                                        step_lib.shardings_of(abstract))
   batches = list(itertools.islice(loop.epoch_batches(run, 0, row_multiple=run.num_devices),
                                   args.steps))
-  flops = sum(useful_flops(b, model_config, run.task.num_labels) for b in batches)
+  cls_only = config_lib.later_key(config, "cls_only_last_layer")
+  flops = sum(useful_flops(b, model_config, run.task.num_labels, cls_only) for b in batches)
   examples = sum(float(b["example_mask"].sum()) for b in batches)
   slots = sum(b["segment_ids"].size for b in batches)
   tokens = sum(int((b["segment_ids"] != 0).sum()) for b in batches)

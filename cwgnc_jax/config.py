@@ -67,8 +67,10 @@ LATER_GROUPS = {"unfreezing": ("mode", "none"), "mixout": ("p", 0.0)}
 # Keys added after runs were made, with the value a config.json without them was trained
 # with: before ``optimizer.adam_form`` existed, bias-corrected Adam was optax's; before
 # ``row_length_step``, packed rows were always max_length long; before ``dropout_bits``,
-# dropout masks were jax.random.bernoulli's.
-LATER_KEYS = {"optimizer.adam_form": "optax", "row_length_step": 0, "dropout_bits": "threefry"}
+# dropout masks were jax.random.bernoulli's; before ``cls_only_last_layer``, the last layer
+# computed every token (the same logits but for float rounding).
+LATER_KEYS = {"optimizer.adam_form": "optax", "row_length_step": 0, "dropout_bits": "threefry",
+              "cls_only_last_layer": False}
 # Where a later key changes nothing, given a flat run identity ("group.key" -> value), a run
 # directory resumes whatever the key's value: BertAdam (no bias correction) computes the same
 # under either Adam form, padded rows are max_length long either way, and Mixout sets every
@@ -77,6 +79,7 @@ LATER_KEYS_MOOT = {
     "optimizer.adam_form": lambda flat: not flat.get("optimizer.bias_correction"),
     "row_length_step": lambda flat: flat.get("layout") == "padded",
     "dropout_bits": lambda flat: flat.get("mixout.p", 0.0) > 0,
+    "cls_only_last_layer": lambda flat: False,
 }
 
 
@@ -400,6 +403,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require(later_key(config, "dropout_bits") in DROPOUT_BITS,
            f"unknown config.dropout_bits {config.get('dropout_bits')!r}; valid: "
            f"{', '.join(DROPOUT_BITS)}")
+  _require(isinstance(later_key(config, "cls_only_last_layer"), bool),
+           f"config.cls_only_last_layer must be True or False, got "
+           f"{config.get('cls_only_last_layer')!r}")
   if "fsdp_min_size" in config:
     _positive_int(config, "fsdp_min_size", zero_ok=True)
   _positive_int(config, "diagnostics_every", zero_ok=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from pathlib import Path
 
 import jax
@@ -190,6 +192,50 @@ def test_dropout_keep_rate_and_independence_across_keys(bernoulli):
     for j in range(i):
       agree = (masks[i] == masks[j]).mean()
       assert abs(agree - 0.82) < 4 * np.sqrt(0.82 * 0.18 / n), (i, j, agree)
+
+
+@pytest.mark.parametrize("bits", bert.DROPOUT_BITS)
+@pytest.mark.parametrize("impl", ["threefry2x32", "rbg"])  # rbg: threefry via jax.random
+def test_dropout_of_some_entries_takes_the_full_tensors_mask(bits, impl):
+  """``dropout(take(x), full_shape=x.shape, take=take)`` is ``take(dropout(x))`` bit for bit:
+  the [CLS]-only last layer drops exactly what the whole layer would have dropped."""
+  x = jax.random.normal(jax.random.key(0), (3, 4, 6, 6))
+  row, position = jnp.array([0, 0, 2, 1]), jnp.array([0, 3, 5, 0])
+  take = lambda full: full[row, :, position][:, :, None]  # the attention probabilities' take
+  key = jax.random.key(7, impl=impl)
+  some = jax.jit(lambda y: bert.dropout(take(y), 0.3, key, bits, full_shape=y.shape, take=take))
+  every = np.asarray(take(bert.dropout(x, 0.3, key, bits)))
+  assert every.shape == (4, 4, 1, 6) and 0.1 < (every == 0).mean() < 0.5
+  np.testing.assert_array_equal(some(x), every)
+
+
+def test_a_cls_only_last_layer_gives_the_full_logits_and_gradients():
+  """With ``cls_only_last_layer`` the last layer computes the [CLS] queries alone: the same
+  logits and gradients in training (the same masks; either generator takes them alike, test
+  above), the same logits in evaluation, for packed rows holding several examples."""
+  config = tiny_config(attention_probs_dropout_prob=0.3, hidden_dropout_prob=0.3)
+  full = BertForSequenceClassification(dataclasses.replace(config, cls_only_last_layer=False),
+                                       3, rngs=nnx.Rngs(0))
+  graph_full, constants, params = split_params(full)
+  graph_cls, _, _ = split_params(BertForSequenceClassification(config, 3, rngs=nnx.Rngs(0)))
+  batch = padded_batch(random_examples(np.random.default_rng(1), [6, 3, 5, 7]), 8)
+  batch = {key: value.reshape(2, 16) for key, value in batch.items() if key != "cls_index"}
+  batch["segment_ids"] = batch["segment_ids"] * np.array([1] * 8 + [2] * 8)  # 2 to a row
+  batch["cls_index"] = np.array([0, 8, 16, 24], np.int32)
+
+  @functools.partial(jax.jit, static_argnums=0)
+  def train_and_eval(graph, params):
+    loss = lambda p: jnp.sum(jnp.sin(apply_fn(graph)(p, constants, batch, jax.random.key(3)))
+                             * jnp.arange(1, 4))
+    return jax.value_and_grad(loss)(params), apply_fn(graph)(params, constants, batch)
+
+  (loss_full, grads_full), eval_full = train_and_eval(graph_full, params)
+  (loss_cls, grads_cls), eval_cls = train_and_eval(graph_cls, params)
+  np.testing.assert_allclose(loss_cls, loss_full, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7),
+               grads_cls, grads_full)
+  np.testing.assert_allclose(eval_cls, eval_full, rtol=1e-6, atol=1e-7)
+  assert abs(loss_cls - jnp.sum(jnp.sin(eval_cls) * jnp.arange(1, 4))) > 1e-2  # masks drawn
 
 
 def test_dropout_only_with_a_key_and_pure_in_the_key(tiny):

@@ -33,7 +33,7 @@ from flax import nnx
 
 from cwgnc_jax import config as config_lib
 from cwgnc_jax import files, methods, optimizers
-from cwgnc_jax.models import bert
+from cwgnc_jax.models import bert, mixout
 from cwgnc_jax.training import loop
 from cwgnc_jax.training import step as step_lib
 
@@ -406,13 +406,14 @@ def test_run_directory_of_another_config_is_left_alone(reference, tiny_args, env
 @pytest.mark.parametrize("key, default, old, unaffected", [
     ("row_length_step", 32, 0, ("rte_cwgnc", {"layout": "padded"})),
     ("dropout_bits", "hash", "threefry", ("rte_mixout", {})),
+    ("cls_only_last_layer", True, False, None),  # float rounding differs in every config
 ])
 def test_run_dirs_from_before_a_later_key_resume_with_its_old_value(tmp_path, key, default, old,
                                                                    unaffected):
   """A config.json without a ``LATER_KEYS`` key was trained with the key's old value (rows of
-  max_length; jax.random.bernoulli's masks): it resumes with that value and is refused,
-  naming the key, with today's default; where the key changes nothing (padded rows; Mixout,
-  whose dropout rates are all 0) the default resumes it too."""
+  max_length; jax.random.bernoulli's masks; every token through the last layer): it resumes
+  with that value and is refused, naming the key, with today's default; where the key changes
+  nothing (padded rows; Mixout, whose dropout rates are all 0) the default resumes it too."""
   assert config_lib.LATER_KEYS[key] == old
   config = config_lib.load("rte_cwgnc")
   assert config[key] == default
@@ -425,6 +426,8 @@ def test_run_dirs_from_before_a_later_key_resume_with_its_old_value(tmp_path, ke
   with_old = config.copy_and_resolve_references()
   with_old[key] = old
   loop.check_run_dir(tmp_path, with_old)
+  if unaffected is None:
+    return
   name, overrides = unaffected
   config = config_lib.load(name)
   config.update(overrides)
@@ -434,15 +437,18 @@ def test_run_dirs_from_before_a_later_key_resume_with_its_old_value(tmp_path, ke
   loop.check_run_dir(tmp_path, config)
 
 
-def test_the_run_model_draws_the_configs_dropout_bits():
-  """``config.dropout_bits`` reaches the pretrained model's ``BertConfig``: the two choices
-  train with other masks and evaluate the same."""
-  by_bits = {}
-  for bits in bert.DROPOUT_BITS:
-    config = config_lib.load("demo")
-    config.dropout_bits = bits
-    by_bits[bits] = loop.load_model(config, 2)
-    assert by_bits[bits].config.dropout_bits == bits
+@pytest.mark.parametrize("method", ["demo", "rte_mixout"])
+def test_the_run_model_draws_the_configs_dropout_bits_and_last_layer(method):
+  """``config.dropout_bits`` and ``config.cls_only_last_layer`` reach the pretrained model's
+  ``BertConfig`` (Mixout's too): the two generators train with other masks and evaluate the
+  same; either last layer gives the same logits."""
+  models_by = {}
+  for bits, cls_only in (("hash", True), ("threefry", True), ("hash", False)):
+    config = config_lib.load(method)
+    config.model, config.dropout_bits, config.cls_only_last_layer = "minilm-l6", bits, cls_only
+    models_by[bits, cls_only] = loop.load_model(config, 2)
+    assert models_by[bits, cls_only].config.dropout_bits == bits
+    assert models_by[bits, cls_only].config.cls_only_last_layer is cls_only
   rows, length = 2, 16  # two padded examples of 16 tokens
   batch = {"input_ids": jnp.asarray(np.random.default_rng(0).integers(1000, 2000, (rows, length))),
            "token_type_ids": jnp.zeros((rows, length), jnp.int32),
@@ -450,10 +456,15 @@ def test_the_run_model_draws_the_configs_dropout_bits():
            "segment_ids": jnp.ones((rows, length), jnp.int32),
            "cls_index": jnp.arange(rows) * length}
   key = jax.random.key(0)
-  hashed, threefry = by_bits["hash"], by_bits["threefry"]
-  assert not np.allclose(hashed(batch, dropout_rng=key), threefry(batch, dropout_rng=key),
-                         atol=1e-4)
+  hashed, threefry, every_token = (models_by["hash", True], models_by["threefry", True],
+                                   models_by["hash", False])
+  if method == "demo":  # Mixout has no dropout: its masks are moot
+    assert not np.allclose(hashed(batch, dropout_rng=key), threefry(batch, dropout_rng=key),
+                           atol=1e-4)
   np.testing.assert_array_equal(hashed(batch), threefry(batch))
+  np.testing.assert_allclose(every_token(batch, dropout_rng=key), hashed(batch, dropout_rng=key),
+                             rtol=1e-5, atol=1e-6)
+  assert isinstance(hashed.classifier, mixout.MixoutLinear) == (method == "rte_mixout")
 
 
 def _wait_for(condition, process: subprocess.Popen, timeout: float = 300.0) -> None:

@@ -9,6 +9,12 @@ over the embeddings ``LN(word[id] + position[pos] + token_type[tt])``. The head 
 example's [CLS] state ``h``, then ``logits = W_c drop(tanh(W_p h))`` (pretrained pooler W_p,
 fresh classifier W_c).
 
+The head reads the last layer at the [CLS] tokens only, so with ``cls_only_last_layer`` (the
+default) that layer computes only them: keys and values of every token, and for the B [CLS]
+queries alone the attention, output projection, feed-forward and LayerNorms. The logits and
+gradients are those of the whole layer up to float rounding (the matmuls' shapes differ), and
+the dropout masks are the whole layer's entries (``dropout``'s ``take``).
+
 Batches are in the contract's padded or packed layout: attention goes from query q to key k iff
 ``segment_ids[q] == segment_ids[k] != 0`` (block-diagonal for packed rows, the padding mask for
 padded rows), positions and token types come from the batch, and ``cls_index`` is each
@@ -52,6 +58,8 @@ from flax import nnx
 INPUT_KEYS = ("input_ids", "token_type_ids", "position_ids", "segment_ids", "cls_index")
 # The generators of dropout's keep masks: ``hash_bernoulli`` and ``threefry_bernoulli``.
 DROPOUT_BITS = ("hash", "threefry")
+# The ``BertConfig`` fields that are this model's choices, not an HF config.json's.
+NOT_HF_FIELDS = ("dropout_bits", "cls_only_last_layer")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,8 +77,11 @@ class BertConfig:
   classifier_dropout: float | None = None  # None: hidden_dropout_prob (as HF)
   initializer_range: float = 0.02
   layer_norm_eps: float = 1e-12
-  # Not an HF field: the generator of dropout's keep masks, one of DROPOUT_BITS.
+  # Not HF fields (NOT_HF_FIELDS): the generator of dropout's keep masks, one of DROPOUT_BITS;
+  # whether the logits' forward pass runs the last layer at the [CLS] tokens alone (the same
+  # logits up to float rounding, for less work: ``outputs``).
   dropout_bits: str = "hash"
+  cls_only_last_layer: bool = True
 
   def __post_init__(self):
     if self.hidden_size % self.num_attention_heads:
@@ -82,6 +93,8 @@ class BertConfig:
         raise ValueError(f"{name} must be in [0, 1), got {rate!r}")
     if self.dropout_bits not in DROPOUT_BITS:
       raise ValueError(f"dropout_bits must be one of {DROPOUT_BITS}, got {self.dropout_bits!r}")
+    if not isinstance(self.cls_only_last_layer, bool):
+      raise ValueError(f"cls_only_last_layer must be a bool, got {self.cls_only_last_layer!r}")
 
   @property
   def classifier_dropout_rate(self) -> float:
@@ -127,6 +140,9 @@ class Linear(nnx.Linear):
     del rng  # a plain dense layer is deterministic
     return super().__call__(inputs)
 
+
+# Selects some entries of a tensor, e.g. ``lambda full: full[rows]``.
+Take = Callable[[jax.Array], jax.Array]
 
 # Builds a dense layer: linear(in_features, out_features, *, kernel_init, dtype, rngs) -> module
 # whose call is module(x, rng). ``Linear`` above is the default.
@@ -178,17 +194,27 @@ def _fast_bernoulli_applies(rng: jax.Array, p: float, shape: tuple[int, ...]) ->
           and math.prod(shape) < 2**32 and isinstance(p, float))
 
 
-def threefry_bernoulli(rng: jax.Array, p: float, shape: tuple[int, ...]) -> jax.Array:
+def _flat_index(shape: tuple[int, ...], take: Take | None) -> jax.Array:
+  """uint32 flat index of every entry of ``shape``, or of the entries ``take`` selects (XLA
+  fuses the iota into the gather, so only those are computed)."""
+  index = jax.lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
+  return index if take is None else take(index)
+
+
+def threefry_bernoulli(rng: jax.Array, p: float, shape: tuple[int, ...],
+                       take: Take | None = None) -> jax.Array:
   """``jax.random.bernoulli(rng, p, shape)``, bit for bit, as one fusible elementwise
   expression (``threefry2x32`` above on the flat index of each entry; the uniform is
   ``(bits >> 9) / 2^23``, JAX's float32 recipe). Where it could differ (another PRNG
   implementation, ``jax_threefry_partitionable`` off, 64-bit floats, 2^32 entries or more)
-  it calls ``jax.random.bernoulli`` itself."""
+  it calls ``jax.random.bernoulli`` itself. ``take``: only the entries it selects, as
+  ``take(threefry_bernoulli(rng, p, shape))``."""
   if not _fast_bernoulli_applies(rng, p, shape):
-    return jax.random.bernoulli(rng, p, shape)
+    keep = jax.random.bernoulli(rng, p, shape)
+    return keep if take is None else take(keep)
   key = jax.random.key_data(rng) if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) else rng
-  index = jax.lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
-  bits1, bits2 = threefry2x32(key[0], key[1], jnp.zeros(shape, jnp.uint32), index)
+  index = _flat_index(shape, take)
+  bits1, bits2 = threefry2x32(key[0], key[1], jnp.zeros_like(index), index)
   bits = bits1 ^ bits2
   one = np.array(1.0, np.float32).view(np.uint32)
   uniform = jax.lax.bitcast_convert_type((bits >> np.uint32(9)) | one, jnp.float32) - 1.0
@@ -205,43 +231,50 @@ def _lowbias32(x: jax.Array) -> jax.Array:
   return x ^ (x >> np.uint32(16))
 
 
-def hash_bits(rng: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+def hash_bits(rng: jax.Array, shape: tuple[int, ...], take: Take | None = None) -> jax.Array:
   """uint32 bits of ``shape`` from a keyed hash of each entry's flat index ``i``::
 
     h(i) = lowbias32(lowbias32(i ^ k0) ^ k1)
 
   with ``(k0, k1)`` the first two 32-bit words of the key (each module's own, split from the
   step's). For one key, ``h`` is a bijection of the 2^32 indices, so n entries get n
-  distinct values."""
+  distinct values. ``take``: only the entries it selects, as ``take(hash_bits(rng, shape))``."""
   key = jax.random.key_data(rng) if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) else rng
   if key.size < 2 or math.prod(shape) > 2**32:
     raise ValueError(f"hash_bits needs a key of 2 or more 32-bit words and at most 2^32 "
                      f"entries, got key data of shape {key.shape} and shape {shape}")
   k0, k1 = key.reshape(-1)[:2].astype(jnp.uint32)
-  index = jax.lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
+  index = _flat_index(shape, take)
   return _lowbias32(_lowbias32(index ^ k0) ^ k1)
 
 
-def hash_bernoulli(rng: jax.Array, p: float, shape: tuple[int, ...]) -> jax.Array:
+def hash_bernoulli(rng: jax.Array, p: float, shape: tuple[int, ...],
+                   take: Take | None = None) -> jax.Array:
   """Bernoulli(p) entries of ``shape``: ``keep_i = hash_bits(rng)_i < round(p * 2^32)``, so
   ``P(keep) = p`` to 2^-33. 4 multiplies and 6 shifts per entry against threefry's 20 rounds
   (an attention dropout's forward and backward: 0.55-0.57x the time). The masks differ from
   ``jax.random.bernoulli``'s (``threefry_bernoulli`` draws those) but follow the same
   distribution (``tests/test_bert.py`` checks keep rates, neighbours and keys;
-  ``tools/check_dropout_hash.py`` the bits)."""
+  ``tools/check_dropout_hash.py`` the bits). ``take`` as in ``hash_bits``."""
+  bits = hash_bits(rng, shape, take)
   if p >= 1.0:
-    return jnp.ones(shape, bool)
-  return hash_bits(rng, shape) < np.uint32(min(round(p * 2**32), 2**32 - 1))
+    return jnp.ones(bits.shape, bool)
+  return bits < np.uint32(min(round(p * 2**32), 2**32 - 1))
 
 
-def dropout(x: jax.Array, rate: float, rng: jax.Array | None, bits: str = "hash") -> jax.Array:
+def dropout(x: jax.Array, rate: float, rng: jax.Array | None, bits: str = "hash", *,
+            full_shape: tuple[int, ...] | None = None, take: Take | None = None) -> jax.Array:
   """Inverted dropout: ``x * keep / (1 - rate)`` with ``keep ~ Bernoulli(1 - rate)``, drawn
-  by ``hash_bernoulli`` (``bits="hash"``) or ``threefry_bernoulli`` (``"threefry"``)."""
+  by ``hash_bernoulli`` (``bits="hash"``) or ``threefry_bernoulli`` (``"threefry"``).
+
+  ``x = take(full)`` for a tensor ``full`` of ``full_shape`` (some of its entries): ``x`` gets
+  the entries of the mask ``full`` would get, so dropping what is computed is the same as
+  computing everything, dropping, then selecting."""
   if rng is None or rate == 0.0:
     return x
   bernoulli = {"hash": hash_bernoulli, "threefry": threefry_bernoulli}[bits]
   with jax.named_scope("dropout"):  # names in profiles only (benchmarks/profile_step.py)
-    keep = bernoulli(rng, 1.0 - rate, x.shape)
+    keep = bernoulli(rng, 1.0 - rate, full_shape or x.shape, take)
     return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
 
 
@@ -252,8 +285,11 @@ def attention_mask(segment_ids: jax.Array) -> jax.Array:
 
 
 def attention_with_dropout(query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array,
-                           rate: float, rng: jax.Array, bits: str = "hash") -> jax.Array:
-  """``drop(softmax(q k^T / sqrt(d), masked)) v`` for [R, T, heads, d] inputs.
+                           rate: float, rng: jax.Array, bits: str = "hash", *,
+                           full_shape: tuple[int, ...] | None = None,
+                           take: Take | None = None) -> jax.Array:
+  """``drop(softmax(q k^T / sqrt(d), masked)) v`` for [R, T, heads, d] inputs (``full_shape``
+  and ``take``: the probabilities are some of a larger tensor's, as in ``dropout``).
 
   The softmax is that of ``jax.nn.dot_product_attention`` (float32, masked logits set to the
   dtype's minimum, so a fully masked padding query gets uniform weights, never NaN).
@@ -264,7 +300,7 @@ def attention_with_dropout(query: jax.Array, key: jax.Array, value: jax.Array, m
   with jax.named_scope("softmax"):
     logits = jnp.where(mask, logits * scale, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1)
-  probs = dropout(probs, rate, rng, bits)
+  probs = dropout(probs, rate, rng, bits, full_shape=full_shape, take=take)
   with jax.named_scope("attention_scores"):
     return jnp.einsum("rhqk,rkhd->rqhd", probs.astype(value.dtype), value)
 
@@ -305,18 +341,36 @@ class Attention(nnx.Module):
     self.dropout_rate = config.hidden_dropout_prob
     self.dropout_bits = config.dropout_bits
 
-  def __call__(self, x: jax.Array, mask: jax.Array, rng=None) -> jax.Array:
+  def __call__(self, x: jax.Array, mask: jax.Array, rng=None,
+               cls_index: jax.Array | None = None) -> jax.Array:
+    """[R, T, H] -> [R, T, H]; with ``cls_index`` [B] (flat indices into the R * T tokens)
+    only those tokens' outputs, [B, H]: the keys and values are every token's, the rest is
+    computed for the B queries alone, with the dropout masks the whole layer would draw."""
     rng_q, rng_k, rng_v, rng_o, rng_probs, rng_drop = split_rng(rng, 6)
     heads = lambda y: y.reshape(*y.shape[:-1], self.num_heads, -1)
-    query, key, value = (heads(self.query(x, rng_q)), heads(self.key(x, rng_k)),
-                         heads(self.value(x, rng_v)))
+    key, value = heads(self.key(x, rng_k)), heads(self.value(x, rng_v))
+    residual, probs_shape, take_probs, take_tokens = x, None, None, None
+    if cls_index is not None:
+      rows, length, hidden = x.shape
+      row, position = cls_index // length, cls_index % length
+      take_tokens = lambda full: full.reshape(rows * length, -1)[cls_index]
+      take_probs = lambda full: full[row, :, position][:, :, None]
+      probs_shape = (rows, self.num_heads, length, length)
+      residual = take_tokens(x)  # [B, H]; each query becomes a row of length 1
+      key, value, mask = key[row], value[row], mask[row, :, position][:, :, None]
+    query = heads(self.query(residual, rng_q))
+    if cls_index is not None:
+      query = query[:, None]
     if rng_probs is None or self.probs_dropout_rate == 0.0:
       context = jax.nn.dot_product_attention(query, key, value, mask=mask)
     else:
       context = attention_with_dropout(query, key, value, mask, self.probs_dropout_rate,
-                                       rng_probs, self.dropout_bits)
-    out = self.output(context.reshape(x.shape), rng_o)
-    return self.layer_norm(x + dropout(out, self.dropout_rate, rng_drop, self.dropout_bits))
+                                       rng_probs, self.dropout_bits, full_shape=probs_shape,
+                                       take=take_probs)
+    out = self.output(context.reshape(residual.shape), rng_o)
+    out = dropout(out, self.dropout_rate, rng_drop, self.dropout_bits,
+                  full_shape=x.shape if take_tokens else None, take=take_tokens)
+    return self.layer_norm(residual + out)
 
 
 class Layer(nnx.Module):
@@ -336,12 +390,16 @@ class Layer(nnx.Module):
     self.dropout_rate = config.hidden_dropout_prob
     self.dropout_bits = config.dropout_bits
 
-  def __call__(self, x: jax.Array, mask: jax.Array, rng=None) -> jax.Array:
+  def __call__(self, x: jax.Array, mask: jax.Array, rng=None,
+               cls_index: jax.Array | None = None) -> jax.Array:
+    """[R, T, H] -> [R, T, H], or [B, H] at the tokens ``cls_index`` (``Attention``)."""
     rng_attention, rng_inner, rng_out, rng_drop = split_rng(rng, 4)
-    x = self.attention(x, mask, rng_attention)
+    full_shape = x.shape
+    x = self.attention(x, mask, rng_attention, cls_index)
+    take = None if cls_index is None else lambda full: full.reshape(-1, full.shape[-1])[cls_index]
     inner = jax.nn.gelu(self.intermediate(x, rng_inner), approximate=False)
-    out = dropout(self.output(inner, rng_out), self.dropout_rate, rng_drop,
-                  self.dropout_bits)
+    out = dropout(self.output(inner, rng_out), self.dropout_rate, rng_drop, self.dropout_bits,
+                  full_shape=full_shape if take else None, take=take)
     return self.output.layer_norm(x + out)
 
 
@@ -353,14 +411,19 @@ class Encoder(nnx.Module):
                             for _ in range(config.num_hidden_layers)])
 
   def __call__(self, x: jax.Array, mask: jax.Array, rng=None,
-               stop_gradient_at: int | None = None) -> jax.Array:
-    """``stop_gradient_at=i``: the hidden state entering layer ``i`` is a constant for autodiff,
+               stop_gradient_at: int | None = None,
+               cls_index: jax.Array | None = None) -> jax.Array:
+    """The last hidden state [R, T, H], or with ``cls_index`` only its [B, H] rows at those
+    tokens (the last layer's queries restricted to them, ``Attention``).
+
+    ``stop_gradient_at=i``: the hidden state entering layer ``i`` is a constant for autodiff,
     so no gradient reaches the layers below it or the embeddings, and XLA drops their backward
     pass (gradual unfreezing trains only layers ``i`` and up)."""
+    last = len(self.layers) - 1
     for i, (layer, layer_rng) in enumerate(zip(self.layers, split_rng(rng, len(self.layers)))):
       if i == stop_gradient_at:
         x = jax.lax.stop_gradient(x)
-      x = layer(x, mask, layer_rng)
+      x = layer(x, mask, layer_rng, cls_index if i == last else None)
     return x
 
 
@@ -393,19 +456,25 @@ class BertForSequenceClassification(nnx.Module):
                              rngs=rngs)
 
   def outputs(self, inputs: Mapping[str, jax.Array], *, dropout_rng: jax.Array | None = None,
-              stop_gradient_at: int | None = None) -> BertOutputs:
+              stop_gradient_at: int | None = None, sequence_output: bool = True) -> BertOutputs:
     """The last hidden state, the pooled [CLS] states and the logits of a batch.
 
-    ``stop_gradient_at``: no gradient flows below encoder layer ``i`` (``Encoder``)."""
+    ``stop_gradient_at``: no gradient flows below encoder layer ``i`` (``Encoder``).
+    ``sequence_output=False``: the last layer computes the [CLS] tokens alone (its keys and
+    values are every token's; ``sequence_output`` is None), the same pooled states and logits
+    for 1/L of the encoder's work less, less the keys and values (1/7 of a MiniLM-L6 step).
+    """
     missing = [key for key in INPUT_KEYS if key not in inputs]
     if missing:
       raise KeyError(f"the batch lacks {missing}: the model reads {list(INPUT_KEYS)}")
     rng_embed, rng_encoder, rng_pooler, rng_drop, rng_classifier = split_rng(dropout_rng, 5)
     x = self.embeddings(inputs["input_ids"], inputs["position_ids"], inputs["token_type_ids"],
                         rng_embed)
-    sequence = self.encoder(x, attention_mask(inputs["segment_ids"]), rng_encoder,
-                            stop_gradient_at)
-    cls = sequence.reshape(-1, sequence.shape[-1])[inputs["cls_index"]]
+    cls_index = inputs["cls_index"]
+    last = self.encoder(x, attention_mask(inputs["segment_ids"]), rng_encoder,
+                        stop_gradient_at, None if sequence_output else cls_index)
+    sequence, cls = ((last, last.reshape(-1, last.shape[-1])[cls_index]) if sequence_output
+                     else (None, last))
     pooled = jnp.tanh(self.pooler(cls, rng_pooler))
     features = dropout(pooled, self.config.classifier_dropout_rate, rng_drop,
                        self.config.dropout_bits)
@@ -414,9 +483,10 @@ class BertForSequenceClassification(nnx.Module):
 
   def __call__(self, inputs: Mapping[str, jax.Array], *, dropout_rng: jax.Array | None = None,
                stop_gradient_at: int | None = None) -> jax.Array:
-    """Logits [B, num_labels], float32. ``dropout_rng`` None: deterministic (evaluation)."""
-    return self.outputs(inputs, dropout_rng=dropout_rng,
-                        stop_gradient_at=stop_gradient_at).logits
+    """Logits [B, num_labels], float32. ``dropout_rng`` None: deterministic (evaluation).
+    The last layer runs at the [CLS] tokens alone if ``config.cls_only_last_layer``."""
+    return self.outputs(inputs, dropout_rng=dropout_rng, stop_gradient_at=stop_gradient_at,
+                        sequence_output=not self.config.cls_only_last_layer).logits
 
 
 def split_params(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State, dict]:

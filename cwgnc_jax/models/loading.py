@@ -34,8 +34,8 @@ import numpy as np
 from flax import nnx
 from safetensors import SafetensorError, safe_open
 
-from cwgnc_jax.models.bert import (BertConfig, BertForSequenceClassification, Linear,
-                                   LinearFactory)
+from cwgnc_jax.models.bert import (NOT_HF_FIELDS, BertConfig, BertForSequenceClassification,
+                                   Linear, LinearFactory)
 from cwgnc_jax.paths import path_to_str
 
 MINILM_NAME = "minilm-l6"
@@ -197,7 +197,7 @@ def _read_config(model_dir: Path) -> BertConfig:
   for field in fields:
     value = values.get(field.name)
     if (field.name not in values or (value is None and field.default is None)
-        or type(field.default) is str):  # dropout_bits: not an HF field, checked by BertConfig
+        or field.name in NOT_HF_FIELDS):  # checked by BertConfig
       continue
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if field.default is dataclasses.MISSING or type(field.default) is int:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -137,13 +138,14 @@ def set_targets(model: nnx.Module) -> int:
 
 
 def from_pretrained(name_or_path: str | os.PathLike, num_labels: int, *, p: float,
-                    gradient: str = "reference", seed: int = 0,
-                    dtype: Any = jnp.float32) -> bert.BertForSequenceClassification:
+                    gradient: str = "reference", seed: int = 0, dtype: Any = jnp.float32,
+                    config_overrides: Mapping[str, Any] | None = None
+                    ) -> bert.BertForSequenceClassification:
   """A pretrained BERT whose dense layers all mix toward their loaded weights (the fresh
   classifier toward its initial value), with every dropout rate 0 (``loading.from_pretrained``
   for the arguments)."""
   model = loading.from_pretrained(name_or_path, num_labels, seed=seed, dtype=dtype,
                                   linear=linear_factory(p, gradient),
-                                  config_overrides=NO_DROPOUT)
+                                  config_overrides={**(config_overrides or {}), **NO_DROPOUT})
   set_targets(model)
   return model

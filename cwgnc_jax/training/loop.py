@@ -183,17 +183,18 @@ def head(data: glue.TokenizedSplit, n: int) -> glue.TokenizedSplit:
 
 
 def load_model(config: ml_collections.ConfigDict, num_labels: int) -> nnx.Module:
-  """The run's pretrained model, its dropout masks drawn by ``config.dropout_bits``: with
+  """The run's pretrained model, its dropout masks drawn by ``config.dropout_bits``, its last
+  layer at the [CLS] tokens alone if ``config.cls_only_last_layer``: with
   ``config.mixout.p > 0`` every dense layer mixes toward its loaded weight and every dropout
   rate is 0 (``models/mixout.py``)."""
   dtype = jnp.dtype(config.dtype)
+  overrides = {key: config_lib.later_key(config, key) for key in models.bert.NOT_HF_FIELDS}
   if config.mixout.p > 0:
     return mixout.from_pretrained(config.model, num_labels, p=config.mixout.p,
                                   gradient=config.mixout.gradient, seed=config.seed,
-                                  dtype=dtype)
-  return models.from_pretrained(
-      config.model, num_labels, seed=config.seed, dtype=dtype,
-      config_overrides={"dropout_bits": config_lib.later_key(config, "dropout_bits")})
+                                  dtype=dtype, config_overrides=overrides)
+  return models.from_pretrained(config.model, num_labels, seed=config.seed, dtype=dtype,
+                                config_overrides=overrides)
 
 
 def prepare(config: ml_collections.ConfigDict, workdir: str | Path) -> Run:
