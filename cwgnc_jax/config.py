@@ -31,7 +31,7 @@ from typing import Any, Sequence
 import ml_collections
 
 from cwgnc_jax import methods, metrics, optimizers, unfreezing
-from cwgnc_jax.models.bert import DROPOUT_BITS
+from cwgnc_jax.models.bert import DROPOUT_BITS, NOT_HF_FIELDS
 from cwgnc_jax.models.mixout import GRADIENTS as MIXOUT_GRADIENTS
 from cwgnc_jax.data import batching, glue
 
@@ -83,7 +83,13 @@ LATER_KEYS_MOOT = {
 }
 
 
-def later_key(config: ml_collections.ConfigDict, key: str) -> Any:
+def model_overrides(config: ml_collections.ConfigDict | dict) -> dict[str, Any]:
+  """The ``BertConfig`` fields a run's config chooses (``models.bert.NOT_HF_FIELDS``: dropout's
+  bits, the [CLS]-only last layer), as that run was trained with them."""
+  return {key: later_key(config, key) for key in NOT_HF_FIELDS}
+
+
+def later_key(config: ml_collections.ConfigDict | dict, key: str) -> Any:
   """``config``'s value of a ``LATER_KEYS`` key (dotted), or, where the config predates the
   key, the value its runs were trained with."""
   *groups, name = key.split(".")

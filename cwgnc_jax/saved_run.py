@@ -8,7 +8,8 @@ checkpoint of the run's last step, with ``'best'`` (``keep_best``) the ``best`` 
 checkpoint (the loop saves at every evaluation, and the last step always is one, so that
 checkpoint holds both).
 
-The model is the plain BERT of the run's base model and task, in the run's compute dtype. A
+The model is the plain BERT of the run's base model and task, in the run's compute dtype,
+with the run's model choices (dropout's bits, the [CLS]-only last layer). A
 Mixout run has the same parameter names and evaluates with its weights unmixed, so the plain
 model computes what the run's evaluation computed.
 
@@ -26,6 +27,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from cwgnc_jax import config as config_lib
 from cwgnc_jax import files, paths
 from cwgnc_jax.data import glue
 from cwgnc_jax.models import bert, loading
@@ -110,12 +112,15 @@ def open_run(workdir: str | Path) -> SavedRun:
 
 
 def model_config(run: SavedRun) -> bert.BertConfig:
-  """The architecture of the run's base model (from its ``config.json``)."""
+  """The architecture of the run's base model (from its ``config.json``), computing as the
+  run computed (``config.model_overrides``: e.g. a run from before the [CLS]-only last layer
+  evaluates with every token, as its own evaluations did)."""
   try:
-    return loading.load_config(run.model_name)
+    base = loading.load_config(run.model_name)
   except (OSError, ValueError) as e:
     raise RunDirError(f"run {run.workdir} fine-tuned the model {run.model_name!r}, which "
                       f"cannot be loaded: {e}") from e
+  return dataclasses.replace(base, **config_lib.model_overrides(run.config))
 
 
 def load_model(run: SavedRun) -> bert.BertForSequenceClassification:

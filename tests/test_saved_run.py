@@ -50,6 +50,20 @@ def test_the_scored_parameters_are_loaded(tiny_rte_run, tmp_path):
 
 
 @pytest.mark.real
+def test_the_model_computes_as_the_run_did(tiny_rte_run, tmp_path):
+  """The run's model choices reach the loaded model: the run's own values, and for a
+  config.json from before a key, the value it was trained with (``config.LATER_KEYS``)."""
+  run = saved_run.open_run(copy_run(tiny_rte_run, tmp_path / "run"))
+  assert run.config["cls_only_last_layer"] is True and run.config["dropout_bits"] == "hash"
+  model_config = saved_run.load_model(run).config
+  assert (model_config.cls_only_last_layer, model_config.dropout_bits) == (True, "hash")
+  older = {k: v for k, v in run.config.items() if k not in ("cls_only_last_layer", "dropout_bits")}
+  (run.workdir / "config.json").write_text(json.dumps(older))
+  model_config = saved_run.load_model(saved_run.open_run(run.workdir)).config
+  assert (model_config.cls_only_last_layer, model_config.dropout_bits) == (False, "threefry")
+
+
+@pytest.mark.real
 def test_a_folder_that_is_not_a_finished_run_is_named(tiny_rte_run, tmp_path):
   def error(folder: Path) -> str:
     with pytest.raises(saved_run.RunDirError) as info:

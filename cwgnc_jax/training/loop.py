@@ -188,7 +188,7 @@ def load_model(config: ml_collections.ConfigDict, num_labels: int) -> nnx.Module
   ``config.mixout.p > 0`` every dense layer mixes toward its loaded weight and every dropout
   rate is 0 (``models/mixout.py``)."""
   dtype = jnp.dtype(config.dtype)
-  overrides = {key: config_lib.later_key(config, key) for key in models.bert.NOT_HF_FIELDS}
+  overrides = config_lib.model_overrides(config)
   if config.mixout.p > 0:
     return mixout.from_pretrained(config.model, num_labels, p=config.mixout.p,
                                   gradient=config.mixout.gradient, seed=config.seed,
