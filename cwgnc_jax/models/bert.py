@@ -305,6 +305,12 @@ def attention_with_dropout(query: jax.Array, key: jax.Array, value: jax.Array, m
     return jnp.einsum("rhqk,rkhd->rqhd", probs.astype(value.dtype), value)
 
 
+def cls_rows(cls_index: jax.Array) -> Take:
+  """Takes the tokens ``cls_index`` [B] (flat indices into the R * T tokens) of an [R, T, ...]
+  tensor, each as a row of length 1: [B, 1, ...]."""
+  return lambda full: full.reshape(-1, *full.shape[2:])[cls_index][:, None]
+
+
 def _normal(config: BertConfig) -> nnx.Initializer:
   return nnx.initializers.normal(config.initializer_range)
 
@@ -343,33 +349,30 @@ class Attention(nnx.Module):
 
   def __call__(self, x: jax.Array, mask: jax.Array, rng=None,
                cls_index: jax.Array | None = None) -> jax.Array:
-    """[R, T, H] -> [R, T, H]; with ``cls_index`` [B] (flat indices into the R * T tokens)
-    only those tokens' outputs, [B, H]: the keys and values are every token's, the rest is
-    computed for the B queries alone, with the dropout masks the whole layer would draw."""
+    """[R, T, H] -> [R, T, H]; with ``cls_index`` [B] only those tokens' outputs, [B, 1, H]
+    (``cls_rows``): the keys and values are every token's, the rest is computed for the B
+    queries alone, with the dropout masks the whole layer would draw."""
     rng_q, rng_k, rng_v, rng_o, rng_probs, rng_drop = split_rng(rng, 6)
     heads = lambda y: y.reshape(*y.shape[:-1], self.num_heads, -1)
     key, value = heads(self.key(x, rng_k)), heads(self.value(x, rng_v))
-    residual, probs_shape, take_probs, take_tokens = x, None, None, None
-    if cls_index is not None:
-      rows, length, hidden = x.shape
+    rows, length, _ = x.shape
+    residual, take_tokens, take_probs = x, None, None
+    if cls_index is not None:  # each query a row of length 1, over its own row's keys
       row, position = cls_index // length, cls_index % length
-      take_tokens = lambda full: full.reshape(rows * length, -1)[cls_index]
+      take_tokens = cls_rows(cls_index)
       take_probs = lambda full: full[row, :, position][:, :, None]
-      probs_shape = (rows, self.num_heads, length, length)
-      residual = take_tokens(x)  # [B, H]; each query becomes a row of length 1
+      residual = take_tokens(x)
       key, value, mask = key[row], value[row], mask[row, :, position][:, :, None]
     query = heads(self.query(residual, rng_q))
-    if cls_index is not None:
-      query = query[:, None]
     if rng_probs is None or self.probs_dropout_rate == 0.0:
       context = jax.nn.dot_product_attention(query, key, value, mask=mask)
     else:
-      context = attention_with_dropout(query, key, value, mask, self.probs_dropout_rate,
-                                       rng_probs, self.dropout_bits, full_shape=probs_shape,
-                                       take=take_probs)
+      context = attention_with_dropout(
+          query, key, value, mask, self.probs_dropout_rate, rng_probs, self.dropout_bits,
+          full_shape=(rows, self.num_heads, length, length), take=take_probs)
     out = self.output(context.reshape(residual.shape), rng_o)
-    out = dropout(out, self.dropout_rate, rng_drop, self.dropout_bits,
-                  full_shape=x.shape if take_tokens else None, take=take_tokens)
+    out = dropout(out, self.dropout_rate, rng_drop, self.dropout_bits, full_shape=x.shape,
+                  take=take_tokens)
     return self.layer_norm(residual + out)
 
 
@@ -392,14 +395,13 @@ class Layer(nnx.Module):
 
   def __call__(self, x: jax.Array, mask: jax.Array, rng=None,
                cls_index: jax.Array | None = None) -> jax.Array:
-    """[R, T, H] -> [R, T, H], or [B, H] at the tokens ``cls_index`` (``Attention``)."""
+    """[R, T, H] -> [R, T, H], or [B, 1, H] at the tokens ``cls_index`` (``Attention``)."""
     rng_attention, rng_inner, rng_out, rng_drop = split_rng(rng, 4)
-    full_shape = x.shape
+    full_shape, take = x.shape, None if cls_index is None else cls_rows(cls_index)
     x = self.attention(x, mask, rng_attention, cls_index)
-    take = None if cls_index is None else lambda full: full.reshape(-1, full.shape[-1])[cls_index]
     inner = jax.nn.gelu(self.intermediate(x, rng_inner), approximate=False)
     out = dropout(self.output(inner, rng_out), self.dropout_rate, rng_drop, self.dropout_bits,
-                  full_shape=full_shape if take else None, take=take)
+                  full_shape=full_shape, take=take)
     return self.output.layer_norm(x + out)
 
 
@@ -413,7 +415,7 @@ class Encoder(nnx.Module):
   def __call__(self, x: jax.Array, mask: jax.Array, rng=None,
                stop_gradient_at: int | None = None,
                cls_index: jax.Array | None = None) -> jax.Array:
-    """The last hidden state [R, T, H], or with ``cls_index`` only its [B, H] rows at those
+    """The last hidden state [R, T, H], or with ``cls_index`` only its [B, 1, H] rows at those
     tokens (the last layer's queries restricted to them, ``Attention``).
 
     ``stop_gradient_at=i``: the hidden state entering layer ``i`` is a constant for autodiff,
@@ -473,8 +475,8 @@ class BertForSequenceClassification(nnx.Module):
     cls_index = inputs["cls_index"]
     last = self.encoder(x, attention_mask(inputs["segment_ids"]), rng_encoder,
                         stop_gradient_at, None if sequence_output else cls_index)
-    sequence, cls = ((last, last.reshape(-1, last.shape[-1])[cls_index]) if sequence_output
-                     else (None, last))
+    sequence, cls = (last, cls_rows(cls_index)(last)) if sequence_output else (None, last)
+    cls = cls[:, 0]
     pooled = jnp.tanh(self.pooler(cls, rng_pooler))
     features = dropout(pooled, self.config.classifier_dropout_rate, rng_drop,
                        self.config.dropout_bits)
