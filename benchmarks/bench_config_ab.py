@@ -2,9 +2,10 @@
 
 Builds the run as ``train.py`` does (``loop.prepare``: model, tokenizer, data), puts the first
 ``--steps`` packed batches of epoch 0 on the mesh, and compiles one training step per value
-of ``--key`` (each value as ``train.py`` would parse ``--config.<key>=<value>``). Both steps
-advance their own state over the same batches; the passes alternate, order swapped every
-round, so that load from other processes hits both alike.
+of ``--key`` (each value as ``train.py`` would parse ``--config.<key>=<value>``), timing how
+long each takes to compile for the first batch's shape. Both steps advance their own state
+over the same batches; the passes alternate, order swapped every round, so that load from
+other processes hits both alike.
 
   PYTHONPATH=. GLUE_DIR=../shared/glue python benchmarks/bench_config_ab.py
       --key cls_only_last_layer --values true false [--config rte_cwgnc] [--steps 16]
@@ -49,10 +50,11 @@ def interleaved(programs: dict[str, Callable[[], None]], rounds: int) -> dict[st
   return times
 
 
-def step_programs(argv: Sequence[str], key: str, values: Sequence[str],
-                  steps: int) -> dict[str, Callable[[], None]]:
+def step_programs(argv: Sequence[str], key: str, values: Sequence[str], steps: int
+                  ) -> tuple[dict[str, Callable[[], None]], dict[str, float]]:
   """One training-step program per value of ``key`` for the config ``argv`` asks for, each
-  advancing its own state over the same ``steps`` real batches (compiled and run once)."""
+  advancing its own state over the same ``steps`` real batches (compiled and run once), and
+  the seconds each takes to compile for the first batch's shape."""
   configs = {value: config_lib.from_command_line([*argv, f"--config.{key}={value}"])[0]
              for value in values}
   config = configs[values[0]]
@@ -64,12 +66,15 @@ def step_programs(argv: Sequence[str], key: str, values: Sequence[str],
   constants = step_lib.put_constants(run.constants, mesh, config.fsdp_min_size)
   batches = [step_lib.put_batch(batch, mesh) for batch in itertools.islice(
       loop.epoch_batches(run, 0, row_multiple=run.num_devices), steps)]
-  programs = {}
+  programs, compile_seconds = {}, {}
   for value, variant in configs.items():
     graphdef, _, _ = models.split_params(loop.load_model(variant, run.task.num_labels))
     train_step = step_lib.jit_train_step(models.apply_fn(graphdef), optimizer, mesh,
                                          step_lib.shardings_of(abstract))
     holder = [step_lib.init_state(run.params, optimizer, config.seed, abstract)]
+    start = time.perf_counter()
+    train_step.lower(holder[0], batches[0], constants).compile()
+    compile_seconds[value] = time.perf_counter() - start
 
     def advance(train_step=train_step, holder=holder):
       for batch in batches:
@@ -78,10 +83,11 @@ def step_programs(argv: Sequence[str], key: str, values: Sequence[str],
 
     advance()  # compiles every shape
     programs[value] = advance
-  return programs
+  return programs, compile_seconds
 
 
-def report(title: str, times: dict[str, list[float]], per: int = 1) -> None:
+def report(title: str, times: dict[str, list[float]], per: int = 1,
+           compile_seconds: dict[str, float] | None = None) -> None:
   """Median and best time of each program, and the first's over the second's."""
   medians = {name: statistics.median(t) / per for name, t in times.items()}
   bests = {name: min(t) / per for name, t in times.items()}
@@ -91,6 +97,9 @@ def report(title: str, times: dict[str, list[float]], per: int = 1) -> None:
   first, second = list(times)[:2]
   print(f"{title} {first} / {second}: {medians[first] / medians[second]:.2f}x (medians), "
         f"{bests[first] / bests[second]:.2f}x (bests)")
+  if compile_seconds:
+    print(f"{title} compile, first batch's shape: " + ", ".join(
+        f"{name} {seconds:.2f} s" for name, seconds in compile_seconds.items()))
 
 
 def main(argv: list[str]) -> None:
@@ -103,9 +112,10 @@ def main(argv: list[str]) -> None:
   parser.add_argument("--rounds", type=int, default=3, help="timed passes of each")
   args, rest = parser.parse_known_args(argv)
   config_argv = ["--config", args.config, f"--config.model={args.model}", *rest]
-  programs = step_programs(config_argv, args.key, args.values, args.steps)
+  programs, compile_seconds = step_programs(config_argv, args.key, args.values, args.steps)
   task = config_lib.from_command_line(config_argv)[0].task
-  report(f"step ({task}, {args.key})", interleaved(programs, args.rounds), per=args.steps)
+  report(f"step ({task}, {args.key})", interleaved(programs, args.rounds), per=args.steps,
+         compile_seconds=compile_seconds)
 
 
 if __name__ == "__main__":

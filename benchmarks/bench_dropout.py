@@ -58,8 +58,10 @@ def main(argv: list[str]) -> None:
   config_argv = ["--config", args.config, f"--config.model={args.model}", *rest]
   task = config_lib.from_command_line(config_argv)[0].task
   report("mask", interleaved(mask_programs(args.mask_rows), 5 * args.rounds))
-  steps = step_programs(config_argv, "dropout_bits", bert.DROPOUT_BITS, args.steps)
-  report(f"step ({task})", interleaved(steps, args.rounds), per=args.steps)
+  steps, compile_seconds = step_programs(config_argv, "dropout_bits", bert.DROPOUT_BITS,
+                                         args.steps)
+  report(f"step ({task})", interleaved(steps, args.rounds), per=args.steps,
+         compile_seconds=compile_seconds)
 
 
 if __name__ == "__main__":
