@@ -9,7 +9,7 @@
 
 Each pair is jitted, checked equal (or equal within float rounding), and timed interleaved.
 
-  PYTHONPATH=. python benchmarks/bench_dense_forms.py [--tokens 1280] [--rounds 20]
+  PYTHONPATH=. python benchmarks/bench_dense_forms.py [--tokens 1280] [--rounds 20] [--calls 5]
 """
 
 from __future__ import annotations
@@ -17,26 +17,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+from bench_config_ab import interleaved  # pylint: disable=wrong-import-position
 
-
-def interleaved_ms(programs: dict, args: tuple, rounds: int, calls: int = 5) -> dict:
-  """Median milliseconds per call of each jitted program, order swapped every round."""
-  for program in programs.values():
-    jax.block_until_ready(program(*args))
-  times = {name: [] for name in programs}
-  for r in range(rounds):
-    for name in programs if r % 2 == 0 else list(programs)[::-1]:
-      start = time.perf_counter()
-      for _ in range(calls):
-        out = programs[name](*args)
-      jax.block_until_ready(out)
-      times[name].append((time.perf_counter() - start) / calls)
-  return {name: 1e3 * statistics.median(t) for name, t in times.items()}
+import jax  # pylint: disable=wrong-import-position
+import jax.numpy as jnp  # pylint: disable=wrong-import-position
+import numpy as np  # pylint: disable=wrong-import-position
 
 
 def qkv_programs(tokens: int, hidden: int = 384) -> tuple[dict, tuple]:
@@ -65,13 +51,17 @@ def main(argv: list[str]) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
   parser.add_argument("--tokens", type=int, default=1280, help="token slots (RTE: 10 x 128)")
   parser.add_argument("--rounds", type=int, default=20, help="timed rounds of each")
+  parser.add_argument("--calls", type=int, default=5, help="calls per timed round")
   args = parser.parse_args(argv)
   for title, (programs, inputs) in (("qkv", qkv_programs(args.tokens)),
                                     ("nt", nt_programs(args.tokens))):
-    first, second = (program(*inputs) for program in programs.values())
+    first, second = (program(*inputs) for program in programs.values())  # compiles both
     jax.tree.map(lambda p, q: np.testing.assert_allclose(p, q, rtol=1e-4, atol=1e-4),
                  first, second)
-    ms = interleaved_ms(programs, inputs, args.rounds)
+    times = interleaved({name: lambda p=program: jax.block_until_ready(
+        [p(*inputs) for _ in range(args.calls)]) for name, program in programs.items()},
+                        args.rounds)
+    ms = {name: 1e3 * statistics.median(t) / args.calls for name, t in times.items()}
     names = list(ms)
     print(f"{title}: " + ", ".join(f"{n} {ms[n]:.2f} ms" for n in names)
           + f"; {names[1]} / {names[0]}: {ms[names[1]] / ms[names[0]]:.2f}x")

@@ -28,6 +28,7 @@ are not counted). The peak is the best of several jitted 2048 x 2048 float32 mat
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import os
@@ -66,7 +67,7 @@ def matmul_peak(size: int = 2048, repeats: int = 10) -> float:
 
 
 def useful_flops(batch: dict[str, np.ndarray], model_config: models.BertConfig,
-                 num_labels: int, cls_only_last_layer: bool) -> float:
+                 num_labels: int) -> float:
   """Forward + backward matmul FLOPs of the real tokens of a batch (module docstring)."""
   h, layers = model_config.hidden_size, model_config.num_hidden_layers
   per_token = 4 * h * h + 2 * h * model_config.intermediate_size  # one layer's weights
@@ -75,9 +76,9 @@ def useful_flops(batch: dict[str, np.ndarray], model_config: models.BertConfig,
   lengths = np.concatenate([np.bincount(row[row != 0])[1:] for row in segments])
   lengths = lengths.astype(np.float64)
   examples = float(batch["example_mask"].sum())
-  full_layers = layers - 1 if cls_only_last_layer else layers
+  full_layers = layers - 1 if model_config.cls_only_last_layer else layers
   flops = 6 * full_layers * per_token * tokens + 12 * full_layers * h * (lengths**2).sum()
-  if cls_only_last_layer:  # every token's key and value; the rest for one query an example
+  if model_config.cls_only_last_layer:  # every token's key and value; the rest for one query an example
     flops += 6 * 2 * h * h * tokens + 6 * (per_token - 2 * h * h) * examples
     flops += 12 * h * lengths.sum()
   return flops + 6 * (h * h + h * num_labels) * examples
@@ -91,7 +92,8 @@ def main(argv: list[str]) -> None:
   args, rest = parser.parse_known_args(argv)
   config, _ = config_lib.from_command_line(["--config", args.config, *rest])
   run = loop.prepare(config, tempfile.mkdtemp(prefix="bench_train_"))
-  model_config = models.load_config(config.model)
+  model_config = dataclasses.replace(models.load_config(config.model),
+                                     **config_lib.model_overrides(config))
 
   data_size, fsdp_size = config_lib.mesh_shape(config, run.num_devices)
   mesh = step_lib.make_mesh(data_size, fsdp_size)
@@ -104,8 +106,7 @@ def main(argv: list[str]) -> None:
                                        step_lib.shardings_of(abstract))
   batches = list(itertools.islice(loop.epoch_batches(run, 0, row_multiple=run.num_devices),
                                   args.steps))
-  cls_only = config_lib.later_key(config, "cls_only_last_layer")
-  flops = sum(useful_flops(b, model_config, run.task.num_labels, cls_only) for b in batches)
+  flops = sum(useful_flops(b, model_config, run.task.num_labels) for b in batches)
   examples = sum(float(b["example_mask"].sum()) for b in batches)
   slots = sum(b["segment_ids"].size for b in batches)
   tokens = sum(int((b["segment_ids"] != 0).sum()) for b in batches)

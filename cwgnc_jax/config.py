@@ -74,12 +74,12 @@ LATER_KEYS = {"optimizer.adam_form": "optax", "row_length_step": 0, "dropout_bit
 # Where a later key changes nothing, given a flat run identity ("group.key" -> value), a run
 # directory resumes whatever the key's value: BertAdam (no bias correction) computes the same
 # under either Adam form, padded rows are max_length long either way, and Mixout sets every
-# dropout rate to 0.
+# dropout rate to 0. A key not listed (cls_only_last_layer: rounding differs in every config)
+# always matters.
 LATER_KEYS_MOOT = {
     "optimizer.adam_form": lambda flat: not flat.get("optimizer.bias_correction"),
     "row_length_step": lambda flat: flat.get("layout") == "padded",
     "dropout_bits": lambda flat: flat.get("mixout.p", 0.0) > 0,
-    "cls_only_last_layer": lambda flat: False,
 }
 
 

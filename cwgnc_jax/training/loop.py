@@ -149,7 +149,8 @@ def check_run_dir(workdir: Path, config: ml_collections.ConfigDict) -> None:
     stored, current = _flat(stored), _flat(current)
     for key, value in config_lib.LATER_KEYS.items():
       stored.setdefault(key, value)
-      if config_lib.LATER_KEYS_MOOT[key](current):
+      moot = config_lib.LATER_KEYS_MOOT.get(key)
+      if moot and moot(current):
         stored.pop(key)
         current.pop(key, None)
     differ = sorted(k for k in stored.keys() | current.keys() if stored.get(k) != current.get(k))
