@@ -3,7 +3,8 @@ input, and a few real steps of the demo.
 
 Most runs use a tiny random BERT (2 layers, width 32, the real vocabulary so the real MiniLM
 tokenizer works) in PyTorch naming, built in a temporary folder, on the first rows of the real
-RTE files, so a training process takes seconds. Processes share a persistent compilation cache.
+RTE files, so a training process takes seconds. Processes and workers share the session's
+persistent compilation cache (conftest.py).
 Device counts come from JAX: the tests run the same on a GPU or TPU host (the fake-device
 test forces 8 CPU devices in its own process).
 """
@@ -60,10 +61,10 @@ def tiny_glue(tmp_path_factory, glue_dir) -> Path:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory) -> dict[str, str]:
-  cache = tmp_path_factory.mktemp("cache")
-  return {**os.environ, "PYTHONPATH": str(REPO), "CWGNC_CACHE": str(cache / "tokens"),
-          "JAX_COMPILATION_CACHE_DIR": str(cache / "jax"),
-          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+  """train.py's environment: a token cache of this module's own, and the session's XLA
+  compilation cache (conftest.py), so each program compiles once for every worker."""
+  return {**os.environ, "PYTHONPATH": str(REPO),
+          "CWGNC_CACHE": str(tmp_path_factory.mktemp("cache") / "tokens")}
 
 
 @pytest.fixture(scope="module")

@@ -282,12 +282,11 @@ def test_stop_gradient_cuts_the_backward_pass_of_frozen_layers():
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory) -> dict[str, str]:
-  """train.py processes sharing a persistent compilation cache (GU restart's iterations
-  compile to GU's, a resumed run's to the first run's)."""
-  cache = tmp_path_factory.mktemp("cache")
-  return {**os.environ, "PYTHONPATH": str(REPO), "CWGNC_CACHE": str(cache / "tokens"),
-          "JAX_COMPILATION_CACHE_DIR": str(cache / "jax"),
-          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+  """train.py's environment: a token cache of this module's own, and the session's XLA
+  compilation cache (conftest.py), which every worker and process shares (GU restart's
+  iterations compile to GU's, a resumed run's to the first run's)."""
+  return {**os.environ, "PYTHONPATH": str(REPO),
+          "CWGNC_CACHE": str(tmp_path_factory.mktemp("cache") / "tokens")}
 
 
 def train_py(args, workdir, env) -> subprocess.CompletedProcess:
