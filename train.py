@@ -51,6 +51,7 @@ def main(argv: list[str]) -> None:
   from cwgnc_jax import files  # pylint: disable=import-outside-toplevel
   from cwgnc_jax.training import checkpoint, loop  # pylint: disable=import-outside-toplevel
   loop.maybe_initialize_distributed(config)
+  loop.use_compilation_cache(config)
   try:
     run = loop.prepare(config, workdir)
   except (ValueError, OSError) as e:  # ConfigError, missing files, no hub, bad data

@@ -72,6 +72,9 @@ def get_config() -> config_dict.ConfigDict:
   config.diagnostics_every = 10  # steps between gradient-norm records (grad_norms.npz); 0: off
   config.progress = True
   config.cache_dir = config_dict.placeholder(str)  # tokenized data; None: ~/.cache/cwgnc_jax
+  # Compiled steps kept in <cache_dir>/xla (or $JAX_COMPILATION_CACHE_DIR): a run whose batch
+  # shapes an earlier run compiled loads them (loop.use_compilation_cache); False: compile all.
+  config.compilation_cache = True
   methods.apply(config, "cwgnc")
   return config
 

@@ -56,7 +56,7 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # may be resumed with other values of these.
 OPERATIONAL_KEYS = ("resume_step", "checkpoint_every", "keep_checkpoints", "log_every",
                     "progress", "mesh", "distributed", "fsdp_min_size", "cache_dir",
-                    "diagnostics_every", "failure_rule")
+                    "compilation_cache", "diagnostics_every", "failure_rule")
 
 
 # Groups of keys added after runs were made, each with the key and value that turn it off: a

@@ -217,6 +217,7 @@ def run_study(config_arg: str, overrides: Sequence[tuple[str, str]], seeds: Sequ
 
   config = config_lib.apply_overrides(config_lib.load(config_arg), overrides)
   config_lib.validate(config)
+  loop.use_compilation_cache(config)
   seeds_axis = config.mesh.get("seeds", 1)
   if seeds_per_program % seeds_axis:
     raise ConfigError(f"--seeds-per-program {seeds_per_program} does not split over "

@@ -109,29 +109,41 @@ def tiny_rte_dir(tmp_path_factory, glue_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_rte_run(tmp_path_factory, tiny_bert_dir, tiny_rte_dir, glue_dir) -> Path:
-  """A finished ``train.py`` run directory: the tiny BERT trained 2 epochs of one step (batch
-  32, the 32 train rows of ``tiny_rte_dir``; the first step's learning rate is 0, warmup),
-  evaluated after each on the whole real RTE dev set (277 examples, in one batch), its best
-  evaluation kept (``results.json``: ``result`` 'best')."""
+def tiny_rte_command(tmp_path_factory, tiny_bert_dir, tiny_rte_dir, glue_dir
+                     ) -> tuple[list[str], dict[str, str]]:
+  """The ``train.py`` arguments (all but ``--workdir``) and environment of ``tiny_rte_run``.
+
+  The environment leaves out the session's ``JAX_COMPILATION_CACHE_DIR``, so the run keeps
+  its compiled programs where ``train.py`` puts them by default: ``<cache_dir>/xla``."""
   import shutil  # pylint: disable=import-outside-toplevel
-  import subprocess  # pylint: disable=import-outside-toplevel
-  import sys  # pylint: disable=import-outside-toplevel
 
   data = tmp_path_factory.mktemp("rte_full_dev")
   (data / "RTE").mkdir()
   shutil.copy(tiny_rte_dir / "RTE" / "train.tsv", data / "RTE" / "train.tsv")
   shutil.copy(glue_dir / "RTE" / "dev.tsv", data / "RTE" / "dev.tsv")
+  args = ["--config", "demo", f"--config.model={tiny_bert_dir}", f"--config.glue_dir={data}",
+          f"--config.cache_dir={data / 'cache'}", "--config.num_epochs=2",
+          "--config.batch_size=32", "--config.eval_batch_size=320",
+          "--config.optimizer.learning_rate=1e-3", "--config.keep_best=true",
+          "--config.diagnostics_every=0", "--config.progress=false"]
+  env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+  return args, {**env, "PYTHONPATH": str(REPO)}
+
+
+@pytest.fixture(scope="session")
+def tiny_rte_run(tmp_path_factory, tiny_rte_command) -> Path:
+  """A finished ``train.py`` run directory: the tiny BERT trained 2 epochs of one step (batch
+  32, the 32 train rows of ``tiny_rte_dir``; the first step's learning rate is 0, warmup),
+  evaluated after each on the whole real RTE dev set (277 examples, in one batch), its best
+  evaluation kept (``results.json``: ``result`` 'best')."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+
+  args, env = tiny_rte_command
   workdir = tmp_path_factory.mktemp("runs") / "tiny_rte"
-  done = subprocess.run(
-      [sys.executable, "train.py", "--config", "demo", f"--config.model={tiny_bert_dir}",
-       f"--config.glue_dir={data}", f"--config.cache_dir={data / 'cache'}",
-       "--config.num_epochs=2", "--config.batch_size=32", "--config.eval_batch_size=320",
-       "--config.optimizer.learning_rate=1e-3",
-       "--config.keep_best=true", "--config.diagnostics_every=0", "--config.progress=false",
-       "--workdir", str(workdir)],
-      cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
-      timeout=600, check=False)
+  done = subprocess.run([sys.executable, "train.py", *args, "--workdir", str(workdir)],
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+                        check=False)
   assert done.returncode == 0, done.stderr
   return workdir
 

@@ -595,3 +595,43 @@ def test_demo_config_learns_on_real_rte(glue_dir, env, tmp_path):
   assert results["result"] == "final" and results["score"] == results["evaluations"][-1]["score"]
   assert results["dev_examples"] == 277
   assert math.isclose(results["majority_score"], 100 * 146 / 277, rel_tol=1e-9)
+
+
+@pytest.mark.real
+def test_a_rerun_loads_its_compiled_steps_from_the_cache(tiny_rte_run, tiny_rte_command,
+                                                         tmp_path):
+  """train.py keeps its compiled programs in <cache_dir>/xla by default: the same command in
+  another run directory loads its training and evaluation steps instead of compiling them,
+  and computes the same run."""
+  args, env = tiny_rte_command
+  cache_dir, = (a.split("=", 1)[1] for a in args if a.startswith("--config.cache_dir="))
+  cache = Path(cache_dir) / "xla"
+  assert any(cache.iterdir())
+  done = train_py(args, tmp_path / "again", {**env, "JAX_LOG_COMPILES": "1"})
+  assert done.returncode == 0, done.stderr
+  for step in ("step", "forward"):  # the training and evaluation steps
+    assert f"Persistent compilation cache hit for 'jit_{step}'" in done.stderr, step
+  assert "PERSISTENT COMPILATION CACHE MISS" not in done.stderr  # nothing compiled anew
+  assert_same_run(tmp_path / "again", tiny_rte_run)
+
+
+def test_compilation_cache_false_turns_the_cache_off(tmp_path):
+  config = config_lib.load("rte_cwgnc")
+  before = {name: getattr(jax.config, name) for name in
+            ("jax_compilation_cache_dir", "jax_enable_compilation_cache")}
+  try:
+    jax.config.update("jax_compilation_cache_dir", None)
+    config.cache_dir = str(tmp_path)
+    assert loop.use_compilation_cache(config) == tmp_path / "xla"
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xla")
+    config.cache_dir = str(tmp_path / "other")  # a folder JAX already has stays
+    assert loop.use_compilation_cache(config) == tmp_path / "xla"
+    config.compilation_cache = False
+    assert loop.use_compilation_cache(config) is None
+    assert jax.config.jax_enable_compilation_cache is False
+    with pytest.raises(config_lib.ConfigError, match=r"^--config.compilation_cache=maybe: "
+                       r"expected true or false$"):
+      config_lib.from_command_line(["--config", "rte_cwgnc", "--config.compilation_cache=maybe"])
+  finally:
+    for name, value in before.items():
+      jax.config.update(name, value)

@@ -387,6 +387,11 @@ def default_cache_dir() -> Path:
   return Path(os.environ.get("CWGNC_CACHE") or DEFAULT_CACHE_DIR).expanduser()
 
 
+def cache_folder(cache_dir: str | os.PathLike | None) -> Path:
+  """The cache folder ``config.cache_dir`` names: itself, or ``default_cache_dir()``."""
+  return default_cache_dir() if cache_dir is None else Path(cache_dir).expanduser()
+
+
 def _save_atomically(path: Path, data: TokenizedSplit) -> None:
   """Writes ``path`` atomically (``files.write_atomic``): an interrupted write never leaves a
   file there."""
@@ -438,7 +443,7 @@ def load_tokenized(task_name: str, split: str, tokenizer: Any, *,
   """
   task = get_task(task_name)
   examples = load_examples(task_name, split, source)
-  cache_dir = default_cache_dir() if cache_dir is None else Path(cache_dir).expanduser()
+  cache_dir = cache_folder(cache_dir)
   if cache_dir.is_file():
     raise _cache_error(cache_dir, "is a file, not a folder")
   path = cache_dir / f"{task.hub_config}-{split}-{max_length}-" \
