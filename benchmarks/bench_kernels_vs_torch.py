@@ -34,6 +34,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from host import describe
 
 try:
   import torch  # pylint: disable=wrong-import-position
@@ -128,8 +129,8 @@ def main(argv: list[str]) -> None:
   parser.add_argument("--repeats", type=int, default=10, help="calls per turn")
   args = parser.parse_args(argv)
   torch.set_num_threads(len(os.sched_getaffinity(0)))  # the cores XLA:CPU's pool uses
-  print(f"jax {jax.__version__} (XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}), torch "
-        f"{torch.__version__} ({torch.get_num_threads()} threads), {args.rows} rows of "
+  print(f"{describe()}; jax {jax.__version__} (XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}), "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads), {args.rows} rows of "
         f"{LENGTH} tokens", flush=True)
   rows = []
   print("| kernel | jax ms | torch ms | jax / torch | jax GFLOP/s | torch GFLOP/s |")

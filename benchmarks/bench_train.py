@@ -50,6 +50,7 @@ from cwgnc_jax import config as config_lib  # pylint: disable=wrong-import-posit
 from cwgnc_jax import models, optimizers  # pylint: disable=wrong-import-position
 from cwgnc_jax.training import loop  # pylint: disable=wrong-import-position
 from cwgnc_jax.training import step as step_lib  # pylint: disable=wrong-import-position
+from host import describe  # pylint: disable=wrong-import-position
 
 
 def matmul_peak(size: int = 2048, repeats: int = 10) -> float:
@@ -130,7 +131,8 @@ def main(argv: list[str]) -> None:
   report = {
       "config": config_lib.config_name(args.config), "model": config.model,
       "layout": config.layout, "batch_size": config.batch_size,
-      "devices": run.num_devices, "backend": jax.default_backend(), "steps": len(batches),
+      "devices": run.num_devices, "backend": jax.default_backend(), "host": describe(),
+      "steps": len(batches),
       "seconds_per_step": best / len(batches),
       "examples_per_second": examples / best,
       "real_tokens_per_second": tokens / best,

@@ -63,6 +63,7 @@ from cwgnc_jax import models, optimizers  # pylint: disable=wrong-import-positio
 from cwgnc_jax.data import batching  # pylint: disable=wrong-import-position
 from cwgnc_jax.training import loop  # pylint: disable=wrong-import-position
 from cwgnc_jax.training import step as step_lib  # pylint: disable=wrong-import-position
+from host import describe  # pylint: disable=wrong-import-position
 
 try:
   import torch  # pylint: disable=wrong-import-position
@@ -254,7 +255,7 @@ def main(argv: list[str]) -> None:
     torch.set_num_threads(args.torch_threads)
   print(f"jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} "
         f"({torch.get_num_threads()} threads), transformers {transformers.__version__}, "
-        f"{os.cpu_count()} CPUs", file=sys.stderr)
+        f"{describe()}", file=sys.stderr)
   goals = {"rte": ("jax packed / torch pad-128", 0.45),
            "cola": ("jax packed / torch longest", 0.5)}
   results = []

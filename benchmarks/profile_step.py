@@ -56,6 +56,7 @@ from cwgnc_jax import config as config_lib  # pylint: disable=wrong-import-posit
 from cwgnc_jax import models, optimizers  # pylint: disable=wrong-import-position
 from cwgnc_jax.training import loop  # pylint: disable=wrong-import-position
 from cwgnc_jax.training import step as step_lib  # pylint: disable=wrong-import-position
+from host import describe  # pylint: disable=wrong-import-position
 
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\S+) ([\w\-]+)\(")
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
@@ -199,6 +200,7 @@ def main(argv: list[str]) -> None:
 
   n = len(batches)
   shapes = ", ".join(f"{len(g)} x {s}" for s, g in sorted(by_shape.items()))
+  print(describe())
   print(f"config {args.config} {' '.join(rest)}: {n} steps ({shapes}), "
         f"wall {1e3 * wall / n:.0f} ms/step, thread time in thunks "
         f"{sum(totals.values()) / n:.0f} ms/step")

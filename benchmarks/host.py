@@ -1,0 +1,33 @@
+"""The machine a benchmark runs on, in one line: its figures move with the host.
+
+On 2026-12-03 the same benchmarks ran on two hosts of 2 cores each, and the ratios against
+PyTorch differed by a third (docs/benchmarks.md, "On a second host"): every benchmark that
+compares across runs prints this line, so a figure can be traced to its machine.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+
+# The vector units that decide a CPU's matmul rate, in the order they are reported.
+VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "asimd", "sve")
+
+
+def describe() -> str:
+  """'<CPU model>, <n> cores usable, <vector units>', from /proc/cpuinfo where there is one."""
+  model, flags = "", set()
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+      for line in cpuinfo:
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and not model:
+          model = value.strip()
+        elif key in ("flags", "Features") and not flags:
+          flags = set(value.split())
+  except OSError:  # not Linux
+    pass
+  units = " ".join(flag for flag in VECTOR_FLAGS if flag in flags) or "vector units unknown"
+  return (f"{model or platform.processor() or platform.machine()}, "
+          f"{len(os.sched_getaffinity(0))} cores usable, {units}")
