@@ -615,23 +615,37 @@ def test_a_rerun_loads_its_compiled_steps_from_the_cache(tiny_rte_run, tiny_rte_
   assert_same_run(tmp_path / "again", tiny_rte_run)
 
 
-def test_compilation_cache_false_turns_the_cache_off(tmp_path):
+def test_compilation_cache_takes_effect_in_a_process_that_compiled_before(tmp_path):
+  """``use_compilation_cache``: <cache_dir>/xla unless JAX has a folder already; programs
+  compiled after the call are kept there even though the process compiled (and so read
+  JAX's cache settings) before it; ``compilation_cache=false`` turns the cache off."""
+  from jax.experimental.compilation_cache import compilation_cache as jax_cache  # pylint: disable=import-outside-toplevel
   config = config_lib.load("rte_cwgnc")
   before = {name: getattr(jax.config, name) for name in
-            ("jax_compilation_cache_dir", "jax_enable_compilation_cache")}
+            ("jax_compilation_cache_dir", "jax_enable_compilation_cache",
+             "jax_persistent_cache_min_compile_time_secs")}
   try:
     jax.config.update("jax_compilation_cache_dir", None)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax_cache.reset_cache()
+    jax.jit(lambda x: x + 1)(1.0)  # the process reads the cache settings: no folder
     config.cache_dir = str(tmp_path)
     assert loop.use_compilation_cache(config) == tmp_path / "xla"
     assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xla")
+    jax.jit(lambda x: x * 3 - 2)(jnp.arange(7.0))
+    assert any((tmp_path / "xla").iterdir())
     config.cache_dir = str(tmp_path / "other")  # a folder JAX already has stays
     assert loop.use_compilation_cache(config) == tmp_path / "xla"
     config.compilation_cache = False
     assert loop.use_compilation_cache(config) is None
     assert jax.config.jax_enable_compilation_cache is False
+    kept = set((tmp_path / "xla").iterdir())
+    jax.jit(lambda x: x * 5 - 4)(jnp.arange(7.0))
+    assert set((tmp_path / "xla").iterdir()) == kept
     with pytest.raises(config_lib.ConfigError, match=r"^--config.compilation_cache=maybe: "
                        r"expected true or false$"):
       config_lib.from_command_line(["--config", "rte_cwgnc", "--config.compilation_cache=maybe"])
   finally:
     for name, value in before.items():
       jax.config.update(name, value)
+    jax_cache.reset_cache()

@@ -49,6 +49,7 @@ import ml_collections
 import numpy as np
 import optax
 from flax import nnx
+from jax.experimental.compilation_cache import compilation_cache as jax_cache
 from tqdm import tqdm
 
 from cwgnc_jax import config as config_lib
@@ -85,14 +86,18 @@ def use_compilation_cache(config: ml_collections.ConfigDict) -> Path | None:
   ``config.compilation_cache`` True: the folder JAX is already given
   (``$JAX_COMPILATION_CACHE_DIR``), else ``<cache_dir>/xla`` beside the tokenized data.
   False: the cache is off, even where the environment names a folder. Returns the folder in
-  use, or None. Call it before the first compile (``train.py`` and the study do).
+  use, or None. It takes effect for what the process compiles next, even where something
+  was compiled before.
+
+  JAX runs what it finds in that folder: it must be writable by you alone, as ``~/.cache``
+  is.
   """
   if not config.get("compilation_cache", True):
     jax.config.update("jax_enable_compilation_cache", False)
+    jax_cache.reset_cache()  # JAX decides once per process whether it uses the cache
     return None
-  if jax.config.jax_compilation_cache_dir is None:
-    jax.config.update("jax_compilation_cache_dir",
-                      str(glue.cache_folder(config.cache_dir) / "xla"))
+  if jax.config.jax_compilation_cache_dir is None:  # JAX reads the folder at its first use
+    jax_cache.set_cache_dir(str(glue.cache_folder(config.cache_dir) / "xla"))
   return Path(jax.config.jax_compilation_cache_dir)
 
 
