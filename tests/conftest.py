@@ -114,7 +114,8 @@ def tiny_rte_command(tmp_path_factory, tiny_bert_dir, tiny_rte_dir, glue_dir
   """The ``train.py`` arguments (all but ``--workdir``) and environment of ``tiny_rte_run``.
 
   The environment leaves out the session's ``JAX_COMPILATION_CACHE_DIR``, so the run keeps
-  its compiled programs where ``train.py`` puts them by default: ``<cache_dir>/xla``."""
+  its compiled programs where ``train.py`` puts them by default: ``<cache_dir>/xla``; every
+  one of them, however fast it compiled."""
   import shutil  # pylint: disable=import-outside-toplevel
 
   data = tmp_path_factory.mktemp("rte_full_dev")
@@ -127,7 +128,7 @@ def tiny_rte_command(tmp_path_factory, tiny_bert_dir, tiny_rte_dir, glue_dir
           "--config.optimizer.learning_rate=1e-3", "--config.keep_best=true",
           "--config.diagnostics_every=0", "--config.progress=false"]
   env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
-  return args, {**env, "PYTHONPATH": str(REPO)}
+  return args, {**env, "PYTHONPATH": str(REPO), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
 
 
 @pytest.fixture(scope="session")
