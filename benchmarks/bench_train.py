@@ -79,7 +79,7 @@ def useful_flops(batch: dict[str, np.ndarray], model_config: models.BertConfig,
   examples = float(batch["example_mask"].sum())
   full_layers = layers - 1 if model_config.cls_only_last_layer else layers
   flops = 6 * full_layers * per_token * tokens + 12 * full_layers * h * (lengths**2).sum()
-  if model_config.cls_only_last_layer:  # every token's key and value; the rest for one query an example
+  if model_config.cls_only_last_layer:  # every token's key and value; one query an example
     flops += 6 * 2 * h * h * tokens + 6 * (per_token - 2 * h * h) * examples
     flops += 12 * h * lengths.sum()
   return flops + 6 * (h * h + h * num_labels) * examples

@@ -31,6 +31,7 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
+from jax.experimental.compilation_cache import compilation_cache as jax_cache
 
 from cwgnc_jax import config as config_lib
 from cwgnc_jax import files, methods, optimizers
@@ -619,7 +620,6 @@ def test_compilation_cache_takes_effect_in_a_process_that_compiled_before(tmp_pa
   """``use_compilation_cache``: <cache_dir>/xla unless JAX has a folder already; programs
   compiled after the call are kept there even though the process compiled (and so read
   JAX's cache settings) before it; ``compilation_cache=false`` turns the cache off."""
-  from jax.experimental.compilation_cache import compilation_cache as jax_cache  # pylint: disable=import-outside-toplevel
   config = config_lib.load("rte_cwgnc")
   before = {name: getattr(jax.config, name) for name in
             ("jax_compilation_cache_dir", "jax_enable_compilation_cache",

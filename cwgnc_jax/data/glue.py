@@ -382,14 +382,12 @@ def cache_key(task: Task, split: str, examples: Sequence[Example], tokenizer: An
   return h.hexdigest()[:24]
 
 
-def default_cache_dir() -> Path:
-  """``$CWGNC_CACHE`` when set, else ``~/.cache/cwgnc_jax``."""
-  return Path(os.environ.get("CWGNC_CACHE") or DEFAULT_CACHE_DIR).expanduser()
-
-
 def cache_folder(cache_dir: str | os.PathLike | None) -> Path:
-  """The cache folder ``config.cache_dir`` names: itself, or ``default_cache_dir()``."""
-  return default_cache_dir() if cache_dir is None else Path(cache_dir).expanduser()
+  """The cache folder ``config.cache_dir`` names: itself, else ``$CWGNC_CACHE`` when set, else
+  ``~/.cache/cwgnc_jax``."""
+  if cache_dir is None:
+    cache_dir = os.environ.get("CWGNC_CACHE") or DEFAULT_CACHE_DIR
+  return Path(cache_dir).expanduser()
 
 
 def _save_atomically(path: Path, data: TokenizedSplit) -> None:
