@@ -129,7 +129,7 @@ def main(argv: list[str]) -> None:
   parser.add_argument("--repeats", type=int, default=10, help="calls per turn")
   args = parser.parse_args(argv)
   torch.set_num_threads(len(os.sched_getaffinity(0)))  # the cores XLA:CPU's pool uses
-  print(f"{describe()}; jax {jax.__version__} (XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}), "
+  print(f"{describe()}; jax {jax.__version__}, "
         f"torch {torch.__version__} ({torch.get_num_threads()} threads), {args.rows} rows of "
         f"{LENGTH} tokens", flush=True)
   rows = []

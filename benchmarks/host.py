@@ -1,4 +1,4 @@
-"""The machine a benchmark runs on, in one line: its figures move with the host.
+"""The machine a benchmark runs on, in one line: its figures move with the host (and XLA's flags).
 
 On 2026-12-03 the same benchmarks ran on two hosts of 2 cores each, and the ratios against
 PyTorch differed by a third (docs/benchmarks.md, "On a second host"): every benchmark that
@@ -15,7 +15,8 @@ VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "asimd", "s
 
 
 def describe() -> str:
-  """'<CPU model>, <n> cores usable, <vector units>', from /proc/cpuinfo where there is one."""
+  """'<CPU model>, <n> cores usable, <vector units>', from /proc/cpuinfo where there is one,
+  and '; XLA_FLAGS=...' when they are set (they choose XLA:CPU's kernels)."""
   model, flags = "", set()
   try:
     with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
@@ -29,5 +30,7 @@ def describe() -> str:
   except OSError:  # not Linux
     pass
   units = " ".join(flag for flag in VECTOR_FLAGS if flag in flags) or "vector units unknown"
+  xla_flags = os.environ.get("XLA_FLAGS", "").strip()
   return (f"{model or platform.processor() or platform.machine()}, "
-          f"{len(os.sched_getaffinity(0))} cores usable, {units}")
+          f"{len(os.sched_getaffinity(0))} cores usable, {units}"
+          + (f"; XLA_FLAGS={xla_flags!r}" if xla_flags else ""))
