@@ -37,7 +37,8 @@ def get_config() -> config_dict.ConfigDict:
   config.eval_batch_size = 32
   config.layout = "packed"
   # Packed rows are max_length long, or a shorter multiple of this where that takes fewer
-  # token slots (16 CoLA sentences: 2 rows of 96, not of 128); 0: always max_length.
+  # token slots (16 CoLA sentences: 2 rows of 96, not of 128); 0: always max_length. Each
+  # row length is a batch shape of its own, compiled once: a small step compiles many.
   config.row_length_step = 32
   # Dropout's keep masks: 'hash' (a keyed integer hash; a MiniLM step in 0.95x the time) or
   # 'threefry' (jax.random.bernoulli's masks, bit for bit). Same distribution, other masks.

@@ -92,8 +92,12 @@ def write_hf_folder(out_dir: str | Path, params: Mapping[str, Any], *, base_mode
     raise FileNotFoundError(f"{model_dir} holds no tokenizer file "
                             f"({', '.join(loading.TOKENIZER_FILES)})")
 
-  out_dir.parent.mkdir(parents=True, exist_ok=True)
-  staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+  try:
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+  except OSError as e:  # what the access check cannot foresee: /proc, a read-only mount
+    raise OutputError(f"output folder {out_dir} cannot be created ({e.strerror}): pass a "
+                      "folder you can write") from None
   try:
     config.save_pretrained(str(staging))
     # {"format": "pt"}: transformers refuses safetensors files without this metadata.

@@ -120,7 +120,14 @@ def write_submission(path: str | Path, indices: Sequence[str], predictions: np.n
   path = check_output_file(path)
   lines = ["\t".join(HEADER)] + [f"{index}\t{task.submission_labels[label]}"
                                  for index, label in zip(indices, predictions, strict=True)]
-  files.write_atomic(path, lambda f: f.write("\n".join(lines) + "\n"), replace=False)
+  try:
+    files.write_atomic(path, lambda f: f.write("\n".join(lines) + "\n"), replace=False)
+  except FileExistsError:
+    raise ValueError(f"output file {path} appeared while the predictions were written: pass "
+                     "another --out (nothing is overwritten)") from None
+  except OSError as e:  # what the access check cannot foresee: /proc, a read-only mount
+    raise ValueError(f"output file {path} cannot be written ({e.strerror}): pass another "
+                     "--out") from None
   return path
 
 

@@ -141,6 +141,25 @@ def test_a_seed_jax_cannot_take_exits_2_before_anything_is_written(train_main, i
   assert not (tmp_path / "fresh").exists() and not inputs["cache"].exists()
 
 
+def test_a_run_directory_that_cannot_be_made_exits_2_naming_it(train_main, inputs, capsys,
+                                                               monkeypatch):
+  """The access check passes, the folder's making fails (as under /proc, or on a full disk):
+  one line naming the folder and the system's reason, not a traceback."""
+  workdir = inputs["run"].parent / "new_run"
+  real_mkdir = Path.mkdir
+  def mkdir(path, *a, **k):
+    if path == workdir:
+      raise OSError(28, "No space left on device", str(path))
+    return real_mkdir(path, *a, **k)
+  monkeypatch.setattr(Path, "mkdir", mkdir)
+  with pytest.raises(SystemExit) as done:
+    train_main([*args(inputs), "--workdir", str(workdir)])
+  assert done.value.code == 2
+  assert capsys.readouterr().err == (
+      f"train.py: error: cannot make the run directory {workdir}: No space left on device\n")
+  assert not workdir.exists()
+
+
 @pytest.mark.real
 def test_a_corrupt_run_config_is_named_and_left_alone(train_main, inputs, capsys):
   (inputs["run"] / "config.json").write_text('{"task": "rte",')

@@ -135,7 +135,8 @@ def test_a_folder_that_is_not_a_finished_run_exits_2(tiny_rte_run, tmp_path, cap
 
 
 @pytest.mark.real
-def test_an_unusable_output_folder_exits_2_untouched(tiny_rte_run, tmp_path, capsys):
+def test_an_unusable_output_folder_exits_2_untouched(tiny_rte_run, tmp_path, capsys,
+                                                     monkeypatch):
   full = tmp_path / "full"
   full.mkdir()
   (full / "keep.txt").write_text("mine")
@@ -148,6 +149,16 @@ def test_an_unusable_output_folder_exits_2_untouched(tiny_rte_run, tmp_path, cap
   assert (f"output folder {blocker / 'model'} cannot be created: {blocker} is not a writable "
           "folder" in run_main([str(tiny_rte_run), str(blocker / "model")], capsys))
   assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "full"]  # no temp folder left
+  # The access check passes, the making fails (as under /proc, or on a read-only mount).
+  # This case reaches transformers, whose first config load in a process advises that
+  # PyTorch is missing, as python -m cwgnc_jax.export does not let it.
+  monkeypatch.setenv("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+  monkeypatch.setattr(export.tempfile, "mkdtemp", lambda **_: (_ for _ in ()).throw(
+      OSError(30, "Read-only file system")))
+  assert (f"output folder {tmp_path / 'model'} cannot be created (Read-only file system): "
+          "pass a folder you can write" in run_main([str(tiny_rte_run), str(tmp_path / "model")],
+                                                   capsys))
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "full"]
 
 
 @pytest.mark.real

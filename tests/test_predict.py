@@ -78,6 +78,27 @@ def test_submission_file_is_index_tab_prediction(tmp_path, task, expected):
   assert path.read_bytes().startswith(b"index\tprediction\n3\t")
 
 
+def test_a_submission_that_cannot_be_written_is_one_line(tmp_path, monkeypatch):
+  """The access check passes, the write fails (as under /proc, or on a read-only mount), or
+  another process makes the file meanwhile: a ValueError naming the file, which
+  ``main`` prints as one line."""
+  task, out = glue.get_task("rte"), tmp_path / "out.tsv"
+  def fails(error):
+    def write_atomic(*_, **__):
+      raise error
+    return write_atomic
+  monkeypatch.setattr(predict.files, "write_atomic", fails(OSError(30, "Read-only file system")))
+  with pytest.raises(ValueError) as raised:
+    predict.write_submission(out, ["0"], np.array([1]), task)
+  assert str(raised.value) == (f"output file {out} cannot be written (Read-only file system): "
+                               "pass another --out")
+  monkeypatch.setattr(predict.files, "write_atomic", fails(FileExistsError(17, "File exists")))
+  with pytest.raises(ValueError) as raised:
+    predict.write_submission(out, ["0"], np.array([1]), task)
+  assert str(raised.value) == (f"output file {out} appeared while the predictions were "
+                               "written: pass another --out (nothing is overwritten)")
+
+
 @pytest.mark.real
 @pytest.mark.parametrize("task", sorted(TEST_FILES))
 def test_test_split_of_each_layout(tiny_rte_run, tmp_path, task):

@@ -629,7 +629,11 @@ def train_seeds(runs: Sequence[Run], steps_cache: dict[Any, Any] | None = None, 
     # shards), so it alone holds their locks.
     if is_main_process():
       for run in runs:
-        run.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+          run.workdir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # what check_run_dir's access check cannot foresee: /proc, a
+          raise ConfigError(  # full disk, a read-only mount seen only at the write
+              f"cannot make the run directory {run.workdir}: {e.strerror}") from None
         held.enter_context(files.locked(run.workdir))
         check_run_dir(run.workdir, run.config)  # again: another process may have been first
         if not (run.workdir / files.CONFIG_FILE).exists():
