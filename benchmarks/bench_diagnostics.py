@@ -17,7 +17,6 @@ on the machine's load.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import statistics
@@ -31,7 +30,7 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 import jax  # pylint: disable=wrong-import-position
 
 from cwgnc_jax import config as config_lib  # pylint: disable=wrong-import-position
-from cwgnc_jax import diagnostics, files, optimizers  # pylint: disable=wrong-import-position
+from cwgnc_jax import diagnostics, files  # pylint: disable=wrong-import-position
 from cwgnc_jax.training import loop  # pylint: disable=wrong-import-position
 from cwgnc_jax.training import step as step_lib  # pylint: disable=wrong-import-position
 
@@ -51,20 +50,13 @@ def main(argv: list[str]) -> None:
   config, _ = config_lib.from_command_line(["--config", args.config, *rest])
   every = config.diagnostics_every or 10
   run = loop.prepare(config, tempfile.mkdtemp(prefix="bench_diagnostics_"))
-  data_size, fsdp_size = config_lib.mesh_shape(config, run.num_devices)
-  mesh = step_lib.make_mesh(data_size, fsdp_size)
-  optimizer = optimizers.build_optimizer(config.optimizer, run.total_steps)
-  abstract = step_lib.abstract_state(run.params, optimizer, config.seed, mesh,
-                                     config.fsdp_min_size)
-  shardings = step_lib.shardings_of(abstract)
-  steps = {flag: step_lib.jit_train_step(run.apply, optimizer, mesh, shardings,
-                                         diagnostics=flag) for flag in (False, True)}
-  states = {flag: step_lib.init_state(run.params, optimizer, config.seed, abstract)
-            for flag in (False, True)}
-  constants = step_lib.put_constants(run.constants, mesh, config.fsdp_min_size)
+  programs = {flag: loop.first_stage_program(run, diagnostics=flag) for flag in (False, True)}
+  steps = {flag: program.train_step for flag, program in programs.items()}
+  states = {flag: program.fresh_state() for flag, program in programs.items()}
+  program = programs[True]
+  constants, abstract = program.constants, program.abstract
   names = step_lib.gradient_norm_names(abstract.params, abstract.opt_state)
-  batches = [step_lib.put_batch(batch, mesh) for batch in itertools.islice(
-      loop.epoch_batches(run, 0, row_multiple=run.num_devices), args.steps)]
+  batches = program.batches(run, args.steps)
   out = Path(tempfile.mkdtemp(prefix="bench_diagnostics_log_"))
 
   def one_pass(flag: bool) -> tuple[float, float]:

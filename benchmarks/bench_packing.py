@@ -29,7 +29,6 @@ import jax  # pylint: disable=wrong-import-position
 from tqdm import tqdm  # pylint: disable=wrong-import-position
 
 from cwgnc_jax import config as config_lib  # pylint: disable=wrong-import-position
-from cwgnc_jax import optimizers  # pylint: disable=wrong-import-position
 from cwgnc_jax.training import loop  # pylint: disable=wrong-import-position
 from cwgnc_jax.training import step as step_lib  # pylint: disable=wrong-import-position
 
@@ -39,18 +38,12 @@ LAYOUTS = ("packed", "padded")
 class Runner:
   """One layout's run: its state, its jitted step, its batches and its clock."""
 
-  def __init__(self, run: loop.Run, layout: str, mesh: jax.sharding.Mesh, steps: int):
-    config = run.config
-    optimizer = optimizers.build_optimizer(config.optimizer, run.total_steps)
-    abstract = step_lib.abstract_state(run.params, optimizer, config.seed, mesh,
-                                       config.fsdp_min_size)
-    self.state = step_lib.init_state(run.params, optimizer, config.seed, abstract)
-    self.constants = step_lib.put_constants(run.constants, mesh, config.fsdp_min_size)
-    self.step = step_lib.jit_train_step(run.apply, optimizer, mesh,
-                                        step_lib.shardings_of(abstract))
-    self.eval_step = step_lib.jit_eval_step(run.apply, mesh, step_lib.shardings_of(abstract).params)
+  def __init__(self, run: loop.Run, layout: str, steps: int):
+    program = loop.first_stage_program(run)
+    self.state, self.constants = program.fresh_state(), program.constants
+    self.step, self.eval_step = program.train_step, program.eval_step
     self.batches = loop.epoch_batches(run, 0, row_multiple=run.num_devices, layout=layout)
-    self.layout, self.mesh, self.remaining = layout, mesh, steps
+    self.layout, self.mesh, self.remaining = layout, program.mesh, steps
     self.shapes: set[tuple[int, ...]] = set()
     self.seconds, self.examples, self.tokens, self.slots = 0.0, 0.0, 0, 0
 
@@ -80,9 +73,8 @@ def bench_task(args: argparse.Namespace, rest: list[str], task: str) -> dict[str
   config, _ = config_lib.from_command_line(["--config", args.config, f"--config.task={task}",
                                             *rest])
   run = loop.prepare(config, tempfile.mkdtemp(prefix="bench_packing_"))
-  mesh = step_lib.make_mesh(*config_lib.mesh_shape(config, run.num_devices))
   steps = min(args.steps or run.steps_per_epoch, run.steps_per_epoch)
-  runners = [Runner(run, layout, mesh, steps) for layout in LAYOUTS]
+  runners = [Runner(run, layout, steps) for layout in LAYOUTS]
   with tqdm(total=2 * steps, desc=f"{task} packed+padded", unit="step", file=sys.stderr) as bar:
     while any(r.remaining for r in runners):
       for runner in runners:
@@ -94,7 +86,8 @@ def bench_task(args: argparse.Namespace, rest: list[str], task: str) -> dict[str
   results = {}
   for runner in runners:
     run.config.layout = runner.layout  # evaluation in the run's own layout
-    dev, = loop.evaluate(runner.eval_step, runner.state.params, runner.constants, [run], mesh)
+    dev, = loop.evaluate(runner.eval_step, runner.state.params, runner.constants, [run],
+                          runner.mesh)
     results[runner.layout] = {
         "steps": steps, "timed_examples": runner.examples,
         "examples_per_second": runner.examples / runner.seconds,

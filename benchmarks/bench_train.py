@@ -1,6 +1,7 @@
 """Throughput of the training step of a config, and the fraction of this machine's peak.
 
-Builds the run exactly as ``train.py`` does (``loop.prepare``: model, tokenizer, data), takes
+Builds the run and its step as ``train.py`` does (``loop.prepare``: model, tokenizer, data;
+``loop.first_stage_program``: the step, without per-tensor gradient norms), takes
 the first ``--steps`` batches of epoch 0, runs them once to compile every batch shape, then
 times the same batches again (``--repeats`` times, the best pass reported). Useful FLOPs count
 only real (non-padding) tokens, for forward and backward::
@@ -47,7 +48,7 @@ import jax.numpy as jnp  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
 from cwgnc_jax import config as config_lib  # pylint: disable=wrong-import-position
-from cwgnc_jax import models, optimizers  # pylint: disable=wrong-import-position
+from cwgnc_jax import models  # pylint: disable=wrong-import-position
 from cwgnc_jax.training import loop  # pylint: disable=wrong-import-position
 from cwgnc_jax.training import step as step_lib  # pylint: disable=wrong-import-position
 from host import describe  # pylint: disable=wrong-import-position
@@ -96,15 +97,9 @@ def main(argv: list[str]) -> None:
   model_config = dataclasses.replace(models.load_config(config.model),
                                      **config_lib.model_overrides(config))
 
-  data_size, fsdp_size = config_lib.mesh_shape(config, run.num_devices)
-  mesh = step_lib.make_mesh(data_size, fsdp_size)
-  optimizer = optimizers.build_optimizer(config.optimizer, run.total_steps)
-  abstract = step_lib.abstract_state(run.params, optimizer, config.seed, mesh,
-                                     config.fsdp_min_size)
-  state = step_lib.init_state(run.params, optimizer, config.seed, abstract)
-  constants = step_lib.put_constants(run.constants, mesh, config.fsdp_min_size)
-  train_step = step_lib.jit_train_step(run.apply, optimizer, mesh,
-                                       step_lib.shardings_of(abstract))
+  program = loop.first_stage_program(run)
+  mesh, constants, train_step = program.mesh, program.constants, program.train_step
+  state = program.fresh_state()
   batches = list(itertools.islice(loop.epoch_batches(run, 0, row_multiple=run.num_devices),
                                   args.steps))
   flops = sum(useful_flops(b, model_config, run.task.num_labels) for b in batches)

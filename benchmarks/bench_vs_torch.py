@@ -41,7 +41,6 @@ Goals (issue 19), on 2 CPU cores: RTE, jax packed <= 0.45x torch pad-128; CoLA, 
 from __future__ import annotations
 
 import argparse
-import itertools
 import copy
 import json
 import os
@@ -59,10 +58,9 @@ import jax  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
 from cwgnc_jax import config as config_lib  # pylint: disable=wrong-import-position
-from cwgnc_jax import models, optimizers  # pylint: disable=wrong-import-position
+from cwgnc_jax import models  # pylint: disable=wrong-import-position
 from cwgnc_jax.data import batching  # pylint: disable=wrong-import-position
 from cwgnc_jax.training import loop  # pylint: disable=wrong-import-position
-from cwgnc_jax.training import step as step_lib  # pylint: disable=wrong-import-position
 from host import describe  # pylint: disable=wrong-import-position
 
 try:
@@ -102,22 +100,17 @@ class Runner:
 
 
 class JaxRunner(Runner):
-  """This project's jitted step (``step.jit_train_step``), as ``train.py`` builds it."""
+  """This project's jitted step as ``train.py`` builds it (``loop.first_stage_program``),
+  without the per-tensor gradient norms (``--config.diagnostics_every``), as PyTorch's
+  loop computes none."""
 
   def __init__(self, run: loop.Run, layout: str, num_batches: int):
     super().__init__(num_batches)
-    config = run.config
     self.name = f"jax {layout}"
-    self.mesh = step_lib.make_mesh(*config_lib.mesh_shape(config, run.num_devices))
-    optimizer = optimizers.build_optimizer(config.optimizer, run.total_steps)
-    abstract = step_lib.abstract_state(run.params, optimizer, config.seed, self.mesh,
-                                       config.fsdp_min_size)
-    init = lambda: step_lib.init_state(run.params, optimizer, config.seed, abstract)
-    self.constants = step_lib.put_constants(run.constants, self.mesh, config.fsdp_min_size)
-    self.train_step = step_lib.jit_train_step(run.apply, optimizer, self.mesh,
-                                              step_lib.shardings_of(abstract))
-    self.batches = [step_lib.put_batch(batch, self.mesh) for batch in itertools.islice(
-        loop.epoch_batches(run, 0, row_multiple=run.num_devices, layout=layout), num_batches)]
+    program = loop.first_stage_program(run)
+    init, self.constants, self.train_step = (program.fresh_state, program.constants,
+                                             program.train_step)
+    self.batches = program.batches(run, num_batches, layout=layout)
     throwaway, seen = init(), set()
     for batch in self.batches:  # compile every shape before timing
       if batch["input_ids"].shape not in seen:

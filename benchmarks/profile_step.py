@@ -34,7 +34,6 @@ Categories (first match wins, on the instruction's name stack and opcode):
 from __future__ import annotations
 
 import argparse
-import itertools
 import collections
 import glob
 import os
@@ -53,9 +52,8 @@ host_memory.keep_freed_memory()  # before JAX starts its threads
 import jax  # pylint: disable=wrong-import-position
 
 from cwgnc_jax import config as config_lib  # pylint: disable=wrong-import-position
-from cwgnc_jax import models, optimizers  # pylint: disable=wrong-import-position
+from cwgnc_jax import models  # pylint: disable=wrong-import-position
 from cwgnc_jax.training import loop  # pylint: disable=wrong-import-position
-from cwgnc_jax.training import step as step_lib  # pylint: disable=wrong-import-position
 from host import describe  # pylint: disable=wrong-import-position
 
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\S+) ([\w\-]+)\(")
@@ -154,16 +152,9 @@ def main(argv: list[str]) -> None:
   args, rest = parser.parse_known_args(argv)
   config, _ = config_lib.from_command_line(["--config", args.config, *rest])
   run = loop.prepare(config, tempfile.mkdtemp(prefix="profile_step_"))
-  mesh = step_lib.make_mesh(*config_lib.mesh_shape(config, run.num_devices))
-  optimizer = optimizers.build_optimizer(config.optimizer, run.total_steps)
-  abstract = step_lib.abstract_state(run.params, optimizer, config.seed, mesh,
-                                     config.fsdp_min_size)
-  state = step_lib.init_state(run.params, optimizer, config.seed, abstract)
-  constants = step_lib.put_constants(run.constants, mesh, config.fsdp_min_size)
-  train_step = step_lib.jit_train_step(run.apply, optimizer, mesh,
-                                       step_lib.shardings_of(abstract))
-  batches = [step_lib.put_batch(batch, mesh) for batch in itertools.islice(
-      loop.epoch_batches(run, 0, row_multiple=run.num_devices), args.steps)]
+  program = loop.first_stage_program(run)
+  state, constants, train_step = program.fresh_state(), program.constants, program.train_step
+  batches = program.batches(run, args.steps)
   model_config = models.load_config(config.model)
   embedding_shape = f"[{model_config.vocab_size},{model_config.hidden_size}]"
   by_shape = collections.defaultdict(list)

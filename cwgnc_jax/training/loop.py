@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import itertools
 import json
 import os
 import sys
@@ -501,9 +502,12 @@ class Stages:
   its optimizer, state layout and jitted train step, shared through ``steps_cache``."""
 
   def __init__(self, runs: Sequence[Run], mesh: jax.sharding.Mesh, key: str,
-               steps_cache: dict[Any, Any]):
+               steps_cache: dict[Any, Any], *, diagnostics: bool | None = None):
     first = runs[0]
     self.config, self.mesh, self.key, self.cache = first.config, mesh, key, steps_cache
+    # Whether the train step computes per-tensor gradient norms; None: as the config says.
+    self.diagnostics = (first.config.diagnostics_every > 0 if diagnostics is None
+                        else diagnostics)
     self.first, self.stacked = first, len(runs) > 1
     self.all = unfreezing.stages(first.config, first.num_layers, first.steps_per_epoch)
     self.mode = first.config.unfreezing.mode
@@ -530,8 +534,7 @@ class Stages:
     if cache_key not in self.cache:
       self.cache[cache_key] = step_lib.jit_train_step(
           unfreezing.stage_apply(self.first.apply, stage), self.setup(stage)[0], self.mesh,
-          self.shardings(stage), diagnostics=self.config.diagnostics_every > 0,
-          seeds=self.stacked)
+          self.shardings(stage), diagnostics=self.diagnostics, seeds=self.stacked)
     return self.cache[cache_key]
 
   def eval_step(self) -> Callable:
@@ -549,6 +552,42 @@ class Stages:
     if self.stacked:
       transition = jax.vmap(transition)
     return jax.jit(transition, out_shardings=self.shardings(stage))(state, pretrained)
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+  """One seed's compiled pieces at the first stage of its run, as ``train_seeds`` builds them,
+  for code that drives the step by hand (the benchmarks, profiles)."""
+  mesh: jax.sharding.Mesh
+  abstract: Any  # the state's layout (``step.abstract_state``)
+  constants: Any  # on the mesh
+  train_step: Callable  # (state, batch, constants) -> (state, metrics); the state is donated
+  eval_step: Callable  # (params, constants, batch) -> logits
+  fresh_state: Callable[[], Any]  # the state at step 0, laid out on the mesh
+
+  def batches(self, run: Run, count: int, *, layout: str | None = None) -> list[dict]:
+    """The first ``count`` batches of ``run``'s epoch 0 (in ``layout``, default the
+    config's), on the mesh."""
+    return [step_lib.put_batch(batch, self.mesh) for batch in itertools.islice(
+        epoch_batches(run, 0, row_multiple=run.num_devices, layout=layout), count)]
+
+
+def first_stage_program(run: Run, *, diagnostics: bool = False) -> Program:
+  """``run``'s train and eval steps at its first stage (its only one without gradual
+  unfreezing), built by the loop's own ``Stages`` for one seed: the mesh, optimizer, state
+  layout and program ``train.py`` runs. ``diagnostics``: the step also computes per-tensor
+  gradient norms, as ``train.py``'s does when ``config.diagnostics_every`` > 0; off by
+  default, as in a comparison with a loop that computes none."""
+  mesh, _ = _mesh([run], seeds_axis=1)
+  stages = Stages([run], mesh, "", {}, diagnostics=diagnostics)
+  stage = stages.all[0]
+  optimizer, abstract = stages.setup(stage)
+  return Program(
+      mesh=mesh, abstract=abstract,
+      constants=step_lib.put_constants(run.constants, mesh, run.config.fsdp_min_size),
+      train_step=stages.train_step(stage), eval_step=stages.eval_step(),
+      fresh_state=lambda: step_lib.init_state(run.params, optimizer, run.config.seed,
+                                              abstract))
 
 
 def check_together(runs: Sequence[Run]) -> None:
