@@ -1,11 +1,11 @@
 """The training step under two values of one config key, interleaved, and their time ratio.
 
-Builds the run as ``train.py`` does (``loop.prepare``: model, tokenizer, data), puts the first
-``--steps`` packed batches of epoch 0 on the mesh, and compiles one training step per value
-of ``--key`` (each value as ``train.py`` would parse ``--config.<key>=<value>``), timing how
-long each takes to compile for the first batch's shape. Both steps advance their own state
-over the same batches; the passes alternate, order swapped every round, so that load from
-other processes hits both alike.
+For each value of ``--key`` (as ``train.py`` would parse ``--config.<key>=<value>``), builds
+the run and its step as ``train.py`` does (``loop.prepare``, ``loop.first_stage_program``),
+puts the first ``--steps`` batches of epoch 0 on the mesh (the same batches, unless the key
+changes the batching), and times how long the step takes to compile for the first batch's
+shape. Each step advances its own state over its batches; the passes alternate, order
+swapped every round, so that load from other processes hits both alike.
 
   PYTHONPATH=. GLUE_DIR=../shared/glue python benchmarks/bench_config_ab.py
       --key cls_only_last_layer --values true false [--config rte_cwgnc] [--steps 16]
@@ -15,7 +15,6 @@ other processes hits both alike.
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
 import statistics
 import sys
@@ -32,9 +31,7 @@ host_memory.keep_freed_memory()  # before JAX starts its threads, as train.py
 import jax  # pylint: disable=wrong-import-position
 
 from cwgnc_jax import config as config_lib  # pylint: disable=wrong-import-position
-from cwgnc_jax import models, optimizers  # pylint: disable=wrong-import-position
 from cwgnc_jax.training import loop  # pylint: disable=wrong-import-position
-from cwgnc_jax.training import step as step_lib  # pylint: disable=wrong-import-position
 
 
 def interleaved(programs: dict[str, Callable[[], None]], rounds: int) -> dict[str, list[float]]:
@@ -53,32 +50,23 @@ def interleaved(programs: dict[str, Callable[[], None]], rounds: int) -> dict[st
 def step_programs(argv: Sequence[str], key: str, values: Sequence[str], steps: int
                   ) -> tuple[dict[str, Callable[[], None]], dict[str, float]]:
   """One training-step program per value of ``key`` for the config ``argv`` asks for, each
-  advancing its own state over the same ``steps`` real batches (compiled and run once), and
-  the seconds each takes to compile for the first batch's shape."""
-  configs = {value: config_lib.from_command_line([*argv, f"--config.{key}={value}"])[0]
-             for value in values}
-  config = configs[values[0]]
-  run = loop.prepare(config, tempfile.mkdtemp(prefix="bench_config_ab_"))
-  mesh = step_lib.make_mesh(*config_lib.mesh_shape(config, run.num_devices))
-  optimizer = optimizers.build_optimizer(config.optimizer, run.total_steps)
-  abstract = step_lib.abstract_state(run.params, optimizer, config.seed, mesh,
-                                     config.fsdp_min_size)
-  constants = step_lib.put_constants(run.constants, mesh, config.fsdp_min_size)
-  batches = [step_lib.put_batch(batch, mesh) for batch in itertools.islice(
-      loop.epoch_batches(run, 0, row_multiple=run.num_devices), steps)]
+  its own run as ``train.py`` builds it (so any key takes effect: the model's, the
+  optimizer's, the batching's), advancing its own state over its run's first ``steps``
+  batches (compiled and run once), and the seconds each takes to compile for the first
+  batch's shape."""
   programs, compile_seconds = {}, {}
-  for value, variant in configs.items():
-    graphdef, _, _ = models.split_params(loop.load_model(variant, run.task.num_labels))
-    train_step = step_lib.jit_train_step(models.apply_fn(graphdef), optimizer, mesh,
-                                         step_lib.shardings_of(abstract))
-    holder = [step_lib.init_state(run.params, optimizer, config.seed, abstract)]
+  for value in values:
+    config = config_lib.from_command_line([*argv, f"--config.{key}={value}"])[0]
+    run = loop.prepare(config, tempfile.mkdtemp(prefix="bench_config_ab_"))
+    program = loop.first_stage_program(run)
+    batches, holder = program.batches(run, steps), [program.fresh_state()]
     start = time.perf_counter()
-    train_step.lower(holder[0], batches[0], constants).compile()
+    program.train_step.lower(holder[0], batches[0], program.constants).compile()
     compile_seconds[value] = time.perf_counter() - start
 
-    def advance(train_step=train_step, holder=holder):
+    def advance(program=program, batches=batches, holder=holder):
       for batch in batches:
-        holder[0], metrics = train_step(holder[0], batch, constants)
+        holder[0], metrics = program.train_step(holder[0], batch, program.constants)
       jax.block_until_ready((holder[0], metrics))
 
     advance()  # compiles every shape
