@@ -22,6 +22,9 @@ S >= 1 runs of one config that differ only in their seed, in lockstep, as one pr
     jitted step (``Stages``); at each iteration's end the dev evaluation and the layer drift
     from the pretrained and the previous iteration's parameters go into ``results.json``.
 
+``first_stage_program(run)`` gives one seed's jitted steps as the loop builds them, for code
+that drives the step by hand (the benchmarks).
+
 Each seed's run directory (``files.py``) is locked while it trains: a second process on it
 is refused at once. What a seed writes there -- logs, evaluations, clock, checkpoints,
 results -- is its :class:`Recorder`'s job; the loop itself only moves the shared state.
