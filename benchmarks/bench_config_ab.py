@@ -59,7 +59,7 @@ def step_programs(argv: Sequence[str], key: str, values: Sequence[str], steps: i
     config = config_lib.from_command_line([*argv, f"--config.{key}={value}"])[0]
     run = loop.prepare(config, tempfile.mkdtemp(prefix="bench_config_ab_"))
     program = loop.first_stage_program(run)
-    batches, holder = program.batches(run, steps), [program.fresh_state()]
+    batches, holder = program.batches(steps), [program.fresh_state()]
     start = time.perf_counter()
     program.train_step.lower(holder[0], batches[0], program.constants).compile()
     compile_seconds[value] = time.perf_counter() - start

@@ -56,7 +56,7 @@ def main(argv: list[str]) -> None:
   program = programs[True]
   constants, abstract = program.constants, program.abstract
   names = step_lib.gradient_norm_names(abstract.params, abstract.opt_state)
-  batches = program.batches(run, args.steps)
+  batches = program.batches(args.steps)
   out = Path(tempfile.mkdtemp(prefix="bench_diagnostics_log_"))
 
   def one_pass(flag: bool) -> tuple[float, float]:

@@ -110,7 +110,7 @@ class JaxRunner(Runner):
     program = loop.first_stage_program(run)
     init, self.constants, self.train_step = (program.fresh_state, program.constants,
                                              program.train_step)
-    self.batches = program.batches(run, num_batches, layout=layout)
+    self.batches = program.batches(num_batches, layout=layout)
     throwaway, seen = init(), set()
     for batch in self.batches:  # compile every shape before timing
       if batch["input_ids"].shape not in seen:

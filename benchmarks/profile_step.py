@@ -154,7 +154,7 @@ def main(argv: list[str]) -> None:
   run = loop.prepare(config, tempfile.mkdtemp(prefix="profile_step_"))
   program = loop.first_stage_program(run)
   state, constants, train_step = program.fresh_state(), program.constants, program.train_step
-  batches = program.batches(run, args.steps)
+  batches = program.batches(args.steps)
   model_config = models.load_config(config.model)
   embedding_shape = f"[{model_config.vocab_size},{model_config.hidden_size}]"
   by_shape = collections.defaultdict(list)

@@ -561,18 +561,24 @@ class Stages:
 class Program:
   """One seed's compiled pieces at the first stage of its run, as ``train_seeds`` builds them,
   for code that drives the step by hand (the benchmarks, profiles)."""
+  run: Run
   mesh: jax.sharding.Mesh
+  optimizer: optax.GradientTransformation
   abstract: Any  # the state's layout (``step.abstract_state``)
   constants: Any  # on the mesh
   train_step: Callable  # (state, batch, constants) -> (state, metrics); the state is donated
   eval_step: Callable  # (params, constants, batch) -> logits
-  fresh_state: Callable[[], Any]  # the state at step 0, laid out on the mesh
 
-  def batches(self, run: Run, count: int, *, layout: str | None = None) -> list[dict]:
-    """The first ``count`` batches of ``run``'s epoch 0 (in ``layout``, default the
+  def fresh_state(self) -> Any:
+    """The state at step 0 (the pretrained parameters), laid out on the mesh."""
+    return step_lib.init_state(self.run.params, self.optimizer, self.run.config.seed,
+                               self.abstract)
+
+  def batches(self, count: int, *, layout: str | None = None) -> list[dict]:
+    """The first ``count`` batches of the run's epoch 0 (in ``layout``, default the
     config's), on the mesh."""
     return [step_lib.put_batch(batch, self.mesh) for batch in itertools.islice(
-        epoch_batches(run, 0, row_multiple=run.num_devices, layout=layout), count)]
+        epoch_batches(self.run, 0, row_multiple=self.run.num_devices, layout=layout), count)]
 
 
 def first_stage_program(run: Run, *, diagnostics: bool = False) -> Program:
@@ -586,11 +592,9 @@ def first_stage_program(run: Run, *, diagnostics: bool = False) -> Program:
   stage = stages.all[0]
   optimizer, abstract = stages.setup(stage)
   return Program(
-      mesh=mesh, abstract=abstract,
+      run=run, mesh=mesh, optimizer=optimizer, abstract=abstract,
       constants=step_lib.put_constants(run.constants, mesh, run.config.fsdp_min_size),
-      train_step=stages.train_step(stage), eval_step=stages.eval_step(),
-      fresh_state=lambda: step_lib.init_state(run.params, optimizer, run.config.seed,
-                                              abstract))
+      train_step=stages.train_step(stage), eval_step=stages.eval_step())
 
 
 def check_together(runs: Sequence[Run]) -> None:
