@@ -265,10 +265,11 @@ def test_run_with_diagnostics_gives_identical_results_and_params(tiny_bert_dir, 
 @pytest.mark.real
 def test_the_benchmarks_program_is_the_loops_step(tiny_bert_dir, tiny_rte_dir, tmp_path):
   """``loop.first_stage_program`` (what the benchmarks time and profile) driven by hand over
-  the run's 8 batches ends at the parameters ``loop.train`` ends at, bit for bit; with
-  diagnostics, its gradient norms at steps 3 and 6 are the ones the run stored."""
+  the run's 8 batches ends at the parameters ``loop.train`` ends at, bit for bit, and its
+  eval step gives the run's last evaluation; with diagnostics, its gradient norms at steps 3
+  and 6 are the ones the run stored."""
   config = _tiny_config(tiny_bert_dir, tiny_rte_dir, "--config.diagnostics_every=3")
-  loop.train(loop.prepare(config, tmp_path / "run"))
+  results = loop.train(loop.prepare(config, tmp_path / "run"))
   stored = diagnostics.read_gradient_norms(tmp_path / "run" / files.GRAD_NORMS_FILE)
   run = loop.prepare(config, tmp_path / "by_hand")
   batches = [batch for epoch in (0, 1)
@@ -290,4 +291,8 @@ def test_the_benchmarks_program_is_the_loops_step(tiny_bert_dir, tiny_rte_dir, t
       np.testing.assert_array_equal(np.stack([norms[2], norms[5]]), stored["tensor_norms"])
     else:
       assert all(n.size == 0 for n in norms)
+      dev, = loop.evaluate(program.eval_step, state.params, program.constants, [run],
+                           program.mesh)
+      last = results["evaluations"][-1]
+      assert (dev["score"], dev["loss"]) == (last["score"], last["loss"])
   assert not (tmp_path / "by_hand").exists()  # preparing writes nothing
