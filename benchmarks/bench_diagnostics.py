@@ -51,28 +51,26 @@ def main(argv: list[str]) -> None:
   every = config.diagnostics_every or 10
   run = loop.prepare(config, tempfile.mkdtemp(prefix="bench_diagnostics_"))
   programs = {flag: loop.first_stage_program(run, diagnostics=flag) for flag in (False, True)}
-  steps = {flag: program.train_step for flag, program in programs.items()}
   states = {flag: program.fresh_state() for flag, program in programs.items()}
-  program = programs[True]
-  constants, abstract = program.constants, program.abstract
+  abstract = programs[True].abstract
   names = step_lib.gradient_norm_names(abstract.params, abstract.opt_state)
-  batches = program.batches(args.steps)
+  batches = programs[True].batches(args.steps)
   out = Path(tempfile.mkdtemp(prefix="bench_diagnostics_log_"))
 
   def one_pass(flag: bool) -> tuple[float, float]:
     log = diagnostics.GradientNormLog(out, names, every, 0, flag)
-    state = states[flag]
+    state, program = states[flag], programs[flag]
     wall, cpu = time.perf_counter(), time.process_time()
     for i, batch in enumerate(batches):
-      state, metrics = steps[flag](state, batch, constants)
+      state, metrics = program.train_step(state, batch, program.constants)
       log.take(i + 1, metrics)
     log.save()
     jax.block_until_ready((state, metrics))
     states[flag] = state
     return time.perf_counter() - wall, time.process_time() - cpu
 
-  costs = {flag: xla_cost(steps[flag], states[flag], batches[0], constants)
-           for flag in (False, True)}
+  costs = {flag: xla_cost(programs[flag].train_step, states[flag], batches[0],
+                          programs[flag].constants) for flag in (False, True)}
   for flag in (False, True):  # compiles every batch shape of both variants
     one_pass(flag)
   times: dict[bool, list[tuple[float, float]]] = {False: [], True: []}

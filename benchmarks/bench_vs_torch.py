@@ -108,17 +108,16 @@ class JaxRunner(Runner):
     super().__init__(num_batches)
     self.name = f"jax {layout}"
     program = loop.first_stage_program(run)
-    init, self.constants, self.train_step = (program.fresh_state, program.constants,
-                                             program.train_step)
+    self.constants, self.train_step = program.constants, program.train_step
     self.batches = program.batches(num_batches, layout=layout)
-    throwaway, seen = init(), set()
+    throwaway, seen = program.fresh_state(), set()
     for batch in self.batches:  # compile every shape before timing
       if batch["input_ids"].shape not in seen:
         seen.add(batch["input_ids"].shape)
         throwaway, metrics = self.train_step(throwaway, batch, self.constants)
     jax.block_until_ready((throwaway, metrics))
     del throwaway
-    self.state = init()
+    self.state = program.fresh_state()
     self.tokens = sum(int((np.asarray(b["segment_ids"]) != 0).sum()) for b in self.batches)
     self.slots = sum(b["segment_ids"].size for b in self.batches)
 

@@ -509,6 +509,8 @@ class Stages:
     first = runs[0]
     self.config, self.mesh, self.key, self.cache = first.config, mesh, key, steps_cache
     # Whether the train step computes per-tensor gradient norms; None: as the config says.
+    # ``key`` (``steps_key``) says what the config says, so an override wants a
+    # ``steps_cache`` of its own.
     self.diagnostics = (first.config.diagnostics_every > 0 if diagnostics is None
                         else diagnostics)
     self.first, self.stacked = first, len(runs) > 1
