@@ -28,6 +28,7 @@ import numpy as np
 import optax
 
 from cwgnc_jax import build_optimizer, clip_by_component_norm, recipe
+from cwgnc_jax.models import bert
 
 
 # -- A functional BERT on a parameter tree with the contract's paths (synthetic mode). ---
@@ -85,7 +86,7 @@ def synthetic_logits(params, inputs, head_dim=64):
     weights = jax.nn.softmax(jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(head_dim), axis=-1)
     context = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(batch, length, hidden)
     x = _layer_norm(x + _dense(context, att["output"]), att["layer_norm"])
-    h = jax.nn.gelu(_dense(x, layer["intermediate"]), approximate=False)
+    h = bert.gelu(_dense(x, layer["intermediate"]))
     x = _layer_norm(x + _dense(h, layer["output"]), layer["output"]["layer_norm"])
   pooled = jnp.tanh(_dense(x[:, 0], params["pooler"]))
   return _dense(pooled, params["classifier"])

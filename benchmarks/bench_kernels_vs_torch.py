@@ -10,8 +10,9 @@ step is made of, at the shapes of a packed RTE batch (``--rows`` rows of 128 tok
   attention  the per-head batched matmuls of one layer, [rows, 12] batches: scores ``q k^T``,
              context ``p v``, and the backward pass's ``p^T do`` (dV) and ``ds k`` (dQ); both
              frameworks get the same [rows, heads, tokens, 32] arrays, contiguous
-  pointwise  exact GELU (erf) on the [tokens, 1536] feed-forward activation, and LayerNorm
-             on [tokens, 384]
+  pointwise  exact GELU on the [tokens, 1536] feed-forward activation, the model's
+             (``bert.gelu``, PyTorch's erf form) and ``jax.nn.gelu``'s erfc form, and
+             LayerNorm on [tokens, 384]
 
 JAX runs each kernel as its own jitted function, PyTorch as the eager op under ``no_grad``
 with ``torch.set_num_threads`` set to the cores JAX sees. The two alternate, ``--repeats``
@@ -35,6 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from host import describe
+
+from cwgnc_jax.models import bert
 
 try:
   import torch  # pylint: disable=wrong-import-position
@@ -95,8 +98,10 @@ def kernels(rows: int) -> list[Kernel]:
               [probs, qkv], 5),
       _kernel("attention ds k (dQ)", flops, jnp.matmul, torch.matmul,
               [probs, qkv], 6),
-      _kernel("gelu (erf) fwd", 0.0, lambda x: jax.nn.gelu(x, approximate=False),
-              torch.nn.functional.gelu, [(tokens, INNER)], 7),
+      _kernel("gelu (erf) fwd", 0.0, bert.gelu, torch.nn.functional.gelu, [(tokens, INNER)], 7),
+      _kernel("gelu (erfc: jax.nn.gelu) fwd", 0.0,
+              lambda x: jax.nn.gelu(x, approximate=False), torch.nn.functional.gelu,
+              [(tokens, INNER)], 7),
       _kernel("layernorm fwd", 0.0,
               lambda x: (x - x.mean(-1, keepdims=True)) * jax.lax.rsqrt(x.var(-1, keepdims=True)
                                                                        + 1e-12),

@@ -115,6 +115,33 @@ def test_explicit_attention_equals_dot_product_attention():
                              atol=1e-6)
 
 
+def test_gelu_is_pytorchs_kernel_down_to_its_zero_tail():
+  """A NumPy port of PyTorch's exact GELU and of its backward kernel, in float32:
+  ``x * 0.5 * (1 + erf(x a))`` and ``0.5 (1 + erf(x a)) + x * beta * exp(-x^2 / 2)``."""
+  from scipy.special import erf
+  x = np.linspace(-9, 4, 20001, dtype=np.float32)
+  a, beta = np.float32(np.sqrt(0.5)), np.float32(np.sqrt(0.5) / np.sqrt(np.pi))
+  one_plus_erf = np.float32(1) + erf(x * a).astype(np.float32)
+  forward = x * np.float32(0.5) * one_plus_erf
+  backward = np.float32(0.5) * one_plus_erf + x * (beta * np.exp(x * x * np.float32(-0.5)))
+  ours = np.asarray(jax.jit(bert.gelu)(x))
+  grad = np.asarray(jax.jit(jax.vmap(jax.grad(bert.gelu)))(x))
+  # erf implementations differ by ulps near -1: a few float32 steps (2^-24) of 1 + erf
+  steps = np.abs(ours - forward) / (np.abs(x) * 0.5 * 2.0 ** -24 + np.spacing(np.abs(forward)))
+  assert steps.max() <= 5
+  np.testing.assert_allclose(grad, backward, rtol=1e-5, atol=3e-7)
+  # Where float32 erf(x a) is -1, PyTorch's GELU is exactly 0; erfc's (jax.nn.gelu) is not,
+  # and its gradient there lacks 0.5 (1 + erf) = 0 by a few percent.
+  tail = one_plus_erf == 0
+  assert tail.sum() > 5000
+  assert np.all(ours[tail] == 0)
+  far = tail & (x > -8)  # where exp(-x^2 / 2) is still a normal float32
+  np.testing.assert_allclose(grad[far], backward[far], rtol=1e-4)
+  erfc_form = jax.vmap(jax.grad(functools.partial(jax.nn.gelu, approximate=False)))
+  assert np.all(np.asarray(jax.nn.gelu(x[tail], approximate=False)) != 0)
+  assert np.abs(np.asarray(erfc_form(x[far])) / backward[far] - 1).max() > 1e-2
+
+
 @pytest.mark.parametrize("bits", bert.DROPOUT_BITS)
 def test_dropout_scales_kept_units(bits):
   x = jnp.ones((200, 500))
