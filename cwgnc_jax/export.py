@@ -11,7 +11,7 @@ with ``keep_best``) to the new folder OUT_DIR as transformers writes a
                      classes in ``id2label`` / ``label2id`` (their number is ``num_labels``);
   model.safetensors  float32 tensors under transformers' names (``bert.encoder.layer.0...``,
                      ``classifier.weight``), Linear weights [out, in] (``loading.hf_tensors``);
-  tokenizer files    those of the base model, copied unchanged.
+  tokenizer files    those of the base model (``loading.TOKENIZER_FILES``), copied unchanged.
 
 ``transformers.BertForSequenceClassification.from_pretrained(OUT_DIR)`` (PyTorch) and
 ``cwgnc_jax.models.from_pretrained(OUT_DIR)`` both load it with the classifier. Dropout rates
@@ -86,11 +86,11 @@ def write_hf_folder(out_dir: str | Path, params: Mapping[str, Any], *, base_mode
       str(model_dir), id2label=dict(enumerate(label_names)),
       label2id={name: i for i, name in enumerate(label_names)})
   config.architectures = ["BertForSequenceClassification"]
+  if not any((model_dir / name).is_file() for name in loading.VOCABULARY_FILES):
+    raise FileNotFoundError(f"{model_dir} holds no tokenizer file "
+                            f"({' or '.join(loading.VOCABULARY_FILES)})")
   tokenizer_files = [model_dir / name for name in loading.TOKENIZER_FILES
                      if (model_dir / name).is_file()]
-  if not tokenizer_files:
-    raise FileNotFoundError(f"{model_dir} holds no tokenizer file "
-                            f"({', '.join(loading.TOKENIZER_FILES)})")
 
   try:
     out_dir.parent.mkdir(parents=True, exist_ok=True)

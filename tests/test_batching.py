@@ -134,6 +134,21 @@ def test_inputs_from_padded_is_the_padded_layout():
   np.testing.assert_array_equal(batching.inputs_from_padded(encoding)["token_type_ids"], 0)
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.bool_])
+def test_inputs_from_padded_takes_unsigned_and_bool_masks(dtype):
+  """A right-padded mask of any 0/1 dtype gives the inputs an int64 mask gives (uint8's
+  differences wrap and bool's are xor: neither may read the 1 -> 0 step as a rise)."""
+  encoding = tokenizer_padded(synthetic(20), np.arange(3, 9))
+  assert not encoding["attention_mask"].all()  # some rows are padded
+  expected = batching.inputs_from_padded(encoding)
+  inputs = batching.inputs_from_padded(
+      {**encoding, "attention_mask": encoding["attention_mask"].astype(dtype)})
+  assert set(inputs) == set(expected)
+  for key, value in expected.items():
+    np.testing.assert_array_equal(inputs[key], value, err_msg=key)
+    assert inputs[key].dtype == np.int32, key
+
+
 @pytest.mark.parametrize("change, problem", [
     (lambda e: e.pop("attention_mask"), r"lacks \['attention_mask'\]"),
     (lambda e: e.update(attention_mask=e["attention_mask"][:, 1:]), "must share one"),

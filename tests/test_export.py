@@ -113,6 +113,23 @@ def test_pytorch_gives_the_logits_of_the_exported_minilm(minilm_dir, tmp_path):
   assert np.abs(ref["logits"]).max() > 0.3  # logits large enough for 1e-4 to mean something
 
 
+@pytest.mark.real
+def test_the_exported_tokenizer_truncates_as_the_base_models(minilm_dir, tmp_path):
+  """The export keeps tokenizer_config.json: without it transformers' tokenizer of the folder
+  forgets MiniLM's model_max_length (512 becomes 1e30) and truncation=True stops cutting."""
+  import transformers  # pylint: disable=import-outside-toplevel
+  _, _, params = bert.split_params(from_pretrained(minilm_dir, len(LABELS)))
+  folder = export.write_hf_folder(tmp_path / "minilm", params, base_model=str(minilm_dir),
+                                  label_names=LABELS)
+  original = transformers.AutoTokenizer.from_pretrained(str(minilm_dir))
+  exported = transformers.AutoTokenizer.from_pretrained(str(folder))
+  assert exported.model_max_length == original.model_max_length == 512
+  long_text = " ".join(["word"] * 1000)
+  input_ids = exported(long_text, truncation=True)["input_ids"]
+  assert len(input_ids) == 512
+  assert input_ids == original(long_text, truncation=True)["input_ids"]
+
+
 # -- Bad input: one line on stderr, exit status 2, nothing written. ------------------------
 
 def run_main(argv: list[str], capsys) -> str:

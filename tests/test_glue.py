@@ -182,6 +182,22 @@ def test_a_field_the_csv_module_refuses_names_file_and_line(tmp_path):
   assert message.startswith(f"{path}:3: field larger than field limit")
 
 
+@pytest.mark.parametrize("row, encoding, problem", [
+    ("2\tna\u00efve\tb\n", "latin-1",
+     "not UTF-8 (byte 0xef): GLUE files are UTF-8 text; convert the file to UTF-8 (e.g. "
+     "iconv -f latin1 -t utf-8)"),
+    (f"2\t{'x' * 200_000}\tb\n", "utf-8",
+     "field larger than field limit (131072); expected one RTE test example per line"),
+], ids=["not-utf8", "huge-field"])
+def test_a_test_file_that_cannot_be_read_names_file_and_line(tmp_path, row, encoding, problem):
+  """Test files are read as train and dev files are: a Latin-1 row, or a field over the csv
+  module's limit, is one line naming the file and the line."""
+  path = tmp_path / "test.tsv"
+  path.write_bytes((TEST_FILES["rte"] + row).encode(encoding))
+  assert (one_line_error(ValueError, glue.read_test_tsv, glue.get_task("rte"), path)
+          == f"{path}:4: {problem}")
+
+
 def test_wrong_header_names_file(tmp_path):
   path = write(tmp_path / "RTE" / "dev.tsv", "idx\tsentence1\tsentence2\tlabel\n")
   with pytest.raises(ValueError, match=f"{path}:1: header"):

@@ -300,6 +300,28 @@ def test_a_model_config_that_is_missing_or_a_directory_is_named(tmp_path):
       "config.json")
 
 
+ID2LABEL_EXPECTED = ("expected a JSON object mapping the ids 0 ... n-1 to class names, such "
+                     'as {"0": "entailment", "1": "not_entailment"}')
+
+
+@pytest.mark.parametrize("content, message", [
+    ({**HF_CONFIG, "id2label": ["a", "b"]}, f": id2label is ['a', 'b'], {ID2LABEL_EXPECTED}"),
+    ({**HF_CONFIG, "id2label": {"0": "a", "2": "b"}},
+     f": id2label is {{'0': 'a', '2': 'b'}}, {ID2LABEL_EXPECTED}"),
+    ({**HF_CONFIG, "id2label": {"0": "a", "1": 7}},
+     f": id2label is {{'0': 'a', '1': 7}}, {ID2LABEL_EXPECTED}"),
+    ('{"id2label": {"0": "a",', ":1: not valid JSON (Expecting property name enclosed in "
+     f"double quotes): expected the model's HF config.json; {RESTORE}"),
+], ids=["list", "gap", "not-a-name", "corrupt-json"])
+def test_a_bad_id2label_names_the_file(tmp_path, content, message):
+  """A fine-tuned folder's class names: an id2label that does not map the ids 0 ... n-1 to
+  names, or a corrupt config.json, is one line naming the file."""
+  path = tmp_path / "config.json"
+  path.write_text(content if isinstance(content, str) else json.dumps(content))
+  for load in (label_names, from_pretrained):
+    assert one_line_error(ValueError, load, tmp_path) == f"{path}{message}"
+
+
 @pytest.fixture
 def tokenizer_dir(tmp_path, tiny_bert_dir):
   """A copy of the tiny model folder (config, weights, MiniLM's tokenizer files) to damage."""

@@ -22,10 +22,12 @@ Layouts:
     example up (``packed_row_lengths``): 16 CoLA sentences (~180 tokens) fill 2 rows of 96
     instead of 2 of 128. XLA compiles a program per (R, T) that occurs.
 
-Fillers (the tail of the last batch) have no tokens. Their ``cls_index`` points at a
-padding token, so their logits are garbage that ``example_mask`` removes; the model must
-therefore keep rows with no real token finite (a large finite negative attention bias,
-not -inf). Packed batches have such rows anyway when R is rounded up.
+Fillers (the tail of the last batch) have no tokens. Their ``cls_index`` points at column 0
+of their own empty row in the padded layout, and at the batch's last slot in the packed one
+(padding, or a real token when the last row is full), so their logits are garbage that
+``example_mask`` removes; the model must therefore keep rows with no real token finite (a
+large finite negative attention bias, not -inf). Packed batches have such rows anyway when R
+is rounded up.
 
 The last partial batch of an epoch is kept and filled with fillers (``steps_per_epoch``
 is the ceiling), as the HF Trainer keeps it: every training example is seen once per
@@ -294,11 +296,14 @@ def inputs_from_padded(encoding: Mapping[str, Any]) -> Batch:
                      f"token_type_ids {token_type_ids.shape} must share one [B, T] shape")
   if not np.isin(mask, (0, 1)).all():
     raise ValueError("attention_mask must hold only 0 and 1")
+  # A signed dtype for the padding check: uint8 differences wrap (0 - 1 = 255) and bool ones
+  # are xor, so either would see a right-padded row's 1 -> 0 step as a rise.
+  mask = mask.astype(np.int32)
   if not (mask[:, 0] == 1).all() or (np.diff(mask, axis=1) > 0).any():
     raise ValueError("every row must start with a real token and be padded on the right "
                      "(tokenizer.padding_side = 'right')")
   rows, length = input_ids.shape
   return {"input_ids": input_ids, "token_type_ids": token_type_ids,
           "position_ids": np.tile(np.arange(length, dtype=np.int32), (rows, 1)),
-          "segment_ids": mask.astype(np.int32),
+          "segment_ids": mask,
           "cls_index": np.arange(rows, dtype=np.int32) * length}

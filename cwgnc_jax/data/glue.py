@@ -31,7 +31,7 @@ import urllib.parse
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
@@ -181,14 +181,14 @@ def _tsv_path(task: Task, split: str, glue_dir: Path) -> Path:
   return path
 
 
-def read_tsv(task: Task, path: Path) -> list[Example]:
-  """The examples of one GLUE TSV file (quoting off: sentences contain bare quotes).
+def _tsv_rows(path: Path, what: str) -> Iterator[tuple[int, list[str]]]:
+  """(line number, fields) of each row of a GLUE TSV file, read as GLUE files must be: UTF-8
+  (a byte-order mark, which the MRPC files start with, dropped) with quoting off (sentences
+  contain bare quotes).
 
-  A UTF-8 byte-order mark (the MRPC files start with one) is dropped. Text that is not
-  UTF-8, a row with the wrong number of columns or an unknown label, and a field the csv
-  module refuses raise a ValueError naming the file and line.
+  Text that is not UTF-8 and a field the csv module refuses raise a ValueError naming the
+  file and line; ``what`` says what each line should hold, e.g. "one RTE example".
   """
-  path = Path(path)
   try:
     text = path.read_bytes().decode("utf-8-sig")
   except UnicodeDecodeError as error:  # its positions are in error.object (no mark)
@@ -196,29 +196,38 @@ def read_tsv(task: Task, path: Path) -> list[Example]:
     raise ValueError(
         f"{path}:{line}: not UTF-8 (byte 0x{error.object[error.start]:02x}): GLUE files are "
         "UTF-8 text; convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
-  examples = []
   rows = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
   try:
-    for line, row in enumerate(rows, start=1):
-      if line == 1 and task.tsv_header is not None:
-        if tuple(row) != task.tsv_header:
-          raise ValueError(
-              f"{path}:1: header {row} is not the {task.name} header {list(task.tsv_header)}")
-        continue
-      if len(row) != task.tsv_columns:
-        raise ValueError(
-            f"{path}:{line}: {len(row)} columns, expected {task.tsv_columns} for {task.name}")
-      label = task.tsv_label.get(row[task.tsv_label_column])
-      if label is None:
-        raise ValueError(
-            f"{path}:{line}: unknown label {row[task.tsv_label_column]!r}, expected one of "
-            f"{sorted(task.tsv_label)}")
-      texts = [row[i] for i in task.tsv_text]
-      examples.append(Example(texts[0], texts[1] if task.is_pair else None, label,
-                              f"{path.name}:{line}"))
+    yield from enumerate(rows, start=1)
   except csv.Error as error:  # e.g. a field over csv.field_size_limit()
-    raise ValueError(f"{path}:{rows.line_num}: {error}; expected one {task.name} example "
-                     "per line") from None
+    raise ValueError(f"{path}:{rows.line_num}: {error}; expected {what} per line") from None
+
+
+def read_tsv(task: Task, path: Path) -> list[Example]:
+  """The examples of one GLUE TSV file, read by ``_tsv_rows``.
+
+  Text that is not UTF-8, a row with the wrong number of columns or an unknown label, and a
+  field the csv module refuses raise a ValueError naming the file and line.
+  """
+  path = Path(path)
+  examples = []
+  for line, row in _tsv_rows(path, f"one {task.name} example"):
+    if line == 1 and task.tsv_header is not None:
+      if tuple(row) != task.tsv_header:
+        raise ValueError(
+            f"{path}:1: header {row} is not the {task.name} header {list(task.tsv_header)}")
+      continue
+    if len(row) != task.tsv_columns:
+      raise ValueError(
+          f"{path}:{line}: {len(row)} columns, expected {task.tsv_columns} for {task.name}")
+    label = task.tsv_label.get(row[task.tsv_label_column])
+    if label is None:
+      raise ValueError(
+          f"{path}:{line}: unknown label {row[task.tsv_label_column]!r}, expected one of "
+          f"{sorted(task.tsv_label)}")
+    texts = [row[i] for i in task.tsv_text]
+    examples.append(Example(texts[0], texts[1] if task.is_pair else None, label,
+                            f"{path.name}:{line}"))
   return examples
 
 
@@ -226,31 +235,30 @@ NO_LABEL = -1  # the label of a test example: GLUE test files have none
 
 
 def read_test_tsv(task: Task, path: Path) -> tuple[list[str], list[Example]]:
-  """The ``index`` column and the examples (labels ``NO_LABEL``) of a GLUE test file.
+  """The ``index`` column and the examples (labels ``NO_LABEL``) of a GLUE test file, read
+  by ``_tsv_rows`` as ``read_tsv`` reads train and dev files.
 
-  Quoting off and a byte-order mark dropped, as ``read_tsv``. A wrong header, a row with the
+  Text that is not UTF-8, a field the csv module refuses, a wrong header, a row with the
   wrong number of columns, an index that is not an integer, or no rows at all raise a
   ValueError naming the file (and line).
   """
   path = Path(path)
   indices, examples = [], []
-  with path.open(encoding="utf-8-sig", newline="") as f:
-    rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-    for line, row in enumerate(rows, start=1):
-      if line == 1:
-        if tuple(row) != task.test_header:
-          raise ValueError(f"{path}:1: header {row} is not the {task.name} test header "
-                           f"{list(task.test_header)}")
-        continue
-      if len(row) != len(task.test_header):
-        raise ValueError(f"{path}:{line}: {len(row)} columns, expected "
-                         f"{len(task.test_header)} for a {task.name} test file")
-      if not row[0].isdigit():
-        raise ValueError(f"{path}:{line}: index {row[0]!r} is not a non-negative integer")
-      texts = [row[i] for i in task.test_text]
-      indices.append(row[0])
-      examples.append(Example(texts[0], texts[1] if task.is_pair else None, NO_LABEL,
-                              f"{path.name}:{line}"))
+  for line, row in _tsv_rows(path, f"one {task.name} test example"):
+    if line == 1:
+      if tuple(row) != task.test_header:
+        raise ValueError(f"{path}:1: header {row} is not the {task.name} test header "
+                         f"{list(task.test_header)}")
+      continue
+    if len(row) != len(task.test_header):
+      raise ValueError(f"{path}:{line}: {len(row)} columns, expected "
+                       f"{len(task.test_header)} for a {task.name} test file")
+    if not row[0].isdigit():
+      raise ValueError(f"{path}:{line}: index {row[0]!r} is not a non-negative integer")
+    texts = [row[i] for i in task.test_text]
+    indices.append(row[0])
+    examples.append(Example(texts[0], texts[1] if task.is_pair else None, NO_LABEL,
+                            f"{path.name}:{line}"))
   if not examples:
     raise ValueError(f"{path} holds no examples below its header")
   return indices, examples

@@ -3,7 +3,7 @@
 One transformer layer (post-LayerNorm, as in BERT):
 
   a = LN(x + drop(W_o * attention(W_q x, W_k x, W_v x)))     attention = softmax(q k^T / sqrt(d)) v
-  y = LN(a + drop(W_2 * gelu(W_1 a)))                         gelu(z) = z/2 (1 + erf(z/sqrt 2)), as PyTorch
+  y = LN(a + drop(W_2 * gelu(W_1 a)))                         gelu(z) = z/2 (1 + erf(z/sqrt 2))
 
 over the embeddings ``LN(word[id] + position[pos] + token_type[tt])``. The head gathers each
 example's [CLS] state ``h``, then ``logits = W_c drop(tanh(W_p h))`` (pretrained pooler W_p,
@@ -43,10 +43,8 @@ logits are returned in float32.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
@@ -113,14 +111,6 @@ class BertConfig:
                        "expected 'absolute'")
     fields = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in hf_config.items() if k in fields})
-
-  @classmethod
-  def from_json(cls, path: str | Path) -> BertConfig:
-    """From an HF ``config.json`` file."""
-    path = Path(path)
-    if not path.is_file():
-      raise FileNotFoundError(f"no BERT config file at {path}")
-    return cls.from_dict(json.loads(path.read_text()))
 
 
 def tiny_config(**overrides: Any) -> BertConfig:

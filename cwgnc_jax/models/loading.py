@@ -42,7 +42,8 @@ MINILM_NAME = "minilm-l6"
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-# The files of a model folder that define its tokenizer (an export copies those present).
+# The files of a model folder that define its tokenizer (an export copies those present):
+# tokenizer_config.json holds settings such as model_max_length, which truncation cuts to.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
                    "special_tokens_map.json")
 # What a hub download fetches: config, weights and tokenizer, nothing else (no other formats).
@@ -51,9 +52,10 @@ HUB_FILES = (CONFIG_FILE, WEIGHTS_FILE, *TOKENIZER_FILES)
 BERT_PREFIX = "bert."
 # Seconds a hub request may wait, so a machine without internet fails fast instead of hanging.
 HUB_TIMEOUT = 10.0
-# The files a fast tokenizer is built from: either is enough (transformers builds one from
-# a bare vocab.txt); without both it silently makes a 5-token vocabulary of special tokens.
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
+# The tokenizer files holding the vocabulary: either is enough (transformers builds a fast
+# tokenizer from a bare vocab.txt); without both it silently makes a 5-token vocabulary of
+# special tokens.
+VOCABULARY_FILES = ("tokenizer.json", "vocab.txt")
 # Buffers some checkpoints store beside the parameters; they are not weights.
 IGNORED_BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
 # Hub repository ids: "name" or "owner/name".
@@ -160,12 +162,12 @@ def load_tokenizer(name_or_path: str | os.PathLike) -> Any:
   """
   import transformers  # pylint: disable=import-outside-toplevel
   model_dir = resolve_model_dir(name_or_path)
-  if not any((model_dir / name).is_file() for name in TOKENIZER_FILES):
+  if not any((model_dir / name).is_file() for name in VOCABULARY_FILES):
     raise FileNotFoundError(f"model folder {model_dir} holds no tokenizer: expected "
-                            f"{' or '.join(TOKENIZER_FILES)} beside {CONFIG_FILE}; copy the "
+                            f"{' or '.join(VOCABULARY_FILES)} beside {CONFIG_FILE}; copy the "
                             "model's tokenizer files there")
-  for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-    if (model_dir / name).exists():
+  for name in TOKENIZER_FILES:
+    if name.endswith(".json") and (model_dir / name).exists():
       _read_json_object(model_dir / name, f"the model's {name}")
   try:
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(model_dir))
@@ -179,13 +181,18 @@ def load_tokenizer(name_or_path: str | os.PathLike) -> Any:
   return tokenizer
 
 
-def _read_config(model_dir: Path) -> BertConfig:
-  """The ``BertConfig`` of ``model_dir/config.json``; errors name the file and the fix."""
-  path = model_dir / CONFIG_FILE
+def _read_config_values(path: Path) -> dict[str, Any]:
+  """The JSON object of a model's ``config.json`` at ``path``; errors name the file."""
   if not path.exists():
     raise FileNotFoundError(f"no BERT config file at {path}: a model folder holds "
                             f"{CONFIG_FILE} and {WEIGHTS_FILE}")
-  values = _read_json_object(path, f"the model's HF {CONFIG_FILE}")
+  return _read_json_object(path, f"the model's HF {CONFIG_FILE}")
+
+
+def _read_config(model_dir: Path) -> BertConfig:
+  """The ``BertConfig`` of ``model_dir/config.json``; errors name the file and the fix."""
+  path = model_dir / CONFIG_FILE
+  values = _read_config_values(path)
   fields = dataclasses.fields(BertConfig)
   missing = [f.name for f in fields
              if f.default is dataclasses.MISSING and f.name not in values]
@@ -359,18 +366,31 @@ def _nest(flat: Mapping[str, Any]) -> dict:
   return tree
 
 
+def _names_by_id(id2label: Any) -> tuple[str, ...] | None:
+  """The names of an ``id2label`` object ``{"0": name, ...}`` in id order; None unless it
+  maps exactly the ids 0 ... n-1 to strings."""
+  if not isinstance(id2label, dict):
+    return None
+  by_id = {int(key): name for key, name in id2label.items()
+           if key.isdigit() and isinstance(name, str)}
+  if sorted(by_id) != list(range(len(id2label))):
+    return None
+  return tuple(by_id[i] for i in range(len(by_id)))
+
+
 def label_names(name_or_path: str | os.PathLike) -> tuple[str, ...] | None:
   """The class names of a fine-tuned classification folder (``id2label`` of its
   ``config.json``, by id), or None when the config has no ``id2label``."""
   config_file = resolve_model_dir(name_or_path) / CONFIG_FILE
-  id2label = json.loads(config_file.read_text()).get("id2label")
+  id2label = _read_config_values(config_file).get("id2label")
   if not id2label:
     return None
-  by_id = {int(key): name for key, name in id2label.items() if str(key).isdigit()}
-  if sorted(by_id) != list(range(len(id2label))):
-    raise ValueError(f"id2label of {config_file} does not number its labels 0 ... "
-                     f"{len(id2label) - 1}: {id2label}")
-  return tuple(by_id[i] for i in range(len(by_id)))
+  names = _names_by_id(id2label)
+  if names is None:
+    raise ValueError(f"{config_file}: id2label is {id2label!r}, expected a JSON object "
+                     "mapping the ids 0 ... n-1 to class names, such as "
+                     "{\"0\": \"entailment\", \"1\": \"not_entailment\"}")
+  return names
 
 
 def from_pretrained(name_or_path: str | os.PathLike, num_labels: int | None = None, *,
