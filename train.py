@@ -21,11 +21,17 @@ import sys
 # transformers announces at import that it found no PyTorch (this project never uses it).
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
-from cwgnc_jax import config as config_lib  # pylint: disable=wrong-import-position
-from cwgnc_jax.training import host_memory  # pylint: disable=wrong-import-position
+# pylint: disable=wrong-import-position
+from cwgnc_jax import config as config_lib
+from cwgnc_jax.training import host_memory
 
-# Before JAX starts its threads: XLA's per-step buffers stay mapped (a third faster on a CPU).
+# Before the first JAX computation starts XLA's threads: XLA's per-step buffers stay mapped
+# (a third faster on a CPU).
 host_memory.keep_freed_memory()
+
+from cwgnc_jax import files
+from cwgnc_jax.training import checkpoint, loop
+# pylint: enable=wrong-import-position
 
 USAGE_ERROR = 2
 
@@ -47,9 +53,6 @@ def main(argv: list[str]) -> None:
   if config.mesh.get("seeds", 1) != 1:
     fail(f"config.mesh.seeds={config.mesh.seeds} splits seeds trained together; train.py "
          "trains one seed: use python -m cwgnc_jax.study --seeds-per-program")
-  # Imported after the config is checked: a bad command line fails without loading JAX.
-  from cwgnc_jax import files  # pylint: disable=import-outside-toplevel
-  from cwgnc_jax.training import checkpoint, loop  # pylint: disable=import-outside-toplevel
   loop.maybe_initialize_distributed(config)
   loop.use_compilation_cache(config)
   try:

@@ -6,11 +6,11 @@ file. The command line of ``train.py`` is::
 
   --config NAME_OR_PATH  [--config.key.sub=VALUE ...]  [--workdir DIR]
 
-An override's value is parsed as the type of the field it replaces (bool, int, float, str,
-tuple, or None for an unset optional field), so a typo or a wrong type is an error, never a
-silently added key. ``--config.method=NAME`` first sets that method's whole Table 1 row
-(``methods.apply``: optimizer, epochs, evaluation, Mixout p), then the other overrides apply
-on top.
+An override's value is parsed as the type of the field it replaces (bool, int, float, str
+taken as is, tuple; 'none' is None except in a string field), so a typo or a wrong type is an
+error, never a silently added key. ``--config.method=NAME`` first sets that method's whole
+Table 1 row (``methods.apply``: optimizer, epochs, evaluation, Mixout p), then the other
+overrides apply on top.
 
 Every check that can fail on user input lives in ``validate`` (config alone) and
 ``check_devices`` (config and the device count), so ``train.py`` reports bad input in one
@@ -20,13 +20,13 @@ line before it loads anything heavy or compiles anything.
 from __future__ import annotations
 
 import ast
+import copy
 import importlib.util
-import math
 import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import ml_collections
 
@@ -58,11 +58,20 @@ OPERATIONAL_KEYS = ("resume_step", "checkpoint_every", "keep_checkpoints", "log_
                     "progress", "mesh", "distributed", "fsdp_min_size", "cache_dir",
                     "compilation_cache", "diagnostics_every", "failure_rule")
 
+# The switches. None (``--config.keep_best=none``) would act as False without a word.
+BOOL_KEYS = ("keep_best", "cls_only_last_layer", "progress", "distributed", "compilation_cache")
+
 
 # Groups of keys added after runs were made, each with the key and value that turn it off: a
 # config.json written without the group was trained with it off (the same computation), so a
 # run directory of that age still resumes under a config that leaves it off.
 LATER_GROUPS = {"unfreezing": ("mode", "none"), "mixout": ("p", 0.0)}
+
+# Keys removed since runs were made: an older config.json or summary.json holds them, but
+# nothing ever read them (``optimizer.released_code`` marked the 'cwgnc_released' recipe,
+# whose other fields are what it computes). Readers of stored identities drop them
+# (``without_removed_keys``), so such a run resumes and its group compares as it did.
+REMOVED_KEYS = ("optimizer.released_code",)
 
 # Keys added after runs were made, with the value a config.json without them was trained
 # with: before ``optimizer.adam_form`` existed, bias-corrected Adam was optax's; before
@@ -167,7 +176,13 @@ def _type_name(value: Any) -> str:
 
 
 def _parse_value(text: str, current: Any, key: str) -> Any:
-  """``text`` as a value of the type of ``current`` (the field's present value)."""
+  """``text`` as a value of the type of ``current`` (the field's present value).
+
+  A string field takes the text as is: 'none' is a value of some string fields
+  (``unfreezing.mode``), never a way to unset one. In any other field 'none' or 'null' is None.
+  """
+  if isinstance(current, str):
+    return text
   if text.lower() in ("none", "null"):
     return None
   if isinstance(current, bool):
@@ -176,8 +191,6 @@ def _parse_value(text: str, current: Any, key: str) -> Any:
     if text.lower() in ("false", "0", "no"):
       return False
     raise ConfigError(f"--config.{key}={text}: expected true or false")
-  if isinstance(current, str):
-    return text
   try:
     value = ast.literal_eval(text)
   except (ValueError, SyntaxError):
@@ -296,16 +309,18 @@ def from_command_line(argv: Sequence[str]) -> tuple[ml_collections.ConfigDict, s
 
 def resolve_model(name: str) -> str:
   """The model a config names: a short name, an existing folder, or a hub id ``org/name``."""
-  if name in MODELS or Path(name).expanduser().is_dir() or _HUB_ID.match(name):
+  if isinstance(name, str) and (
+      name in MODELS or Path(name).expanduser().is_dir() or _HUB_ID.match(name)):
     return name
   raise ConfigError(
       f"unknown model {name!r}; valid: {', '.join(MODELS)}, a folder holding config.json "
       "and model.safetensors, or a hub id such as google-bert/bert-large-uncased")
 
 
-def glue_source(config: ml_collections.ConfigDict) -> str:
-  """Where the GLUE data comes from: ``config.glue_dir``, else ``$GLUE_DIR``, else 'hub'."""
-  return config.glue_dir or glue.default_source()
+def glue_source(config: Mapping[str, Any]) -> str:
+  """Where the GLUE data comes from: ``config.glue_dir``, else ``$GLUE_DIR``, else 'hub'
+  (``config``: a ConfigDict, or a run's stored config.json)."""
+  return config.get("glue_dir") or glue.default_source()
 
 
 def _check_glue(config: ml_collections.ConfigDict) -> None:
@@ -409,9 +424,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require(later_key(config, "dropout_bits") in DROPOUT_BITS,
            f"unknown config.dropout_bits {config.get('dropout_bits')!r}; valid: "
            f"{', '.join(DROPOUT_BITS)}")
-  _require(isinstance(later_key(config, "cls_only_last_layer"), bool),
-           f"config.cls_only_last_layer must be True or False, got "
-           f"{config.get('cls_only_last_layer')!r}")
   if "fsdp_min_size" in config:
     _positive_int(config, "fsdp_min_size", zero_ok=True)
   _positive_int(config, "diagnostics_every", zero_ok=True)
@@ -423,12 +435,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for key in ("train_limit", "resume_step"):
     if config[key] is not None:
       _positive_int(config, key, zero_ok=key == "resume_step")
-  opt = config.optimizer
-  if opt.clip_norm is not None:
-    _require(math.isfinite(opt.clip_norm) and opt.clip_norm > 0,
-             f"config.optimizer.clip_norm (the CWGNC threshold) must be > 0, got {opt.clip_norm!r}")
+  for key in BOOL_KEYS:
+    _require(isinstance(config.get(key, False), bool),
+             f"config.{key} must be True or False, got {config.get(key)!r}")
   try:
-    optimizers._check_config(opt, 1)  # pylint: disable=protected-access
+    optimizers._check_config(  # pylint: disable=protected-access
+        config.optimizer, 1, "config.optimizer")
   except ValueError as e:
     raise ConfigError(str(e)) from None
   seeds = config.mesh.get("seeds", 1)
@@ -464,6 +476,19 @@ def check_devices(config: ml_collections.ConfigDict, num_devices: int) -> None:
   for key in ("batch_size", "eval_batch_size"):
     _require(config[key] % num_devices == 0,
              f"config.{key}={config[key]} is not divisible by the {num_devices} devices")
+
+
+def without_removed_keys(identity: dict[str, Any]) -> dict[str, Any]:
+  """A stored run identity (nested, as config.json holds it) without ``REMOVED_KEYS``."""
+  identity = copy.deepcopy(identity)
+  for key in REMOVED_KEYS:
+    *groups, name = key.split(".")
+    values = identity
+    for group in groups:
+      values = values.get(group) if isinstance(values, dict) else None
+    if isinstance(values, dict):
+      values.pop(name, None)
+  return identity
 
 
 def run_identity(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -17,6 +17,7 @@ The gradient norms are computed inside the train step (``step.gradient_norms``);
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -27,6 +28,8 @@ from cwgnc_jax import files, paths
 
 # The train-step metrics (``step.gradient_norms``) that go to ``grad_norms.npz``.
 GRADIENT_NORM_KEYS = ("tensor_norms", "component_norms", "clipped")
+# The arrays every ``grad_norms.npz`` holds.
+GRAD_NORMS_ARRAYS = ("step", "tensor_names", "tensor_norms")
 
 
 def _by_path(tree: Any) -> dict[str, Any]:
@@ -95,7 +98,11 @@ class GradientNormLog:
         self.widths["component_norms"] = len(self.component_names)
     self.rows: list[tuple[int, dict[str, Any]]] = []
     if self.enabled and self.path.is_file():
-      stored = read_gradient_norms(self.path)
+      fix = "move it away to resume without the norms logged so far"
+      stored = read_gradient_norms(self.path, fix)
+      missing = [key for key in self.widths if key not in stored]
+      if missing:
+        raise ValueError(f"{self.path} lacks the arrays {missing}; {fix}")
       for i, at in enumerate(stored["step"]):
         if at <= start_step:
           self.rows.append((int(at), {key: stored[key][i] for key in self.widths}))
@@ -122,7 +129,17 @@ class GradientNormLog:
     files.write_atomic(self.path, lambda f: np.savez_compressed(f, **arrays), binary=True)
 
 
-def read_gradient_norms(path: str | Path) -> dict[str, np.ndarray]:
-  """The arrays of a ``grad_norms.npz`` (:class:`GradientNormLog`)."""
-  with np.load(path, allow_pickle=False) as data:
-    return {key: data[key] for key in data.files}
+def read_gradient_norms(path: str | Path, fix: str = "move it away, or rerun that seed"
+                        ) -> dict[str, np.ndarray]:
+  """The arrays of a ``grad_norms.npz`` (:class:`GradientNormLog`); ValueError naming the
+  file, and ``fix``, when it cannot be read as one (cut short, not a zip, arrays missing)."""
+  try:
+    with np.load(path, allow_pickle=False) as data:
+      norms = {key: data[key] for key in data.files}
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+    raise ValueError(f"{path} is not a readable gradient-norm log ({type(error).__name__}: "
+                     f"{error}); {fix}") from None
+  missing = [key for key in GRAD_NORMS_ARRAYS if key not in norms]
+  if missing:
+    raise ValueError(f"{path} lacks the arrays {missing}; {fix}")
+  return norms

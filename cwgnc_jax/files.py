@@ -12,8 +12,10 @@ A run directory (``train.py --workdir``, a study's ``<group>/seed_<s>/``) holds:
 
 A study group folder holds ``summary.json`` and ``seed_<s>/`` run directories. Every name is
 defined here once; every file the project writes goes through :func:`write_atomic` (a
-temporary file renamed into place, so a reader or a killed writer never leaves a half file);
-every JSON file it reads back goes through :func:`read_json` (a corrupt file is named).
+temporary file renamed into place, so a reader or a killed writer never leaves a half file),
+but for ``metrics.jsonl``, which grows a line at a time (and is cut back to the step a
+resume starts from); every JSON file it reads back goes through :func:`read_json` (a
+corrupt file is named, with its line).
 """
 
 from __future__ import annotations
@@ -106,17 +108,65 @@ def write_json(path: str | os.PathLike, values: Any) -> None:
   write_atomic(path, write)
 
 
-def read_json(path: str | os.PathLike, what: str) -> Any:
-  """The JSON value in ``path``; ValueError naming the file (``what`` it is) if it is not
-  readable JSON."""
+# What a reader of a damaged file of a run directory is told to do, unless the caller knows
+# better (the report says how to rewrite a summary, for instance).
+RESTORE = "restore it or remove its folder"
+NUMBER = (int, float)
+# What the study and the report read of every results.json: its keys and their types.
+RESULTS_FIELDS = {"metric": str, "score": NUMBER, "majority_score": NUMBER, "failed": bool,
+                  "skipped_steps": int}
+_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "an integer",
+               NUMBER: "a number", bool: "true or false", float: "a number",
+               type(None): "null"}
+
+
+def read_json(path: str | os.PathLike, fix: str = RESTORE) -> Any:
+  """The JSON value in ``path``. ValueError naming the file and line, and ``fix``, if it is
+  not UTF-8 JSON; OSError naming the file if it cannot be read (a folder, say)."""
   path = Path(path)
   try:
-    return json.loads(path.read_text(encoding="utf-8"))
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise ValueError(f"{path} is not valid JSON ({what}; {e}): restore it or remove its "
-                     "folder") from None
-  except IsADirectoryError:
-    raise ValueError(f"{path} is a folder, not a file ({what})") from None
+    data = path.read_bytes()
+  except OSError as error:
+    raise OSError(f"cannot read {path} ({error.strerror})") from None
+  try:
+    return json.loads(data.decode("utf-8"))
+  except UnicodeDecodeError as error:
+    line = data[:error.start].count(b"\n") + 1
+    raise ValueError(f"{path}:{line}: not UTF-8 text (byte 0x{data[error.start]:02x}); {fix}"
+                     ) from None
+  except json.JSONDecodeError as error:
+    raise ValueError(f"{path}:{error.lineno}: not valid JSON ({error.msg}); {fix}") from None
+
+
+def check_value(value: Any, kind: Any, path: Path, where: str, fix: str = RESTORE) -> None:
+  """Raises ValueError naming ``path`` and ``where`` in it (e.g. 'runs[2].score') unless
+  ``value`` is of type ``kind`` (true and false are not numbers here)."""
+  if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+    shown = repr(value) if len(repr(value)) <= 60 else f"{repr(value)[:57]}..."
+    raise ValueError(f"{path}: {where} is {shown}, expected {_JSON_TYPES[kind]}; {fix}")
+
+
+def check_fields(values: Any, fields: dict[str, Any], path: Path, where: str = "",
+                 fix: str = RESTORE) -> None:
+  """Raises ValueError naming ``path`` unless ``values`` is an object holding every key of
+  ``fields`` with a value of its type (``where``: where in the file, e.g. 'runs[2]', or ''
+  for the whole file)."""
+  place = f"{path}: {where}" if where else str(path)
+  if not isinstance(values, dict):
+    raise ValueError(f"{place} is {_JSON_TYPES.get(type(values), 'a value')}, expected an "
+                     f"object; {fix}")
+  missing = [key for key in fields if key not in values]
+  if missing:
+    raise ValueError(f"{place} lacks {missing}; {fix}")
+  for key, kind in fields.items():
+    check_value(values[key], kind, path, f"{where}.{key}" if where else key, fix)
+
+
+def read_results(path: str | os.PathLike, fix: str = RESTORE) -> dict[str, Any]:
+  """A run's results.json, checked to hold ``RESULTS_FIELDS`` (errors as ``read_json``)."""
+  results = read_json(path, fix)
+  check_fields(results, RESULTS_FIELDS, Path(path), "", fix)
+  return results
 
 
 class LockedError(RuntimeError):

@@ -48,11 +48,6 @@ class Method:
   mixout_p: float = 0.0
   clips_components: bool = False
 
-  @property
-  def evaluation(self) -> str:
-    """'best' (of the dev evaluations) or 'final' (the model at the end of training)."""
-    return "best" if self.keep_best else "final"
-
 
 _ADAMW = MappingProxyType({"bias_correction": True, "max_grad_norm": 1.0})
 _CWGNC = MappingProxyType({"bias_correction": True, "clip_norm": 0.05})
@@ -70,8 +65,8 @@ METHODS: Mapping[str, Method] = MappingProxyType({m.name: m for m in (
     Method("cwgnc", "CWGNC", _CWGNC, num_epochs=5, clips_components=True),
     # The authors' released script: no warmup, no weight decay, eps 1e-8, 3 epochs.
     Method("cwgnc_released", "CWGNC (released code)",
-           {**_CWGNC, "warmup_fraction": 0.0, "weight_decay": 0.0, "eps": 1e-8,
-            "released_code": True}, num_epochs=3, clips_components=True),
+           {**_CWGNC, "warmup_fraction": 0.0, "weight_decay": 0.0, "eps": 1e-8},
+           num_epochs=3, clips_components=True),
 )})
 NAMES = tuple(METHODS)
 

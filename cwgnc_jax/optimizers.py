@@ -378,7 +378,6 @@ def _devlin() -> dict[str, Any]:
       clip_norm=config_dict.placeholder(float),
       components="tensor",
       decay_exclude=DECAY_EXCLUDE,
-      released_code=False,
   )
 
 
@@ -397,37 +396,66 @@ def optimizer_config(**fields: Any) -> ml_collections.ConfigDict:
 _FIELDS = tuple(_devlin())
 
 
-def _check_config(cfg: ml_collections.ConfigDict, total_steps: int) -> None:
+def _number(cfg: ml_collections.ConfigDict, field: str, name: str) -> float:
+  """``cfg[field]`` if it is a finite int or float (not a bool: True is not a rate)."""
+  value = cfg[field]
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    raise ValueError(f"{name}.{field} must be a finite number, got {value!r}")
+  return value
+
+
+def _check_range(cfg: ml_collections.ConfigDict, field: str, name: str,
+                 ok: Callable[[float], bool], expected: str) -> None:
+  """``cfg[field]`` must be a finite number for which ``ok`` holds (``expected`` says it)."""
+  if not ok(_number(cfg, field, name)):
+    raise ValueError(f"{name}.{field} must be {expected}, got {cfg[field]!r}")
+
+
+def _check_decay_exclude(patterns: Any, name: str) -> None:
+  """Every pattern must compile now: :func:`decay_mask` would fail only once the params exist."""
+  if not (isinstance(patterns, (tuple, list)) and all(isinstance(p, str) for p in patterns)):
+    raise ValueError(f"{name}.decay_exclude must be a tuple of regular expressions (strings), "
+                     f"got {patterns!r}")
+  for pattern in patterns:
+    try:
+      re.compile(pattern)
+    except re.error as e:
+      raise ValueError(f"{name}.decay_exclude holds the invalid regular expression "
+                       f"{pattern!r} ({e})") from None
+
+
+def _check_config(cfg: ml_collections.ConfigDict, total_steps: int,
+                  name: str = "opt_config") -> None:
+  """Raises ValueError (one line, naming ``name.field``) on a field of the wrong type or range.
+
+  Types are checked, not only ranges: None or a bool where a number belongs would fail later
+  with a TypeError, and a None ``bias_correction`` would silently mean BertAdam.
+  """
   missing = [field for field in _FIELDS if field not in cfg]
   if missing:
-    raise ValueError(f"opt_config lacks the fields {missing}; start from "
+    raise ValueError(f"{name} lacks the fields {missing}; start from "
                      "methods.recipe(name) or optimizer_config()")
-
-  def positive(name):
-    value = cfg[name]
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-      raise ValueError(f"opt_config.{name} must be finite and > 0, got {value!r}")
-
-  positive("learning_rate")
-  positive("eps")
-  for name in ("b1", "b2"):
-    if not 0 <= cfg[name] < 1:
-      raise ValueError(f"opt_config.{name} must be in [0, 1), got {cfg[name]!r}")
-  if not (math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0):
-    raise ValueError(f"opt_config.weight_decay must be finite and >= 0, got {cfg.weight_decay!r}")
-  if not 0 <= cfg.warmup_fraction <= 1:
-    raise ValueError(f"opt_config.warmup_fraction must be in [0, 1], got {cfg.warmup_fraction!r}")
-  if cfg.clip_norm is not None:
-    positive("clip_norm")
-  if cfg.max_grad_norm is not None and not math.isfinite(cfg.max_grad_norm):
-    raise ValueError(f"opt_config.max_grad_norm must be finite or None, got {cfg.max_grad_norm!r}")
+  for field in ("learning_rate", "eps"):
+    _check_range(cfg, field, name, lambda v: v > 0, "> 0")
+  for field in ("b1", "b2"):
+    _check_range(cfg, field, name, lambda v: 0 <= v < 1, "in [0, 1)")
+  _check_range(cfg, "weight_decay", name, lambda v: v >= 0, ">= 0")
+  _check_range(cfg, "warmup_fraction", name, lambda v: 0 <= v <= 1, "in [0, 1]")
+  if cfg.clip_norm is not None and not _number(cfg, "clip_norm", name) > 0:
+    raise ValueError(f"{name}.clip_norm (the CWGNC threshold) must be > 0, got {cfg.clip_norm!r}")
+  if cfg.max_grad_norm is not None:  # <= 0: no global clip
+    _number(cfg, "max_grad_norm", name)
+  if not isinstance(cfg.bias_correction, bool):
+    raise ValueError(f"{name}.bias_correction must be True or False, got "
+                     f"{cfg.bias_correction!r}")
   if cfg.adam_form not in ADAM_FORMS:
-    raise ValueError(f"opt_config.adam_form must be one of {list(ADAM_FORMS)}, "
+    raise ValueError(f"{name}.adam_form must be one of {list(ADAM_FORMS)}, "
                      f"got {cfg.adam_form!r}")
-  if cfg.components not in COMPONENT_KINDS:
+  if cfg.components not in tuple(COMPONENT_KINDS):  # by ==: a list is no key
     raise ValueError(
-        f"opt_config.components must be one of {sorted(COMPONENT_KINDS)}, got {cfg.components!r}"
+        f"{name}.components must be one of {sorted(COMPONENT_KINDS)}, got {cfg.components!r}"
     )
+  _check_decay_exclude(cfg.decay_exclude, name)
   if not (isinstance(total_steps, int) and total_steps > 0):
     raise ValueError(f"total_steps must be a positive int, got {total_steps!r}")
 

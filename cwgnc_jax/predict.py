@@ -42,6 +42,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+from cwgnc_jax import config as config_lib
 from cwgnc_jax import files, metrics, saved_run
 from cwgnc_jax.data import batching, glue
 from cwgnc_jax.models import bert, loading
@@ -73,7 +74,7 @@ def read_split(run: saved_run.SavedRun, split: str, tsv: str | Path | None
   """``(indices, examples)`` of the run's task: from ``tsv`` when given, else from the run's
   GLUE source (module docstring). Dev examples keep their labels; test ones have none."""
   task = run.task
-  source = run.config.get("glue_dir") or glue.default_source()
+  source = config_lib.glue_source(run.config)
   if tsv is None and split == "test":
     if source == "hub":
       raise ValueError(f"the {task.name} test split is read from a GLUE test file: pass "

@@ -48,13 +48,13 @@ import os
 import shutil
 import sys
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 from scipy import stats
 
+from cwgnc_jax import config as config_lib
 from cwgnc_jax import diagnostics, files, methods, metrics, paths
 
 TASK_ORDER = ("rte", "mrpc", "cola")
@@ -67,128 +67,64 @@ _LOCATION_KEYS = ("glue_dir", "cache_dir", "task")
 
 # -- Loading. ------------------------------------------------------------------------------
 
-_NUMBER = (int, float)
 # What the report reads of the files cwgnc_jax.study and train.py write, by key: its types.
 # A summary.json's aggregates (and majority score) are numbers once a seed has finished.
 SUMMARY_FIELDS = {"task": str, "method": str, "config": dict, "overrides": dict, "seeds": list,
                   "finished": int, "runs": list}
 SUMMARY_AGGREGATES = ("std", "mean", "max", "min", "failed_percent", "majority_score")
-SUMMARY_RUN_FIELDS = {"seed": int, "score": _NUMBER, "failed": bool}
-RESULTS_FIELDS = {"metric": str, "score": _NUMBER, "majority_score": _NUMBER, "failed": bool,
-                  "skipped_steps": int}
-DRIFT_FIELDS = {"max_rms": _NUMBER, "min_cos": _NUMBER}
-GRAD_NORMS_ARRAYS = ("step", "tensor_names", "tensor_norms")
+SUMMARY_RUN_FIELDS = {"seed": int, "score": files.NUMBER, "failed": bool}
+DRIFT_FIELDS = {"max_rms": files.NUMBER, "min_cos": files.NUMBER}
 _REWRITE_SUMMARY = "rerun the study command that wrote it, which rewrites it"
+_MOVE_LOG = "move it away (the figures it feeds are then skipped) or rerun that seed"
 _REWRITE_RESULTS = ("restore it, or move its seed folder away and rerun the study, which "
                     "trains that seed again")
 
 
-def _read_json(path: Path, fix: str) -> Any:
-  """The JSON value in ``path``; an error naming the file (and line) and ``fix`` otherwise."""
-  try:
-    data = path.read_bytes()
-  except OSError as error:
-    raise OSError(f"cannot read {path} ({error.strerror})") from None
-  try:
-    return json.loads(data.decode("utf-8"))
-  except UnicodeDecodeError as error:
-    line = data[:error.start].count(b"\n") + 1
-    raise ValueError(f"{path}:{line}: not UTF-8 text (byte 0x{data[error.start]:02x}); {fix}"
-                     ) from None
-  except json.JSONDecodeError as error:
-    raise ValueError(f"{path}:{error.lineno}: not valid JSON ({error.msg}); {fix}") from None
-
-
-_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "an integer",
-               _NUMBER: "a number", bool: "true or false", float: "a number",
-               type(None): "null"}
-
-
-def _check_value(value: Any, kind: Any, path: Path, where: str, fix: str) -> None:
-  """Raises ValueError naming ``path`` and ``where`` in it (e.g. 'runs[2].score') unless
-  ``value`` is of type ``kind`` (true and false are not numbers here)."""
-  if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-    shown = repr(value) if len(repr(value)) <= 60 else f"{repr(value)[:57]}..."
-    raise ValueError(f"{path}: {where} is {shown}, expected {_JSON_TYPES[kind]}; {fix}")
-
-
-def _check_fields(values: Any, fields: dict[str, Any], path: Path, where: str, fix: str
-                  ) -> None:
-  """Raises ValueError naming ``path`` unless ``values`` is an object holding every key of
-  ``fields`` with a value of its type (``where``: where in the file, e.g. 'runs[2]', or ''
-  for the whole file)."""
-  place = f"{path}: {where}" if where else str(path)
-  if not isinstance(values, dict):
-    raise ValueError(f"{place} is {_JSON_TYPES.get(type(values), 'a value')}, expected an "
-                     f"object; {fix}")
-  missing = [key for key in fields if key not in values]
-  if missing:
-    raise ValueError(f"{place} lacks {missing}; {fix}")
-  for key, kind in fields.items():
-    _check_value(values[key], kind, path, f"{where}.{key}" if where else key, fix)
-
-
 def read_summary(path: Path) -> dict[str, Any]:
   """A group's summary.json, checked to hold what the report reads."""
-  summary = _read_json(path, _REWRITE_SUMMARY)
-  _check_fields(summary, SUMMARY_FIELDS, path, "", _REWRITE_SUMMARY)
+  summary = files.read_json(path, _REWRITE_SUMMARY)
+  files.check_fields(summary, SUMMARY_FIELDS, path, "", _REWRITE_SUMMARY)
   for i, run in enumerate(summary["runs"]):
-    _check_fields(run, SUMMARY_RUN_FIELDS, path, f"runs[{i}]", _REWRITE_SUMMARY)
+    files.check_fields(run, SUMMARY_RUN_FIELDS, path, f"runs[{i}]", _REWRITE_SUMMARY)
   if summary["finished"]:
-    _check_fields(summary, dict.fromkeys(SUMMARY_AGGREGATES, _NUMBER), path, "",
+    files.check_fields(summary, dict.fromkeys(SUMMARY_AGGREGATES, files.NUMBER), path, "",
                   _REWRITE_SUMMARY)
-  _check_fields(summary["config"], {"optimizer": dict}, path, "config", _REWRITE_SUMMARY)
-  _check_fields(summary["config"]["optimizer"], {"learning_rate": _NUMBER}, path,
+  files.check_fields(summary["config"], {"optimizer": dict}, path, "config", _REWRITE_SUMMARY)
+  files.check_fields(summary["config"]["optimizer"], {"learning_rate": files.NUMBER}, path,
                 "config.optimizer", _REWRITE_SUMMARY)
   clip_norm = summary["config"]["optimizer"].get("clip_norm")
   if clip_norm is not None:
-    _check_value(clip_norm, _NUMBER, path, "config.optimizer.clip_norm", _REWRITE_SUMMARY)
+    files.check_value(clip_norm, files.NUMBER, path, "config.optimizer.clip_norm", _REWRITE_SUMMARY)
   return summary
 
 
 def _check_drift(drift: Any, path: Path, where: str) -> None:
   """Per layer, the max RMS difference and min cosine (``diagnostics.layer_drift``)."""
-  _check_value(drift, dict, path, where, _REWRITE_RESULTS)
+  files.check_value(drift, dict, path, where, _REWRITE_RESULTS)
   for layer, values in drift.items():
-    _check_fields(values, DRIFT_FIELDS, path, f"{where}[{layer!r}]", _REWRITE_RESULTS)
+    files.check_fields(values, DRIFT_FIELDS, path, f"{where}[{layer!r}]", _REWRITE_RESULTS)
 
 
 def read_results(path: Path) -> dict[str, Any]:
   """A seed's results.json, checked to hold what the report reads (scores; each
   evaluation's drift and each GU iteration's score and drift where present)."""
-  results = _read_json(path, _REWRITE_RESULTS)
-  _check_fields(results, RESULTS_FIELDS, path, "", _REWRITE_RESULTS)
+  results = files.read_results(path, _REWRITE_RESULTS)
   optional = {"timings": dict, "evaluations": list, "unfreezing": dict}
-  _check_fields(results, {k: v for k, v in optional.items() if results.get(k) is not None},
+  files.check_fields(results, {k: v for k, v in optional.items() if results.get(k) is not None},
                 path, "", _REWRITE_RESULTS)
   for i, evaluation in enumerate(results.get("evaluations") or []):
-    _check_value(evaluation, dict, path, f"evaluations[{i}]", _REWRITE_RESULTS)
+    files.check_value(evaluation, dict, path, f"evaluations[{i}]", _REWRITE_RESULTS)
     if evaluation.get("drift"):
       _check_drift(evaluation["drift"], path, f"evaluations[{i}].drift")
   iterations = (results.get("unfreezing") or {}).get("iterations") or []
-  _check_value(iterations, list, path, "unfreezing.iterations", _REWRITE_RESULTS)
+  files.check_value(iterations, list, path, "unfreezing.iterations", _REWRITE_RESULTS)
   for i, iteration in enumerate(iterations):
     where = f"unfreezing.iterations[{i}]"
-    _check_fields(iteration, {"score": _NUMBER, "drift_from_pretrained": dict,
+    files.check_fields(iteration, {"score": files.NUMBER, "drift_from_pretrained": dict,
                               "drift_from_previous": dict}, path, where, _REWRITE_RESULTS)
     for source in ("drift_from_pretrained", "drift_from_previous"):
       _check_drift(iteration[source], path, f"{where}.{source}")
   return results
-
-
-def read_gradient_norms(path: Path) -> dict[str, np.ndarray]:
-  """A seed's grad_norms.npz; ValueError naming it when it cannot be read as one."""
-  try:
-    norms = diagnostics.read_gradient_norms(path)
-  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-    raise ValueError(f"{path} is not a readable gradient-norm log ({type(error).__name__}: "
-                     f"{error}); move it away (the figures it feeds are then skipped) or rerun "
-                     "that seed") from None
-  missing = [key for key in GRAD_NORMS_ARRAYS if key not in norms]
-  if missing:
-    raise ValueError(f"{path} lacks the arrays {missing}; move it away (the figures it feeds "
-                     "are then skipped) or rerun that seed")
-  return norms
 
 
 @dataclasses.dataclass
@@ -210,7 +146,9 @@ class Group:
 
   @property
   def config(self) -> dict[str, Any]:
-    return self.summary["config"]
+    """The group's run identity; keys removed since it was written are dropped, so groups of
+    any age compare alike."""
+    return config_lib.without_removed_keys(self.summary["config"])
 
   @property
   def unfreezing(self) -> str:
@@ -711,7 +649,8 @@ def figure_gradient_norms(groups: Sequence[Group], path: Path) -> str | None:
     return ("no group has both a failed and a successful seed with grad_norms.npz "
             "(diagnostics_every > 0)")
   g, failed_seed, good_seed = pick
-  norms = {seed: read_gradient_norms(g.seed_dir(seed) / files.GRAD_NORMS_FILE)
+  norms = {seed: diagnostics.read_gradient_norms(g.seed_dir(seed) / files.GRAD_NORMS_FILE,
+                                                 _MOVE_LOG)
            for seed in (failed_seed, good_seed)}
   names = [str(n) for n in norms[good_seed]["tensor_names"]]
   layers = sorted({paths.layer_index(n) for n in names} - {None})
@@ -750,7 +689,7 @@ def _clipped_fraction(group: Group, seed: int) -> float | None:
   path = group.seed_dir(seed) / files.GRAD_NORMS_FILE
   if not path.is_file():
     return None
-  clipped = read_gradient_norms(path).get("clipped")
+  clipped = diagnostics.read_gradient_norms(path, _MOVE_LOG).get("clipped")
   return None if clipped is None else float(np.mean(clipped))
 
 
@@ -841,11 +780,15 @@ def write_seed_table(groups: Sequence[Group], path: Path) -> None:
     writer = csv.writer(f)
     writer.writerow(SEED_COLUMNS)
     for group in groups:
+      # Failed as the summary judges it (under the study's failure rule), as the tables do;
+      # a results.json keeps the rule of the run that wrote it. Every result's seed is there.
+      judged = {run["seed"]: run["failed"] for run in group.summary["runs"]}
       for seed, results in sorted(group.results().items()):
         seconds = results.get("timings", {}).get("train_seconds")
         writer.writerow([group.path.name, group.task, group.method, seed, results["metric"],
                          f"{results['score']:.4f}", f"{results['majority_score']:.4f}",
-                         results["failed"], results["skipped_steps"], results.get("steps", ""),
+                         judged[seed], results["skipped_steps"],
+                         results.get("steps", ""),
                          "" if seconds is None else f"{seconds:.0f}"])
 
 

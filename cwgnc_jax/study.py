@@ -40,11 +40,14 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+import jax
 import ml_collections
 import numpy as np
+from tqdm import tqdm
 
 from cwgnc_jax import config as config_lib
 from cwgnc_jax import files, metrics
+from cwgnc_jax.training import checkpoint, loop
 
 ConfigError = config_lib.ConfigError
 
@@ -193,10 +196,6 @@ def summarize(group: str, config_arg: str, overrides: dict[str, Any],
   }
 
 
-def read_summary(group_dir: str | Path) -> dict[str, Any]:
-  return files.read_json(Path(group_dir) / files.SUMMARY_FILE, "a study group's summary")
-
-
 # -- The study. ----------------------------------------------------------------------------
 
 def run_study(config_arg: str, overrides: Sequence[tuple[str, str]], seeds: Sequence[int],
@@ -210,11 +209,6 @@ def run_study(config_arg: str, overrides: Sequence[tuple[str, str]], seeds: Sequ
   seed whose run directory another process holds (``files.locked``) is skipped: two studies
   over the same seeds share the work.
   """
-  # Imported here: a bad command line fails before JAX loads.
-  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
-  import jax  # pylint: disable=import-outside-toplevel
-  from cwgnc_jax.training import checkpoint, loop  # pylint: disable=import-outside-toplevel
-
   config = config_lib.apply_overrides(config_lib.load(config_arg), overrides)
   config_lib.validate(config)
   loop.use_compilation_cache(config)
@@ -255,11 +249,10 @@ def run_study(config_arg: str, overrides: Sequence[tuple[str, str]], seeds: Sequ
       raise ConfigError(f"seed {seed}: {e}") from e
 
   def start(seed: int) -> int:
-    workdir = files.seed_dir(group_dir, seed)
-    if config.resume_step is not None:
-      return config.resume_step
-    steps = checkpoint.saved_steps(workdir / files.CHECKPOINTS_DIR)
-    return steps[-1] if steps else 0
+    return loop.start_step(files.seed_dir(group_dir, seed), configs[seed])
+
+  def held(seed: int) -> bool:
+    return files.is_locked(files.seed_dir(group_dir, seed))
 
   def finished(seed: int) -> bool:
     return (files.seed_dir(group_dir, seed) / files.RESULTS_FILE).is_file()
@@ -272,20 +265,24 @@ def run_study(config_arg: str, overrides: Sequence[tuple[str, str]], seeds: Sequ
     if finished(seed):
       results[seed] = read_results(group_dir, seed)
       done = [seed]
-    elif files.is_locked(files.seed_dir(group_dir, seed)):
+    elif held(seed):
       tqdm.write(f"seed {seed}: {files.seed_dir(group_dir, seed)} is being trained by "
                  "another process; skipped", file=sys.stderr)
       done = [seed]
     else:
       program = [s for s in todo if not finished(s) and start(s) == start(seed)
-                 and not files.is_locked(files.seed_dir(group_dir, s))][:seeds_per_program]
+                 and not held(s)][:seeds_per_program]
       try:
         trained = loop.train_seeds([prepare(s) for s in program], steps_cache,
                                    seeds_axis=math.gcd(len(program), seeds_axis))
         results.update(zip(program, trained))
-      except files.LockedError as e:  # another process took one meanwhile: leave it to it
-        tqdm.write(f"seeds {program}: {e}; skipped", file=sys.stderr)
-      done = program
+        done = program
+      except files.LockedError as e:
+        # Another process took some of them meanwhile: leave it those, and train the rest
+        # in the next rounds (the seeds in hand were released when train_seeds failed).
+        done = [s for s in program if held(s)]
+        tqdm.write(f"seeds {done}: {e}; skipped" if done else
+                   f"seeds {program}: {e}; trying again", file=sys.stderr)
     todo = [s for s in todo if s not in done]
     progress.update(len(done))
     # Another process with other seeds of this group (study.sh on the other core) may have
@@ -306,12 +303,18 @@ def run_study(config_arg: str, overrides: Sequence[tuple[str, str]], seeds: Sequ
 
 
 def read_results(group_dir: Path, seed: int) -> dict[str, Any]:
-  """The results.json of ``seed`` in a group folder (ConfigError naming it if corrupt)."""
+  """The results.json of ``seed`` in a group folder, checked to hold what ``summarize``
+  reads (ConfigError naming it and the key otherwise)."""
+  path = files.seed_dir(group_dir, seed) / files.RESULTS_FILE
+  fix = "restore it, or move its seed folder away and rerun the study to train it again"
   try:
-    return files.read_json(files.seed_dir(group_dir, seed) / files.RESULTS_FILE,
-                           f"seed {seed}'s results")
-  except ValueError as e:
+    results = files.read_results(path, fix)
+    files.check_fields(results, {"seed": int, "timings": dict}, path, "", fix)
+    files.check_fields(results["timings"], {"train_seconds": files.NUMBER,
+                                            "eval_seconds": files.NUMBER}, path, "timings", fix)
+  except (ValueError, OSError) as e:
     raise ConfigError(str(e)) from None
+  return results
 
 
 def finished_seeds(group_dir: Path) -> list[int]:
@@ -325,7 +328,6 @@ def main(argv: list[str]) -> None:
     print(__doc__.strip())
     print("configs:", ", ".join(config_lib.available()))
     return
-  from cwgnc_jax.training import checkpoint  # pylint: disable=import-outside-toplevel
   try:
     config_arg, overrides, seeds, out, per_program = parse_args(argv)
     summary = run_study(config_arg, overrides, seeds, out, per_program)
@@ -340,5 +342,5 @@ def main(argv: list[str]) -> None:
 if __name__ == "__main__":
   os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
   from cwgnc_jax.training import host_memory  # pylint: disable=import-outside-toplevel
-  host_memory.keep_freed_memory()  # before JAX starts its threads, as train.py
+  host_memory.keep_freed_memory()  # before the first JAX computation, as train.py
   main(sys.argv[1:])

@@ -161,16 +161,19 @@ def test_a_run_directory_that_cannot_be_made_exits_2_naming_it(train_main, input
 
 
 @pytest.mark.real
-def test_a_corrupt_run_config_is_named_and_left_alone(train_main, inputs, capsys):
-  (inputs["run"] / "config.json").write_text('{"task": "rte",')
+@pytest.mark.parametrize("text, problem", [
+    ('{"task": "rte",', ":1: not valid JSON (Expecting property name enclosed in double quotes)"
+                        "; restore it or remove its folder"),
+    ('[1, 2]', " is an array, expected an object; restore it or remove its folder")])
+def test_a_corrupt_run_config_is_named_and_left_alone(train_main, inputs, capsys, text,
+                                                      problem):
+  (inputs["run"] / "config.json").write_text(text)
   before = digests(inputs["run"])
   with pytest.raises(SystemExit) as done:
     train_main([*args(inputs), "--workdir", str(inputs["run"])])
   assert done.value.code == 2
-  err = capsys.readouterr().err
-  assert err.startswith(f"train.py: error: {inputs['run'] / 'config.json'} is not valid JSON "
-                        "(the run's config; ") and err.count("\n") == 1
-  assert err.rstrip().endswith("restore it or remove its folder")
+  assert capsys.readouterr().err == (
+      f"train.py: error: {inputs['run'] / 'config.json'}{problem}\n")
   assert digests(inputs["run"]) == before
 
 

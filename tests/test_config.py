@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from cwgnc_jax import config as config_lib
-from cwgnc_jax import methods
+from cwgnc_jax import methods, unfreezing
 from cwgnc_jax.config import ConfigError
 
 TASKS = ("rte", "mrpc", "cola")
@@ -144,6 +146,67 @@ def test_bad_command_lines_name_the_culprit(args, message):
     config_lib.from_command_line(args)
   assert message in str(error.value)
   assert "\n" not in str(error.value)
+
+
+def test_a_string_field_takes_none_as_its_text(monkeypatch):
+  """'none' is a value of ``unfreezing.mode``: rte_gu with it is a plain 3-epoch run. In a
+  field that is not a string, 'none' still unsets it (no global clip)."""
+  monkeypatch.delenv("GLUE_DIR", raising=False)
+  config, _ = config_lib.from_command_line(
+      ["--config", "rte_gu", "--config.unfreezing.mode=none", "--config.num_epochs=3"])
+  assert (config.unfreezing.mode, config.num_epochs) == ("none", 3)
+  assert unfreezing.num_epochs(config, 24) == 3
+  assert unfreezing.stages(config, 24, 10) == [unfreezing.Stage(0, 0, 30, None)]
+  config, _ = config_lib.from_command_line(
+      ["--config", "rte_adamw", "--config.optimizer.max_grad_norm=none"])
+  assert config.optimizer.max_grad_norm is None
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optimizer.b1=none", "config.optimizer.b1 must be a finite number, got None"),
+    ("optimizer.b2=none", "config.optimizer.b2 must be a finite number, got None"),
+    ("optimizer.warmup_fraction=none",
+     "config.optimizer.warmup_fraction must be a finite number, got None"),
+    ("optimizer.weight_decay=none",
+     "config.optimizer.weight_decay must be a finite number, got None"),
+    ("optimizer.max_grad_norm=abc",
+     "config.optimizer.max_grad_norm must be a finite number, got 'abc'"),
+    ("optimizer.bias_correction=none",
+     "config.optimizer.bias_correction must be True or False, got None"),
+    ("keep_best=none", "config.keep_best must be True or False, got None"),
+    ("progress=null", "config.progress must be True or False, got None"),
+    ("optimizer.decay_exclude=none", "config.optimizer.decay_exclude must be a tuple of regular "
+     "expressions (strings), got None"),
+    ("optimizer.decay_exclude=[1]", "config.optimizer.decay_exclude must be a tuple of regular "
+     "expressions (strings), got (1,)"),
+    ("optimizer.decay_exclude=['bias', '(']", "config.optimizer.decay_exclude holds the invalid "
+     "regular expression '(' ("),  # then re.error's words
+    ("model=none", "unknown model 'none'; valid: minilm-l6"),
+])
+def test_values_of_the_wrong_type_are_named_in_one_line(override, message):
+  """None or a wrong type is a ConfigError naming the key (train.py: exit 2, one line), not a
+  TypeError later, nor a None switch acting as False (BertAdam instead of CWGNC)."""
+  with pytest.raises(ConfigError) as error:
+    _cli(f"--config.{override}")
+  assert str(error.value).startswith(message)
+  assert "\n" not in str(error.value)
+
+
+def test_a_run_directory_from_before_a_removed_key_resumes(tmp_path):
+  """A config.json holding ``optimizer.released_code`` (removed: nothing read it) resumes, with
+  either value it was written with; any other difference is still refused."""
+  from cwgnc_jax.training import loop  # pylint: disable=import-outside-toplevel
+  for method, released in (("cwgnc_released", True), ("cwgnc", False)):
+    config = config_lib.apply_overrides(config_lib.load("rte_cwgnc"), [("method", method)])
+    assert "released_code" not in config.optimizer
+    older = config_lib.run_identity(config)
+    older["optimizer"]["released_code"] = released
+    (tmp_path / "config.json").write_text(json.dumps(older))
+    loop.check_run_dir(tmp_path, config)
+    older["optimizer"]["eps"] = 1e-7
+    (tmp_path / "config.json").write_text(json.dumps(older))
+    with pytest.raises(ConfigError, match=r"differs in optimizer\.eps\)"):
+      loop.check_run_dir(tmp_path, config)
 
 
 def test_the_seed_range_is_where_jax_keys_are_distinct():

@@ -32,16 +32,37 @@ def test_atomic_writes_follow_the_umask_and_leave_no_temporary_file(tmp_path):
   assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
 
 
-def test_read_json_names_a_corrupt_file(tmp_path):
-  (tmp_path / "results.json").write_text('{"score": 1')
+def test_read_json_names_a_corrupt_file_and_its_line(tmp_path):
+  path = tmp_path / "results.json"
+  path.write_text('{\n "score": 1')
   with pytest.raises(ValueError) as error:
-    files.read_json(tmp_path / "results.json", "seed 3's results")
-  message = str(error.value)
-  assert message.startswith(f"{tmp_path / 'results.json'} is not valid JSON (seed 3's results")
-  assert "\n" not in message
+    files.read_json(path)
+  assert str(error.value) == (f"{path}:2: not valid JSON (Expecting ',' delimiter); "
+                              "restore it or remove its folder")
+  path.write_bytes(b'{"task":\n\n "r\xe9te"}')
+  with pytest.raises(ValueError) as error:
+    files.read_json(path, "rerun it")
+  assert str(error.value) == f"{path}:3: not UTF-8 text (byte 0xe9); rerun it"
   (tmp_path / "folder.json").mkdir()
-  with pytest.raises(ValueError, match="is a folder, not a file"):
-    files.read_json(tmp_path / "folder.json", "a summary")
+  with pytest.raises(OSError) as error:
+    files.read_json(tmp_path / "folder.json")
+  assert str(error.value) == f"cannot read {tmp_path / 'folder.json'} (Is a directory)"
+
+
+@pytest.mark.parametrize("values, problem", [
+    ([1], " is an array, expected an object"),
+    ({"metric": "accuracy", "score": 70.0, "majority_score": 52.7, "failed": False},
+     " lacks ['skipped_steps']"),
+    ({"metric": "accuracy", "score": "70", "majority_score": 52.7, "failed": False,
+      "skipped_steps": 0}, ": score is '70', expected a number"),
+    ({"metric": "accuracy", "score": True, "majority_score": 52.7, "failed": False,
+      "skipped_steps": 0}, ": score is True, expected a number")])
+def test_read_results_names_the_key_that_is_wrong(tmp_path, values, problem):
+  path = tmp_path / "results.json"
+  path.write_text(json.dumps(values))
+  with pytest.raises(ValueError) as error:
+    files.read_results(path, "rerun it")
+  assert str(error.value) == f"{path}{problem}; rerun it"
 
 
 def test_seed_dirs_round_trip(tmp_path):

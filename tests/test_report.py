@@ -315,6 +315,24 @@ def test_rows_say_optax_adam_best_evaluation_and_failure_rule(tmp_path):
   assert "| CWGNC (c = 0.05), failure rule 'released' | 7.1 / 60.9 / 70.0 (33% failed, n=3)" \
       in table
   assert "| + bias correction (AdamW) | 7.1 / 60.9 / 70.0 (0% failed, n=3)" in table
+  # seeds.csv judges as the table does, though seed 2's results.json says not failed.
+  report.write_seed_table([g for g in groups if g.method == "cwgnc"], tmp_path / "seeds.csv")
+  with (tmp_path / "seeds.csv").open(newline="") as f:
+    assert [r["failed"] for r in csv.DictReader(f)] == ["False", "True", "False"]
+
+
+def test_a_group_written_before_a_key_was_removed_compares_as_a_new_one(tmp_path):
+  """Summaries written while ``optimizer.released_code`` existed hold it: GU's figure finds
+  its full fine-tuning group by the optimizer, so the key must not make them differ."""
+  old = make_group(tmp_path / "old", "rte_adamw", {}, [60.0, 70.0], 52.71)
+  make_group(tmp_path / "new", "rte_adamw", {}, [60.0, 70.0], 52.71)
+  summary = json.loads((old / files.SUMMARY_FILE).read_text())
+  summary["config"]["optimizer"]["released_code"] = False  # as written before the removal
+  (old / files.SUMMARY_FILE).write_text(json.dumps(summary))
+  (old_group,), (new_group,) = report.find_groups(tmp_path / "old"), report.find_groups(
+      tmp_path / "new")
+  assert old_group.config == new_group.config
+  assert old_group.summary["config"]["optimizer"]["released_code"] is False  # file unchanged
 
 
 # -- Bad input: one line naming the file, exit status 2, an earlier report left as it was. --

@@ -140,6 +140,14 @@ def test_study_with_seeds_in_one_program_matches_seed_by_seed(tiny_bert_dir, tin
   old = json.loads((tmp_path / "old.json").read_text())
   assert {k: v for k, v in resumed.items() if k != "timings"} == {
       k: v for k, v in old.items() if k != "timings"}
+  # The resume trains seed 2 alone (seed 1 is done); the throughput still counts the examples
+  # of both seeds of the session that trained them together.
+  timings = resumed["timings"]
+  assert [s["seeds_in_program"] for s in timings["sessions"]] == [2, 1]
+  assert timings["program_examples"] == 2 * timings["train_examples"] == old["timings"][
+      "program_examples"]
+  assert timings["train_examples_per_second"] == pytest.approx(
+      timings["program_examples"] / timings["train_seconds"])
 
 
 def _study_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -163,7 +164,7 @@ def test_study_shares_compiled_steps_summarizes_and_resumes(tiny_bert_dir, tiny_
   scores = [results[s]["score"] for s in (3, 1)]
   assert results[3]["seed"] == 3 and results[3]["steps"] == 8
   assert scores[0] != scores[1] or results[3]["evaluations"] != results[1]["evaluations"]
-  stored = study.read_summary(group)
+  stored = files.read_json(group / files.SUMMARY_FILE)
   assert stored == json.loads(json.dumps(summary))
   assert stored["seeds"] == [1, 3] and stored["finished"] == 2
   assert stored["std"] == pytest.approx(np.std(scores)) and stored["mean"] == np.mean(scores)
@@ -188,7 +189,7 @@ def test_study_shares_compiled_steps_summarizes_and_resumes(tiny_bert_dir, tiny_
   assert again["seeds"] == [1, 3, 7] and again["finished"] == 3
   assert [r["seed"] for r in again["runs"]] == [1, 3, 7]
   assert [r["score"] for r in again["runs"][:2]] == scores[::-1]
-  assert json.loads(json.dumps(again)) == study.read_summary(group)
+  assert json.loads(json.dumps(again)) == files.read_json(group / files.SUMMARY_FILE)
 
   # Another config in the same group folder is refused before anything trains.
   (group / "seed_9").mkdir()
@@ -217,7 +218,33 @@ def test_summary_counts_seeds_another_process_finishes_meanwhile(tiny_bert_dir, 
   assert summary["seeds"] == [3, 5] and summary["finished"] == 2
   assert [r["seed"] for r in summary["runs"]] == [3, 5]
   assert summary["runs"][1]["score"] == other["runs"][0]["score"]
-  assert study.read_summary(group) == json.loads(json.dumps(summary))
+  assert files.read_json(group / files.SUMMARY_FILE) == json.loads(json.dumps(summary))
+
+
+@pytest.mark.real
+def test_a_seed_taken_while_its_program_prepares_leaves_the_others_to_train(
+    tiny_bert_dir, tiny_rte_dir, tmp_path, monkeypatch, capsys):
+  """Seeds 1-3 as one program; another process takes seed 2's lock while the program is
+  being prepared. The study leaves seed 2 to it and trains seeds 1 and 3 in the next round."""
+  overrides = _tiny_overrides(tiny_bert_dir, tiny_rte_dir)
+  prepare, taken = loop.prepare, contextlib.ExitStack()
+
+  def another_process_takes_seed_2(config, workdir):
+    if config.seed == 2 and not workdir.exists():
+      workdir.mkdir(parents=True)
+      taken.enter_context(files.locked(workdir))  # another open file: flock refuses us
+    return prepare(config, workdir)
+
+  monkeypatch.setattr(loop, "prepare", another_process_takes_seed_2)
+  with taken:
+    summary = study.run_study("demo", overrides, [1, 2, 3], tmp_path, seeds_per_program=3)
+  assert [r["seed"] for r in summary["runs"]] == [1, 3]
+  group = tmp_path / summary["group"]
+  assert not (files.seed_dir(group, 2) / files.RESULTS_FILE).exists()
+  for seed in (1, 3):
+    results = files.read_json(files.seed_dir(group, seed) / files.RESULTS_FILE)
+    assert results["timings"]["seeds_in_program"] == 2  # 1 and 3 together, without 2
+  assert "seeds [2]: run directory " in capsys.readouterr().err
 
 
 def test_bad_command_line_exits_2_in_one_line(tmp_path):
@@ -294,7 +321,7 @@ def test_two_studies_over_the_same_seeds_share_the_work(tiny_bert_dir, tiny_rte_
   out, err = first.communicate(timeout=300)
   assert first.returncode == 0, err
   assert "skipped" not in err  # A found seed 2 finished, not in use
-  summary = study.read_summary(group)
+  summary = files.read_json(group / files.SUMMARY_FILE)
   assert summary["finished"] == 2 and json.loads(out.splitlines()[-1])["finished"] == 2
   for seed in (1, 2):
     results = json.loads((files.seed_dir(group, seed) / "results.json").read_text())

@@ -396,6 +396,25 @@ def test_corrupt_checkpoint_is_named_and_an_older_one_resumes(reference, tiny_ar
 
 
 @pytest.mark.real
+def test_a_damaged_gradient_norm_log_stops_a_resume_naming_it(reference, tiny_args, env,
+                                                              tmp_path):
+  workdir = tmp_path / "damaged"
+  shutil.copytree(reference, workdir)
+  (workdir / "results.json").unlink()
+  log = workdir / "grad_norms.npz"
+  log.write_bytes(log.read_bytes()[:100])  # as a full disk could leave it
+  unlocked = lambda: {k: v for k, v in _tree_digest(workdir).items() if k != ".lock"}
+  before = unlocked()
+  done = train_py(tiny_args, workdir, env)
+  assert done.returncode == 2
+  resumed, error = done.stderr.splitlines()
+  assert resumed.startswith("resumed from ")
+  assert error.startswith(f"train.py: error: {log} is not a readable gradient-norm log (")
+  assert error.endswith("; move it away to resume without the norms logged so far")
+  assert unlocked() == before  # metrics.jsonl and the rest as they were (the lock file aside)
+
+
+@pytest.mark.real
 def test_run_directory_of_another_config_is_left_alone(reference, tiny_args, env):
   before = _tree_digest(reference)
   done = train_py([*tiny_args, "--config.seed=2"], reference, env)

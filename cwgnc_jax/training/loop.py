@@ -169,9 +169,11 @@ def check_run_dir(workdir: Path, config: ml_collections.ConfigDict) -> None:
   stored_path = workdir / files.CONFIG_FILE
   if stored_path.is_file():
     try:
-      stored = files.read_json(stored_path, "the run's config")
-    except ValueError as e:
+      stored = files.read_json(stored_path)
+      files.check_fields(stored, {}, stored_path)
+    except (ValueError, OSError) as e:
       raise ConfigError(str(e)) from None
+    stored = config_lib.without_removed_keys(stored)
     current = _normalized(config_lib.run_identity(config))
     for group, (key, off) in config_lib.LATER_GROUPS.items():
       if group not in stored and current.get(group, {}).get(key) == off:
@@ -339,7 +341,8 @@ class MetricsLog:
     files.write_atomic(self.path, lambda f: f.write("".join(kept)))
     self.file = self.path.open("a")
     self.tb = SummaryWriter(str(workdir / files.TENSORBOARD_DIR),
-                            purge_step=start_step + 1 if start_step else None)
+                            purge_step=start_step + 1)  # from 0 too: a session that
+    # died before its first checkpoint left events that its rerun writes again
 
   def write(self, record: dict[str, Any], prefix: str) -> None:
     if not self.enabled:
@@ -398,9 +401,12 @@ class Recorder:
                                      "train_examples": 0})
     self.seen = 0
     self.best: Any = None  # the best evaluation's parameters (device), with keep_best
+    try:  # read before MetricsLog rewrites metrics.jsonl, so a bad log changes nothing
+      self.grad_norms = diagnostics.GradientNormLog(
+          run.workdir, names, config.diagnostics_every, start_step, self.main)
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
     self.metrics = MetricsLog(run.workdir, start_step, self.main)
-    self.grad_norms = diagnostics.GradientNormLog(run.workdir, names, config.diagnostics_every,
-                                                  start_step, self.main)
     self.pending: list[tuple[int, dict[str, Any]]] = []
     self.window: list[float] = []  # losses since the progress bar was last updated
 
@@ -435,9 +441,16 @@ class Recorder:
       self.best = jax.tree.map(jnp.copy, params())
 
   def clock_totals(self) -> dict[str, float]:
+    """Seconds and examples over every session so far. ``program_examples`` counts those of
+    every seed trained with this one (its program's throughput), each session with its own
+    count of seeds: a resume may train another number of seeds together."""
+    count = self.sessions[-1]["seeds_in_program"]
+    before_program = self.before.get("program_examples",  # a checkpoint without the key
+                                     self.before["train_examples"] * count)
     return {"train_seconds": self.before["train_seconds"] + self.clock.train_seconds,
             "eval_seconds": self.before["eval_seconds"] + self.clock.eval_seconds,
-            "train_examples": self.before["train_examples"] + self.seen}
+            "train_examples": self.before["train_examples"] + self.seen,
+            "program_examples": before_program + self.seen * count}
 
   def save(self, step: int, state: Any, previous: Any) -> None:
     """The checkpoint of ``step``: the seed's state, best and previous-iteration parameters,
@@ -466,8 +479,7 @@ class Recorder:
     results["timings"] = {**totals, "sessions": self.sessions,
                           "seeds_in_program": seeds_in_program,
                           "train_examples_per_second":
-                              seeds_in_program * totals["train_examples"]
-                              / max(totals["train_seconds"], 1e-9)}
+                              totals["program_examples"] / max(totals["train_seconds"], 1e-9)}
     if self.main:
       files.write_json(self.run.workdir / files.RESULTS_FILE, results)
     return results
@@ -639,12 +651,12 @@ def _restore(run: Run, checkpoints: checkpoint_lib.Checkpointer, step: int, abst
   return state, meta, best, previous
 
 
-def start_step(run: Run) -> int:
-  """The step ``run`` starts (or resumes) at: ``resume_step``, else its latest checkpoint,
-  else 0. Reads its folder only."""
-  if run.config.resume_step is not None:
-    return run.config.resume_step
-  steps = checkpoint_lib.saved_steps(run.workdir / files.CHECKPOINTS_DIR)
+def start_step(workdir: Path, config: ml_collections.ConfigDict) -> int:
+  """The step the run of ``config`` in ``workdir`` starts (or resumes) at:
+  ``config.resume_step``, else its latest checkpoint, else 0. Reads the folder only."""
+  if config.resume_step is not None:
+    return config.resume_step
+  steps = checkpoint_lib.saved_steps(Path(workdir) / files.CHECKPOINTS_DIR)
   return steps[-1] if steps else 0
 
 
@@ -687,7 +699,7 @@ def train_seeds(runs: Sequence[Run], steps_cache: dict[Any, Any] | None = None, 
         if not (run.workdir / files.CONFIG_FILE).exists():
           files.write_json(run.workdir / files.CONFIG_FILE,
                            config_lib.run_identity(run.config))
-    starts = {start_step(run) for run in runs}
+    starts = {start_step(run.workdir, run.config) for run in runs}
     if len(starts) > 1:
       raise ConfigError(f"the seeds {[r.config.seed for r in runs]} resume from different "
                         f"steps {sorted(starts)}; train them one at a time")
