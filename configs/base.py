@@ -66,13 +66,14 @@ def get_config() -> config_dict.ConfigDict:
   config.mesh = config_dict.ConfigDict({"seeds": 1, "data": -1, "fsdp": 1})
   config.fsdp_min_size = 2**18  # parameters with fewer entries are replicated
   config.distributed = False  # jax.distributed.initialize() (also on $JAX_COORDINATOR_ADDRESS)
-  config.checkpoint_every = 500  # steps; 0 = only at epoch ends
+  config.checkpoint_every = 500  # steps; 0 = only at evaluations (each epoch's end by default)
   config.keep_checkpoints = 2
   config.resume_step = config_dict.placeholder(int)  # None: the latest checkpoint
   config.log_every = 10
   config.diagnostics_every = 10  # steps between gradient-norm records (grad_norms.npz); 0: off
   config.progress = True
-  config.cache_dir = config_dict.placeholder(str)  # tokenized data; None: ~/.cache/cwgnc_jax
+  # Tokenized data (and compiled steps, below); None: $CWGNC_CACHE, else ~/.cache/cwgnc_jax.
+  config.cache_dir = config_dict.placeholder(str)
   # Compiled steps kept in <cache_dir>/xla (or $JAX_COMPILATION_CACHE_DIR): a run whose batch
   # shapes an earlier run compiled loads them (loop.use_compilation_cache); False: compile all.
   config.compilation_cache = True

@@ -432,9 +432,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
            f"config.seed must be an int in [0, {MAX_SEED}], got {seed!r}: jax.random.key "
            "takes ints in [-2**63, 2**63 - 1] but keeps their low 32 bits (key(2**32) is "
            "key(0)), and the data order needs a seed >= 0")
-  for key in ("train_limit", "resume_step"):
+  for key in ("train_limit", "resume_step"):  # no checkpoint is ever made at step 0
     if config[key] is not None:
-      _positive_int(config, key, zero_ok=key == "resume_step")
+      _positive_int(config, key)
   for key in BOOL_KEYS:
     _require(isinstance(config.get(key, False), bool),
              f"config.{key} must be True or False, got {config.get(key)!r}")

@@ -29,6 +29,11 @@ def _labels(values: Sequence[int] | np.ndarray, what: str) -> np.ndarray:
   array = np.asarray(values)
   if array.ndim != 1 or array.size == 0:
     raise ValueError(f"{what} must be a non-empty 1-D sequence, got shape {array.shape}")
+  # Class ids, not scores: probabilities cast to int would give a plausible wrong metric
+  # (scikit-learn refuses them too).
+  if not (np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_):
+    raise ValueError(f"{what} must be class ids (integers), got {array.dtype} values such as "
+                     f"{array[0].item()!r}: take argmax of logits first")
   return array.astype(np.int64)
 
 

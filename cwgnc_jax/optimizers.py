@@ -19,7 +19,7 @@ BERT-large FFN kernel clipped to 0.05 has entries ~2.4e-5), so there the forms d
 'optax').
 
 Learning rates follow ``linear_warmup_decay``; a global-norm clip (``max_grad_norm``)
-precedes everything where the recipe has one.
+precedes Adam where the recipe has one (after the component clip, if a config sets both).
 """
 
 from __future__ import annotations

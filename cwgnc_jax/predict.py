@@ -80,7 +80,7 @@ def read_split(run: saved_run.SavedRun, split: str, tsv: str | Path | None
       raise ValueError(f"the {task.name} test split is read from a GLUE test file: pass "
                        "--tsv FILE, or set GLUE_DIR to a folder holding "
                        f"{task.name}/test.tsv")
-    tsv = Path(source) / task.name / "test.tsv"
+    tsv = Path(source).expanduser() / task.name / "test.tsv"  # as training reads the folder
   if tsv is not None and not Path(tsv).is_file():
     raise FileNotFoundError(f"no {task.name} {split} file at {tsv}")
   if split == "test":

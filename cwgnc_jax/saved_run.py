@@ -41,15 +41,20 @@ class RunDirError(ValueError):
   """A folder is not a finished run, or a file of it is missing or wrong (one line)."""
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+_NOT_TRAIN_PY = "not as train.py writes it: rerun the run's train.py command"
+# What is read of a run's config.json and results.json, with their types.
+CONFIG_FIELDS = {"task": str, "model": str, "dtype": str, "max_length": int,
+                 "eval_batch_size": int}
+RESULTS_FIELDS = {"result": str, "steps": int}
+
+
+def _read_json(path: Path, fields: dict[str, Any]) -> dict[str, Any]:
+  """The JSON object in ``path``, checked to hold ``fields``; RunDirError otherwise."""
   try:
-    values = files.read_json(path, "a file of the run")
-  except OSError as e:
-    raise RunDirError(f"cannot read {path} ({type(e).__name__}: {e})") from e
-  except ValueError as e:
-    raise RunDirError(str(e)) from e
-  if not isinstance(values, dict):
-    raise RunDirError(f"{path} holds no JSON object")
+    values = files.read_json(path, _NOT_TRAIN_PY)
+    files.check_fields(values, fields, path, "", _NOT_TRAIN_PY)
+  except (ValueError, OSError) as e:
+    raise RunDirError(str(e)) from None
   return values
 
 
@@ -89,14 +94,13 @@ def open_run(workdir: str | Path) -> SavedRun:
   if not (workdir / files.RESULTS_FILE).is_file():
     raise RunDirError(f"run {workdir} has not finished: it has no {files.RESULTS_FILE} (rerun its "
                       "train.py command to finish it)")
-  config = _read_json(workdir / files.CONFIG_FILE)
-  results = _read_json(workdir / files.RESULTS_FILE)
-  for path, values, keys in ((workdir / files.CONFIG_FILE, config, ("task", "model", "dtype",
-                                                              "max_length", "eval_batch_size")),
-                             (workdir / files.RESULTS_FILE, results, ("result", "steps"))):
-    missing = [key for key in keys if key not in values]
-    if missing:
-      raise RunDirError(f"{path} lacks {missing}: not written by train.py")
+  config = _read_json(workdir / files.CONFIG_FILE, CONFIG_FIELDS)
+  results = _read_json(workdir / files.RESULTS_FILE, RESULTS_FIELDS)
+  try:
+    jnp.dtype(config["dtype"])
+  except TypeError:
+    raise RunDirError(f"{workdir / files.CONFIG_FILE}: dtype {config['dtype']!r} is not a "
+                      f"dtype; {_NOT_TRAIN_PY}") from None
   if results["result"] not in RESULT_ITEMS:
     raise RunDirError(f"{workdir / files.RESULTS_FILE} has result {results['result']!r}, expected "
                       f"one of {sorted(RESULT_ITEMS)}")

@@ -115,6 +115,8 @@ def test_method_override_replaces_the_optimizer_first():
     (["--config", "demo", "--config.layout=ragged"], "unknown layout 'ragged'"),
     (["--config", "demo", "--config.row_length_step=-32"],
      "config.row_length_step must be an int >= 0, got -32"),
+    (["--config", "demo", "--config.resume_step=0"],  # the loop saves after a step, never at 0
+     "config.resume_step must be an int > 0, got 0"),
     (["--config", "demo", "--config.dropout_bits=philox"],
      "unknown config.dropout_bits 'philox'; valid: hash, threefry"),
     (["--config", "demo", "--config.optimizer.clip_norm=0"], "clip_norm (the CWGNC threshold) "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from cwgnc_jax import metrics
@@ -30,6 +31,12 @@ def test_bad_inputs_are_refused():
     metrics.score("rte", [], [])
   with pytest.raises(ValueError, match="unknown GLUE task 'qqp'"):
     metrics.score("qqp", [0], [0])
+  # Probabilities are not class ids (cast to int they would score 33.33 here).
+  with pytest.raises(ValueError, match=r"predictions must be class ids \(integers\), got "
+                     r"float64 values such as 0\.9: take argmax of logits first"):
+    metrics.score("rte", [0.9, 0.2, 0.6], [1, 0, 1])
+  assert metrics.score("rte", np.array([True, False, True]), [1, 0, 0]) == pytest.approx(
+      200 / 3)
 
 
 def test_majority_classifier():

@@ -119,6 +119,23 @@ def test_test_split_of_each_layout(tiny_rte_run, tmp_path, task):
 
 
 @pytest.mark.real
+def test_the_test_split_comes_from_the_runs_glue_dir_with_a_tilde(tiny_rte_run, tmp_path,
+                                                                  monkeypatch):
+  """``--config.glue_dir=~/glue`` (the shell leaves a tilde after '=' as it is) is where
+  training read; the test split is read from there too."""
+  run_dir = tmp_path / "run"
+  shutil.copytree(tiny_rte_run, run_dir)
+  config = json.loads((run_dir / "config.json").read_text())
+  (run_dir / "config.json").write_text(json.dumps({**config, "glue_dir": "~/glue"}))
+  monkeypatch.setenv("HOME", str(tmp_path / "home"))
+  (tmp_path / "home" / "glue" / "RTE").mkdir(parents=True)
+  (tmp_path / "home" / "glue" / "RTE" / "test.tsv").write_text(TEST_FILES["rte"])
+  summary = predict.predict_run(run_dir, "test", tsv=None, out=tmp_path / "out.tsv")
+  assert summary["examples"] == 3
+  assert [index for index, _ in read_lines(tmp_path / "out.tsv")[1:]] == ["7", "8", "9"]
+
+
+@pytest.mark.real
 def test_dev_metric_on_real_rte_is_the_runs_evaluation(tiny_rte_run, tmp_path, monkeypatch,
                                                        capsys):
   """On the whole real RTE dev set, from the command line: the score of the run's evaluation

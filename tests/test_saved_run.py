@@ -77,6 +77,11 @@ def test_a_folder_that_is_not_a_finished_run_is_named(tiny_rte_run, tmp_path):
   results = json.loads((run / "results.json").read_text())
   (run / "results.json").write_text(json.dumps({**results, "result": "median"}))
   assert f"{run / 'results.json'} has result 'median'" in error(run)
+  (run / "results.json").write_text(json.dumps({**results, "result": ["best"]}))
+  assert error(run) == (f"{run / 'results.json'}: result is ['best'], expected a string; not "
+                        "as train.py writes it: rerun the run's train.py command")
+  (run / "results.json").write_text("[]")
+  assert error(run).startswith(f"{run / 'results.json'} is an array, expected an object;")
   (run / "results.json").unlink()
   assert error(run).startswith(f"run {run} has not finished: it has no results.json")
   (run / "results.json").write_text(json.dumps(results))
@@ -85,6 +90,11 @@ def test_a_folder_that_is_not_a_finished_run_is_named(tiny_rte_run, tmp_path):
   assert f"fine-tuned the model '{tmp_path / 'gone'}', which cannot be loaded" in error(run)
   (run / "config.json").write_text(json.dumps({**config, "task": "qqp"}))
   assert "unknown GLUE task 'qqp'" in error(run)
+  (run / "config.json").write_text(json.dumps({**config, "dtype": "bfloat32"}))
+  assert error(run) == (f"{run / 'config.json'}: dtype 'bfloat32' is not a dtype; not as "
+                        "train.py writes it: rerun the run's train.py command")
+  (run / "config.json").write_text('{"task": ')
+  assert error(run).startswith(f"{run / 'config.json'}:1: not valid JSON (")
   (run / "config.json").write_text(json.dumps(config))
   (run / "checkpoints" / str(results["steps"]) / "best" / "_METADATA").unlink()
   assert (f"cannot read the parameters of checkpoint item "

@@ -405,13 +405,14 @@ def test_a_damaged_gradient_norm_log_stops_a_resume_naming_it(reference, tiny_ar
   log.write_bytes(log.read_bytes()[:100])  # as a full disk could leave it
   unlocked = lambda: {k: v for k, v in _tree_digest(workdir).items() if k != ".lock"}
   before = unlocked()
-  done = train_py(tiny_args, workdir, env)
+  steps, _ = _checkpoints(workdir)  # resumed from an older one, the later ones stay too
+  done = train_py([*tiny_args, f"--config.resume_step={steps[-2]}"], workdir, env)
   assert done.returncode == 2
   resumed, error = done.stderr.splitlines()
   assert resumed.startswith("resumed from ")
   assert error.startswith(f"train.py: error: {log} is not a readable gradient-norm log (")
   assert error.endswith("; move it away to resume without the norms logged so far")
-  assert unlocked() == before  # metrics.jsonl and the rest as they were (the lock file aside)
+  assert unlocked() == before  # checkpoints, metrics.jsonl and the rest as they were
 
 
 @pytest.mark.real

@@ -15,7 +15,8 @@ Gradients with respect to ``w`` (``gradient``):
   * ``'reference'`` (default): ``g * M``, what the reference's hand-written backward returns
     (without the ``1/(1-p)`` of the forward pass); a custom VJP.
   * ``'autodiff'``: ``g * M / (1 - p)``, the true derivative of the forward pass.
-The default is the reference's because the Table 1 row of Lee et al. was produced with it.
+The default is the reference implementation's; which of the two produced Lee et al.'s
+published numbers is not stated.
 The two differ by the constant factor ``1/(1-p)`` (10 at p = 0.9) on every kernel's gradient;
 Adam's normalisation cancels most of it, but not its interaction with the global-norm clip
 (1.0 in the recipe) or with eps.

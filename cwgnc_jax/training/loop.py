@@ -401,14 +401,26 @@ class Recorder:
                                      "train_examples": 0})
     self.seen = 0
     self.best: Any = None  # the best evaluation's parameters (device), with keep_best
-    try:  # read before MetricsLog rewrites metrics.jsonl, so a bad log changes nothing
+    self.start_step = start_step
+    try:
       self.grad_norms = diagnostics.GradientNormLog(
           run.workdir, names, config.diagnostics_every, start_step, self.main)
     except ValueError as e:
       raise ConfigError(str(e)) from None
-    self.metrics = MetricsLog(run.workdir, start_step, self.main)
+    self.metrics: MetricsLog | None = None  # opened by ``begin``
     self.pending: list[tuple[int, dict[str, Any]]] = []
     self.window: list[float] = []  # losses since the progress bar was last updated
+
+  def begin(self) -> None:
+    """Starts changing the run directory: a resume deletes the checkpoints after its step and
+    cuts ``metrics.jsonl`` back to it. The loop calls it once every seed of the program has
+    been restored and read, so input that stops a resume leaves every run directory as it
+    was."""
+    later = self.checkpoints.delete_after(self.start_step) if self.start_step else []
+    if later:
+      log(f"{self.run.workdir}: resuming from step {self.start_step}: deleted the later "
+          f"checkpoints {later}")
+    self.metrics = MetricsLog(self.run.workdir, self.start_step, self.main)
 
   def take(self, step: int, step_metrics: dict[str, Any], examples: int) -> None:
     """A step's metrics (device arrays); written at the next ``flush``."""
@@ -644,9 +656,6 @@ def _restore(run: Run, checkpoints: checkpoint_lib.Checkpointer, step: int, abst
   abstract_best = abstract.params if meta.get("best_index") is not None else None
   state, best = checkpoints.restore(step, abstract, abstract_best)
   previous = checkpoints.restore_previous(step, abstract.params) if with_previous else None
-  later = checkpoints.delete_after(step)
-  if later:
-    log(f"{run.workdir}: resuming from step {step}: deleted the later checkpoints {later}")
   log(f"resumed from {checkpoints.path(step)}")
   return state, meta, best, previous
 
@@ -743,6 +752,8 @@ def _train(runs: Sequence[Run], stages: Stages, step: int, mesh: jax.sharding.Me
     recorders.append(recorder)
     states.append(state)
     previous.append(prior)
+  for recorder in recorders:
+    recorder.begin()
   shardings = stages.shardings(stage)
   if stacked:
     state = step_lib.put_tree(step_lib.stack(jax.device_get(states)), shardings)
