@@ -374,14 +374,20 @@ def _tree_digest(folder: Path) -> dict[str, str]:
           for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def _interrupted_copy(reference: Path, workdir: Path) -> list[int]:
+  """``reference`` copied to ``workdir`` as if killed after its last checkpoint (no
+  results.json); returns its checkpoint steps."""
+  shutil.copytree(reference, workdir)
+  (workdir / "results.json").unlink()
+  return _checkpoints(workdir)[0]
+
+
 @pytest.mark.slow
 @pytest.mark.real
 def test_corrupt_checkpoint_is_named_and_an_older_one_resumes(reference, tiny_args, env,
                                                                tmp_path):
   workdir = tmp_path / "corrupt"
-  shutil.copytree(reference, workdir)
-  (workdir / "results.json").unlink()
-  steps, _ = _checkpoints(workdir)
+  steps = _interrupted_copy(reference, workdir)
   for path in (workdir / "checkpoints" / str(steps[-1]) / "state").rglob("*"):
     if path.is_file() and path.name not in ("_CHECKPOINT_METADATA", "commit_success.txt"):
       path.write_bytes(path.read_bytes()[:10])  # truncated
@@ -399,13 +405,12 @@ def test_corrupt_checkpoint_is_named_and_an_older_one_resumes(reference, tiny_ar
 def test_a_damaged_gradient_norm_log_stops_a_resume_naming_it(reference, tiny_args, env,
                                                               tmp_path):
   workdir = tmp_path / "damaged"
-  shutil.copytree(reference, workdir)
-  (workdir / "results.json").unlink()
+  steps = _interrupted_copy(reference, workdir)
   log = workdir / "grad_norms.npz"
   log.write_bytes(log.read_bytes()[:100])  # as a full disk could leave it
   unlocked = lambda: {k: v for k, v in _tree_digest(workdir).items() if k != ".lock"}
   before = unlocked()
-  steps, _ = _checkpoints(workdir)  # resumed from an older one, the later ones stay too
+  # From an older checkpoint: the later ones must stay too.
   done = train_py([*tiny_args, f"--config.resume_step={steps[-2]}"], workdir, env)
   assert done.returncode == 2
   resumed, error = done.stderr.splitlines()
