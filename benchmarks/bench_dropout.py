@@ -4,8 +4,9 @@ Two measurements, each interleaved (order swapped every round) so that load from
 processes hits both alike:
 
   mask:  inverted dropout of an attention-probability tensor [rows, 12, 128, 128] (MiniLM's
-         heads, RTE's row length), forward and backward through a softmax and a matmul
-         against a [128, 32] value block, jitted; the mask's share is what differs.
+         heads, RTE's row length; softmaxed once, outside the timed program), forward and
+         backward through the dropout and a matmul against a [128, 32] value block, jitted;
+         the mask's share is what differs.
   step:  the training step of ``--config`` (``train.py``'s: ``loop.prepare``, packed real
          batches of epoch 0, CWGNC) with ``dropout_bits`` 'hash' and 'threefry', the same
          batches through both (``bench_config_ab.py``); seconds per step and their ratio.

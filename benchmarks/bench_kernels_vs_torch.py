@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from typing import Callable
@@ -35,7 +34,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from host import describe
+from host import describe, usable_cores
 
 from cwgnc_jax.models import bert
 
@@ -133,7 +132,7 @@ def main(argv: list[str]) -> None:
   parser.add_argument("--rounds", type=int, default=6, help="alternations of the frameworks")
   parser.add_argument("--repeats", type=int, default=10, help="calls per turn")
   args = parser.parse_args(argv)
-  torch.set_num_threads(len(os.sched_getaffinity(0)))  # the cores XLA:CPU's pool uses
+  torch.set_num_threads(usable_cores())  # the cores XLA:CPU's pool uses
   print(f"{describe()}; jax {jax.__version__}, "
         f"torch {torch.__version__} ({torch.get_num_threads()} threads), {args.rows} rows of "
         f"{LENGTH} tokens", flush=True)

@@ -209,9 +209,14 @@ def measure_rows(config, glue_dir: str) -> dict[str, dict[str, float]]:
                                              max_length=config.max_length,
                                              cache_dir=config.cache_dir)
     train, dev = load("train"), load("dev")
-    per_seed = np.array([[b["input_ids"].shape[0] for b in batching.train_batches(
-        train, config.batch_size, seed=seed, epoch=0, layout="packed",
-        max_length=config.max_length)] for seed in range(1, SEEDS_PER_PROGRAM + 1)])
+    # Rows of max_length tokens: a batch packed into shorter rows (row_length_step, as
+    # train.py packs) counts its token slots.
+    per_seed = np.array([[b["input_ids"].size / config.max_length
+                          for b in batching.train_batches(
+                              train, config.batch_size, seed=seed, epoch=0, layout="packed",
+                              max_length=config.max_length,
+                              row_length_step=config.row_length_step)]
+                         for seed in range(1, SEEDS_PER_PROGRAM + 1)])
     dev_rows = [b["input_ids"].shape[0] for b in batching.eval_batches(
         dev, config.eval_batch_size, layout="packed", max_length=config.max_length)]
     out[task] = {"train_examples": len(train), "dev_examples": len(dev),

@@ -32,5 +32,12 @@ def describe() -> str:
   units = " ".join(flag for flag in VECTOR_FLAGS if flag in flags) or "vector units unknown"
   xla_flags = os.environ.get("XLA_FLAGS", "").strip()
   return (f"{model or platform.processor() or platform.machine()}, "
-          f"{len(os.sched_getaffinity(0))} cores usable, {units}"
+          f"{usable_cores()} cores usable, {units}"
           + (f"; XLA_FLAGS={xla_flags!r}" if xla_flags else ""))
+
+
+def usable_cores() -> int:
+  """The cores this process may run on (its affinity on Linux; all of them elsewhere)."""
+  if hasattr(os, "sched_getaffinity"):
+    return len(os.sched_getaffinity(0))
+  return os.cpu_count() or 1

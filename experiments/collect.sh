@@ -13,7 +13,7 @@ cd "$1"
   find . -name results.json | while read -r results; do
     run="$(dirname "$results")"
     for file in results.json config.json grad_norms.npz; do
-      [ -f "$run/$file" ] && echo "$run/$file"
+      if [ -f "$run/$file" ]; then echo "$run/$file"; fi  # not &&: a last miss would fail the loop
     done
   done
 } | sort | while read -r file; do

@@ -39,14 +39,16 @@ def main(runs: Path) -> None:
     new = {m: load(folder, m, lr, "transformers") for m in ("adamw", "cwgnc")}
     old = {m: load(folder, m, lr, "optax") for m in ("adamw", "cwgnc")}
     for m in ("adamw", "cwgnc"):
-      if new[m]:
-        pairs = ", ".join(f"{s}: {new[m][s][0]:.2f} ({old[m][s][0]:.2f})" for s in sorted(new[m]))
+      both = sorted(set(new[m]) & set(old[m]))  # the seeds both forms have
+      if both:
+        pairs = ", ".join(f"{s}: {new[m][s][0]:.2f} ({old[m][s][0]:.2f})" for s in both)
         print(f"<!-- lr {lr} {m} seed: transformers (optax): {pairs} -->")
-        print(row(f"lr {lr}, {m}: transformers (A) vs optax (B), same seeds", new[m],
-                  {s: old[m][s] for s in new[m]}))
+        print(row(f"lr {lr}, {m}: transformers (A) vs optax (B), same seeds",
+                  {s: new[m][s] for s in both}, {s: old[m][s] for s in both}))
     if new["cwgnc"] and new["adamw"]:
       print(row(f"lr {lr}, CWGNC (A) vs AdamW (B), transformers", new["cwgnc"], new["adamw"]))
-      seeds = sorted(set(new["cwgnc"]) & set(new["adamw"]))
+      seeds = sorted(set(new["cwgnc"]) & set(new["adamw"]) & set(old["cwgnc"])
+                     & set(old["adamw"]))
       print(row(f"lr {lr}, CWGNC (A) vs AdamW (B), optax, seeds {seeds}",
                 {s: old["cwgnc"][s] for s in seeds}, {s: old["adamw"][s] for s in seeds}))
 
