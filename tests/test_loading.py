@@ -33,9 +33,30 @@ def encoder_params(model):
 
 @pytest.fixture(scope="module")
 def tiny_pretrained():
-  """A random tiny BERT: its config and its encoder+pooler parameters by path."""
+  """A tiny BERT's config and encoder+pooler parameters by path, every tensor random (a
+  fresh model's biases are 0 and its LayerNorm scales 1: two tensors swapped by a loader
+  would look the same)."""
   config = tiny_config()
-  return config, encoder_params(BertForSequenceClassification(config, 2, rngs=nnx.Rngs(42)))
+  shapes = encoder_params(BertForSequenceClassification(config, 2, rngs=nnx.Rngs(42)))
+  rng = np.random.default_rng(42)
+  return config, {path: rng.standard_normal(value.shape).astype(np.float32)
+                  for path, value in shapes.items()}
+
+
+def test_the_names_of_tensors_that_share_a_shape_are_transformers():
+  """Pinned by hand, not through the loader's table: the tensors a swap would not reshape."""
+  names = checkpoint_names(1)
+  layer = "encoder.layer.0."
+  assert [names[f"encoder/layers/0/{path}"] for path in (
+      "attention/layer_norm/scale", "output/layer_norm/scale", "attention/output/kernel",
+      "attention/query/bias", "attention/key/bias", "attention/value/bias",
+      "intermediate/kernel", "output/kernel")] == [
+          f"{layer}attention.output.LayerNorm.weight", f"{layer}output.LayerNorm.weight",
+          f"{layer}attention.output.dense.weight", f"{layer}attention.self.query.bias",
+          f"{layer}attention.self.key.bias", f"{layer}attention.self.value.bias",
+          f"{layer}intermediate.dense.weight", f"{layer}output.dense.weight"]
+  assert (names["embeddings/layer_norm/scale"], names["pooler/kernel"]) == (
+      "embeddings.LayerNorm.weight", "pooler.dense.weight")
 
 
 def write_checkpoint(folder, config, params, *, prefix="", old_layer_norm=False, extra=None,

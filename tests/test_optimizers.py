@@ -138,7 +138,7 @@ def test_decay_mask_excludes_exactly_biases_and_layer_norm():
   assert not mask["embeddings/layer_norm/scale"] and mask["embeddings/word_embeddings/embedding"]
 
 
-@pytest.mark.parametrize("name", ["bertadam", "adamw", "mosbach", "cwgnc"])
+@pytest.mark.parametrize("name", ["bertadam", "adamw", "cwgnc"])  # mosbach's is adamw's
 def test_each_recipe_decays_exactly_the_masked_leaves(name):
   cfg = recipe(name)
   params = bert_params()

@@ -17,6 +17,8 @@ from conftest import command_line_error
 from cwgnc_jax import predict, saved_run
 from cwgnc_jax.data import batching, glue
 from cwgnc_jax.models import load_tokenizer
+from cwgnc_jax.training import checkpoint
+from cwgnc_jax.training import step as step_lib
 
 REPO = Path(__file__).resolve().parent.parent
 # The published test layouts (MRPC's file starts with a byte-order mark), with made-up rows
@@ -58,6 +60,29 @@ def padded_logits(model, tokenizer, examples) -> np.ndarray:
                        max_length=128, return_tensors="np")
   return np.asarray(jax.jit(lambda inputs: model(inputs))(
       batching.inputs_from_padded(encoding)))
+
+
+def split_predictions(run_dir: Path, examples) -> np.ndarray:
+  """Moves the run's classifier bias so that its predictions on ``examples`` split between
+  the two classes at the median margin, and returns the logits it then gives (padded).
+
+  The tiny model predicts one class everywhere, and a prediction column in another order or
+  with its labels swapped would look the same; after this, neither does."""
+  run = saved_run.open_run(run_dir)
+  model, tokenizer = saved_run.load_model(run), load_tokenizer(run.model_name)
+  margin = np.median(np.diff(padded_logits(model, tokenizer, examples), axis=-1))
+  params = checkpoint.read_params(run.checkpoint_dir, run.result)
+  params["classifier"]["bias"] = params["classifier"]["bias"] + np.array([margin, 0.0],
+                                                                          np.float32)
+  shutil.rmtree(run.checkpoint_dir)
+  checkpoints = checkpoint.Checkpointer(run.workdir / "checkpoints", keep=1)
+  zero = np.zeros([], np.int32)
+  state = step_lib.TrainState(zero, params, {}, zero)  # only the parameters are read back
+  checkpoints.save(run.results["steps"], state, {"step": run.results["steps"]}, params)
+  checkpoints.close()
+  logits = padded_logits(saved_run.load_model(run), tokenizer, examples)
+  assert set(logits.argmax(-1)) == {0, 1}
+  return logits
 
 
 @pytest.mark.parametrize("task, expected", [
@@ -105,15 +130,14 @@ def test_test_split_of_each_layout(tiny_rte_run, tmp_path, task):
   run_dir = task_run(tiny_rte_run, task, tmp_path / "run")
   tsv = tmp_path / "test.tsv"
   tsv.write_text(TEST_FILES[task], encoding="utf-8")
+  _, examples = glue.read_test_tsv(glue.get_task(task), tsv)
+  logits = split_predictions(run_dir, examples)
   summary = predict.predict_run(run_dir, "test", tsv=tsv, out=tmp_path / "out.tsv")
   assert summary == {"task": task, "split": "test", "result": "best", "examples": 3,
                      "predictions": str(tmp_path / "out.tsv")}
   lines = read_lines(tmp_path / "out.tsv")
   assert lines[0] == ["index", "prediction"]
   assert [index for index, _ in lines[1:]] == ["7", "8", "9"]
-  _, examples = glue.read_test_tsv(glue.get_task(task), tsv)
-  run = saved_run.open_run(run_dir)
-  logits = padded_logits(saved_run.load_model(run), load_tokenizer(run.model_name), examples)
   labels = glue.get_task(task).submission_labels
   assert [prediction for _, prediction in lines[1:]] == [labels[i] for i in logits.argmax(-1)]
 
@@ -140,7 +164,8 @@ def test_dev_metric_on_real_rte_is_the_runs_evaluation(tiny_rte_run, tmp_path, m
                                                        capsys):
   """On the whole real RTE dev set, from the command line: the score of the run's evaluation
   (``results.json``), one line per example in file order, and the logits of padded batches
-  in that order."""
+  in that order; then, with the classifier's bias moved so that half the examples change
+  class, the file's predictions are the padded logits' in file order, and so is the score."""
   monkeypatch.chdir(tmp_path)
   predict.main([str(tiny_rte_run), "--split", "dev"])
   summary = json.loads(capsys.readouterr().out)
@@ -148,16 +173,22 @@ def test_dev_metric_on_real_rte_is_the_runs_evaluation(tiny_rte_run, tmp_path, m
   assert summary["predictions"] == str(tmp_path / "RTE-dev.tsv")  # the default --out
   assert summary["examples"] == results["dev_examples"] == 277
   assert summary["metric"] == "accuracy" and summary["score"] == results["score"]
-  lines = read_lines(tmp_path / "RTE-dev.tsv")
+
+  run_dir = shutil.copytree(tiny_rte_run, tmp_path / "split")
+  run = saved_run.open_run(run_dir)
+  examples = glue.load_examples("rte", "dev", run.config["glue_dir"])
+  expected = split_predictions(run_dir, examples)
+  predict.main([str(run_dir), "--split", "dev", "--out", str(tmp_path / "split.tsv")])
+  summary = json.loads(capsys.readouterr().out)
+  labels = np.array([e.label for e in examples])
+  assert summary["score"] == pytest.approx(100 * np.mean(expected.argmax(-1) == labels))
+  lines = read_lines(tmp_path / "split.tsv")
   assert lines[0] == ["index", "prediction"] and len(lines) == 278
   assert [index for index, _ in lines[1:]] == [str(i) for i in range(277)]
-  run = saved_run.open_run(tiny_rte_run)
   model, tokenizer = saved_run.load_model(run), load_tokenizer(run.model_name)
-  examples = glue.load_examples("rte", "dev", run.config["glue_dir"])
   data = glue.tokenize(examples, tokenizer, run.config["max_length"])
   logits = predict.predict_logits(model, data, batch_size=run.config["eval_batch_size"],
                                   max_length=run.config["max_length"])
-  expected = padded_logits(model, tokenizer, examples)
   np.testing.assert_allclose(logits, expected, atol=1e-6)
   # The tiny model's logits differ from example to example by ~1e-4 (measured: 2e-9 apart
   # from their padded values, at least 4e-8 from another example's), so an example's packed

@@ -94,8 +94,9 @@ def _assert_same_seed(together: Path, alone: Path) -> None:
   assert set(results["together"]) == set(results["alone"])
   for key in ("seed", "steps", "result_step", "skipped_steps", "train_examples", "config"):
     assert results["together"][key] == results["alone"][key], key
-  for a, b in zip(results["together"]["evaluations"], results["alone"]["evaluations"]):
-    assert (a["step"], a["examples"]) == (b["step"], b["examples"])
+  for a, b in zip(results["together"]["evaluations"], results["alone"]["evaluations"],
+                  strict=True):
+    assert (a["step"], a["examples"], a["score"]) == (b["step"], b["examples"], b["score"])
     assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
     for layer in b["drift"]:
       assert a["drift"][layer] == pytest.approx(b["drift"][layer], rel=1e-3, abs=1e-9)

@@ -372,7 +372,7 @@ def test_gu_run_resumed_mid_iteration_is_bit_identical(gu_run, tiny_args, env, t
 
 @pytest.mark.real
 def test_gu_restart_run_starts_each_iteration_from_the_pretrained_model(tiny_args, env,
-                                                                        tmp_path):
+                                                                        gu_run, tmp_path):
   args = [*tiny_args, "--config.unfreezing.mode=gu_restart", "--config.unfreezing.iterations=2"]
   done = train_py(args, tmp_path / "restart", env)
   assert done.returncode == 0, done.stderr
@@ -384,6 +384,12 @@ def test_gu_restart_run_starts_each_iteration_from_the_pretrained_model(tiny_arg
                                                          "encoder/layers/0"}
   assert moved(records[1]["drift_from_previous"]) == {"head", "encoder/layers/1",
                                                        "encoder/layers/0"}
+  # The same sets as GU's, whose iteration 1 continues from iteration 0 (it is the same
+  # iteration with 2 or 3 of them): only the restart makes its drift from the pretrained
+  # model another.
+  gu = results_of(gu_run)["unfreezing"]["iterations"][1]
+  assert moved(gu["drift_from_pretrained"]) == moved(records[1]["drift_from_pretrained"])
+  assert gu["drift_from_pretrained"] != records[1]["drift_from_pretrained"]
 
 
 @pytest.mark.slow
