@@ -34,7 +34,6 @@ import jax  # pylint: disable=wrong-import-position
 
 from cwgnc_jax import config as config_lib  # pylint: disable=wrong-import-position
 from cwgnc_jax import optimizers  # pylint: disable=wrong-import-position
-from cwgnc_jax.data import batching  # pylint: disable=wrong-import-position
 from cwgnc_jax.training import loop  # pylint: disable=wrong-import-position
 from cwgnc_jax.training import step as step_lib  # pylint: disable=wrong-import-position
 
@@ -68,7 +67,8 @@ def main(argv: list[str]) -> None:
   host = {r.config.seed: list(itertools.islice(loop.epoch_batches(r, 0, row_multiple=1),
                                                args.steps)) for r in runs}
   sequential_batches = {s: [step_lib.put_batch(b, mesh) for b in host[s]] for s in seeds}
-  stacked = [batching.stack_batches([host[s][i] for s in seeds]) for i in range(args.steps)]
+  stacked = [batch for _, batch in itertools.islice(  # as the loop stacks a program's seeds
+      loop.program_batches(runs, 0, row_multiple=1), args.steps)]
   vmapped_batches = [step_lib.put_batch(b, mesh, seeds=True) for b in stacked]
   examples = sum(float(b["example_mask"].sum()) for s in seeds for b in host[s])
   slots = {"sequential": sum(b["segment_ids"].size for s in seeds for b in host[s]),

@@ -209,20 +209,23 @@ def measure_rows(config, glue_dir: str) -> dict[str, dict[str, float]]:
                                              max_length=config.max_length,
                                              cache_dir=config.cache_dir)
     train, dev = load("train"), load("dev")
-    # Rows of max_length tokens: a batch packed into shorter rows (row_length_step, as
-    # train.py packs) counts its token slots.
-    per_seed = np.array([[b["input_ids"].size / config.max_length
-                          for b in batching.train_batches(
-                              train, config.batch_size, seed=seed, epoch=0, layout="packed",
-                              max_length=config.max_length,
-                              row_length_step=config.row_length_step)]
-                         for seed in range(1, SEEDS_PER_PROGRAM + 1)])
+    # Token slots per step in rows of max_length tokens, packed as train.py packs (rows
+    # shorter than max_length where row_length_step saves slots): a seed alone, and a
+    # program of seeds stacked (the loop's batching.train_batches_together, stack_batches).
+    seeds = range(1, SEEDS_PER_PROGRAM + 1)
+    packing = dict(epoch=0, layout="packed", max_length=config.max_length,
+                   row_length_step=config.row_length_step)
+    alone = np.array([[b["input_ids"].size / config.max_length for b in batching.train_batches(
+        train, config.batch_size, seed=seed, **packing)] for seed in seeds])
+    together = np.array([batching.stack_batches(batches)["input_ids"][0].size
+                         / config.max_length for batches in batching.train_batches_together(
+                             [train] * len(seeds), seeds, config.batch_size, **packing)])
     dev_rows = [b["input_ids"].shape[0] for b in batching.eval_batches(
         dev, config.eval_batch_size, layout="packed", max_length=config.max_length)]
     out[task] = {"train_examples": len(train), "dev_examples": len(dev),
                  "mean_tokens": float(train.lengths.mean()),
-                 "rows_per_step": float(per_seed.mean()),
-                 "rows_per_step_8_seed_program": float(per_seed.max(0).mean()),
+                 "rows_per_step": float(alone.mean()),
+                 "rows_per_step_8_seed_program": float(together.mean()),
                  "dev_rows": int(sum(dev_rows)), "dev_batches": len(dev_rows)}
   return out
 

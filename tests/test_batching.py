@@ -288,3 +288,35 @@ def test_stacked_batches_of_different_row_lengths_keep_every_example():
   for s, original in enumerate((short, long)):
     seed_batch = {key: value[s] for key, value in stacked.items()}
     assert unpack(seed_batch) == unpack(original)
+
+
+def test_seeds_stacked_together_are_packed_at_the_row_length_of_fewest_stacked_slots():
+  """``train_batches_together``: each seed's step holds the examples ``train_batches`` gives
+  it, all at one row length, the candidate whose stacked array (the most rows any seed needs
+  at that length, rounded to even, times the length) is smallest; so never more slots than
+  stacking batches packed alone, and fewer where their lengths differ."""
+  data = synthetic(96, seed=6, max_len=32)  # examples of 5-33 tokens, rows of up to 64
+  seeds, kwargs = (1, 2, 3), dict(epoch=0, layout="packed", max_length=T, row_length_step=16)
+  alone = {seed: list(batching.train_batches(data, 16, seed=seed, **kwargs)) for seed in seeds}
+  gained = 0
+  for step, batches in enumerate(batching.train_batches_together([data] * 3, seeds, 16,
+                                                                 **kwargs)):
+    lengths = {batch["input_ids"].shape[1] for batch in batches}
+    assert len(lengths) == 1
+    for seed, batch in zip(seeds, batches):
+      assert unpack(batch) == unpack(alone[seed][step])  # the same examples, in slot order
+    per_seed = [data.lengths[batching.epoch_order(96, seed=seed, epoch=0)[16 * step:
+                                                                        16 * (step + 1)]]
+                for seed in seeds]
+    slots = {t: max(-(-len(batching.first_fit(l, t)) // 2) * 2 for l in per_seed) * t
+             for t in (16, 32, 48, 64) if t >= max(l.max() for l in per_seed)}
+    stacked = batching.stack_batches(batches)["input_ids"][0].size
+    assert stacked == min(slots.values())
+    separately = batching.stack_batches([alone[seed][step] for seed in seeds])
+    assert stacked <= separately["input_ids"][0].size
+    gained += separately["input_ids"][0].size - stacked
+  assert gained > 0
+  one = list(batching.train_batches_together([data], (1,), 16, **kwargs))
+  for (batch,), expected in zip(one, alone[1], strict=True):  # one seed: train_batches' own
+    for key in batch:
+      np.testing.assert_array_equal(batch[key], expected[key])

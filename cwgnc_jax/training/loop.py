@@ -279,6 +279,26 @@ def epoch_batches(run: Run, epoch: int, *, row_multiple: int, start_step: int = 
       start_step=start_step, row_length_step=config_lib.later_key(config, "row_length_step"))
 
 
+def program_batches(runs: Sequence[Run], epoch: int, *, row_multiple: int, start_step: int = 0
+                    ) -> Iterator[tuple[list[batching.Batch], batching.Batch]]:
+  """Each step of ``epoch`` from ``start_step`` on: the batch of every run, and the batch the
+  program takes. One run: its batch (``epoch_batches``). Several (seeds trained as one
+  program): their batches packed at one row length, the one of the fewest slots once
+  stacked, then stacked (``batching.train_batches_together``, ``stack_batches``)."""
+  if len(runs) == 1:
+    for batch in epoch_batches(runs[0], epoch, row_multiple=row_multiple,
+                               start_step=start_step):
+      yield [batch], batch
+    return
+  config = runs[0].config
+  for batches in batching.train_batches_together(
+      [run.train_data for run in runs], [run.config.seed for run in runs], config.batch_size,
+      epoch=epoch, layout=config.layout, max_length=config.max_length,
+      row_multiple=row_multiple, start_step=start_step,
+      row_length_step=config_lib.later_key(config, "row_length_step")):
+    yield batches, batching.stack_batches(batches, max(row_multiple, 1))
+
+
 # -- Evaluation. ---------------------------------------------------------------------------
 
 def mean_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -783,11 +803,8 @@ def _train(runs: Sequence[Run], stages: Stages, step: int, mesh: jax.sharding.Me
       log(f"step {step}: GU iteration {stage.index} trains "
           f"{', '.join(stage.trained_layers(first.num_layers))}")
     epoch, epoch_step = divmod(step, steps_per_epoch)
-    epochs = [epoch_batches(run, epoch, row_multiple=row_multiple, start_step=epoch_step)
-              for run in runs]
-    for batches in zip(*epochs):
-      batch = (batching.stack_batches(list(batches), max(row_multiple, 1)) if stacked
-               else batches[0])
+    for batches, batch in program_batches(runs, epoch, row_multiple=row_multiple,
+                                          start_step=epoch_step):
       state, step_metrics = train_step(state, step_lib.put_batch(batch, mesh, seeds=stacked),
                                        constants)
       step += 1
