@@ -1,12 +1,15 @@
 """Training several seeds in one compiled program (vmap over seeds) against one after another.
 
 Builds the runs of ``--seeds`` seeds of a config as ``train.py`` does (``loop.prepare``), takes
-the first ``--steps`` batches of each seed's epoch 0, and trains them two ways from the same
+the first ``--steps`` steps of each seed's epoch 0, and trains them two ways from the same
 initial states, on one device:
 
-  sequential: the jitted train step of the loop (shared by the seeds), seed after seed;
-  vmapped:    ``step.jit_train_step(seeds=True)``, all seeds' step i in one call (packed batches
-              padded with empty rows to the largest row count of the step).
+  sequential: the jitted train step of the loop (shared by the seeds), seed after seed, on
+              each seed's own batches;
+  vmapped:    ``step.jit_train_step(seeds=True)``, all seeds' step i in one call, on the
+              stacked batches the loop gives a program (``loop.program_batches``: the same
+              examples; packed, at one row length per step, padded with empty rows to the
+              largest row count).
 
 Every shape is compiled first; then timed passes alternate (order swapped every round) so
 that load from other processes hits both alike. Reports real examples per second (wall and

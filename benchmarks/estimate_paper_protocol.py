@@ -201,7 +201,8 @@ def formula_flops_per_row(layers: int, length: int) -> float:
 
 
 def measure_rows(config, glue_dir: str) -> dict[str, dict[str, float]]:
-  """Rows per train step (one seed; the max of 8 seeds per step) and dev rows, per task."""
+  """Train step slots, in rows of max_length tokens (one seed alone; 8 seeds stacked as the
+  loop stacks a program's), and dev rows, per task."""
   tokenizer = load_tokenizer("minilm-l6")
   out = {}
   for task in MEASURED_TASKS:

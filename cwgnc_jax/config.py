@@ -31,7 +31,7 @@ from typing import Any, Mapping, Sequence
 import ml_collections
 
 from cwgnc_jax import methods, metrics, optimizers, unfreezing
-from cwgnc_jax.models.bert import DROPOUT_BITS, NOT_HF_FIELDS
+from cwgnc_jax.models.bert import DROPOUT_BITS, GELU_FORMS, NOT_HF_FIELDS
 from cwgnc_jax.models.mixout import GRADIENTS as MIXOUT_GRADIENTS
 from cwgnc_jax.data import batching, glue
 
@@ -77,14 +77,15 @@ REMOVED_KEYS = ("optimizer.released_code",)
 # with: before ``optimizer.adam_form`` existed, bias-corrected Adam was optax's; before
 # ``row_length_step``, packed rows were always max_length long; before ``dropout_bits``,
 # dropout masks were jax.random.bernoulli's; before ``cls_only_last_layer``, the last layer
-# computed every token (the same logits but for float rounding).
+# computed every token (the same logits but for float rounding); before ``gelu``, the GELU was
+# jax.nn.gelu's erfc form (the same function but for float rounding).
 LATER_KEYS = {"optimizer.adam_form": "optax", "row_length_step": 0, "dropout_bits": "threefry",
-              "cls_only_last_layer": False}
+              "cls_only_last_layer": False, "gelu": "erfc"}
 # Where a later key changes nothing, given a flat run identity ("group.key" -> value), a run
 # directory resumes whatever the key's value: BertAdam (no bias correction) computes the same
 # under either Adam form, padded rows are max_length long either way, and Mixout sets every
-# dropout rate to 0. A key not listed (cls_only_last_layer: rounding differs in every config)
-# always matters.
+# dropout rate to 0. A key not listed (cls_only_last_layer, gelu: rounding differs in every
+# config) always matters.
 LATER_KEYS_MOOT = {
     "optimizer.adam_form": lambda flat: not flat.get("optimizer.bias_correction"),
     "row_length_step": lambda flat: flat.get("layout") == "padded",
@@ -94,7 +95,7 @@ LATER_KEYS_MOOT = {
 
 def model_overrides(config: ml_collections.ConfigDict | dict) -> dict[str, Any]:
   """The ``BertConfig`` fields a run's config chooses (``models.bert.NOT_HF_FIELDS``: dropout's
-  bits, the [CLS]-only last layer), as that run was trained with them."""
+  bits, the [CLS]-only last layer, the GELU's form), as that run was trained with them."""
   return {key: later_key(config, key) for key in NOT_HF_FIELDS}
 
 
@@ -421,6 +422,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _positive_int(config, "checkpoint_every", zero_ok=True)
   if "row_length_step" in config:
     _positive_int(config, "row_length_step", zero_ok=True)
+  _require(later_key(config, "gelu") in GELU_FORMS,
+           f"unknown config.gelu {config.get('gelu')!r}; valid: {', '.join(GELU_FORMS)}")
   _require(later_key(config, "dropout_bits") in DROPOUT_BITS,
            f"unknown config.dropout_bits {config.get('dropout_bits')!r}; valid: "
            f"{', '.join(DROPOUT_BITS)}")

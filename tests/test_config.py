@@ -131,6 +131,7 @@ def test_method_override_replaces_the_optimizer_first():
      "config.row_length_step must be an int >= 0, got -32"),
     (["--config", "demo", "--config.resume_step=0"],  # the loop saves after a step, never at 0
      "config.resume_step must be an int > 0, got 0"),
+    (["--config", "demo", "--config.gelu=tanh"], "unknown config.gelu 'tanh'; valid: erf, erfc"),
     (["--config", "demo", "--config.dropout_bits=philox"],
      "unknown config.dropout_bits 'philox'; valid: hash, threefry"),
     (["--config", "demo", "--config.optimizer.clip_norm=0"], "clip_norm (the CWGNC threshold) "

@@ -219,6 +219,8 @@ def test_config_rejects_what_the_model_does_not_implement():
     BertConfig.from_dict({**hf, "hidden_act": "gelu_new"})
   with pytest.raises(ValueError, match="num_attention_heads"):
     BertConfig.from_dict({**hf, "num_attention_heads": 3})
+  with pytest.raises(ValueError, match=r"gelu must be one of \('erf', 'erfc'\), got 'tanh'"):
+    BertConfig(**hf, gelu="tanh")
 
 
 def one_line_error(error_type, call, *args, **kwargs) -> str:

@@ -141,12 +141,14 @@ def test_study_with_seeds_in_one_program_matches_seed_by_seed(tiny_bert_dir, tin
   old = json.loads((tmp_path / "old.json").read_text())
   assert {k: v for k, v in resumed.items() if k != "timings"} == {
       k: v for k, v in old.items() if k != "timings"}
-  # The resume trains seed 2 alone (seed 1 is done); the throughput still counts the examples
-  # of both seeds of the session that trained them together.
-  timings = resumed["timings"]
+  # Again from its first epoch's checkpoint: epoch 1 was trained with seed 1, epoch 2 now
+  # alone, so its program's examples are 2 N + N for the seed's 2 N (N examples an epoch).
+  shutil.move(seed_2("together") / "results.json", tmp_path / "old.json")
+  shutil.rmtree(seed_2("together") / "checkpoints" / str(old["steps"]))
+  study.run_study("demo", overrides, [1, 2], tmp_path / "together", 2)
+  timings = json.loads((seed_2("together") / "results.json").read_text())["timings"]
   assert [s["seeds_in_program"] for s in timings["sessions"]] == [2, 1]
-  assert timings["program_examples"] == 2 * timings["train_examples"] == old["timings"][
-      "program_examples"]
+  assert timings["program_examples"] == 1.5 * timings["train_examples"]
   assert timings["train_examples_per_second"] == pytest.approx(
       timings["program_examples"] / timings["train_seconds"])
 

@@ -434,6 +434,7 @@ def test_run_directory_of_another_config_is_left_alone(reference, tiny_args, env
     ("row_length_step", 32, 0, ("rte_cwgnc", {"layout": "padded"})),
     ("dropout_bits", "hash", "threefry", ("rte_mixout", {})),
     ("cls_only_last_layer", True, False, None),  # float rounding differs in every config
+    ("gelu", "erf", "erfc", None),  # so does the GELU's
 ])
 def test_run_dirs_from_before_a_later_key_resume_with_its_old_value(tmp_path, key, default, old,
                                                                    unaffected):
@@ -466,9 +467,9 @@ def test_run_dirs_from_before_a_later_key_resume_with_its_old_value(tmp_path, ke
 
 @pytest.mark.parametrize("method", ["demo", "rte_mixout"])
 def test_the_run_model_draws_the_configs_dropout_bits_and_last_layer(method):
-  """``config.dropout_bits`` and ``config.cls_only_last_layer`` reach the pretrained model's
-  ``BertConfig`` (Mixout's too): the two generators train with other masks and evaluate the
-  same; either last layer gives the same logits."""
+  """``config.dropout_bits``, ``config.cls_only_last_layer`` and ``config.gelu`` reach the
+  pretrained model's ``BertConfig`` (Mixout's too): the two generators train with other masks
+  and evaluate the same; either last layer, and either GELU, gives the same logits."""
   models_by = {}
   for bits, cls_only in (("hash", True), ("threefry", True), ("hash", False)):
     config = config_lib.load(method)
@@ -492,6 +493,13 @@ def test_the_run_model_draws_the_configs_dropout_bits_and_last_layer(method):
   np.testing.assert_allclose(every_token(batch, dropout_rng=key), hashed_train, rtol=1e-5,
                              atol=1e-6)
   assert isinstance(hashed.classifier, mixout.MixoutLinear) == (method == "rte_mixout")
+  # config.gelu reaches the model too: jax.nn.gelu's form gives the same logits up to rounding.
+  config = config_lib.load(method)
+  config.model, config.gelu = "minilm-l6", "erfc"
+  erfc = loop.load_model(config, 2)
+  assert (erfc.config.gelu, hashed.config.gelu) == ("erfc", "erf")
+  np.testing.assert_allclose(erfc(batch), hashed(batch), rtol=1e-5, atol=1e-6)
+  assert not np.array_equal(erfc(batch), hashed(batch))
 
 
 def _wait_for(condition, process: subprocess.Popen, timeout: float = 300.0) -> None:

@@ -200,24 +200,20 @@ def train_batches(data: TokenizedSplit, batch_size: int = 16, *, seed: int, epoc
   Step s holds examples ``epoch_order(...)[s * B:(s + 1) * B]``, in either layout;
   ``row_length_step`` as for ``make_batch``.
   """
-  _check(layout, batch_size, max_length, row_multiple, row_length_step)
-  steps = steps_per_epoch(len(data), batch_size)
-  if not 0 <= start_step <= steps:
-    raise ValueError(f"start_step {start_step} outside [0, {steps}] steps of the epoch")
-  order = epoch_order(len(data), seed=seed, epoch=epoch)
-  for step in range(start_step, steps):
-    yield make_batch(data, order[step * batch_size:(step + 1) * batch_size], batch_size,
-                     layout=layout, max_length=max_length, row_multiple=row_multiple,
-                     row_length_step=row_length_step)
+  for (batch,) in train_batches_together(
+      [data], [seed], batch_size, epoch=epoch, layout=layout, max_length=max_length,
+      row_multiple=row_multiple, start_step=start_step, row_length_step=row_length_step):
+    yield batch
 
 
 def train_batches_together(datasets: Sequence[TokenizedSplit], seeds: Sequence[int],
                            batch_size: int = 16, *, epoch: int, layout: str, max_length: int,
                            row_multiple: int = 1, start_step: int = 0, row_length_step: int = 0
                            ) -> Iterator[list[Batch]]:
-  """Each step's batches of several seeds trained as one program (seed ``seeds[i]`` on
-  ``datasets[i]``): the examples ``train_batches`` gives each, packed at one row length, the
-  one of the fewest slots once they are stacked (``pack``'s ``together``)."""
+  """Each step's batches of seeds trained as one program (seed ``seeds[i]`` on
+  ``datasets[i]``): step s holds each seed's examples ``epoch_order(...)[s * B:(s + 1) * B]``
+  (``train_batches``), packed at one row length, the one of the fewest slots once they are
+  stacked (``pack``'s ``together``)."""
   _check(layout, batch_size, max_length, row_multiple, row_length_step)
   steps = steps_per_epoch(len(datasets[0]), batch_size)
   if not 0 <= start_step <= steps:

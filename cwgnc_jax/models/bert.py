@@ -43,6 +43,7 @@ logits are returned in float32.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
@@ -57,7 +58,9 @@ INPUT_KEYS = ("input_ids", "token_type_ids", "position_ids", "segment_ids", "cls
 # The generators of dropout's keep masks: ``hash_bernoulli`` and ``threefry_bernoulli``.
 DROPOUT_BITS = ("hash", "threefry")
 # The ``BertConfig`` fields that are this model's choices, not an HF config.json's.
-NOT_HF_FIELDS = ("dropout_bits", "cls_only_last_layer")
+NOT_HF_FIELDS = ("dropout_bits", "cls_only_last_layer", "gelu")
+# The forms of the exact GELU: ``gelu`` (PyTorch's, with erf) and ``jax.nn.gelu`` (erfc).
+GELU_FORMS = ("erf", "erfc")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,9 +80,11 @@ class BertConfig:
   layer_norm_eps: float = 1e-12
   # Not HF fields (NOT_HF_FIELDS): the generator of dropout's keep masks, one of DROPOUT_BITS;
   # whether the logits' forward pass runs the last layer at the [CLS] tokens alone (the same
-  # logits up to float rounding, for less work: ``outputs``).
+  # logits up to float rounding, for less work: ``outputs``); the exact GELU's form, one of
+  # GELU_FORMS (the same function up to float rounding: ``gelu``).
   dropout_bits: str = "hash"
   cls_only_last_layer: bool = True
+  gelu: str = "erf"
 
   def __post_init__(self):
     if self.hidden_size % self.num_attention_heads:
@@ -91,6 +96,8 @@ class BertConfig:
         raise ValueError(f"{name} must be in [0, 1), got {rate!r}")
     if self.dropout_bits not in DROPOUT_BITS:
       raise ValueError(f"dropout_bits must be one of {DROPOUT_BITS}, got {self.dropout_bits!r}")
+    if self.gelu not in GELU_FORMS:
+      raise ValueError(f"gelu must be one of {GELU_FORMS}, got {self.gelu!r}")
     if not isinstance(self.cls_only_last_layer, bool):
       raise ValueError(f"cls_only_last_layer must be a bool, got {self.cls_only_last_layer!r}")
 
@@ -276,11 +283,12 @@ def gelu(x: jax.Array) -> jax.Array:
 
   HF BERT's ``"gelu"`` is ``torch.nn.functional.gelu``, whose CPU and CUDA kernels evaluate
   this form. ``jax.nn.gelu(approximate=False)`` is the same function written with
-  ``erfc(-x * sqrt(1/2))``, which keeps the left tail's relative precision: where
-  ``erf(x / sqrt 2)`` rounds to -1 (float32, x below about -5.8) PyTorch's form gives exactly
-  0 and ``erfc`` a value near -1e-8. Elsewhere the two differ by less than one float32 step
-  of ``1 + erf``, and this form takes about half the time in XLA:CPU (erf is cheaper than
-  erfc). The gradient is JAX's derivative of this expression.
+  ``erfc(-x * sqrt(1/2))``, which keeps the left tail's relative precision: where float32
+  ``erf(x / sqrt 2)`` is -1 (x below about -5.2 with XLA:CPU's erf) this form gives exactly 0
+  and ``erfc`` a value near -1e-8. Elsewhere the two differ by a few float32 steps of
+  ``1 + erf`` times x/2, and this form takes about 0.64x the time in XLA:CPU (erf is cheaper
+  than erfc). The gradient is JAX's derivative of this expression. ``BertConfig.gelu`` picks
+  the form ('erf', this one; 'erfc' for runs made before it was the model's).
   """
   return x * 0.5 * (1.0 + jax.lax.erf(x * _SQRT_HALF))
 
@@ -399,6 +407,8 @@ class Layer(nnx.Module):
                                            rngs=rngs)
     self.dropout_rate = config.hidden_dropout_prob
     self.dropout_bits = config.dropout_bits
+    self.activation = (gelu if config.gelu == "erf"
+                       else functools.partial(jax.nn.gelu, approximate=False))
 
   def __call__(self, x: jax.Array, mask: jax.Array, rng=None,
                cls_index: jax.Array | None = None) -> jax.Array:
@@ -406,7 +416,7 @@ class Layer(nnx.Module):
     rng_attention, rng_inner, rng_out, rng_drop = split_rng(rng, 4)
     full_shape, take = x.shape, None if cls_index is None else cls_rows(cls_index)
     x = self.attention(x, mask, rng_attention, cls_index)
-    inner = gelu(self.intermediate(x, rng_inner))
+    inner = self.activation(self.intermediate(x, rng_inner))
     out = dropout(self.output(inner, rng_out), self.dropout_rate, rng_drop, self.dropout_bits,
                   full_shape=full_shape, take=take)
     return self.output.layer_norm(x + out)

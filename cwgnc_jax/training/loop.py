@@ -28,10 +28,11 @@ that drives the step by hand (the benchmarks).
 Each seed's run directory (``files.py``) is locked while it trains: a second process on it
 is refused at once. What a seed writes there -- logs, evaluations, clock, checkpoints,
 results -- is its :class:`Recorder`'s job; the loop itself only moves the shared state.
-``results.json`` depends only on the config and the seed, except its ``timings`` key; a seed
-trained with others computes what it computes alone up to floating-point rounding (batched
-matmuls, and the empty rows that pad packed batches of different seeds to one shape, may
-sum in another order).
+``results.json`` depends only on the config and the seed, except its ``timings`` key. In the
+padded layout a seed trained with others computes what it computes alone up to
+floating-point rounding (batched matmuls may sum in another order). Packed, a program's seeds
+share each step's row length (``program_batches``), so a seed's dropout masks, which follow
+the batch's shape, are others than alone: the same distribution.
 """
 
 from __future__ import annotations
@@ -497,7 +498,7 @@ class Recorder:
     self.grad_norms.save()  # first: rows after the checkpoint are dropped on resume
     self.checkpoints.save(step, state, meta, self.best, previous)
 
-  def finish(self, skipped: int, steps: int, seeds_in_program: int) -> dict[str, Any]:
+  def finish(self, skipped: int, steps: int) -> dict[str, Any]:
     """Writes and returns ``results.json``."""
     self.flush()
     self.grad_norms.save()
@@ -509,7 +510,7 @@ class Recorder:
                                "iterations": self.iterations}
     totals = self.clock_totals()
     results["timings"] = {**totals, "sessions": self.sessions,
-                          "seeds_in_program": seeds_in_program,
+                          "seeds_in_program": self.sessions[-1]["seeds_in_program"],
                           "train_examples_per_second":
                               totals["program_examples"] / max(totals["train_seconds"], 1e-9)}
     if self.main:
@@ -836,7 +837,7 @@ def _train(runs: Sequence[Run], stages: Stages, step: int, mesh: jax.sharding.Me
                         None if previous is None else seed_slice(previous, s))
   progress.close()
   skipped = np.asarray(jax.device_get(step_lib.skipped(state))).reshape(-1)
-  return [recorder.finish(int(skipped[s]), step, count) for s, recorder in enumerate(recorders)]
+  return [recorder.finish(int(skipped[s]), step) for s, recorder in enumerate(recorders)]
 
 
 def _show(progress: tqdm, recorders: Sequence[Recorder], step_metrics: dict[str, Any],
