@@ -35,7 +35,7 @@ from typing import Any, Mapping, Sequence
 
 from safetensors.numpy import save_file
 
-from cwgnc_jax import saved_run
+from cwgnc_jax import files, saved_run
 from cwgnc_jax.models import bert, loading
 
 USAGE_ERROR = 2
@@ -55,12 +55,9 @@ def check_output_dir(out_dir: str | Path) -> Path:
     if any(out_dir.iterdir()):
       raise OutputError(f"output folder {out_dir} already holds files: pass a new or empty "
                         "folder (nothing is overwritten)")
-  ancestor = out_dir.parent
-  while not ancestor.exists():
-    ancestor = ancestor.parent
-  if not (ancestor.is_dir() and os.access(ancestor, os.W_OK | os.X_OK)):
-    raise OutputError(f"output folder {out_dir} cannot be created: {ancestor} is not a "
-                      "writable folder")
+  problem = files.unwritable_reason(out_dir.parent)  # the folder is staged beside it
+  if problem:
+    raise OutputError(f"output folder {out_dir} cannot be created: {problem}")
   return out_dir
 
 

@@ -163,7 +163,7 @@ def test_an_unusable_output_folder_exits_2_untouched(tiny_rte_run, tmp_path, cap
   assert tree_digest(full) == before
   blocker = tmp_path / "a_file"
   blocker.write_text("")
-  assert (f"output folder {blocker / 'model'} cannot be created: {blocker} is not a writable "
+  assert (f"output folder {blocker / 'model'} cannot be created: {blocker} is a file, not a "
           "folder" in run_main([str(tiny_rte_run), str(blocker / "model")], capsys))
   assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "full"]  # no temp folder left
   # The access check passes, the making fails (as under /proc, or on a read-only mount).
