@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -98,11 +98,9 @@ class GradientNormLog:
         self.widths["component_norms"] = len(self.component_names)
     self.rows: list[tuple[int, dict[str, Any]]] = []
     if self.enabled and self.path.is_file():
-      fix = "move it away to resume without the norms logged so far"
-      stored = read_gradient_norms(self.path, fix)
-      missing = [key for key in self.widths if key not in stored]
-      if missing:
-        raise ValueError(f"{self.path} lacks the arrays {missing}; {fix}")
+      stored = read_gradient_norms(self.path,
+                                   "move it away to resume without the norms logged so far",
+                                   arrays=("step", *self.widths))
       for i, at in enumerate(stored["step"]):
         if at <= start_step:
           self.rows.append((int(at), {key: stored[key][i] for key in self.widths}))
@@ -129,17 +127,18 @@ class GradientNormLog:
     files.write_atomic(self.path, lambda f: np.savez_compressed(f, **arrays), binary=True)
 
 
-def read_gradient_norms(path: str | Path, fix: str = "move it away, or rerun that seed"
-                        ) -> dict[str, np.ndarray]:
+def read_gradient_norms(path: str | Path, fix: str = "move it away, or rerun that seed", *,
+                        arrays: Sequence[str] = GRAD_NORMS_ARRAYS) -> dict[str, np.ndarray]:
   """The arrays of a ``grad_norms.npz`` (:class:`GradientNormLog`); ValueError naming the
-  file, and ``fix``, when it cannot be read as one (cut short, not a zip, arrays missing)."""
+  file, and ``fix``, when it cannot be read as one (cut short, not a zip) or lacks one of
+  ``arrays``."""
   try:
     with np.load(path, allow_pickle=False) as data:
       norms = {key: data[key] for key in data.files}
   except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
     raise ValueError(f"{path} is not a readable gradient-norm log ({type(error).__name__}: "
                      f"{error}); {fix}") from None
-  missing = [key for key in GRAD_NORMS_ARRAYS if key not in norms]
+  missing = [key for key in arrays if key not in norms]
   if missing:
     raise ValueError(f"{path} lacks the arrays {missing}; {fix}")
   return norms

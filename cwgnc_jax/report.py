@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -88,13 +89,14 @@ def read_summary(path: Path) -> dict[str, Any]:
     files.check_fields(run, SUMMARY_RUN_FIELDS, path, f"runs[{i}]", _REWRITE_SUMMARY)
   if summary["finished"]:
     files.check_fields(summary, dict.fromkeys(SUMMARY_AGGREGATES, files.NUMBER), path, "",
-                  _REWRITE_SUMMARY)
+                       _REWRITE_SUMMARY)
   files.check_fields(summary["config"], {"optimizer": dict}, path, "config", _REWRITE_SUMMARY)
   files.check_fields(summary["config"]["optimizer"], {"learning_rate": files.NUMBER}, path,
-                "config.optimizer", _REWRITE_SUMMARY)
+                     "config.optimizer", _REWRITE_SUMMARY)
   clip_norm = summary["config"]["optimizer"].get("clip_norm")
   if clip_norm is not None:
-    files.check_value(clip_norm, files.NUMBER, path, "config.optimizer.clip_norm", _REWRITE_SUMMARY)
+    files.check_value(clip_norm, files.NUMBER, path, "config.optimizer.clip_norm",
+                      _REWRITE_SUMMARY)
   return summary
 
 
@@ -111,7 +113,7 @@ def read_results(path: Path) -> dict[str, Any]:
   results = files.read_results(path, _REWRITE_RESULTS)
   optional = {"timings": dict, "evaluations": list, "unfreezing": dict}
   files.check_fields(results, {k: v for k, v in optional.items() if results.get(k) is not None},
-                path, "", _REWRITE_RESULTS)
+                     path, "", _REWRITE_RESULTS)
   for i, evaluation in enumerate(results.get("evaluations") or []):
     files.check_value(evaluation, dict, path, f"evaluations[{i}]", _REWRITE_RESULTS)
     if evaluation.get("drift"):
@@ -121,7 +123,7 @@ def read_results(path: Path) -> dict[str, Any]:
   for i, iteration in enumerate(iterations):
     where = f"unfreezing.iterations[{i}]"
     files.check_fields(iteration, {"score": files.NUMBER, "drift_from_pretrained": dict,
-                              "drift_from_previous": dict}, path, where, _REWRITE_RESULTS)
+                                   "drift_from_previous": dict}, path, where, _REWRITE_RESULTS)
     for source in ("drift_from_pretrained", "drift_from_previous"):
       _check_drift(iteration[source], path, f"{where}.{source}")
   return results
@@ -144,7 +146,7 @@ class Group:
   def method(self) -> str:
     return self.summary["method"]
 
-  @property
+  @functools.cached_property
   def config(self) -> dict[str, Any]:
     """The group's run identity; keys removed since it was written are dropped, so groups of
     any age compare alike."""

@@ -76,37 +76,39 @@ def packed_row_lengths(max_length: int, row_length_step: int = 0) -> list[int]:
   return [*shorter, max_length]
 
 
-def pack(lengths: np.ndarray, max_length: int, row_multiple: int = 1,
-         row_length_step: int = 0, *, together: Sequence[np.ndarray] = ()
-         ) -> tuple[int, int, list[list[int]]]:
-  """``(R, T, rows)``: the packed layout of examples of ``lengths`` (module docstring).
+def pack_together(batches: Sequence[np.ndarray], max_length: int, row_multiple: int = 1,
+                  row_length_step: int = 0) -> list[tuple[int, int, list[list[int]]]]:
+  """``(R, T, rows)`` of each batch of examples of ``batches[i]`` lengths, packed at one row
+  length T so that they stack into one array (the seeds of a program, ``stack_batches``).
 
-  ``rows`` are ``first_fit(lengths, T)``'s bins, R their count rounded up to a multiple of
-  ``max(row_multiple, 2)``, and T the length of ``packed_row_lengths`` (at least the longest
-  example) with the fewest slots R * T, the shortest of equals.
-
-  ``together``: the lengths of the batches stacked with this one into one array (the other
-  seeds of a program, ``stack_batches``). T is then the one of the fewest slots of the
-  stacked array, the most rows any of the batches needs at T times T, so that no batch is
-  padded to another's row length (16 CoLA sentences in 6 rows of 32 beside 2 rows of 96 would
-  stack as 6 rows of 96; at T = 96 both take 2).
+  ``rows`` are ``first_fit(lengths, T)``'s bins and R their count rounded up to a multiple
+  of ``max(row_multiple, 2)``. T is the length of ``packed_row_lengths`` (at least the
+  longest example) with the fewest slots of the stacked array, the most R of any batch times
+  T, the shortest of equals: no batch is padded to another's row length (16 CoLA sentences
+  in 6 rows of 32 beside 2 rows of 96 would stack as 6 rows of 96; at T = 96 both take 2).
   """
   step = max(row_multiple, 2)
-  batches = [lengths, *together]
-  longest = max(int(np.max(b, initial=0)) for b in batches)
+  rounded = lambda bins: max(-(-len(bins) // step), 1) * step
+  longest = max(int(np.max(lengths, initial=0)) for lengths in batches)
   best = None
   for length in packed_row_lengths(max_length, row_length_step):
     if length < longest:
       continue
-    counts = [len(first_fit(b, length)) for b in batches]
-    stacked_rows = max(-(-count // step) for count in [1, *counts]) * step
-    if best is None or stacked_rows * length < best[0] * best[1]:
-      best = stacked_rows, length
+    bins = [first_fit(lengths, length) for lengths in batches]
+    slots = max(rounded(b) for b in bins) * length
+    if best is None or slots < best[0]:
+      best = slots, length, bins
   if best is None:
     raise ValueError(f"example of {longest} tokens does not fit max_length {max_length}")
-  length = best[1]
-  rows = first_fit(lengths, length)
-  return max(-(-len(rows) // step), 1) * step, length, rows
+  _, length, bins = best
+  return [(rounded(rows), length, rows) for rows in bins]
+
+
+def pack(lengths: np.ndarray, max_length: int, row_multiple: int = 1,
+         row_length_step: int = 0) -> tuple[int, int, list[list[int]]]:
+  """``(R, T, rows)``: the packed layout of examples of ``lengths`` (module docstring), the
+  one batch of ``pack_together``: T of the fewest slots R * T."""
+  return pack_together([lengths], max_length, row_multiple, row_length_step)[0]
 
 
 def _check(layout: str, batch_size: int, max_length: int, row_multiple: int,
@@ -147,11 +149,11 @@ def first_fit(lengths: np.ndarray, capacity: int) -> list[list[int]]:
 
 def make_batch(data: TokenizedSplit, indices: np.ndarray, batch_size: int, *, layout: str,
                max_length: int, row_multiple: int = 1, row_length_step: int = 0,
-               together: Sequence[np.ndarray] = ()) -> Batch:
+               packed: tuple[int, int, list[list[int]]] | None = None) -> Batch:
   """The batch of examples ``indices`` (at most ``batch_size``; the rest are fillers).
   ``row_length_step``: packed rows shorter than ``max_length`` where that saves slots
-  (module docstring); 0 keeps every row ``max_length`` long. ``together``: the example
-  lengths of the batches it will be stacked with (``pack``)."""
+  (module docstring); 0 keeps every row ``max_length`` long. ``packed``: its packed layout
+  when already chosen (``pack_together``), else ``pack``'s."""
   _check(layout, batch_size, max_length, row_multiple, row_length_step)
   indices = np.asarray(indices, np.int64)
   if len(indices) > batch_size:
@@ -164,8 +166,8 @@ def make_batch(data: TokenizedSplit, indices: np.ndarray, batch_size: int, *, la
     num_rows, length = batch_size, max_length
     cls_index = np.arange(batch_size, dtype=np.int32) * max_length
   else:
-    num_rows, length, rows = pack(lengths, max_length, row_multiple, row_length_step,
-                                  together=together)
+    num_rows, length, rows = packed or pack(lengths, max_length, row_multiple,
+                                            row_length_step)
     # Fillers point at the last slot of the last row: padding or some real token, either
     # way finite, and masked out of the loss and the metric.
     cls_index = np.full(batch_size, num_rows * length - 1, np.int32)
@@ -213,7 +215,7 @@ def train_batches_together(datasets: Sequence[TokenizedSplit], seeds: Sequence[i
   """Each step's batches of seeds trained as one program (seed ``seeds[i]`` on
   ``datasets[i]``): step s holds each seed's examples ``epoch_order(...)[s * B:(s + 1) * B]``
   (``train_batches``), packed at one row length, the one of the fewest slots once they are
-  stacked (``pack``'s ``together``)."""
+  stacked (``pack_together``, once a step)."""
   _check(layout, batch_size, max_length, row_multiple, row_length_step)
   steps = steps_per_epoch(len(datasets[0]), batch_size)
   if not 0 <= start_step <= steps:
@@ -221,11 +223,13 @@ def train_batches_together(datasets: Sequence[TokenizedSplit], seeds: Sequence[i
   orders = [epoch_order(len(data), seed=seed, epoch=epoch) for data, seed in zip(datasets, seeds)]
   for step in range(start_step, steps):
     chosen = [order[step * batch_size:(step + 1) * batch_size] for order in orders]
-    lengths = [data.lengths[indices] for data, indices in zip(datasets, chosen)]
+    layouts = [None] * len(datasets)
+    if layout == "packed":
+      layouts = pack_together([data.lengths[indices] for data, indices in zip(datasets, chosen)],
+                              max_length, row_multiple, row_length_step)
     yield [make_batch(data, indices, batch_size, layout=layout, max_length=max_length,
-                      row_multiple=row_multiple, row_length_step=row_length_step,
-                      together=lengths[:i] + lengths[i + 1:])
-           for i, (data, indices) in enumerate(zip(datasets, chosen))]
+                      row_multiple=row_multiple, row_length_step=row_length_step, packed=packed)
+           for data, indices, packed in zip(datasets, chosen, layouts)]
 
 
 def eval_batches(data: TokenizedSplit, batch_size: int = 16, *, layout: str, max_length: int,

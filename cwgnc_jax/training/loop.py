@@ -361,9 +361,9 @@ class MetricsLog:
           kept.append(line + "\n")
     files.write_atomic(self.path, lambda f: f.write("".join(kept)))
     self.file = self.path.open("a")
-    self.tb = SummaryWriter(str(workdir / files.TENSORBOARD_DIR),
-                            purge_step=start_step + 1)  # from 0 too: a session that
-    # died before its first checkpoint left events that its rerun writes again
+    # Purged from 0 too: a session that died before its first checkpoint left events that
+    # its rerun writes again.
+    self.tb = SummaryWriter(str(workdir / files.TENSORBOARD_DIR), purge_step=start_step + 1)
 
   def write(self, record: dict[str, Any], prefix: str) -> None:
     if not self.enabled:
