@@ -13,11 +13,16 @@ step is made of, at the shapes of a packed RTE batch (``--rows`` rows of 128 tok
   pointwise  exact GELU on the [tokens, 1536] feed-forward activation, the model's
              (``bert.gelu``, PyTorch's erf form) and ``jax.nn.gelu``'s erfc form, and
              LayerNorm on [tokens, 384]
+  bfloat16   a whole dense layer in bfloat16, ``y = x W + b`` and its three gradients, for the
+             same three kernels: the model's (``bert.low_precision_dense``), ``nnx.Linear``'s
+             (plain bfloat16 ops through autodiff, as before the model had its own), and
+             PyTorch's (the same four ops on bfloat16 tensors, as its autograd runs them)
 
 JAX runs each kernel as its own jitted function, PyTorch as the eager op under ``no_grad``
 with ``torch.set_num_threads`` set to the cores JAX sees. The two alternate, ``--repeats``
 calls at a time over ``--rounds`` rounds (the order swapped every round), and the median
-call is reported, with the rate in GFLOP/s for the matmuls. float32 throughout.
+call is reported, with the rate in GFLOP/s for the matmuls. float32 but for the bfloat16
+group.
 
   PYTHONPATH=. /path/venv/bin/python benchmarks/bench_kernels_vs_torch.py     # the venv of
                                                     # benchmarks/requirements-bench.txt
@@ -49,21 +54,25 @@ HIDDEN, INNER, HEADS, LENGTH = 384, 1536, 12, 128
 Kernel = tuple[str, float, Callable[[], None], Callable[[], None]]  # name, FLOPs, jax, torch
 
 
-def _pair(shapes: list[tuple[int, ...]], seed: int) -> tuple[list[jax.Array], list[torch.Tensor]]:
-  """The same random float32 arrays for both frameworks."""
+def _pair(shapes: list[tuple[int, ...]], seed: int,
+          bfloat16: bool = False) -> tuple[list[jax.Array], list[torch.Tensor]]:
+  """The same random float32 (or bfloat16) arrays for both frameworks."""
   rng = np.random.default_rng(seed)
   host = [rng.standard_normal(shape, np.float32) for shape in shapes]
+  if bfloat16:
+    return ([jnp.asarray(x, jnp.bfloat16) for x in host],
+            [torch.from_numpy(x.copy()).to(torch.bfloat16) for x in host])
   return [jnp.asarray(x) for x in host], [torch.from_numpy(x.copy()) for x in host]
 
 
 def _kernel(name: str, flops: float, jax_fn: Callable, torch_fn: Callable,
-            shapes: list[tuple[int, ...]], seed: int) -> Kernel:
+            shapes: list[tuple[int, ...]], seed: int, bfloat16: bool = False) -> Kernel:
   """A kernel on ``shapes`` (random, the same for both), its jitted JAX function compiled."""
-  jax_args, torch_args = _pair(shapes, seed)
+  jax_args, torch_args = _pair(shapes, seed, bfloat16)
   jitted = jax.jit(jax_fn)
-  jitted(*jax_args).block_until_ready()  # compile
+  jax.block_until_ready(jitted(*jax_args))  # compile
   def run_jax():
-    jitted(*jax_args).block_until_ready()
+    jax.block_until_ready(jitted(*jax_args))
   def run_torch():
     with torch.no_grad():
       torch_fn(*torch_args)
@@ -107,7 +116,29 @@ def kernels(rows: int) -> list[Kernel]:
               lambda x: torch.nn.functional.layer_norm(x, (HIDDEN,), eps=1e-12),
               [(tokens, HIDDEN)], 8),
   ]
+  for k, n in ((HIDDEN, INNER), (INNER, HIDDEN), (HIDDEN, HIDDEN)):
+    shapes, flops = [(tokens, k), (k, n), (n,), (tokens, n)], 3 * 2.0 * tokens * k * n
+    out += [
+        _kernel(f"bfloat16 layer {k}x{n}: model", flops, _layer_and_gradients(
+            bert.low_precision_dense), _torch_layer_and_gradients, shapes, 9, bfloat16=True),
+        _kernel(f"bfloat16 layer {k}x{n}: nnx.Linear's", flops, _layer_and_gradients(
+            lambda x, w, b: x @ w + b), _torch_layer_and_gradients, shapes, 9, bfloat16=True),
+    ]
   return out
+
+
+def _layer_and_gradients(layer: Callable) -> Callable:
+  """``(x, w, b, dy) -> (y, dx, dw, db)`` of a dense layer, by autodiff."""
+  def run(x, w, b, dy):
+    y, vjp = jax.vjp(layer, x, w, b)
+    return y, *vjp(dy)
+  return run
+
+
+def _torch_layer_and_gradients(x, w, b, dy):
+  """What PyTorch's autograd computes for ``F.linear`` (its weight is [out, in]; the products
+  are the same with ``w`` [in, out] read in place)."""
+  return x @ w + b, dy @ w.T, x.T @ dy, dy.sum(0)
 
 
 def measure(kernel: Kernel, rounds: int, repeats: int) -> dict[str, float]:
@@ -147,8 +178,12 @@ def main(argv: list[str]) -> None:
           f"{seconds['jax'] / seconds['torch']:.2f}x | {rate(seconds['jax'])} | "
           f"{rate(seconds['torch'])} |", flush=True)
     rows.append({"kernel": name, "flops": flops, **seconds})
-  for group in ("dense", "attention"):
-    part = [r for r in rows if r["kernel"].startswith(group)]
+  groups = {"dense": lambda name: name.startswith("dense"),
+            "attention": lambda name: name.startswith("attention"),
+            "bfloat16 layers, model": lambda name: name.endswith(": model"),
+            "bfloat16 layers, nnx.Linear's": lambda name: name.endswith("nnx.Linear's")}
+  for group, member in groups.items():
+    part = [r for r in rows if member(r["kernel"])]
     jax_s, torch_s = sum(r["jax"] for r in part), sum(r["torch"] for r in part)
     print(f"{group}: jax {jax_s * 1e3:.2f} ms, torch {torch_s * 1e3:.2f} ms per set of calls: "
           f"{jax_s / torch_s:.2f}x")

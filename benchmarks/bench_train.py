@@ -18,8 +18,9 @@ values of every token, the rest at the [CLS] tokens alone::
   + 6 * (H^2 + H C) * examples
 
 (embedding lookups, LayerNorm, softmax, GELU and the optimizer update are not matmul FLOPs and
-are not counted). The peak is the best of several jitted 2048 x 2048 float32 matmuls
-(2 * 2048^3 FLOPs each), measured in the same process before and after the steps. Like
+are not counted). The peak is the best of several jitted 2048 x 2048 matmuls in the config's
+compute dtype (2 * 2048^3 FLOPs each; bfloat16 and float16 operands sum in float32, as the
+model's dense layers do), measured in the same process before and after the steps. Like
 ``train.py``, it keeps freed host memory mapped (``training/host_memory.py``).
 
   PYTHONPATH=. GLUE_DIR=../shared/glue python benchmarks/bench_train.py            # demo config
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import itertools
 import json
 import os
@@ -54,11 +56,12 @@ from cwgnc_jax.training import step as step_lib  # pylint: disable=wrong-import-
 from host import describe  # pylint: disable=wrong-import-position
 
 
-def matmul_peak(size: int = 2048, repeats: int = 10) -> float:
-  """FLOP/s of the best of ``repeats`` jitted ``size x size`` float32 matmuls."""
-  a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
-  b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
-  matmul = jax.jit(jnp.matmul)
+def matmul_peak(dtype: str = "float32", size: int = 2048, repeats: int = 10) -> float:
+  """FLOP/s of the best of ``repeats`` jitted ``size x size`` matmuls of ``dtype`` operands,
+  summed in float32 (on AMX CPUs bfloat16's peak is several times float32's)."""
+  a = jax.random.normal(jax.random.key(0), (size, size), dtype)
+  b = jax.random.normal(jax.random.key(1), (size, size), dtype)
+  matmul = jax.jit(functools.partial(jnp.matmul, preferred_element_type=jnp.float32))
   matmul(a, b).block_until_ready()
   best = float("inf")
   for _ in range(repeats):
@@ -107,7 +110,7 @@ def main(argv: list[str]) -> None:
   slots = sum(b["segment_ids"].size for b in batches)
   tokens = sum(int((b["segment_ids"] != 0).sum()) for b in batches)
 
-  peak_before = matmul_peak()
+  peak_before = matmul_peak(config.dtype)
   losses = []
   for batch in batches:  # compiles every shape
     state, metrics = train_step(state, step_lib.put_batch(batch, mesh), constants)
@@ -121,11 +124,11 @@ def main(argv: list[str]) -> None:
       state, metrics = train_step(state, batch, constants)
     jax.block_until_ready((state, metrics))
     best = min(best, time.perf_counter() - start)
-  peak = max(peak_before, matmul_peak())
+  peak = max(peak_before, matmul_peak(config.dtype))
 
   report = {
       "config": config_lib.config_name(args.config), "model": config.model,
-      "layout": config.layout, "batch_size": config.batch_size,
+      "layout": config.layout, "batch_size": config.batch_size, "dtype": config.dtype,
       "devices": run.num_devices, "backend": jax.default_backend(), "host": describe(),
       "steps": len(batches),
       "seconds_per_step": best / len(batches),
@@ -141,7 +144,8 @@ def main(argv: list[str]) -> None:
   print(f"{report['examples_per_second']:.1f} examples/s, "
         f"{report['useful_gflops_per_second']:.1f} useful GFLOP/s = "
         f"{100 * report['fraction_of_peak']:.0f}% of the "
-        f"{report['matmul_peak_gflops_per_second']:.0f} GFLOP/s matmul peak", file=sys.stderr)
+        f"{report['matmul_peak_gflops_per_second']:.0f} GFLOP/s {config.dtype} matmul peak",
+        file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -299,6 +299,81 @@ def test_bfloat16_compute_is_close_to_float32():
   np.testing.assert_allclose(logits_half, logits_full, atol=0.05 * scale)
 
 
+def _spacing(values: np.ndarray, dtype) -> np.ndarray:
+  """The distance between neighbouring ``dtype`` numbers at each of ``values`` (one ulp)."""
+  info = jnp.finfo(dtype)
+  exponent = np.floor(np.log2(np.maximum(np.abs(values), float(info.tiny))))
+  return 2.0 ** (exponent - info.nmant)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_low_precision_dense_rounds_exact_sums_once(dtype):
+  """y = round(round(x w) + b), dx = round(dy w^T), dw = round(x^T dy), db = round(sum dy),
+  in NumPy float64 (exact for these sums) against the layer's float32 sums: nearly all equal,
+  and the rest one ulp of the low precision apart, or within float32's summation error bound
+  (n eps_32 sum |terms|, which is more only where the terms cancel). Shapes with a prime
+  dimension take the plain transpose, the others the row-major one."""
+  rng = np.random.default_rng(0)
+  low = lambda a: np.asarray(a, np.float32).astype(dtype)
+  eps32 = float(jnp.finfo(jnp.float32).eps)
+  for shape in [(3, 40, 384, 96), (2, 5, 7, 11)]:
+    rows, tokens, fan_in, fan_out = shape
+    x, w = low(rng.normal(size=(rows, tokens, fan_in))), low(rng.normal(size=(fan_in, fan_out)))
+    b, dy = low(rng.normal(size=fan_out)), low(rng.normal(size=(rows, tokens, fan_out)))
+    y, vjp = jax.vjp(jax.jit(bert.low_precision_dense), x, w, b)
+    got = [y, *vjp(dy)]
+    x64, w64, dy64 = (np.asarray(a, np.float64).reshape(-1, a.shape[-1]) for a in (x, w, dy))
+    xw = np.asarray(low(x64 @ w64), np.float64)
+    want = [xw + np.asarray(b, np.float64), dy64 @ w64.T, x64.T @ dy64, dy64.sum(0)]
+    # float32's summation error bound, n eps_32 sum |terms|, for each result
+    bounds = [fan_in * eps32 * (abs(x64) @ abs(w64)), fan_out * eps32 * (abs(dy64) @ abs(w64.T)),
+              len(x64) * eps32 * (abs(x64.T) @ abs(dy64)), len(dy64) * eps32 * abs(dy64).sum(0)]
+    for name, ours, exact, bound in zip(["y", "dx", "dw", "db"], got, want, bounds, strict=True):
+      assert ours.dtype == dtype and ours.shape[-1] == exact.shape[-1], name
+      rounded = np.asarray(low(exact), np.float64)
+      apart = np.abs(np.asarray(ours, np.float64).reshape(exact.shape) - rounded)
+      # y is rounded twice: one ulp of x w can be more than one of x w + b
+      ulp = _spacing(np.maximum(np.abs(rounded), np.abs(xw) if name == "y" else 0), dtype)
+      assert np.all(apart <= np.maximum(ulp, bound)), (shape, name)
+      assert np.mean(apart == 0) > 0.98, (shape, name)
+
+
+def test_row_major_transpose_is_the_transpose():
+  for shape in [(4, 6), (3, 7), (5, 384), (384, 1536)]:
+    a = jnp.arange(np.prod(shape), dtype=jnp.float32).reshape(shape)
+    np.testing.assert_array_equal(jax.jit(bert._row_major_transpose)(a), a.T)
+
+
+def test_dense_layers_keep_nnx_linear_arithmetic():
+  """float32: bit for bit ``nnx.Linear``. bfloat16: the output and the input and kernel
+  gradients within one ulp of it (its products sum in float32 too, in another order); the bias
+  gradient is one rounding of a float32 sum, where nnx's (a bfloat16 reduction) can be several
+  ulps off: closer to the exact sum, never farther."""
+  x = jax.random.normal(jax.random.key(0), (4, 9, 48))
+  for dtype in [jnp.float32, jnp.bfloat16]:
+    ours = bert.Linear(48, 24, dtype=dtype, rngs=nnx.Rngs(1))
+    theirs = nnx.Linear(48, 24, dtype=dtype, rngs=nnx.Rngs(1))
+    nnx.update(ours, nnx.state(theirs, nnx.Param))
+    outputs = []
+    for layer in (ours, theirs):
+      loss = lambda layer, x: jnp.sum(jnp.sin(layer(x).astype(jnp.float32)))
+      grads = nnx.grad(loss, argnums=(0, 1))(layer, x)
+      outputs.append([layer(x), grads[0]["kernel"][...], grads[0]["bias"][...], grads[1]])
+    if dtype == jnp.float32:
+      for a, b in zip(*outputs, strict=True):
+        np.testing.assert_array_equal(a, b)
+      continue
+    for a, b in zip(outputs[0][:2] + outputs[0][3:], outputs[1][:2] + outputs[1][3:], strict=True):
+      a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+      assert np.all(np.abs(a - b) <= _spacing(b, jnp.bfloat16))
+    dy = jax.grad(lambda y: jnp.sum(jnp.sin(y.astype(jnp.float32))))(theirs(x))
+    exact = np.asarray(dy, np.float64).reshape(-1, 24).sum(0)
+    ours_off, theirs_off = (np.abs(np.asarray(db, np.float64) - exact)
+                            for db in (outputs[0][2], outputs[1][2]))
+    assert np.all(ours_off <= _spacing(exact, jnp.bfloat16))
+    assert np.all(ours_off <= theirs_off) and ours_off.sum() < theirs_off.sum()
+
+
 def test_tiny_backward_reaches_every_layer_and_stays_finite_under_padding(tiny):
   model, params, _ = tiny
   graph, constants, _ = split_params(model)

@@ -36,8 +36,9 @@ softmax explicitly and drops probabilities before multiplying by v.
 Every dense layer (query, key, value, attention output, intermediate, output, pooler,
 classifier) is built by the ``linear`` constructor argument, and is called as
 ``layer(x, rng)``: a Mixout variant can replace ``Linear`` without touching this file's math.
-Parameters are float32; ``dtype`` is the compute dtype (bfloat16 on accelerators), and the
-logits are returned in float32.
+Parameters are float32; ``dtype`` is the compute dtype (bfloat16 on accelerators, and on CPUs
+with AMX, where ``low_precision_dense`` puts the dense layers on XLA's bfloat16 kernels), and
+the logits are returned in float32.
 """
 
 from __future__ import annotations
@@ -127,15 +128,86 @@ def tiny_config(**overrides: Any) -> BertConfig:
   return BertConfig(**{**fields, **overrides})
 
 
+def _row_major_transpose(a: jax.Array) -> jax.Array:
+  """``a.T`` of a matrix, on CPU computed so that XLA must store it row-major.
+
+  XLA's layout assignment folds a plain transpose into the dot that reads it (a column-major
+  operand), and XLA:CPU's fast low-precision kernels (YNNPACK's, on AMX for bfloat16) take
+  row-major operands only: such a dot is computed in float32 instead, about 5x slower on
+  this project's AVX-512/AMX host. A reshape after the transpose is not a bitcast of a column-major
+  array, so the transpose is materialised. Exact: only the storage order differs. Columns
+  go in chunks of at most 128 (a [1280, 1536] transpose in chunks of 128 takes half the time
+  of two chunks of 768); a prime column count has no chunks and gets the plain transpose.
+  """
+  m, n = a.shape
+  chunk = max(d for d in range(1, min(n - 1, 128) + 1) if n % d == 0) if n > 1 else 1
+  if jax.default_backend() != "cpu" or chunk == 1:
+    return a.T
+  return a.reshape(m, n // chunk, chunk).transpose(1, 2, 0).reshape(n, m)
+
+
+# Compute dtypes whose dense layers run through ``low_precision_dense``.
+LOW_PRECISION_DTYPES = (jnp.bfloat16, jnp.float16)
+
+
+@jax.custom_vjp
+def low_precision_dense(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
+  """``x @ w + b`` for x [..., in], w [in, out] and b [out] of one low-precision dtype, with
+  every product and sum accumulated in float32 and rounded once to that dtype::
+
+    y = round(round(x w) + b)    dx = round(dy w^T)    dw = round(x^T dy)    db = round(sum dy)
+
+  the arithmetic of ``nnx.Linear``'s products in bfloat16 on GPUs, TPUs and XLA:CPU (which
+  upcasts); its bias gradient, a bfloat16 reduction, can be a few ulps off. Spelled out so that XLA:CPU runs all three products in its bfloat16 kernels (YNNPACK's, on
+  AMX where the CPU has it): a dot reaches them only with a float32 result and row-major
+  operands, and autodiff's transposed operands are not row-major (``_row_major_transpose``);
+  and so that the bias gradient is one float32 sum, where XLA splits a bfloat16 sum into a
+  slow windowed reduction. A MiniLM dense layer's forward and backward take about a quarter
+  of the time on AMX (``benchmarks/bench_kernels_vs_torch.py``).
+  """
+  return jnp.dot(x, w, preferred_element_type=jnp.float32).astype(x.dtype) + b
+
+
+def _low_precision_dense_fwd(x, w, b):
+  return low_precision_dense(x, w, b), (x, w)
+
+
+def _low_precision_dense_bwd(residuals, dy):
+  x, w = residuals
+  dy_rows = dy.reshape(-1, dy.shape[-1])
+  dx = jnp.dot(dy, _row_major_transpose(w), preferred_element_type=jnp.float32)
+  x_t = _row_major_transpose(x.reshape(-1, x.shape[-1]))
+  dw = jnp.dot(x_t, dy_rows, preferred_element_type=jnp.float32)
+  db = jnp.sum(dy_rows, axis=0, dtype=jnp.float32)
+  return dx.astype(x.dtype), dw.astype(w.dtype), db.astype(dy.dtype)
+
+
+low_precision_dense.defvjp(_low_precision_dense_fwd, _low_precision_dense_bwd)
+
+
 class Linear(nnx.Linear):
   """``nnx.Linear`` (kernel [in, out]) called as ``layer(x, rng)``; this one ignores ``rng``.
 
-  The key is the hook for layers that are random in training, such as Mixout's mixing Linear.
+  The key is the hook for layers that are random in training, such as Mixout's mixing Linear,
+  which call ``product`` with a kernel of their own.
   """
+
+  def product(self, inputs: jax.Array, kernel: jax.Array) -> jax.Array:
+    """``inputs @ kernel + bias`` in the layer's dtype: ``nnx.Linear``'s arithmetic, through
+    ``low_precision_dense`` in bfloat16 and float16."""
+    bias = self.bias[...] if self.bias is not None else None
+    inputs, kernel, bias = self.promote_dtype((inputs, kernel, bias), dtype=self.dtype)
+    if bias is not None and inputs.dtype in LOW_PRECISION_DTYPES:
+      return low_precision_dense(inputs, kernel, bias)
+    y = self.dot_general(inputs, kernel, (((inputs.ndim - 1,), (0,)), ((), ())),
+                         precision=self.precision)
+    if bias is not None:
+      y += jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
+    return y
 
   def __call__(self, inputs: jax.Array, rng: jax.Array | None = None) -> jax.Array:
     del rng  # a plain dense layer is deterministic
-    return super().__call__(inputs)
+    return self.product(inputs, self.kernel[...])
 
 
 # Selects some entries of a tensor, e.g. ``lambda full: full[rows]``.
@@ -185,7 +257,8 @@ def _fast_bernoulli_applies(rng: jax.Array, p: float, shape: tuple[int, ...]) ->
   if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
     if rng.shape or str(jax.random.key_impl(rng)) != "threefry2x32":
       return False
-  elif rng.shape != (2,) or rng.dtype != jnp.uint32 or jax.config.jax_default_prng_impl != "threefry2x32":
+  elif (rng.shape != (2,) or rng.dtype != jnp.uint32
+        or jax.config.jax_default_prng_impl != "threefry2x32"):
     return False
   return (jax.config.jax_threefry_partitionable and not jax.config.jax_enable_x64
           and math.prod(shape) < 2**32 and isinstance(p, float))

@@ -113,14 +113,7 @@ class MixoutLinear(bert.Linear):
   def __call__(self, inputs: jax.Array, rng: jax.Array | None = None) -> jax.Array:
     if rng is None or self.p == 0.0:
       return super().__call__(inputs)
-    bias = self.bias[...] if self.bias is not None else None
-    inputs, kernel, bias = self.promote_dtype((inputs, self.mixed_kernel(rng), bias),
-                                              dtype=self.dtype)
-    y = self.dot_general(inputs, kernel, (((inputs.ndim - 1,), (0,)), ((), ())),
-                         precision=self.precision)
-    if bias is not None:
-      y += jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
-    return y
+    return self.product(inputs, self.mixed_kernel(rng))
 
 
 def linear_factory(p: float, gradient: str = "reference") -> bert.LinearFactory:
