@@ -393,23 +393,61 @@ def minilm(minilm_dir):
   return from_pretrained("minilm-l6", num_labels=2, seed=0)
 
 
+def parity_batch(ref) -> dict[str, np.ndarray]:
+  """The parity fixture's tokenized pairs, one per padded row."""
+  rows, length = ref["input_ids"].shape
+  return {"input_ids": ref["input_ids"], "token_type_ids": ref["token_type_ids"],
+          "position_ids": np.tile(np.arange(length, dtype=np.int32), (rows, 1)),
+          "segment_ids": ref["attention_mask"],
+          "cls_index": np.arange(rows, dtype=np.int32) * length}
+
+
 @pytest.mark.real
 def test_parity_with_hf_pytorch_bert_on_minilm(minilm):
   """Last hidden state and pooler of HF's PyTorch BertModel (tools/make_parity_fixture.py)."""
   ref = np.load(FIXTURE)
-  rows, length = ref["input_ids"].shape
   tokenized = load_tokenizer("minilm-l6")(list(ref["first"]), list(ref["second"]),
                                          padding=True, return_tensors="np")
   np.testing.assert_array_equal(tokenized["input_ids"], ref["input_ids"])
   np.testing.assert_array_equal(tokenized["token_type_ids"], ref["token_type_ids"])
-  batch = {"input_ids": ref["input_ids"], "token_type_ids": ref["token_type_ids"],
-           "position_ids": np.tile(np.arange(length, dtype=np.int32), (rows, 1)),
-           "segment_ids": ref["attention_mask"],
-           "cls_index": np.arange(rows, dtype=np.int32) * length}
-  out = jax.jit(lambda b: minilm.outputs(b))(batch)
+  out = jax.jit(lambda b: minilm.outputs(b))(parity_batch(ref))
   real = ref["attention_mask"].astype(bool)  # padding queries differ by design (masked here)
   assert np.abs(np.asarray(out.sequence_output) - ref["last_hidden_state"])[real].max() <= 1e-4
   assert np.abs(np.asarray(out.pooled_output) - ref["pooler_output"]).max() <= 1e-4
+
+
+@pytest.mark.real
+def test_bfloat16_minilm_trains_in_float32s_direction(minilm):
+  """The real MiniLM in bfloat16 (its dense layers through ``low_precision_dense``) on the
+  parity batch: the last hidden state is HF PyTorch's to bfloat16 precision, and the gradient
+  of the loss for every parameter tensor has float32's direction and length to 0.1% and 5%."""
+  ref = np.load(FIXTURE)
+  batch, labels = parity_batch(ref), np.arange(len(ref["input_ids"])) % 2
+  half = from_pretrained("minilm-l6", num_labels=2, seed=0, dtype=jnp.bfloat16)
+  out = jax.jit(lambda b: half.outputs(b))(batch)
+  real = ref["attention_mask"].astype(bool)
+  hidden = np.asarray(out.sequence_output, np.float32)[real]
+  assert np.abs(hidden - ref["last_hidden_state"][real]).max() <= 0.1  # values up to ~5
+  grads = []
+  for model in (minilm, half):
+    graph, constants, params = split_params(model)
+    apply = apply_fn(graph)
+    loss = lambda p, apply=apply, constants=constants: -jnp.mean(jnp.take_along_axis(
+        jax.nn.log_softmax(apply(p, constants, batch)), labels[:, None], axis=1))
+    grads.append(jax.jit(jax.grad(loss))(params))
+  paths = 0
+  for (path, full), low in zip(jax.tree_util.tree_leaves_with_path(grads[0]),
+                               jax.tree.leaves(grads[1]), strict=True):
+    full, low = np.ravel(full).astype(np.float64), np.ravel(low).astype(np.float64)
+    # the key bias adds q.b to all of a query's logits, which softmax ignores: its gradient is
+    # rounding noise in both
+    if jax.tree_util.keystr(path).endswith("['key']['bias']"):
+      continue
+    cosine = full @ low / (np.linalg.norm(full) * np.linalg.norm(low))
+    scale = np.linalg.norm(low) / np.linalg.norm(full)
+    assert cosine > 0.999 and abs(scale - 1) < 0.05, (jax.tree_util.keystr(path), cosine, scale)
+    paths += 1
+  assert paths > 90  # every other kernel, bias, LayerNorm parameter and embedding
 
 
 @pytest.mark.real
