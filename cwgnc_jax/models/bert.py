@@ -132,47 +132,52 @@ def _row_major_transpose(a: jax.Array) -> jax.Array:
   """``a.T`` of a matrix, on CPU computed so that XLA must store it row-major.
 
   XLA's layout assignment folds a plain transpose into the dot that reads it (a column-major
-  operand), and XLA:CPU's fast low-precision kernels (YNNPACK's, on AMX for bfloat16) take
-  row-major operands only: such a dot is computed in float32 instead, about 5x slower on
-  this project's AVX-512/AMX host. A reshape after the transpose is not a bitcast of a column-major
-  array, so the transpose is materialised. Exact: only the storage order differs. Columns
-  go in chunks of at most 128 (a [1280, 1536] transpose in chunks of 128 takes half the time
-  of two chunks of 768); a prime column count has no chunks and gets the plain transpose.
+  operand), and XLA:CPU's fast bfloat16 kernels (YNNPACK's, on AMX) take row-major operands
+  only: such a dot is computed in float32 instead, about 5x slower on this project's
+  AVX-512/AMX host. A reshape after the transpose is not a bitcast of a column-major array,
+  so the transpose is materialised. Exact: only the storage order differs. Columns go in
+  chunks of at most 128 (a [1280, 1536] transpose in chunks of 128 took half the time of two
+  chunks of 768); a prime column count has no chunks and gets the plain transpose, as every
+  other platform does (``lax.platform_dependent``: the platform the program is lowered for).
   """
   m, n = a.shape
   chunk = max(d for d in range(1, min(n - 1, 128) + 1) if n % d == 0) if n > 1 else 1
-  if jax.default_backend() != "cpu" or chunk == 1:
+  if chunk == 1:
     return a.T
-  return a.reshape(m, n // chunk, chunk).transpose(1, 2, 0).reshape(n, m)
-
-
-# Compute dtypes whose dense layers run through ``low_precision_dense``.
-LOW_PRECISION_DTYPES = (jnp.bfloat16, jnp.float16)
+  row_major = lambda a: a.reshape(m, n // chunk, chunk).transpose(1, 2, 0).reshape(n, m)
+  return jax.lax.platform_dependent(a, cpu=row_major, default=lambda a: a.T)
 
 
 @jax.custom_vjp
 def low_precision_dense(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
-  """``x @ w + b`` for x [..., in], w [in, out] and b [out] of one low-precision dtype, with
-  every product and sum accumulated in float32 and rounded once to that dtype::
+  """``x @ w + b`` for x [..., in], w [in, out] and b [out] of one low-precision dtype; each
+  product and sum is accumulated in float32 and rounded to that dtype::
 
     y = round(round(x w) + b)    dx = round(dy w^T)    dw = round(x^T dy)    db = round(sum dy)
 
-  the arithmetic of ``nnx.Linear``'s products in bfloat16 on GPUs, TPUs and XLA:CPU (which
-  upcasts); its bias gradient, a bfloat16 reduction, can be a few ulps off. Spelled out so that XLA:CPU runs all three products in its bfloat16 kernels (YNNPACK's, on
-  AMX where the CPU has it): a dot reaches them only with a float32 result and row-major
+  These are the products of ``nnx.Linear`` in bfloat16 on GPUs, TPUs and XLA:CPU (which
+  upcasts); its bias gradient, a bfloat16 reduction, can be a few ulps farther from the exact
+  sum. Spelled out so that XLA:CPU runs all three products in its bfloat16 kernels (YNNPACK's,
+  on AMX where the CPU has it): a dot reaches them only with a float32 result and row-major
   operands, and autodiff's transposed operands are not row-major (``_row_major_transpose``);
-  and so that the bias gradient is one float32 sum, where XLA splits a bfloat16 sum into a
-  slow windowed reduction. A MiniLM dense layer's forward and backward take about a quarter
-  of the time on AMX (``benchmarks/bench_kernels_vs_torch.py``).
+  and so that the bias gradient is one float32 sum, where XLA splits a bfloat16 sum into
+  slow windowed reductions. A MiniLM dense layer's forward and backward take about a quarter
+  of ``nnx.Linear``'s time on AMX (``benchmarks/bench_kernels_vs_torch.py``).
   """
+  if not x.dtype == w.dtype == b.dtype:
+    raise TypeError(f"low_precision_dense takes one dtype, got x {x.dtype}, w {w.dtype}, "
+                    f"b {b.dtype}")
   return jnp.dot(x, w, preferred_element_type=jnp.float32).astype(x.dtype) + b
 
 
-def _low_precision_dense_fwd(x, w, b):
+def _low_precision_dense_fwd(x: jax.Array, w: jax.Array,
+                             b: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
   return low_precision_dense(x, w, b), (x, w)
 
 
-def _low_precision_dense_bwd(residuals, dy):
+def _low_precision_dense_bwd(residuals: tuple[jax.Array, jax.Array],
+                             dy: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """``(dx, dw, db)`` of ``low_precision_dense`` (its docstring), with row-major operands."""
   x, w = residuals
   dy_rows = dy.reshape(-1, dy.shape[-1])
   dx = jnp.dot(dy, _row_major_transpose(w), preferred_element_type=jnp.float32)
@@ -193,14 +198,19 @@ class Linear(nnx.Linear):
   """
 
   def product(self, inputs: jax.Array, kernel: jax.Array) -> jax.Array:
-    """``inputs @ kernel + bias`` in the layer's dtype: ``nnx.Linear``'s arithmetic, through
-    ``low_precision_dense`` in bfloat16 and float16."""
+    """``inputs @ kernel + bias`` in the layer's dtype: ``nnx.Linear``'s computation, and in
+    bfloat16 (with nnx's default dot, precision and result type) ``low_precision_dense``, a
+    bias-less layer's bias taken as zeros."""
     bias = self.bias[...] if self.bias is not None else None
     inputs, kernel, bias = self.promote_dtype((inputs, kernel, bias), dtype=self.dtype)
-    if bias is not None and inputs.dtype in LOW_PRECISION_DTYPES:
-      return low_precision_dense(inputs, kernel, bias)
+    if (inputs.dtype == jnp.bfloat16 and self.dot_general is jax.lax.dot_general
+        and self.precision is None and self.preferred_element_type is None):
+      zeros = jnp.zeros(kernel.shape[-1:], kernel.dtype)
+      return low_precision_dense(inputs, kernel, zeros if bias is None else bias)
+    result_type = ({} if self.preferred_element_type is None
+                   else {"preferred_element_type": self.preferred_element_type})
     y = self.dot_general(inputs, kernel, (((inputs.ndim - 1,), (0,)), ((), ())),
-                         precision=self.precision)
+                         precision=self.precision, **result_type)
     if bias is not None:
       y += jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
     return y
