@@ -59,10 +59,10 @@ def _pair(shapes: list[tuple[int, ...]], seed: int,
   """The same random float32 (or bfloat16) arrays for both frameworks."""
   rng = np.random.default_rng(seed)
   host = [rng.standard_normal(shape, np.float32) for shape in shapes]
-  if bfloat16:
-    return ([jnp.asarray(x, jnp.bfloat16) for x in host],
-            [torch.from_numpy(x.copy()).to(torch.bfloat16) for x in host])
-  return [jnp.asarray(x) for x in host], [torch.from_numpy(x.copy()) for x in host]
+  jax_dtype, torch_dtype = ((jnp.bfloat16, torch.bfloat16) if bfloat16
+                            else (jnp.float32, torch.float32))
+  return ([jnp.asarray(x, jax_dtype) for x in host],
+          [torch.from_numpy(x.copy()).to(torch_dtype) for x in host])
 
 
 def _kernel(name: str, flops: float, jax_fn: Callable, torch_fn: Callable,

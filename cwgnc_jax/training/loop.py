@@ -283,21 +283,17 @@ def epoch_batches(run: Run, epoch: int, *, row_multiple: int, start_step: int = 
 def program_batches(runs: Sequence[Run], epoch: int, *, row_multiple: int, start_step: int = 0
                     ) -> Iterator[tuple[list[batching.Batch], batching.Batch]]:
   """Each step of ``epoch`` from ``start_step`` on: the batch of every run, and the batch the
-  program takes. One run: its batch (``epoch_batches``). Several (seeds trained as one
+  program takes. One run: its batch (``epoch_batches``'s). Several (seeds trained as one
   program): their batches packed at one row length, the one of the fewest slots once
   stacked, then stacked (``batching.train_batches_together``, ``stack_batches``)."""
-  if len(runs) == 1:
-    for batch in epoch_batches(runs[0], epoch, row_multiple=row_multiple,
-                               start_step=start_step):
-      yield [batch], batch
-    return
   config = runs[0].config
   for batches in batching.train_batches_together(
       [run.train_data for run in runs], [run.config.seed for run in runs], config.batch_size,
       epoch=epoch, layout=config.layout, max_length=config.max_length,
       row_multiple=row_multiple, start_step=start_step,
       row_length_step=config_lib.later_key(config, "row_length_step")):
-    yield batches, batching.stack_batches(batches, max(row_multiple, 1))
+    yield batches, (batching.stack_batches(batches, row_multiple) if len(runs) > 1
+                    else batches[0])
 
 
 # -- Evaluation. ---------------------------------------------------------------------------
