@@ -1,7 +1,7 @@
 """The machine a benchmark runs on, in one line: its figures move with the host (and XLA's flags).
 
 On 2026-12-03 the same benchmarks ran on two hosts of 2 cores each, and the ratios against
-PyTorch differed by a third (docs/benchmarks.md, "On a second host"): every benchmark that
+PyTorch differed by a third (docs/performance.md, "Where the goals stand"): every benchmark that
 compares across runs prints this line, so a figure can be traced to its machine.
 """
 

@@ -25,7 +25,7 @@ def get_config() -> config_dict.ConfigDict:
   config.glue_dir = config_dict.placeholder(str)  # None: $GLUE_DIR, else the hub
   config.train_limit = config_dict.placeholder(int)  # first N train examples (trials)
   config.max_length = 128
-  config.dtype = "float32"  # compute dtype; parameters stay float32 (docs/benchmarks.md: bfloat16)
+  config.dtype = "float32"  # compute dtype; parameters stay float32 (docs/performance.md: bfloat16)
   # How: the method's row (methods.apply sets these five together).
   config.method = ""
   config.optimizer = config_dict.ConfigDict()
