@@ -170,8 +170,8 @@ def main(argv: list[str]) -> None:
   name = chip(device.device_kind)
   data = synthetic_split(model_config.vocab_size)
   report = {"device_kind": device.device_kind, "chip": name, "backend": jax.default_backend(),
-            "jax": jax.__version__, "host": describe(), "model": dataclasses.asdict(model_config),
-            "steps": args.steps, "runs": []}
+            "jax": jax.__version__, "host": describe(),
+            "model": dataclasses.asdict(model_config), "steps": args.steps, "runs": []}
   started = time.perf_counter()
   for dtype in DTYPES:
     peak = PEAKS[name][0 if dtype == "bfloat16" else 1] if name else None

@@ -1,20 +1,20 @@
 """The train and eval programs lower for GPU (``cuda``) and TPU on this CPU-only host.
 
 No accelerator is at hand where the suite runs, so this is what keeps the programs
-compilable there. Each program ``train.py`` builds (``loop.Stages``: the train step with
-per-tensor gradient norms in float32 and in bfloat16, alone and seed-stacked, and the eval
-step) is traced on abstract arrays and lowered to StableHLO for each platform
-(``Traced.lower(lowering_platforms=...)``); nothing is compiled or run. The model has two
-layers of BERT-large's width and its vocabulary, built with ``nnx.eval_shape``: no parameter
-is allocated.
+compilable there. The programs ``train.py`` builds for fine-tuning (``loop.Stages``: the
+train step with per-tensor gradient norms in float32 and in bfloat16, alone and
+seed-stacked, and the eval step) are traced on abstract arrays and lowered to StableHLO for
+each platform (``Traced.lower(lowering_platforms=...)``); nothing is compiled or run. The
+model has two layers of BERT-large's width and its vocabulary, built with ``nnx.eval_shape``:
+no parameter is allocated.
 
 A lowering must hold no custom call: each is a kernel of one platform's runtime (LAPACK or a
 Python callback on CPU, cuSOLVER on GPU, ...), and none is needed today; a new one is to be
 checked against every platform before it is let in here. And ``low_precision_dense``'s
 backward pass must take the plain transpose there (``bert._row_major_transpose``: its
 row-major form, for XLA:CPU's bfloat16 kernels, is chosen by ``lax.platform_dependent``
-when the program is lowered), as the same lowering for ``cpu`` shows it can tell the two
-apart.
+when the program is lowered); the same program lowered for ``cpu`` holds the row-major form,
+which shows that the check can tell the two apart.
 """
 
 from __future__ import annotations
@@ -41,9 +41,9 @@ BERT_LARGE_WIDTH = dict(vocab_size=30522, hidden_size=1024, num_attention_heads=
 # depends on it.
 TRAIN_EXAMPLES = 32
 ROWS, EXAMPLES, LENGTH = 4, 8, 128  # a packed batch's shapes: 8 examples in 4 rows of 128
-# On CPU every dense layer's backward pass stores both transposes row-major (dx's of the
-# kernel, dw's of the inputs), but the classifier kernel's: 2 columns have no chunks. Six
-# dense layers per encoder layer, then the pooler and the classifier.
+# On CPU every dense layer's backward pass stores both of its transposes row-major (the
+# kernel's for dx, the inputs' for dw), except the classifier kernel's: its 2 columns have no
+# chunks. Six dense layers per encoder layer, then the pooler and the classifier.
 ROW_MAJOR_ON_CPU = {"float32": 0,
                     "bfloat16": 2 * (6 * BERT_LARGE_WIDTH["num_hidden_layers"] + 2) - 1}
 
