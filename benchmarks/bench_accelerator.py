@@ -24,8 +24,9 @@ the batches of that shape. It prints, for each:
 
 It imports jax, flax, optax, numpy and this package's model, step, optimizer and batching
 modules: no ml_collections, transformers, tokenizers or MiniLM package. Four BERT-large
-compiles and 4 x 22 steps are meant to take well under 5 minutes on an H100; it has not yet
-run on one. ``--small`` trains a 2-layer, 64-wide model instead: a trial on a CPU.
+compiles and 4 x 22 steps are meant to take under 5 minutes on an H100 (each line gives its
+compile time and the time so far); it has not yet run on one. ``--small`` trains a 2-layer,
+64-wide model instead: a trial on a CPU.
 
   python benchmarks/bench_accelerator.py                           # BERT-large
   PYTHONPATH=. python benchmarks/bench_accelerator.py --small --steps 3
