@@ -119,7 +119,7 @@ def measure(model_config: bert.BertConfig, dtype: str, data: glue.TokenizedSplit
   optimizer = optimizers.cwgnc(
       optimizers.linear_warmup_decay(LEARNING_RATE, SCHEDULE_STEPS, WARMUP_FRACTION),
       CLIP_NORM)
-  abstract = step_lib.abstract_state(params, optimizer, 0, mesh, min_size=2**18)
+  abstract = step_lib.abstract_state(params, optimizer, 0, mesh, min_size=1)  # 1 device
   state = step_lib.init_state(params, optimizer, 0, abstract)
   del model, params  # the state holds the parameters now
   train_step = step_lib.jit_train_step(bert.apply_fn(graphdef), optimizer, mesh,
