@@ -4,24 +4,12 @@ Builds the run and its step as ``train.py`` does (``loop.prepare``: model, token
 ``loop.first_stage_program``: the step, without per-tensor gradient norms), takes
 the first ``--steps`` batches of epoch 0, runs them once to compile every batch shape, then
 times the same batches again (``--repeats`` times, the best pass reported). Useful FLOPs count
-only real (non-padding) tokens, for forward and backward::
-
-  6 * P_mm * tokens                       P_mm = L (4 H^2 + 2 H I): the encoder's matmul weights
-  + 12 * L * H * sum_i len_i^2            attention scores and weighted values, per example
-  + 6 * (H^2 + H C) * examples            pooler and classifier on each [CLS]
-
-and with ``cls_only_last_layer`` (the default) the last layer's as it computes them: keys and
-values of every token, the rest at the [CLS] tokens alone::
-
-  6 * (L - 1) * P_mm / L * tokens + 12 * (L - 1) * H * sum_i len_i^2
-  + 6 * 2 H^2 * tokens + 6 * (2 H^2 + 2 H I) * examples + 12 * H * sum_i len_i
-  + 6 * (H^2 + H C) * examples
-
-(embedding lookups, LayerNorm, softmax, GELU and the optimizer update are not matmul FLOPs and
-are not counted). The peak is the best of several jitted 2048 x 2048 matmuls in the config's
-compute dtype (2 * 2048^3 FLOPs each; bfloat16 and float16 operands sum in float32, as the
-model's dense layers do), measured in the same process before and after the steps. Like
-``train.py``, it keeps freed host memory mapped (``training/host_memory.py``).
+only real (non-padding) tokens, for forward and backward (``accounting.useful_flops``, with
+``cls_only_last_layer`` the last layer's as it computes them). The peak is the best of
+several jitted 2048 x 2048 matmuls in the config's compute dtype (2 * 2048^3 FLOPs each;
+bfloat16 and float16 operands sum in float32, as the model's dense layers do), measured in
+the same process before and after the steps. Like ``train.py``, it keeps freed host memory
+mapped (``training/host_memory.py``).
 
   PYTHONPATH=. GLUE_DIR=../shared/glue python benchmarks/bench_train.py            # demo config
   PYTHONPATH=. python benchmarks/bench_train.py --config demo --config.layout=padded
@@ -47,12 +35,12 @@ host_memory.keep_freed_memory()  # before JAX starts its threads
 
 import jax  # pylint: disable=wrong-import-position
 import jax.numpy as jnp  # pylint: disable=wrong-import-position
-import numpy as np  # pylint: disable=wrong-import-position
 
 from cwgnc_jax import config as config_lib  # pylint: disable=wrong-import-position
 from cwgnc_jax import models  # pylint: disable=wrong-import-position
 from cwgnc_jax.training import loop  # pylint: disable=wrong-import-position
 from cwgnc_jax.training import step as step_lib  # pylint: disable=wrong-import-position
+from accounting import useful_flops  # pylint: disable=wrong-import-position
 from host import describe  # pylint: disable=wrong-import-position
 
 
@@ -69,24 +57,6 @@ def matmul_peak(dtype: str = "float32", size: int = 2048, repeats: int = 10) -> 
     matmul(a, b).block_until_ready()
     best = min(best, time.perf_counter() - start)
   return 2 * size**3 / best
-
-
-def useful_flops(batch: dict[str, np.ndarray], model_config: models.BertConfig,
-                 num_labels: int) -> float:
-  """Forward + backward matmul FLOPs of the real tokens of a batch (module docstring)."""
-  h, layers = model_config.hidden_size, model_config.num_hidden_layers
-  per_token = 4 * h * h + 2 * h * model_config.intermediate_size  # one layer's weights
-  segments = batch["segment_ids"]
-  tokens = int((segments != 0).sum())
-  lengths = np.concatenate([np.bincount(row[row != 0])[1:] for row in segments])
-  lengths = lengths.astype(np.float64)
-  examples = float(batch["example_mask"].sum())
-  full_layers = layers - 1 if model_config.cls_only_last_layer else layers
-  flops = 6 * full_layers * per_token * tokens + 12 * full_layers * h * (lengths**2).sum()
-  if model_config.cls_only_last_layer:  # every token's key and value; one query an example
-    flops += 6 * 2 * h * h * tokens + 6 * (per_token - 2 * h * h) * examples
-    flops += 12 * h * lengths.sum()
-  return flops + 6 * (h * h + h * num_labels) * examples
 
 
 def main(argv: list[str]) -> None:

@@ -89,6 +89,7 @@ from cwgnc_jax.data import batching, glue  # pylint: disable=wrong-import-positi
 from cwgnc_jax.models import bert, load_tokenizer, mixout  # pylint: disable=wrong-import-position
 from cwgnc_jax.training import loop  # pylint: disable=wrong-import-position
 from cwgnc_jax.training import step as step_lib  # pylint: disable=wrong-import-position
+from accounting import cost, memory  # pylint: disable=wrong-import-position
 
 BERT_LARGE = {"vocab_size": 30522, "hidden_size": 1024, "num_hidden_layers": 24,
               "num_attention_heads": 16, "intermediate_size": 4096,
@@ -107,20 +108,6 @@ GPU_MEMORY = 80e9
 CHECKPOINT_BYTES_PER_SECOND = 2e9  # assumed: one local NVMe SSD, written by one process
 MFUS = (0.3, 0.4, 0.5)
 TRAIN_ROWS = (16, 8, 2)  # fit on the first and last, check the middle (first method only)
-
-
-def cost(compiled) -> dict[str, float]:
-  analysis = compiled.cost_analysis()
-  analysis = analysis[0] if isinstance(analysis, list) else analysis  # older JAX: a list
-  return {"flops": float(analysis["flops"]), "bytes": float(analysis["bytes accessed"])}
-
-
-def memory(compiled) -> dict[str, float]:
-  stats = compiled.memory_analysis()
-  out = {"arguments": stats.argument_size_in_bytes, "outputs": stats.output_size_in_bytes,
-         "aliased": stats.alias_size_in_bytes, "temporaries": stats.temp_size_in_bytes}
-  out["peak"] = out["arguments"] + out["outputs"] - out["aliased"] + out["temporaries"]
-  return {k: float(v) for k, v in out.items()}
 
 
 def batch_struct(rows: int, examples: int, length: int, seeds: int = 0) -> dict:
@@ -195,7 +182,7 @@ def fit(points: dict[int, float]) -> tuple[float, float]:
 
 
 def formula_flops_per_row(layers: int, length: int) -> float:
-  """Forward + backward matmul FLOPs of one full row (bench_train.py's useful_flops)."""
+  """Forward + backward matmul FLOPs of one full row (accounting.useful_flops)."""
   h, i = BERT_LARGE["hidden_size"], BERT_LARGE["intermediate_size"]
   return 6 * layers * (4 * h * h + 2 * h * i) * length + 12 * layers * h * length**2
 
