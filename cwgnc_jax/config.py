@@ -121,12 +121,13 @@ def available() -> list[str]:
 
 
 def config_path(name_or_path: str) -> Path:
-  """The file of a config given by name (``rte_cwgnc``) or by path (``a/b.py``)."""
+  """The file of a config given by name (``rte_cwgnc``) or by path (``a/b.py``, made
+  absolute)."""
   path = Path(name_or_path)
   if path.suffix == ".py" or os.sep in name_or_path:
     if not path.is_file():
       raise ConfigError(f"config file {path} does not exist")
-    return path
+    return path.absolute()
   path = CONFIG_DIR / f"{name_or_path}.py"
   if not path.is_file() or name_or_path in ("base", "__init__"):
     raise ConfigError(f"unknown config {name_or_path!r}; valid: {', '.join(available())} "
@@ -263,11 +264,29 @@ def set_method(config: ml_collections.ConfigDict, method: str) -> None:
 USAGE = ("usage: train.py --config NAME_OR_PATH [--config.KEY=VALUE ...] [--workdir DIR]\n"
          "  NAME is one of: {names}")
 
+# ``glue_dir`` and ``model`` name folders that the run records (config.json) and that later
+# commands read back (resume, predict, export, a study's other seeds): such a folder is made
+# absolute as the command line is parsed, ``~`` expanded as the loaders expand it, so it names
+# the same folder from any working directory. A value naming no folder stays as given: 'hub',
+# 'none', a short model name, a hub id. (``cache_dir`` is made absolute where it is read:
+# ``glue.cache_folder``, which also reads ``$CWGNC_CACHE``.)
+
+def absolute_folder(key: str, text: str) -> str:
+  """The command-line value ``text`` of config key ``key``; a folder of ``glue_dir`` or
+  ``model`` made absolute."""
+  folder = Path(text).expanduser()
+  if key == "glue_dir" and text not in ("", "hub") and text.lower() not in ("none", "null"):
+    return str(folder.absolute())
+  if key == "model" and text not in MODELS and folder.is_dir():  # as resolve_model decides
+    return str(folder.absolute())
+  return text
+
 
 def parse_args(argv: Sequence[str]) -> tuple[str, list[tuple[str, str]], str | None]:
   """``(config name or path, [(dotted key, value text)], workdir or None)`` from ``argv``.
 
-  Accepts ``--flag=value`` and ``--flag value``.
+  Accepts ``--flag=value`` and ``--flag value``. The workdir comes back absolute, and so do
+  the folders of ``glue_dir`` and ``model`` (``absolute_folder``).
   """
   config_arg, workdir, overrides = None, None, []
   args = list(argv)
@@ -285,9 +304,10 @@ def parse_args(argv: Sequence[str]) -> tuple[str, list[tuple[str, str]], str | N
     if flag == "config":
       config_arg = value
     elif flag == "workdir":
-      workdir = value
+      workdir = str(Path(value).absolute())
     elif flag.startswith("config.") and len(flag) > len("config."):
-      overrides.append((flag[len("config."):], value))
+      key = flag[len("config."):]
+      overrides.append((key, absolute_folder(key, value)))
     else:
       raise ConfigError(f"unknown flag --{flag}; {USAGE.splitlines()[0]}")
     i += 1
@@ -297,12 +317,12 @@ def parse_args(argv: Sequence[str]) -> tuple[str, list[tuple[str, str]], str | N
 
 
 def from_command_line(argv: Sequence[str]) -> tuple[ml_collections.ConfigDict, str]:
-  """The validated config and the run directory that ``argv`` ask for."""
+  """The validated config and the run directory (absolute) that ``argv`` ask for."""
   config_arg, overrides, workdir = parse_args(argv)
   config = apply_overrides(load(config_arg), overrides)
   validate(config)
   if workdir is None:
-    workdir = os.path.join("runs", f"{config_name(config_arg)}_seed{config.seed}")
+    workdir = str(Path("runs", f"{config_name(config_arg)}_seed{config.seed}").absolute())
   return config, workdir
 
 

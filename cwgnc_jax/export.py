@@ -135,7 +135,7 @@ def main(argv: list[str]) -> None:
   if len(argv) != 2 or any(arg.startswith("-") for arg in argv):
     fail(f"expected RUN_DIR OUT_DIR, got {' '.join(argv) or 'nothing'} "
          "(python -m cwgnc_jax.export --help)")
-  run_dir, out_dir = argv
+  run_dir, out_dir = (Path(arg).absolute() for arg in argv)  # orbax takes absolute paths only
   try:
     written = export_run(run_dir, out_dir)
   except (ValueError, OSError) as e:  # RunDirError, OutputError, missing or wrong files

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 from types import MappingProxyType
-from typing import Any, Mapping
-
-import ml_collections
+from typing import TYPE_CHECKING, Any, Mapping
 
 from cwgnc_jax import optimizers
+
+if TYPE_CHECKING:  # configs are the train extra's: optimizers.optimizer_config imports it
+  import ml_collections
 
 
 @dataclasses.dataclass(frozen=True)

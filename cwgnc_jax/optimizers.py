@@ -27,17 +27,19 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 from jax import lax
-from ml_collections import config_dict
 
 from cwgnc_jax import paths
 from cwgnc_jax.clipping import COMPONENT_KINDS, clip_by_component_norm
+
+if TYPE_CHECKING:  # configs are the train extra's; the optimizers need jax and optax only
+  import ml_collections
 
 # Regular expressions searched in parameter paths: biases and LayerNorm parameters.
 DECAY_EXCLUDE = (r"(^|/)bias$", r"(^|/)layer_norm/")
@@ -362,38 +364,39 @@ def cwgnc(
 
 # -- Recipes and the config-driven builder. ----------------------------------------------
 
-def _devlin() -> dict[str, Any]:
-  """Devlin et al.'s BertAdam fields (SPEC section 2), the base of every Table 1 row."""
-  return dict(
-      learning_rate=2e-5,
-      b1=0.9,
-      b2=0.999,
-      eps=1e-6,
-      weight_decay=0.01,
-      warmup_fraction=0.1,
-      bias_correction=False,
-      # With bias correction: transformers' AdamW (the PyTorch reference) or optax's form.
-      adam_form="transformers",
-      max_grad_norm=config_dict.placeholder(float),
-      clip_norm=config_dict.placeholder(float),
-      components="tensor",
-      decay_exclude=DECAY_EXCLUDE,
-  )
+# Devlin et al.'s BertAdam fields (SPEC section 2), the base of every Table 1 row. None: a
+# float that is off unless set (a ``config_dict.placeholder(float)`` in the config).
+_DEVLIN = MappingProxyType(dict(
+    learning_rate=2e-5,
+    b1=0.9,
+    b2=0.999,
+    eps=1e-6,
+    weight_decay=0.01,
+    warmup_fraction=0.1,
+    bias_correction=False,
+    # With bias correction: transformers' AdamW (the PyTorch reference) or optax's form.
+    adam_form="transformers",
+    max_grad_norm=None,
+    clip_norm=None,
+    components="tensor",
+    decay_exclude=DECAY_EXCLUDE,
+))
 
 
 def optimizer_config(**fields: Any) -> ml_collections.ConfigDict:
   """An optimizer config for :func:`build_optimizer`: Devlin et al.'s BertAdam (lr 2e-5, eps
   1e-6, weight decay 0.01 off biases and LayerNorm, 10% warmup then linear decay, no clip)
   with ``fields`` replaced. The Table 1 rows: ``methods.recipe(name)``."""
-  values = _devlin()
-  unknown = sorted(set(fields) - set(values))
+  # Imported here, not with the module: configs are the train extra's (cwgnc_jax[train]),
+  # and ``import cwgnc_jax`` needs jax and optax only.
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  unknown = sorted(set(fields) - set(_DEVLIN))
   if unknown:
-    raise ValueError(f"unknown optimizer fields {unknown}; valid: {', '.join(values)}")
+    raise ValueError(f"unknown optimizer fields {unknown}; valid: {', '.join(_DEVLIN)}")
+  values = {field: ml_collections.config_dict.placeholder(float) if value is None else value
+            for field, value in _DEVLIN.items()}
   values.update(fields)
   return ml_collections.ConfigDict(values)
-
-
-_FIELDS = tuple(_devlin())
 
 
 def _number(cfg: ml_collections.ConfigDict, field: str, name: str) -> float:
@@ -431,7 +434,7 @@ def _check_config(cfg: ml_collections.ConfigDict, total_steps: int,
   Types are checked, not only ranges: None or a bool where a number belongs would fail later
   with a TypeError, and a None ``bias_correction`` would silently mean BertAdam.
   """
-  missing = [field for field in _FIELDS if field not in cfg]
+  missing = [field for field in _DEVLIN if field not in cfg]
   if missing:
     raise ValueError(f"{name} lacks the fields {missing}; start from "
                      "methods.recipe(name) or optimizer_config()")

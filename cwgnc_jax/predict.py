@@ -168,15 +168,19 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+  """The command line, its paths made absolute (orbax takes absolute paths only)."""
   parser = _Parser(prog="python -m cwgnc_jax.predict",
                    description=__doc__.split("\n\n")[0],
                    formatter_class=argparse.RawDescriptionHelpFormatter,
                    epilog=__doc__.split("\n\n", 2)[2])
-  parser.add_argument("run_dir", metavar="RUN_DIR", help="a finished run's directory")
+  absolute = lambda text: Path(text).absolute()
+  parser.add_argument("run_dir", metavar="RUN_DIR", type=absolute,
+                      help="a finished run's directory")
   parser.add_argument("--split", required=True, choices=SPLITS,
                       help="the GLUE split: test (no labels) or dev (and its metric)")
-  parser.add_argument("--tsv", metavar="FILE", help="the split's GLUE TSV file")
-  parser.add_argument("--out", metavar="FILE", help="the submission file to write (new)")
+  parser.add_argument("--tsv", metavar="FILE", type=absolute, help="the split's GLUE TSV file")
+  parser.add_argument("--out", metavar="FILE", type=absolute,
+                      help="the submission file to write (new)")
   parser.add_argument("--batch-size", type=int, metavar="N",
                       help="examples per packed batch (default: the run's eval_batch_size)")
   return parser.parse_args(argv)

@@ -893,7 +893,8 @@ def main(argv: list[str]) -> None:
   args = parser.parse_args(argv)
   command = "python -m cwgnc_jax.report " + " ".join(argv)
   try:
-    path = write_report(args.run_dirs, args.out or args.run_dirs[0], command)
+    # The run folders stay as given: report.md names them, and only plain files are read.
+    path = write_report(args.run_dirs, Path(args.out or args.run_dirs[0]).absolute(), command)
   except (OSError, ValueError) as e:
     print(f"cwgnc_jax.report: error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -90,8 +90,8 @@ def parse_seeds(text: str) -> list[int]:
 
 def parse_args(argv: Sequence[str]
                ) -> tuple[str, list[tuple[str, str]], list[int], Path, int]:
-  """``(config name or path, [(dotted key, value text)], seeds, output folder, seeds per
-  program)``."""
+  """``(config name or path, [(dotted key, value text)], seeds, output folder (absolute),
+  seeds per program)``."""
   seeds, out, per_program, rest = None, None, 1, []
   args = list(argv)
   i = 0
@@ -120,7 +120,7 @@ def parse_args(argv: Sequence[str]
   if any(key == "seed" for key, _ in overrides):
     raise ConfigError("--config.seed is not allowed in a study: pass --seeds instead")
   return (config_arg, overrides, seeds or parse_seeds(str(DEFAULT_SEEDS)),
-          Path(out or DEFAULT_OUT), per_program)
+          Path(out or DEFAULT_OUT).absolute(), per_program)
 
 
 def _value(config: ml_collections.ConfigDict, dotted: str) -> Any:

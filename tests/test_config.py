@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -100,7 +101,7 @@ def test_overrides_are_typed_and_nested(monkeypatch):
   assert config.seed == 3 and isinstance(config.seed, int)
   assert config.model == "bert-large-uncased" and config.keep_best is True
   assert config.optimizer.max_grad_norm == 2.0 and config.num_epochs == 4
-  assert workdir == "runs/demo_seed3"
+  assert workdir == str(Path.cwd() / "runs" / "demo_seed3")
   _, workdir = _cli("--workdir", "/tmp/x")
   assert workdir == "/tmp/x"
 
@@ -255,7 +256,7 @@ def test_a_glue_folder_under_home_is_found(tmp_path, monkeypatch):
     (tmp_path / "glue" / "RTE" / f"{split}.tsv").write_text("")
   monkeypatch.setenv("HOME", str(tmp_path))
   config, _ = _cli("--config.glue_dir=~/glue")
-  assert config.glue_dir == "~/glue"
+  assert config.glue_dir == str(tmp_path / "glue")  # what config.json records
 
 
 def test_check_devices_and_mesh_shape():

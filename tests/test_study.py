@@ -70,7 +70,7 @@ def test_parse_args():
        "--out=/tmp/x", "--seeds-per-program", "2"]) == (
            "rte_cwgnc", [("optimizer.clip_norm", "0.1")], [1, 2], Path("/tmp/x"), 2)
   assert study.parse_args(["--config", "rte_adamw"])[2:] == (
-      list(range(1, 26)), Path("runs/study"), 1)  # the paper's 25 seeds, one at a time
+      list(range(1, 26)), Path.cwd() / "runs/study", 1)  # the paper's 25 seeds, one at a time
   for argv, message in ((["--config", "rte_adamw", "--config.seed=3"], "--seeds instead"),
                         (["--config", "rte_adamw", "--seeds-per-program=0"], "an int >= 1"),
                         (["--config", "rte_adamw", "--workdir", "x"], "--out DIR"),

@@ -133,8 +133,9 @@ def _check_split(split: str) -> str:
 
 
 def default_source() -> str:
-  """``$GLUE_DIR`` when set, else 'hub'."""
-  return os.environ.get("GLUE_DIR") or "hub"
+  """``$GLUE_DIR`` when set (made absolute, ``~`` expanded), else 'hub'."""
+  source = os.environ.get("GLUE_DIR") or "hub"
+  return source if source == "hub" else str(Path(source).expanduser().absolute())
 
 
 def load_examples(task_name: str, split: str, source: str | os.PathLike | None = None
@@ -392,10 +393,10 @@ def cache_key(task: Task, split: str, examples: Sequence[Example], tokenizer: An
 
 def cache_folder(cache_dir: str | os.PathLike | None) -> Path:
   """The cache folder ``config.cache_dir`` names: itself, else ``$CWGNC_CACHE`` when set, else
-  ``~/.cache/cwgnc_jax``."""
+  ``~/.cache/cwgnc_jax``; absolute (``~`` expanded)."""
   if cache_dir is None:
     cache_dir = os.environ.get("CWGNC_CACHE") or DEFAULT_CACHE_DIR
-  return Path(cache_dir).expanduser()
+  return Path(cache_dir).expanduser().absolute()
 
 
 def _save_atomically(path: Path, data: TokenizedSplit) -> None:

@@ -144,7 +144,7 @@ def read_params(step_dir: str | Path, item: str) -> dict[str, Any]:
 
   Raises CheckpointError naming the folder when the item is missing or unreadable.
   """
-  folder = Path(step_dir) / item
+  folder = Path(step_dir).absolute() / item  # orbax takes absolute paths only, as Checkpointer
   handler = ocp.PyTreeCheckpointHandler()
   try:
     stored = handler.metadata(folder).tree
