@@ -70,6 +70,8 @@ METHODS: Mapping[str, Method] = MappingProxyType({m.name: m for m in (
            num_epochs=3, clips_components=True),
 )})
 NAMES = tuple(METHODS)
+# The paper's Table 1, in its row order (the released-code variant is not one of its rows).
+TABLE1 = ("bertadam", "adamw", "mixout", "mosbach", "cwgnc")
 
 
 def get(name: str) -> Method:

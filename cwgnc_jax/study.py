@@ -1,7 +1,12 @@
 """A config over many seeds in one process, and its summary: ``python -m cwgnc_jax.study``.
 
   python -m cwgnc_jax.study --config NAME_OR_PATH [--seeds 25 | --seeds 1,2,5 | --seeds 11-20]
-      [--config.KEY=VALUE ...] [--out DIR] [--seeds-per-program K]
+      [--config.KEY=VALUE ...] [--out DIR] [--seeds-per-program K] [--workers N]
+  python -m cwgnc_jax.study --table1 [--tasks rte,mrpc,cola] [--rows ROW,...]
+      [--lr rte=2e-5,cola=1e-4] [--seeds ...] [--workers N] [--config.KEY=VALUE ...] [--out DIR]
+
+``--table1`` (every row of Table 1 on every task, each at its own protocol, one learning rate
+per task) and ``--workers N`` (N processes sharing the seeds): ``cwgnc_jax/table1.py``.
 
 ``--seeds N`` trains seeds 1..N (default 25, the paper's count); ``--seeds 1,2,5`` or
 ``--seeds 11-20`` those seeds (``--seeds 7-7``: seed 7 alone). Each seed is an ordinary
@@ -31,6 +36,8 @@ this one (SPEC section 3):
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -198,6 +205,50 @@ def summarize(group: str, config_arg: str, overrides: dict[str, Any],
 
 # -- The study. ----------------------------------------------------------------------------
 
+@dataclasses.dataclass
+class Group:
+  """A group's folder and its checked configs, before anything trains.
+
+  Attributes:
+    config: the group's config (seed unset).
+    values: its overrides that name the group (``group_overrides``).
+    name: the group folder's name (``group_name``).
+    folder: ``out / name``.
+    configs: per seed (asked for, or finished by earlier invocations) its run's config.
+    earlier: the seeds finished by earlier invocations that were not asked for.
+  """
+  config: ml_collections.ConfigDict
+  values: dict[str, Any]
+  name: str
+  folder: Path
+  configs: dict[int, ml_collections.ConfigDict]
+  earlier: list[int]
+
+
+def open_group(config_arg: str, overrides: Sequence[tuple[str, str]], seeds: Sequence[int],
+               out: str | Path) -> Group:
+  """The group of ``config_arg`` with ``overrides`` in ``out``, every seed's config and run
+  directory checked (ConfigError naming the first problem). Reads files only: no device is
+  touched, so a process that only plans the work may call it."""
+  config = config_lib.apply_overrides(config_lib.load(config_arg), overrides)
+  config_lib.validate(config)
+  values = group_overrides(config, overrides)
+  name = group_name(config_arg, values)
+  folder = Path(out) / name
+  problem = files.unwritable_reason(folder)
+  if problem:
+    raise ConfigError(f"--out {out}: {problem}")
+  # Seeds finished by earlier invocations (other --seeds) count in the summary too.
+  earlier = [seed for seed in finished_seeds(folder) if seed not in seeds]
+  configs = {}
+  for seed in sorted(set(seeds) | set(earlier)):
+    configs[seed] = config.copy_and_resolve_references()
+    configs[seed].seed = seed
+    loop.check_run_dir(files.seed_dir(folder, seed), configs[seed])
+    loop.check_resume_step(files.seed_dir(folder, seed), configs[seed])
+  return Group(config, values, name, folder, configs, earlier)
+
+
 def run_study(config_arg: str, overrides: Sequence[tuple[str, str]], seeds: Sequence[int],
               out: str | Path, seeds_per_program: int = 1) -> dict[str, Any]:
   """Trains (or resumes, or skips) every seed of the group; returns its summary.
@@ -209,8 +260,9 @@ def run_study(config_arg: str, overrides: Sequence[tuple[str, str]], seeds: Sequ
   seed whose run directory another process holds (``files.locked``) is skipped: two studies
   over the same seeds share the work.
   """
-  config = config_lib.apply_overrides(config_lib.load(config_arg), overrides)
-  config_lib.validate(config)
+  opened = open_group(config_arg, overrides, seeds, out)
+  config, values, group, group_dir = opened.config, opened.values, opened.name, opened.folder
+  configs = opened.configs
   loop.use_compilation_cache(config)
   seeds_axis = config.mesh.get("seeds", 1)
   if seeds_per_program % seeds_axis:
@@ -222,21 +274,7 @@ def run_study(config_arg: str, overrides: Sequence[tuple[str, str]], seeds: Sequ
   for axis in range(1, seeds_axis + 1):  # a last, smaller program uses a divisor of it
     if seeds_axis % axis == 0:
       config_lib.check_devices(config, jax.device_count() // axis)
-  values = group_overrides(config, overrides)
-  group = group_name(config_arg, values)
-  group_dir = Path(out) / group
-  problem = files.unwritable_reason(group_dir)
-  if problem:
-    raise ConfigError(f"--out {out}: {problem}")
-  # Seeds finished by earlier invocations (other --seeds) count in the summary too.
-  earlier = finished_seeds(group_dir)
-  configs = {}
-  for seed in sorted(set(seeds) | set(earlier)):
-    configs[seed] = config.copy_and_resolve_references()
-    configs[seed].seed = seed
-    loop.check_run_dir(files.seed_dir(group_dir, seed), configs[seed])
-    loop.check_resume_step(files.seed_dir(group_dir, seed), configs[seed])
-  results = {seed: read_results(group_dir, seed) for seed in earlier if seed not in seeds}
+  results = {seed: read_results(group_dir, seed) for seed in opened.earlier}
   every_seed = sorted(configs)
 
   main = loop.is_main_process()
@@ -285,16 +323,20 @@ def run_study(config_arg: str, overrides: Sequence[tuple[str, str]], seeds: Sequ
                    f"seeds {program}: {e}; trying again", file=sys.stderr)
     todo = [s for s in todo if s not in done]
     progress.update(len(done))
-    # Another process with other seeds of this group (study.sh on the other core) may have
-    # finished some meanwhile: the summary counts every seed whose results are on disk.
-    for other in finished_seeds(group_dir):
-      if other not in results:
-        results[other] = read_results(group_dir, other)
-    every_seed = sorted(set(every_seed) | set(results))
-    summary = summarize(group, config_arg, values, config, every_seed, results)
     if main:
       group_dir.mkdir(parents=True, exist_ok=True)
-      files.write_json(group_dir / files.SUMMARY_FILE, summary)
+    # Another process with other seeds of this group (a worker, study.sh on the other core)
+    # may have finished some meanwhile: the summary counts every seed whose results are on
+    # disk. Read and written under the group's lock, so that a summary read before another
+    # process's newer one was written cannot replace it and lose a seed.
+    with files.locked(group_dir) if main else contextlib.nullcontext():
+      for other in finished_seeds(group_dir):
+        if other not in results:
+          results[other] = read_results(group_dir, other)
+      every_seed = sorted(set(every_seed) | set(results))
+      summary = summarize(group, config_arg, values, config, every_seed, results)
+      if main:
+        files.write_json(group_dir / files.SUMMARY_FILE, summary)
     if summary["finished"]:
       progress.set_postfix(mean=f"{summary['mean']:.2f}", std=f"{summary['std']:.2f}",
                            failed=f"{summary['failed_runs']}/{summary['finished']}")
@@ -328,6 +370,10 @@ def main(argv: list[str]) -> None:
     print(__doc__.strip())
     print("configs:", ", ".join(config_lib.available()))
     return
+  # The whole of Table 1, and workers: a module of their own (it imports this one).
+  from cwgnc_jax import table1  # pylint: disable=import-outside-toplevel
+  if table1.is_plan_command(argv):
+    sys.exit(table1.main(argv))
   try:
     config_arg, overrides, seeds, out, per_program = parse_args(argv)
     summary = run_study(config_arg, overrides, seeds, out, per_program)
