@@ -53,10 +53,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from scipy import stats
+from scipy import stats as scipy_stats
 
 from cwgnc_jax import config as config_lib
-from cwgnc_jax import diagnostics, files, methods, metrics, paths
+from cwgnc_jax import diagnostics, files, methods, metrics, paper, paths, stats
 
 TASK_ORDER = ("rte", "mrpc", "cola")
 TASK_NAMES = {"rte": "RTE", "mrpc": "MRPC", "cola": "CoLA"}
@@ -273,17 +273,42 @@ def cell(summary: dict[str, Any]) -> str:
           f"({summary['failed_percent']:.0f}% failed, n={summary['finished']})")
 
 
+def _paper_cell(group: Group) -> str:
+  """The paper's ``Std / Mean / Max`` of the group's row and task (BERT-large), where the group
+  is that row at its protocol (a CWGNC row at the paper's threshold; no GU); else ''."""
+  numbers = paper.TABLE1.get(group.method, {}).get(group.task)
+  if numbers is None or group.unfreezing != "none" or (
+      group.is_cwgnc and group.clip_norm != paper.CLIP_NORM):
+    return ""
+  return " / ".join(f"{v:.1f}" for v in numbers)
+
+
+def _numbers(summary: dict[str, Any]) -> list[str]:
+  """n, Std, Mean, Max, failed % of a group, one decimal as in the paper."""
+  if not summary["finished"]:
+    return ["0", "-", "-", "-", "-"]
+  return [str(summary["finished"]), *(f"{summary[k]:.1f}" for k in ("std", "mean", "max")),
+          f"{summary['failed_percent']:.0f}"]
+
+
 def table1(groups: Sequence[Group]) -> str:
-  """The Markdown Table 1 of one setting: rows = methods, columns = tasks."""
+  """The Markdown Table 1 of one setting in the paper's layout: rows = methods; per task, n,
+  Std, Mean, Max and failed %, then the paper's Std / Mean / Max (BERT-large) of the row."""
   tasks = _tasks(groups)
   rows: dict[str, dict[str, Group]] = {}
   for group in sorted(groups, key=_row_order):
     rows.setdefault(group.label, {})[group.task] = group
-  lines = ["| approach | " + " | ".join(_task_header(t, groups) for t in tasks) + " |",
-           "|---|" + "---|" * len(tasks)]
+  header = ["approach"]
+  for task in tasks:
+    header += [f"{_task_header(task, groups)}: n", "Std", "Mean", "Max", "failed %",
+               f"{paper.MODEL} (paper): Std / Mean / Max"]
+  lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
   for label, cells in rows.items():
-    lines.append(f"| {label} | " + " | ".join(
-        cell(cells[t].summary) if t in cells else "" for t in tasks) + " |")
+    values = [label]
+    for task in tasks:
+      values += ([*_numbers(cells[task].summary), _paper_cell(cells[task])] if task in cells
+                 else [""] * 6)
+    lines.append("| " + " | ".join(values) + " |")
   return "\n".join(lines)
 
 
@@ -328,7 +353,7 @@ def sweep_trend(members: Sequence[Group]) -> str | None:
   pairs = [(np.log(g.clip_norm), score) for g in members for score in _scores(g)]
   if len({c for c, _ in pairs}) < 3:
     return None
-  rho, p = stats.spearmanr(*zip(*pairs))
+  rho, p = scipy_stats.spearmanr(*zip(*pairs))
   p_text = "p < 0.001" if p < 1e-3 else f"p = {p:.3f}"
   return (f"Score against log c over the {len(pairs)} runs: Spearman rho = {rho:+.2f} "
           f"({p_text}; negative: smaller thresholds score higher).")
@@ -345,41 +370,41 @@ def _p(value: float) -> str:
   return "-" if np.isnan(value) else "<0.001" if value < 1e-3 else f"{value:.3f}"
 
 
+def _comparison_cells(c: stats.Comparison, holm: Sequence[float] | None = None) -> str:
+  """The Markdown cells of a comparison; with ``holm``, each p-value's Holm-adjusted value
+  beside it."""
+  p = [_p(v) if holm is None else f"{_p(v)} | {_p(h)}" for v, h in
+       zip(c.pvalues, holm if holm is not None else c.pvalues)]
+  ratio = "-" if np.isnan(c.std_ratio) else f"{c.std_ratio:.2f}"
+  return (f"{c.n[0]}, {c.n[1]} | {ratio} | {p[0]} | {c.mean_difference:+.1f} | {p[1]} | "
+          f"{c.failed[0]}/{c.n[0]} vs {c.failed[1]}/{c.n[1]} | {p[2]}")
+
+
 def compare_scores(a: Sequence[float], b: Sequence[float], failed_a: int, failed_b: int
                    ) -> str:
-  """Scores ``a`` against scores ``b`` (``failed_*`` of them failed), as the Markdown cells
-  ``seeds | Std ratio | p (equal spread) | mean difference | p (equal means) | failed |
-  p (equal failures)``.
-
-  The ratio ``std(a) / std(b)`` of the population stds; the Brown-Forsythe test of equal
-  spread (Levene's test on deviations from each group's median: robust to a failed run's
-  outlying score; from 3 scores a side, below which it is degenerate); Welch's t-test of
-  equal means (from 2 a side); Fisher's exact test of equal failure rates. Two-sided p-values:
-  with ten seeds a group's std is known only to about +-25%, so only large differences in
-  spread reach a small p.
-  """
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  with np.errstate(all="ignore"):  # constant scores (every seed failed): no test
-    spread = (stats.levene(a, b, center="median").pvalue if min(len(a), len(b)) >= 3
-              else np.nan)
-    means = stats.ttest_ind(a, b, equal_var=False).pvalue if min(len(a), len(b)) >= 2 else np.nan
-    ratio = np.std(a) / np.std(b) if np.std(b) else np.nan
-  fisher = stats.fisher_exact([[failed_a, len(a) - failed_a],
-                               [failed_b, len(b) - failed_b]]).pvalue
-  return (f"{len(a)}, {len(b)} | {'-' if np.isnan(ratio) else f'{ratio:.2f}'} | {_p(spread)} | "
-          f"{np.mean(a) - np.mean(b):+.1f} | {_p(means)} | "
-          f"{failed_a}/{len(a)} vs {failed_b}/{len(b)} | {_p(fisher)}")
+  """Scores ``a`` against scores ``b`` (``failed_*`` of them failed; ``stats.compare``), as
+  the Markdown cells of ``COMPARISON_COLUMNS``, uncorrected."""
+  return _comparison_cells(stats.compare(a, b, failed_a, failed_b))
 
 
 COMPARISON_COLUMNS = ("seeds | Std ratio | p (equal spread) | mean difference | p (equal means) "
                       "| failed | p (equal failures)")
+HOLM_COLUMNS = ("seeds | Std ratio | p (equal spread) | Holm | mean difference | "
+                "p (equal means) | Holm | failed | p (equal failures) | Holm")
 
 
-def comparisons(groups: Sequence[Group]) -> str | None:
+@dataclasses.dataclass(frozen=True)
+class Compared:
+  """CWGNC (``ours``) against a baseline of its task."""
+  ours: Group
+  base: Group
+  result: stats.Comparison
+
+
+def comparisons(groups: Sequence[Group]) -> list[Compared]:
   """CWGNC against each baseline of its task, where both have at least
-  ``MIN_SEEDS_TO_COMPARE`` finished seeds, as a Markdown table of :func:`compare_scores`
-  (None: no such pair)."""
-  rows = []
+  ``MIN_SEEDS_TO_COMPARE`` finished seeds, by task and row order."""
+  found = []
   for task in _tasks(groups):
     plain = sorted((g for g in groups if g.task == task and g.unfreezing == "none"
                     and len(_scores(g)) >= MIN_SEEDS_TO_COMPARE), key=_row_order)
@@ -387,12 +412,18 @@ def comparisons(groups: Sequence[Group]) -> str | None:
       for base in (g for g in plain if not g.is_cwgnc):
         failed = [sum(run["failed"] for run in g.summary["runs"] if "score" in run)
                   for g in (ours, base)]
-        rows.append(f"| {TASK_NAMES.get(task, task)} | {ours.label} | {base.label} | "
-                    f"{compare_scores(_scores(ours), _scores(base), *failed)} |")
-  if not rows:
-    return None
-  return "\n".join([f"| task | CWGNC | baseline | {COMPARISON_COLUMNS} |", "|---" * 10 + "|",
-                    *rows])
+        found.append(Compared(ours, base, stats.compare(_scores(ours), _scores(base),
+                                                        *failed)))
+  return found
+
+
+def comparison_table(compared: Sequence[Compared], holm: np.ndarray) -> str:
+  """The Markdown table of ``compared``, each p-value with its Holm-adjusted one (``holm``:
+  three per comparison, in order)."""
+  rows = [f"| {TASK_NAMES.get(c.ours.task, c.ours.task)} | {c.ours.label} | {c.base.label} | "
+          f"{_comparison_cells(c.result, holm[3 * i:3 * i + 3])} |"
+          for i, c in enumerate(compared)]
+  return "\n".join([f"| task | CWGNC | baseline | {HOLM_COLUMNS} |", "|---" * 13 + "|", *rows])
 
 
 def settings_list(groups: Sequence[Group]) -> str:
@@ -832,13 +863,22 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path,
     lines += [f"Written by `{command}`.", ""]
   released = ", ".join(f"{TASK_NAMES[t]} {v:g}"
                        for t, v in metrics.RELEASED_CODE_THRESHOLDS.items())
-  lines += ["Cells: Std / Mean / Max of the dev score (x100) over seeds (population std), the "
-            "percentage of failed runs and the number of finished seeds. A failed run's dev "
-            "score is not above the majority classifier's (the paper's rule; rows marked "
-            f"\"failure rule 'released'\" use the released code's fixed thresholds: {released})."
-            " A row's score is its final model's, except rows marked \"best dev evaluation\" "
-            "(Mosbach et al.'s protocol: the best of the evaluations during training).", ""]
-  for run_dir, groups in settings:
+  lines += ["Table 1: per task the number of finished seeds n, the Std (population), Mean and "
+            "Max of the dev score (x100) over them, and the percentage of failed runs. A "
+            "failed run's dev score is not above the majority classifier's (the paper's rule; "
+            "rows marked \"failure rule 'released'\" use the released code's fixed "
+            f"thresholds: {released}). A row's score is its final model's, except rows marked "
+            "\"best dev evaluation\" (Mosbach et al.'s protocol: the best of the evaluations "
+            f"during training). Beside each task, the paper's numbers ({paper.SOURCE}): "
+            f"**another model and scale** ({paper.MODEL}, 25 runs for CWGNC, the baselines' "
+            "counts not stated, no failure rates), for the row at its own protocol and, for "
+            f"CWGNC, the paper's threshold c = {paper.CLIP_NORM:g}; not ours to match number "
+            "for number.", ""]
+  # Holm's correction runs over every p-value of the page: all settings' comparisons.
+  compared = [comparisons(groups) for _, groups in settings]
+  holm = stats.holm([p for found in compared for c in found for p in c.result.pvalues])
+  tests, first = int(np.count_nonzero(~np.isnan(holm))), 0
+  for (run_dir, groups), found in zip(settings, compared):
     lines += [f"## Table 1: `{run_dir}`", "", table1(groups), ""]
     for key, members in sweeps(groups).items():
       lines += [f"### Table 2: CWGNC threshold sweep on {_sweep_title(key)} (`{run_dir}`)",
@@ -846,12 +886,15 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path,
       trend = sweep_trend(members)
       if trend:
         lines += [trend, ""]
-    compared = comparisons(groups)
-    if compared:
+    if found:
       lines += [f"### CWGNC against the baselines (`{run_dir}`)", "",
                 "Std ratio: CWGNC's std over the baseline's. p-values, two-sided: "
                 "Brown-Forsythe (equal spread), Welch (equal means), Fisher exact (equal "
-                "failure rates).", "", compared, ""]
+                "failure rates); each uncorrected, then Holm's (`stats.holm`) over the family "
+                f"of all {tests} tests on this page (a difference is significant at 0.05 only "
+                "where Holm's p is below 0.05; '-': no test).", "",
+                comparison_table(found, holm[first:first + 3 * len(found)]), ""]
+      first += 3 * len(found)
     lines += ["Groups:", "", settings_list(groups), ""]
   everything = [g for _, groups in settings for g in groups]
   if len(settings) > 1:  # the figures show every setting: names must not collide across them

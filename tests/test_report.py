@@ -111,35 +111,48 @@ def _table(markdown: str, heading: str) -> list[list[str]]:
   return rows
 
 
-def _expected_cell(scores, majority) -> str:
+def _expected_cells(scores, majority, paper: str) -> list[str]:
+  """A task's cells of a Table 1 row: n, Std, Mean, Max, failed %, the paper's numbers."""
   scores = np.asarray(scores)
-  failed = 100 * np.mean(scores <= majority)
-  return (f"{np.std(scores):.1f} / {np.mean(scores):.1f} / {np.max(scores):.1f} "
-          f"({failed:.0f}% failed, n={len(scores)})")
+  return [str(len(scores)), f"{np.std(scores):.1f}", f"{np.mean(scores):.1f}",
+          f"{np.max(scores):.1f}", f"{100 * np.mean(scores <= majority):.0f}", paper]
 
 
 def test_table1_has_the_numbers_of_each_group(studies, tmp_path):
+  """The paper's layout: per task n, Std, Mean, Max, failed %, then the paper's BERT-large
+  Std / Mean / Max of the row (Table 1; only for a row at its protocol, CWGNC at c = 0.05)."""
   path = report.write_report([studies / "main", studies / "harsh"], tmp_path)
   text = path.read_text()
   rows = _table(text, f"## Table 1: `{studies / 'main'}`")
-  assert rows[0] == ["approach", "RTE (accuracy)", "CoLA (MCC)"]
+  paper = "BERT-large-uncased (paper): Std / Mean / Max"
+  assert rows[0] == ["approach", "RTE (accuracy): n", "Std", "Mean", "Max", "failed %", paper,
+                     "CoLA (MCC): n", "Std", "Mean", "Max", "failed %", paper]
+  assert rows[1] == ["---"] * 13
   body = {row[0]: row[1:] for row in rows[2:]}
   assert list(body) == [
       "Devlin et al. (BertAdam)",
       "+ bias correction (AdamW) [optimizer.learning_rate=2e-05]",
       "+ bias correction (AdamW) [optimizer.learning_rate=0.0004]",
       "CWGNC (c = 0.01)", "CWGNC (c = 0.05)", "CWGNC (c = 0.5)"]
-  assert body["Devlin et al. (BertAdam)"] == [_expected_cell(RTE_SCORES["rte_bertadam"], 52.7), ""]
+  none = [""] * 6
+  assert body["Devlin et al. (BertAdam)"] == [
+      *_expected_cells(RTE_SCORES["rte_bertadam"], 52.7, "4.5 / 50.9 / 67.5"), *none]
+  assert body["Devlin et al. (BertAdam)"][:5] == ["4", "7.2", "54.1", "66.1", "75"]
   assert body["+ bias correction (AdamW) [optimizer.learning_rate=2e-05]"] == [
-      _expected_cell(RTE_SCORES["rte_adamw"], 52.7), _expected_cell([30.0, 0.0, 45.5], 0.0)]
+      *_expected_cells(RTE_SCORES["rte_adamw"], 52.7, "4.0 / 70.6 / 75.5"),
+      *_expected_cells([30.0, 0.0, 45.5], 0.0, "11.1 / 59.2 / 64.1")]
   assert body["+ bias correction (AdamW) [optimizer.learning_rate=0.0004]"] == [
-      _expected_cell([50.0, 53.5], 52.7), ""]
-  assert body["CWGNC (c = 0.05)"] == [_expected_cell(RTE_SCORES["rte_cwgnc"], 52.7),
-                                      _expected_cell(COLA_SWEEP[0.05], 0.0)]
-  assert body["CWGNC (c = 0.5)"] == ["", _expected_cell(COLA_SWEEP[0.5], 0.0)]
-  assert _expected_cell(RTE_SCORES["rte_bertadam"], 52.7) == "7.2 / 54.1 / 66.1 (75% failed, n=4)"
+      *_expected_cells([50.0, 53.5], 52.7, "4.0 / 70.6 / 75.5"), *none]
+  assert body["CWGNC (c = 0.05)"] == [
+      *_expected_cells(RTE_SCORES["rte_cwgnc"], 52.7, "1.3 / 73.1 / 75.1"),
+      *_expected_cells(COLA_SWEEP[0.05], 0.0, "1.7 / 62.2 / 65.0")]
+  # Other thresholds than the paper's are not its CWGNC row.
+  assert body["CWGNC (c = 0.01)"] == [*none, *_expected_cells(COLA_SWEEP[0.01], 0.0, "")]
+  assert body["CWGNC (c = 0.5)"] == [*none, *_expected_cells(COLA_SWEEP[0.5], 0.0, "")]
+  assert "**another model and scale** (BERT-large-uncased" in text
   harsh = _table(text, f"## Table 1: `{studies / 'harsh'}`")
-  assert harsh[2] == ["CWGNC (c = 0.05)", _expected_cell([60.0, 52.0], 52.7)]
+  assert harsh[2] == ["CWGNC (c = 0.05)", *_expected_cells([60.0, 52.0], 52.7,
+                                                           "1.3 / 73.1 / 75.1")]
 
 
 def test_seed_table_has_every_finished_seed(studies, tmp_path):
@@ -271,7 +284,9 @@ def test_comparisons_test_cwgnc_against_each_baseline_of_its_task(studies, tmp_p
   from scipy import stats  # pylint: disable=import-outside-toplevel
   text = report.write_report([studies / "main"], tmp_path).read_text()
   rows = _table(text, "### CWGNC against the baselines")
-  assert rows[0][:5] == ["task", "CWGNC", "baseline", "seeds", "Std ratio"]
+  assert rows[0] == ["task", "CWGNC", "baseline", "seeds", "Std ratio", "p (equal spread)",
+                     "Holm", "mean difference", "p (equal means)", "Holm", "failed",
+                     "p (equal failures)", "Holm"]
   # Groups of fewer than 3 seeds (AdamW at 4e-4) are left out; the sweep's thresholds each
   # meet CoLA's AdamW. Rows are named as in Table 1.
   adamw = "+ bias correction (AdamW) [optimizer.learning_rate=2e-05]"
@@ -281,13 +296,33 @@ def test_comparisons_test_cwgnc_against_each_baseline_of_its_task(studies, tmp_p
       ["CoLA", "CWGNC (c = 0.01)", adamw, "3, 3"],
       ["CoLA", "CWGNC (c = 0.05)", adamw, "3, 3"],
       ["CoLA", "CWGNC (c = 0.5)", adamw, "3, 3"]]
+  pairs = [(RTE_SCORES["rte_cwgnc"], RTE_SCORES["rte_bertadam"], 52.7),
+           (RTE_SCORES["rte_cwgnc"], RTE_SCORES["rte_adamw"], 52.7),
+           *((COLA_SWEEP[c], [30.0, 0.0, 45.5], 0.0) for c in (0.01, 0.05, 0.5))]
+  pvalues = []
+  for ours, theirs, majority in pairs:
+    ours, theirs = np.array(ours), np.array(theirs)
+    pvalues += [stats.levene(ours, theirs, center="median").pvalue,
+                stats.ttest_ind(ours, theirs, equal_var=False).pvalue,
+                stats.fisher_exact([[sum(ours <= majority), sum(ours > majority)],
+                                    [sum(theirs <= majority), sum(theirs > majority)]]).pvalue]
+  # Holm over the page's 15 tests, as written out in its definition: each p times the number
+  # of p-values not below it, the largest such product at or below it, capped at 1.
+  ranked = sorted(pvalues)
+  holm = [min(1.0, max((len(ranked) - j) * ranked[j] for j in range(len(ranked))
+                       if ranked[j] <= p)) for p in pvalues]
+  fmt = lambda p: "<0.001" if p < 1e-3 else f"{p:.3f}"
+  for row, i in zip(rows[2:], range(0, 15, 3)):
+    assert [row[5], row[6], row[8], row[9], row[11], row[12]] == [
+        fmt(pvalues[i]), fmt(holm[i]), fmt(pvalues[i + 1]), fmt(holm[i + 1]),
+        fmt(pvalues[i + 2]), fmt(holm[i + 2])]
   ours, theirs = np.array(RTE_SCORES["rte_cwgnc"]), np.array(RTE_SCORES["rte_bertadam"])
-  spread = stats.levene(ours, theirs, center="median").pvalue
-  means = stats.ttest_ind(ours, theirs, equal_var=False).pvalue
   # BertAdam fails 3 of 4 seeds (<= 52.7), CWGNC none: Fisher's two-sided p = 8/56.
-  assert rows[2][4:] == [f"{np.std(ours) / np.std(theirs):.2f}", f"{spread:.3f}",
-                         f"+{np.mean(ours) - np.mean(theirs):.1f}", f"{means:.3f}",
-                         "0/4 vs 3/4", "0.143"]
+  assert rows[2][4] == f"{np.std(ours) / np.std(theirs):.2f}"
+  assert rows[2][7] == f"+{np.mean(ours) - np.mean(theirs):.1f}"
+  assert rows[2][10:12] == ["0/4 vs 3/4", "0.143"]
+  assert holm[2] > pvalues[2] and rows[2][12] != "0.143"  # corrected, not copied
+  assert "Holm's (`stats.holm`) over the family of all 15 tests on this page" in text
 
 
 def test_rows_say_optax_adam_best_evaluation_and_failure_rule(tmp_path):
@@ -312,9 +347,9 @@ def test_rows_say_optax_adam_best_evaluation_and_failure_rule(tmp_path):
   assert "Mosbach et al., best dev evaluation" in labels.values()
   table = report.table1(groups)
   # 52.8 beats the majority classifier (52.71), not the released threshold (53).
-  assert "| CWGNC (c = 0.05), failure rule 'released' | 7.1 / 60.9 / 70.0 (33% failed, n=3)" \
-      in table
-  assert "| + bias correction (AdamW) | 7.1 / 60.9 / 70.0 (0% failed, n=3)" in table
+  assert ("| CWGNC (c = 0.05), failure rule 'released' | 3 | 7.1 | 60.9 | 70.0 | 33 | "
+          "1.3 / 73.1 / 75.1 |") in table
+  assert "| + bias correction (AdamW) | 3 | 7.1 | 60.9 | 70.0 | 0 | 4.0 / 70.6 / 75.5 |" in table
   # seeds.csv judges as the table does, though seed 2's results.json says not failed.
   report.write_seed_table([g for g in groups if g.method == "cwgnc"], tmp_path / "seeds.csv")
   with (tmp_path / "seeds.csv").open(newline="") as f:
