@@ -34,10 +34,11 @@ from cwgnc_jax import files
 
 ConfigError = config_lib.ConfigError
 
-# The cores one run uses well on a CPU host: two RTE runs of MiniLM-L6 pinned to one core each
-# make 70 + 70 steps a minute on the 2-core host of docs/results.md, where one run's matmuls
-# on both cores leave the rest of its step (XLA:CPU runs one thunk at a time, the attention
-# matmuls on one thread) to one core; benchmarks/bench_study_workers.py measures the gain.
+# The cores one run uses well on a CPU host, measured on the 2-core host of docs/: a MiniLM-L6
+# RTE step on both cores keeps one core's worth of threads busy (thread time 874 ms of 875 ms
+# wall, docs/benchmarks.md: XLA:CPU runs one thunk at a time, the attention matmuls on one
+# thread), and two runs pinned to one core each make 70 + 70 steps a minute
+# (docs/results.md). benchmarks/bench_study_workers.py measures what --workers 2 gains.
 CPU_CORES_PER_RUN = 1
 POLL_SECONDS = 2.0
 _PR_SET_PDEATHSIG = 1  # prctl(2)
@@ -116,16 +117,26 @@ def _start(job: dict[str, Any], cores: list[int], gpus: list[str]) -> subprocess
                           env=env, preexec_fn=pin, start_new_session=True)
 
 
-def _state(folders: dict[Any, Path], seeds: dict[Any, Sequence[int]]
-           ) -> tuple[int, list[str], int]:
-  """(seeds done, 'group seed s' of those running, seeds waiting) from the run directories."""
+def _holder(run_dir: Path) -> int | None:
+  """The pid the last holder of ``run_dir``'s lock wrote in it (``files.locked``), if any."""
+  try:
+    text = (run_dir / files.LOCK_FILE).read_text().strip()
+  except OSError:
+    return None
+  return int(text) if text.isdigit() else None
+
+
+def _state(folders: dict[Any, Path], pids: set[int]) -> tuple[int, list[str], int]:
+  """(seeds done, 'group seed s' of those running, seeds waiting) from the run directories.
+  A seed runs if a live worker (``pids``) took its lock last: the lock itself is not probed
+  (``files.is_locked``), since a worker that probed it at that instant would skip the seed."""
   done, running, waiting = 0, [], 0
   for entry, folder in folders.items():
-    for seed in seeds[entry]:
+    for seed in entry.seeds:
       run_dir = files.seed_dir(folder, seed)
       if (run_dir / files.RESULTS_FILE).is_file():
         done += 1
-      elif files.is_locked(run_dir):
+      elif _holder(run_dir) in pids:
         running.append(f"{config_lib.config_name(entry.config_arg)} seed {seed}")
       else:
         waiting += 1
@@ -166,12 +177,11 @@ def run(plan: Any, folders: dict[Any, Path], assigned: Sequence[tuple[list[int],
       procs.append(_start(job, cores, gpus))
       if stopped:  # a signal came while starting: the ones started so far got it
         stop(stopped[0], None)
-    seeds = {e: e.seeds for e in plan.entries}
     shown = None
     while True:
-      alive = sum(proc.poll() is None for proc in procs)
+      alive = {proc.pid for proc in procs if proc.poll() is None}
       failed = sum(proc.poll() not in (None, 0) for proc in procs)
-      line = progress_line(*_state(folders, seeds), alive, failed)
+      line = progress_line(*_state(folders, alive), len(alive), failed)
       if line != shown:
         print(line, file=sys.stderr, flush=True)
         shown = line
@@ -179,7 +189,9 @@ def run(plan: Any, folders: dict[Any, Path], assigned: Sequence[tuple[list[int],
         break
       time.sleep(POLL_SECONDS)
   finally:
-    for proc in procs:
+    for proc in procs:  # none is alive unless this process failed: then they stop too
+      if proc.poll() is None:
+        proc.terminate()
       proc.wait()
     for s, handler in handlers.items():
       signal.signal(s, handler)

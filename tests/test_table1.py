@@ -202,7 +202,7 @@ def test_a_worker_that_dies_leaves_its_seed_for_a_rerun(tiny_bert_dir, tiny_rte_
   """Two workers, one seed: one trains it, the other finds it taken and ends. The trainer is
   killed (SIGKILL): the command names the seed and exits 1; run again, it trains the seed."""
   argv = ["--config", "demo", "--seeds", "7-7", "--workers", "2", "--out", str(tmp_path),
-          *_tiny(tiny_bert_dir, tiny_rte_dir, epochs=50)]
+          *_tiny(tiny_bert_dir, tiny_rte_dir, epochs=10)]
   (folder,) = table1.check(table1.parse_args(argv)).values()
   pool = _study(argv)
   run_dir = files.seed_dir(folder, 7)
@@ -228,7 +228,7 @@ def test_a_worker_that_dies_leaves_its_seed_for_a_rerun(tiny_bert_dir, tiny_rte_
 @pytest.mark.real
 def test_sigterm_stops_every_worker_and_the_runs_resume(tiny_bert_dir, tiny_rte_dir, tmp_path):
   argv = ["--config", "demo", "--seeds", "2", "--workers", "2", "--out", str(tmp_path),
-          "--config.checkpoint_every=5", *_tiny(tiny_bert_dir, tiny_rte_dir, epochs=50)]
+          "--config.checkpoint_every=5", *_tiny(tiny_bert_dir, tiny_rte_dir, epochs=20)]
   (folder,) = table1.check(table1.parse_args(argv)).values()
   pool = _study(argv)
   _wait(lambda: all(files.is_locked(files.seed_dir(folder, s)) for s in (1, 2)),
