@@ -7,16 +7,19 @@ each with ``summary.json`` and ``seed_<s>/`` run directories) or a single group 
 RUN_DIR is one setting (model, learning rates, epochs): it gets its own tables. Writes
 ``report.md`` and PNG figures to ``--out`` (default: the first RUN_DIR):
 
-  * Table 1 (the paper's layout): rows are methods, columns tasks, each cell
-    ``Std / Mean / Max`` of the dev score (x100) over seeds, with the failed-run percentage and
-    the number of seeds. CWGNC rows name their threshold; groups that would share a cell
-    (e.g. two learning rates of one method) get their differing overrides in the row name.
+  * Table 1 (the paper's layout): rows are methods, and per task the number of seeds n, the
+    Std, Mean and Max of the dev score (x100) over them and the failed-run percentage, then the
+    paper's BERT-large ``Std / Mean / Max`` of the row (``paper.TABLE1``: another model and
+    scale). CWGNC rows name their threshold; groups that would share a cell (e.g. two
+    learning rates of one method) get their differing overrides in the row name.
   * Table 2 (the paper's layout): CWGNC's threshold sweep on a task, one row per threshold,
     when a RUN_DIR holds CWGNC groups of at least two thresholds on that task at one learning
     rate and number of epochs; from three thresholds on, with the rank correlation of score and
     log c (``sweep_trend``).
   * CWGNC against each baseline of its task (``comparisons``): are the differences in
-    spread, mean and failures larger than the seeds' noise? Two-sided p-values.
+    spread, mean and failures larger than the seeds' noise? Two-sided p-values
+    (``stats.compare``), each beside its Holm-adjusted value over every test on the page
+    (``stats.holm``).
   * ``scores.png``: every seed's score and each group's mean +- std against the majority
     classifier (the spread Table 1 summarizes).
   * ``fig1_gradual_unfreezing.png``: dev score after each GU iteration (mean +- std over
