@@ -36,9 +36,10 @@ ConfigError = config_lib.ConfigError
 
 # The cores one run uses well on a CPU host, measured on the 2-core host of docs/: a MiniLM-L6
 # RTE step on both cores keeps one core's worth of threads busy (thread time 874 ms of 875 ms
-# wall, docs/benchmarks.md: XLA:CPU runs one thunk at a time, the attention matmuls on one
-# thread), and two runs pinned to one core each make 70 + 70 steps a minute
-# (docs/results.md). benchmarks/bench_study_workers.py measures what --workers 2 gains.
+# wall: XLA:CPU runs one thunk at a time; docs/benchmarks.md as of commit 1cb9873), the
+# attention matmuls on one thread (docs/performance.md), and two runs pinned to one core each
+# make 70 + 70 steps a minute (docs/results.md). benchmarks/bench_study_workers.py measures
+# what --workers 2 gains.
 CPU_CORES_PER_RUN = 1
 POLL_SECONDS = 2.0
 _PR_SET_PDEATHSIG = 1  # prctl(2)
