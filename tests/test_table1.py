@@ -14,7 +14,7 @@ import pytest
 
 from cwgnc_jax import config as config_lib
 from cwgnc_jax import files, methods, study, table1, workers
-from tests.conftest import command_line_error
+from conftest import command_line_error
 
 REPO = Path(__file__).resolve().parent.parent
 
