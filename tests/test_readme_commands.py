@@ -24,7 +24,7 @@ import pytest
 from safetensors import safe_open
 
 from cwgnc_jax import config as config_lib
-from cwgnc_jax import predict, saved_run
+from cwgnc_jax import methods, predict, saved_run, table1
 from cwgnc_jax.data import glue
 from cwgnc_jax.training import checkpoint
 
@@ -130,7 +130,9 @@ def test_study_and_report_with_relative_folders(tiny_bert_dir, tiny_rte_dir, tmp
   monkeypatch.chdir(tmp_path)
   shutil.copytree(tiny_rte_dir, "data/glue")
   shutil.copytree(tiny_bert_dir, "models/tiny")
-  (study_args,) = readme_commands("study")
+  # The CPU study (not the GPU section's, nor --table1's).
+  (study_args,) = [args for args in readme_commands("study")
+                   if "--config.model=minilm-l6" in args and "--table1" not in args]
   out = Path(study_args[study_args.index("--out") + 1])
   assert not out.is_absolute()
   # test_study's tiny runs (its _tiny_overrides), so the session's compilation cache holds
@@ -185,3 +187,16 @@ def test_environment_folders_are_absolute(tmp_path, monkeypatch):
   _, _, workdir = config_lib.parse_args(["--config", "mine.py", "--workdir", "runs/x",
                                          "--config.model=minilm-l6"])
   assert workdir == str(tmp_path / "runs/x")
+
+
+def test_the_table1_command_plans_every_row_on_every_task(tmp_path, monkeypatch):
+  """The README's ``--table1`` command (its optional ``--workers`` left out): every row of
+  Table 1 on RTE and CoLA at their rates, in its relative ``--out``."""
+  monkeypatch.chdir(tmp_path)
+  (table1_args,) = [args for args in readme_commands("study") if "--table1" in args]
+  plan = table1.parse_args(table1_args[3:])
+  assert [e.config_arg for e in plan.entries] == [
+      f"{task}_{row}" for task in ("rte", "cola") for row in methods.TABLE1]
+  assert {dict(e.overrides)["optimizer.learning_rate"] for e in plan.entries[:5]} == {"2e-5"}
+  assert {dict(e.overrides)["optimizer.learning_rate"] for e in plan.entries[5:]} == {"1e-4"}
+  assert plan.out == tmp_path / "runs" / "table1" and plan.workers is None
