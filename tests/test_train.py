@@ -219,8 +219,10 @@ FSDP_MESH = ["--config.mesh.fsdp=2", "--config.fsdp_min_size=1024"]
 
 
 def cpu_env(env: dict[str, str], devices: int) -> dict[str, str]:
-  return {**env, "JAX_PLATFORMS": "cpu",
-          "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+  """``env`` with ``devices`` CPU devices; XLA flags already set (``.ci/run``'s
+  ``--xla_cpu_max_isa=AVX2``) are kept."""
+  flags = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
+  return {**env, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags.strip()}
 
 
 def records(workdir: Path) -> tuple[list[dict], list[dict]]:
