@@ -449,8 +449,11 @@ def test_tiny_backward_reaches_every_layer_and_stays_finite_under_padding(tiny):
   apply = apply_fn(graph)
   loss = lambda p, key: jnp.sum(apply(p, constants, batch, key) ** 2)
   grads = jax.jit(jax.grad(loss))(params, jax.random.key(1))
-  for layer in grads["encoder"]["layers"].values():
-    assert float(jnp.abs(layer["attention"]["query"]["kernel"]).sum()) > 0
+  # Each layer's query kernel gradient, its sum of magnitudes printed once (2026-12-07):
+  # every layer is reached with its own gradient. rtol 1e-4: another CPU sums otherwise.
+  sums = [float(jnp.abs(layer["attention"]["query"]["kernel"]).sum())
+          for layer in grads["encoder"]["layers"].values()]
+  np.testing.assert_allclose(sums, [2.6565880e-04, 2.9288410e-04], rtol=1e-4)
   # Fully masked padding queries get uniform attention weights: finite values and gradients.
   assert all(bool(jnp.isfinite(g).all()) for g in jax.tree_util.tree_leaves(grads))
 
