@@ -116,7 +116,9 @@ def _step_metrics(tiny, opt_config):
 
 
 def _assert_norms(actual, expected: dict[str, float]) -> None:
-  # atol: the key biases' gradient is 0 up to rounding (softmax is shift invariant).
+  # atol: the key biases' gradient is 0 up to rounding (softmax is shift invariant), so their
+  # norms are noise that each computation rounds its own way: 3.5e-13 and 7.4e-13 in a tiny
+  # model's step (test_train, measured 2026-12-07), over 1000 times below 1e-9.
   np.testing.assert_allclose(actual, list(expected.values()), rtol=2e-5, atol=1e-9)
 
 
@@ -222,22 +224,47 @@ def _final_params(workdir: Path):
   return jax.tree.map(np.asarray, state["params"])
 
 
+def _assert_same_up_to_rounding(a, b) -> None:
+  """``a == b`` for JSON values, but floats (not the scores: see the caller) at rtol 1e-5."""
+  if isinstance(a, dict):
+    assert isinstance(b, dict) and a.keys() == b.keys()
+    for key in a:
+      if key == "score":
+        assert a[key] == b[key]
+      else:
+        _assert_same_up_to_rounding(a[key], b[key])
+  elif isinstance(a, list):
+    assert isinstance(b, list) and len(a) == len(b)
+    for x, y in zip(a, b):
+      _assert_same_up_to_rounding(x, y)
+  elif isinstance(a, float):
+    assert b == pytest.approx(a, rel=1e-5, abs=1e-9)
+  else:
+    assert a == b
+
+
 @pytest.mark.real
 def test_run_with_diagnostics_gives_identical_results_and_params(tiny_bert_dir, tiny_rte_dir,
                                                                 tmp_path):
+  """A run with diagnostics trains as one without: with the norms as outputs, the step is
+  another program, which XLA may fuse otherwise, so floats agree up to rounding (rtol 1e-5;
+  measured equal bit for bit here, 2026-12-07) and everything else exactly. Scores too: each
+  of the 19 dev examples' margins is at least 0.0386 from the decision boundary at both
+  evaluations (measured), far beyond what rounding moves."""
   results = {}
   for every in (0, 3):
     config = _tiny_config(tiny_bert_dir, tiny_rte_dir, f"--config.diagnostics_every={every}")
     results[every] = loop.train(loop.prepare(config, tmp_path / f"every{every}"))
   strip = lambda r: {k: v for k, v in r.items() if k != "timings"}
-  assert strip(results[0]) == strip(results[3])
+  _assert_same_up_to_rounding(strip(results[0]), strip(results[3]))
   stored_on = json.loads((tmp_path / "every3" / "results.json").read_text())
   stored_off = json.loads((tmp_path / "every0" / "results.json").read_text())
-  assert strip(stored_on) == strip(stored_off)
-  jax.tree.map(np.testing.assert_array_equal, _final_params(tmp_path / "every3"),
-               _final_params(tmp_path / "every0"))
-  assert ((tmp_path / "every3" / "metrics.jsonl").read_text()
-          == (tmp_path / "every0" / "metrics.jsonl").read_text())
+  _assert_same_up_to_rounding(strip(stored_on), strip(stored_off))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+               _final_params(tmp_path / "every3"), _final_params(tmp_path / "every0"))
+  _assert_same_up_to_rounding(
+      *[[json.loads(line) for line in (tmp_path / f"every{every}" / "metrics.jsonl")
+         .read_text().splitlines()] for every in (3, 0)])
   assert not (tmp_path / "every0" / files.GRAD_NORMS_FILE).exists()
   stored = diagnostics.read_gradient_norms(tmp_path / "every3" / files.GRAD_NORMS_FILE)
   np.testing.assert_array_equal(stored["step"], [3, 6])  # 2 epochs of 4 steps
@@ -285,10 +312,17 @@ def test_the_benchmarks_program_is_the_loops_step(tiny_bert_dir, tiny_rte_dir, t
     # (The checkpoint's layer keys are strings; leaf order is the same for 2 layers.)
     mine, saved = jax.tree.leaves(state.params), jax.tree.leaves(_final_params(tmp_path / "run"))
     assert len(mine) == len(saved) == 41
+    # Without norms the program is the run's own step, so bit for bit. With norms every step
+    # here is the diagnostics program, which the run used at steps 3 and 6 only: another
+    # program at the other steps, so rounding (rtol 1e-5; measured equal here, 2026-12-07).
     for a, b in zip(mine, saved):
-      np.testing.assert_array_equal(np.asarray(a), b)
+      if with_norms:
+        np.testing.assert_allclose(np.asarray(a), b, rtol=1e-5, atol=1e-7)
+      else:
+        np.testing.assert_array_equal(np.asarray(a), b)
     if with_norms:
-      np.testing.assert_array_equal(np.stack([norms[2], norms[5]]), stored["tensor_norms"])
+      np.testing.assert_allclose(np.stack([norms[2], norms[5]]), stored["tensor_norms"],
+                                 rtol=1e-5, atol=1e-9)
     else:
       assert all(n.size == 0 for n in norms)
       dev, = loop.evaluate(program.eval_step, state.params, program.constants, [run],

@@ -62,25 +62,55 @@ def padded_logits(model, tokenizer, examples) -> np.ndarray:
       batching.inputs_from_padded(encoding)))
 
 
-def split_predictions(run_dir: Path, examples) -> np.ndarray:
-  """Moves the run's classifier bias so that its predictions on ``examples`` split between
-  the two classes at the median margin, and returns the logits it then gives (padded).
+# The classifier kernel's factor in ``split_predictions``: the tiny model's margins (logit 1
+# minus logit 0) span only 1.7e-4 over the 277 RTE dev examples (measured: -0.035455 to
+# -0.035285), their neighbours mostly 1e-6 apart or less; times 1e4, the widest neighbouring
+# gap in the middle half is over 1e-3 (asserted), so a boundary put in its middle is 5e-4
+# from every example.
+KERNEL_SCALE = 1e4
+# How far from the decision boundary ``split_predictions`` keeps every example, at least.
+MIN_GAP = 1e-3
 
-  The tiny model predicts one class everywhere, and a prediction column in another order or
-  with its labels swapped would look the same; after this, neither does."""
-  run = saved_run.open_run(run_dir)
-  model, tokenizer = saved_run.load_model(run), load_tokenizer(run.model_name)
-  margin = np.median(np.diff(padded_logits(model, tokenizer, examples), axis=-1))
-  params = checkpoint.read_params(run.checkpoint_dir, run.result)
-  params["classifier"]["bias"] = params["classifier"]["bias"] + np.array([margin, 0.0],
-                                                                          np.float32)
+
+def save_params(run: saved_run.SavedRun, params) -> None:
+  """Replaces the run's result checkpoint by one holding ``params``."""
   shutil.rmtree(run.checkpoint_dir)
   checkpoints = checkpoint.Checkpointer(run.workdir / "checkpoints", keep=1)
   zero = np.zeros([], np.int32)
   state = step_lib.TrainState(zero, params, {}, zero)  # only the parameters are read back
   checkpoints.save(run.results["steps"], state, {"step": run.results["steps"]}, params)
   checkpoints.close()
+
+
+def split_predictions(run_dir: Path, examples) -> np.ndarray:
+  """Changes the run's classifier so that its predictions on ``examples`` split between the
+  two classes with no example near the decision boundary, and returns the logits it then
+  gives (padded).
+
+  The tiny model predicts one class everywhere, and a prediction column in another order or
+  with its labels swapped would look the same; after this, neither does. The kernel is scaled
+  by KERNEL_SCALE, and the bias moved to the midpoint of the widest gap between neighbouring
+  margins in their middle half; that gap is at least MIN_GAP. Not the median margin: that
+  puts an example exactly on the boundary, where packed and padded logits, which differ in
+  their last bits by CPU (an AVX2-only host flipped one), pick different classes."""
+  run = saved_run.open_run(run_dir)
+  tokenizer = load_tokenizer(run.model_name)
+  params = checkpoint.read_params(run.checkpoint_dir, run.result)
+  params["classifier"]["kernel"] = params["classifier"]["kernel"] * np.float32(KERNEL_SCALE)
+  save_params(run, params)
+  margins = np.sort(np.diff(padded_logits(saved_run.load_model(run), tokenizer, examples),
+                            axis=-1)[:, 0])
+  quarter = len(margins) // 4
+  gaps = np.diff(margins)[quarter:len(margins) - 1 - quarter]
+  i = quarter + int(np.argmax(gaps))
+  assert margins[i + 1] - margins[i] >= MIN_GAP, np.max(gaps)
+  boundary = (margins[i] + margins[i + 1]) / 2
+  params["classifier"]["bias"] = params["classifier"]["bias"] + np.array([boundary, 0.0],
+                                                                          np.float32)
+  save_params(run, params)
   logits = padded_logits(saved_run.load_model(run), tokenizer, examples)
+  # Half the gap, less the rounding of logits of ~260 (ulp 3e-5) when the bias is added.
+  assert np.min(np.abs(np.diff(logits, axis=-1))) >= MIN_GAP / 2 - 1e-4
   assert set(logits.argmax(-1)) == {0, 1}
   return logits
 
@@ -172,6 +202,9 @@ def test_dev_metric_on_real_rte_is_the_runs_evaluation(tiny_rte_run, tmp_path, m
   results = json.loads((tiny_rte_run / "results.json").read_text())
   assert summary["predictions"] == str(tmp_path / "RTE-dev.tsv")  # the default --out
   assert summary["examples"] == results["dev_examples"] == 277
+  # Exact, though predict and the run's evaluation are two programs: the run predicts one
+  # class everywhere, every margin 0.035 from the boundary (measured), 1e6 times the
+  # difference between two layouts' logits.
   assert summary["metric"] == "accuracy" and summary["score"] == results["score"]
 
   run_dir = shutil.copytree(tiny_rte_run, tmp_path / "split")
@@ -189,10 +222,13 @@ def test_dev_metric_on_real_rte_is_the_runs_evaluation(tiny_rte_run, tmp_path, m
   data = glue.tokenize(examples, tokenizer, run.config["max_length"])
   logits = predict.predict_logits(model, data, batch_size=run.config["eval_batch_size"],
                                   max_length=run.config["max_length"])
-  np.testing.assert_allclose(logits, expected, atol=1e-6)
-  # The tiny model's logits differ from example to example by ~1e-4 (measured: 2e-9 apart
-  # from their padded values, at least 4e-8 from another example's), so an example's packed
-  # logits are nearest to its own padded ones only when predict keeps the file order.
+  # Packed and padded logits are two computations: measured 6.1e-5 apart at most (2.3e-7
+  # relative; 2 float32 ulps of the logits' ~260). rtol 1e-6 allows 2.6e-4, less than the
+  # 4e-4 that split_predictions keeps every example from the boundary: no prediction flips.
+  np.testing.assert_allclose(logits, expected, rtol=1e-6, atol=0)
+  # After split_predictions the logits of different examples are at least 7.9e-4 apart
+  # (median 1.8e-2; measured), 13x the layouts' difference, so an example's packed logits are
+  # nearest to its own padded ones only when predict keeps the file order.
   distance = np.abs(logits[:, None, :] - expected[None, :, :]).max(-1)
   assert np.mean(distance.argmin(1) == np.arange(len(examples))) > 0.95
   names = ["entailment", "not_entailment"]

@@ -409,7 +409,10 @@ def test_real_minilm_gu_records_a_dev_metric_per_iteration(glue_dir, env, tmp_pa
   assert [(r["iteration"], r["end_step"]) for r in records] == [(0, 1), (1, 2)]
   assert [e["examples"] for e in results["evaluations"]] == [277, 277]
   for r, e in zip(records, results["evaluations"]):
-    assert r["score"] == e["score"] and 0.0 <= r["score"] <= 100.0
+    # An accuracy of the 277 dev examples: k of 277, not merely a number in [0, 100].
+    correct = r["score"] * 277 / 100
+    assert r["score"] == e["score"] and 0 <= correct <= 277
+    assert correct == pytest.approx(round(correct), abs=1e-9)
     assert moved(r["drift_from_previous"]) == set(r["trained_layers"])
   assert records[1]["trained_layers"] == ["head", "encoder/layers/5", "encoder/layers/4"]
   assert len(records[0]["drift_from_pretrained"]) == 8  # embeddings, 6 layers, head
