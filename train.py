@@ -44,6 +44,15 @@ def fail(message: str) -> None:
   sys.exit(USAGE_ERROR)
 
 
+def fail_at_once(message: str) -> None:
+  """``fail``, ending the process without its shutdown: after a write the disk refused,
+  orbax's other writer threads of that checkpoint are still running, and fail with
+  tracebacks when the interpreter shuts down under them."""
+  print(f"train.py: error: {message}", file=sys.stderr, flush=True)
+  sys.stdout.flush()
+  os._exit(USAGE_ERROR)  # pylint: disable=protected-access
+
+
 def main(argv: list[str]) -> None:
   if argv and argv[0] in ("-h", "--help"):
     print(__doc__.strip())
@@ -66,9 +75,10 @@ def main(argv: list[str]) -> None:
         fail(str(e))
       try:
         results = loop.train(run)
-      except (config_lib.ConfigError, checkpoint.CheckpointError, files.LockedError,
-              files.WriteError) as e:
+      except (config_lib.ConfigError, checkpoint.CheckpointError, files.LockedError) as e:
         fail(str(e))
+      except files.WriteError as e:
+        fail_at_once(str(e))
     except preemption.Stopped as e:
       print(f"train.py: {e}", file=sys.stderr)
       sys.exit(e.exit_status)

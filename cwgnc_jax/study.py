@@ -337,9 +337,13 @@ def main(argv: list[str]) -> None:
     try:
       config_arg, overrides, seeds, out, per_program = parse_args(argv)
       summary = run_study(config_arg, overrides, seeds, out, per_program)
-    except (ConfigError, checkpoint.CheckpointError, files.LockedError, files.WriteError) as e:
+    except (ConfigError, checkpoint.CheckpointError, files.LockedError) as e:
       print(f"cwgnc_jax.study: error: {e}", file=sys.stderr)
       sys.exit(2)
+    except files.WriteError as e:  # at once, as train.py: orbax's writer threads may still run
+      print(f"cwgnc_jax.study: error: {e}", file=sys.stderr, flush=True)
+      sys.stdout.flush()
+      os._exit(2)  # pylint: disable=protected-access
     except preemption.Stopped as e:
       print(f"cwgnc_jax.study: {e}", file=sys.stderr)
       sys.exit(e.exit_status)

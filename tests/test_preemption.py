@@ -1,9 +1,9 @@
 """SIGTERM and a disk that cannot take a write, in train.py and the study: one line, and a rerun
 of the same command that ends as an uninterrupted run would, bit for bit.
 
-The runs are the tiny random BERT of conftest.py on the first rows of the real RTE: 2 epochs
-of 6 steps, evaluations after steps 3, 6, 9 and 12, checkpoints after every evaluation and
-every 4 steps. A signal is sent at a named point of the run by the process itself (``HOOK``:
+The runs are the tiny random BERT of conftest.py on its first rows of the real RTE (32 train
+rows: 4 steps of 8 per epoch): 3 epochs, an evaluation after each (steps 4, 8 and 12), a
+checkpoint after every evaluation and every 3 steps. A signal is sent at a named point of the run by the process itself (``HOOK``:
 train.py or the study run with one function wrapped), so where it lands does not depend on
 timing. Python runs a signal's handler between two bytecodes of the main thread, so a signal
 that arrives while XLA compiles, steps or evaluates (C++) is handled when that call returns:
@@ -32,8 +32,6 @@ import pytest
 from cwgnc_jax import files
 
 REPO = Path(__file__).resolve().parent.parent
-BATCH = 8
-TRAIN_ROWS, DEV_ROWS = 6 * BATCH, 2 * BATCH + 3
 STEPS = 12
 
 # train.py (argv[1] 'train.py') or the study (argv[1] '-m') with one point wrapped, as
@@ -113,28 +111,17 @@ else:
 
 
 @pytest.fixture(scope="module")
-def tiny_glue(tmp_path_factory, glue_dir) -> Path:
-  """The header and first rows of the real RTE train and dev files."""
-  folder = tmp_path_factory.mktemp("glue")
-  (folder / "RTE").mkdir()
-  for split, rows in (("train", TRAIN_ROWS), ("dev", DEV_ROWS)):
-    lines = (glue_dir / "RTE" / f"{split}.tsv").read_text(encoding="utf-8").splitlines(True)
-    (folder / "RTE" / f"{split}.tsv").write_text("".join(lines[:rows + 1]), encoding="utf-8")
-  return folder
-
-
-@pytest.fixture(scope="module")
 def env(tmp_path_factory) -> dict[str, str]:
   return {**os.environ, "PYTHONPATH": str(REPO),
           "CWGNC_CACHE": str(tmp_path_factory.mktemp("cache") / "tokens")}
 
 
 @pytest.fixture(scope="module")
-def config_args(tiny_bert_dir, tiny_glue) -> list[str]:
-  return ["--config", "demo", f"--config.model={tiny_bert_dir}", f"--config.glue_dir={tiny_glue}",
-          f"--config.batch_size={BATCH}", f"--config.eval_batch_size={BATCH}",
-          "--config.num_epochs=2", "--config.checkpoint_every=4", "--config.keep_checkpoints=2",
-          "--config.keep_best=true", "--config.evals_per_epoch=2", "--config.progress=false",
+def config_args(tiny_bert_dir, tiny_rte_dir) -> list[str]:
+  return ["--config", "demo", f"--config.model={tiny_bert_dir}",
+          f"--config.glue_dir={tiny_rte_dir}", "--config.batch_size=8",
+          "--config.eval_batch_size=8", "--config.num_epochs=3", "--config.checkpoint_every=3",
+          "--config.keep_checkpoints=2", "--config.keep_best=true", "--config.progress=false",
           "--config.optimizer.learning_rate=1e-3"]
 
 
@@ -191,11 +178,6 @@ def assert_same_run(workdir: Path, reference: Path, steps: int = STEPS) -> None:
     jax.tree.map(np.testing.assert_array_equal, got, want)
 
 
-def step_records(workdir: Path) -> list[int]:
-  return [json.loads(line)["step"] for line in
-          (workdir / files.METRICS_FILE).read_text().splitlines() if "grad_norm" in line]
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, config_args, env) -> Path:
   """An uninterrupted run."""
@@ -232,6 +214,15 @@ def resumed_from(done: subprocess.CompletedProcess, workdir: Path) -> int:
   return int(line[len(prefix):])
 
 
+def assert_rerun_ends_as(reference: Path, config_args: list[str], workdir: Path,
+                         env: dict[str, str], start: int) -> None:
+  """The same command again resumes from step ``start`` and ends as ``reference``."""
+  done = train(config_args, workdir, env)
+  assert done.returncode == 0, done.stderr
+  assert resumed_from(done, workdir) == start
+  assert_same_run(workdir, reference)
+
+
 @pytest.mark.real
 def test_sigterm_during_a_step_saves_that_step_and_the_rerun_is_exact(reference, config_args,
                                                                      env, tmp_path):
@@ -242,10 +233,7 @@ def test_sigterm_during_a_step_saves_that_step_and_the_rerun_is_exact(reference,
   workdir = tmp_path / "run"
   done = train(config_args, workdir, env, at="signal:step:5")
   assert_stopped(done, workdir, reference, 5)
-  done = train(config_args, workdir, env)
-  assert done.returncode == 0, done.stderr
-  assert resumed_from(done, workdir) == 5
-  assert_same_run(workdir, reference)
+  assert_rerun_ends_as(reference, config_args, workdir, env, 5)
 
 
 @pytest.mark.slow
@@ -253,20 +241,17 @@ def test_sigterm_during_a_step_saves_that_step_and_the_rerun_is_exact(reference,
 def test_sigterm_during_compilation_a_save_or_an_evaluation_loses_nothing(
     reference, config_args, env, tmp_path):
   """One run stopped three times, each rerun resuming where the last stopped: SIGTERM while
-  the first step compiles (stops after step 1), during the save of step 4 (the session's
-  second: step 3's evaluation saved first; stops at 4, saved once), during the evaluation
-  after step 9 (stops at 9, its checkpoint the one after the evaluation); a second SIGTERM
-  comes during each stop's save. The last rerun ends as the uninterrupted run."""
+  the first step compiles (stops after step 1), during the save of step 3 (every 3 steps;
+  stops at 3, saved once), during the evaluation after step 8 (stops at 8, its checkpoint
+  the one after the evaluation); a second SIGTERM comes during each stop's save. The last
+  rerun ends as the uninterrupted run."""
   workdir = tmp_path / "run"
-  for at, start, stop in (("step:1", None, 1), ("save:2", 1, 4), ("evaluate:2", 4, 9)):
+  for at, start, stop in (("step:1", None, 1), ("save:1", 1, 3), ("evaluate:2", 3, 8)):
     done = train(config_args, workdir, env, at=f"signal:{at}")
     assert_stopped(done, workdir, reference, stop)
     if start is not None:
       assert resumed_from(done, workdir) == start
-  done = train(config_args, workdir, env)
-  assert done.returncode == 0, done.stderr
-  assert resumed_from(done, workdir) == 9
-  assert_same_run(workdir, reference)
+  assert_rerun_ends_as(reference, config_args, workdir, env, 8)
 
 
 @pytest.mark.slow
@@ -324,7 +309,7 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(config_args, env
   """SIGTERM to the second of two processes, once the run has a checkpoint: JAX's preemption
   service has both stop at one step and save their shards of it; status 143 and one line
   each; the rerun of both ends as an uninterrupted two-process run, bit for bit."""
-  args, steps = [*config_args, "--config.num_epochs=10"], 60  # time for the notice to spread
+  args, steps = [*config_args, "--config.num_epochs=15"], 60  # time for the notice to spread
   reference = tmp_path / "reference"
   processes = two_processes(args, reference, env)
   errors = finish(processes)
@@ -396,10 +381,7 @@ def test_a_disk_that_cannot_take_a_write_is_one_line_and_a_rerun_resumes(
       f"; {files.RERUN}")
   assert resumed_from(done, workdir) == 3 and complete_checkpoints(workdir)[-1] == STEPS
   assert not (workdir / files.RESULTS_FILE).exists()
-  done = train(config_args, workdir, env)
-  assert done.returncode == 0, done.stderr
-  assert resumed_from(done, workdir) == STEPS
-  assert_same_run(workdir, reference)
+  assert_rerun_ends_as(reference, config_args, workdir, env, STEPS)
 
 
 @pytest.mark.real
