@@ -386,14 +386,14 @@ def test_a_disk_that_cannot_take_a_write_is_one_line_and_a_rerun_resumes(
 
 @pytest.mark.real
 def test_a_corrupt_checkpoint_is_the_last_line_printed(reference, config_args, env, tmp_path):
-  """The one line naming a checkpoint that cannot be restored is all stderr holds: orbax's
-  manager is closed before it (left open, its cleanup printed a traceback at exit)."""
+  """The one line naming a checkpoint whose data files are cut short is all stderr holds
+  (the loop closes orbax's managers before it: issue 34 saw orbax's cleanup print a traceback
+  after it, which this orbax, 0.12.8, does not with the manager left open either)."""
   workdir = tmp_path / "corrupt"
   shutil.copytree(reference, workdir)
   (workdir / files.RESULTS_FILE).unlink()
-  for path in (workdir / "checkpoints" / str(STEPS) / "state").rglob("*"):
-    if path.is_file() and path.name not in ("_CHECKPOINT_METADATA", "commit_success.txt"):
-      path.write_bytes(path.read_bytes()[:10])
+  for path in (workdir / "checkpoints" / str(STEPS) / "state").glob("ocdbt.process_0/d/*"):
+    path.write_bytes(path.read_bytes()[:10])  # the data files, as the issue's run had them
   done = train(config_args, workdir, env)
   assert done.returncode == 2
   assert done.stderr.startswith(f"train.py: error: checkpoint {workdir / 'checkpoints'}/"

@@ -16,7 +16,8 @@ S >= 1 runs of one config that differ only in their seed, in lockstep, as one pr
     clip did), computed inside the step, to ``grad_norms.npz`` (``diagnostics.py``);
   * a checkpoint of every seed every ``checkpoint_every`` steps and after every evaluation;
     runs that find checkpoints resume from them (all seeds of a program from the same step)
-    and end exactly as an uninterrupted run would;
+    and end exactly as an uninterrupted run would; SIGTERM or SIGINT (``preemption.py``)
+    stops the loop at the next step boundary, after a checkpoint of every seed at that step;
   * under gradual unfreezing (``config.unfreezing``, ``unfreezing.py``) the run is a sequence
     of stages (iterations), each with its own optimizer (frozen tensors masked out) and
     jitted step (``Stages``); at each iteration's end the dev evaluation and the layer drift
