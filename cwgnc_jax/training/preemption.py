@@ -74,12 +74,16 @@ def handled() -> Iterator[None]:
   """SIGTERM and SIGINT stop the process with :class:`Stopped` while the block runs (module
   docstring); the previous handlers are restored after it. Call it after
   ``jax.distributed.initialize``, whose handler it keeps. Only the main thread can take
-  signals: elsewhere the block runs with the handlers as they are."""
-  if threading.current_thread() is not threading.main_thread():
+  signals: elsewhere, and on several processes with ``jax_enable_preemption_service`` off,
+  the block runs with the handlers as they are."""
+  several = jax.process_count() > 1
+  if (threading.current_thread() is not threading.main_thread()
+      or (several and not jax.config.jax_enable_preemption_service)):
+    # Without JAX's preemption service one process would stop alone, and the others wait
+    # for it in the step's collectives: the signals keep their defaults.
     yield
     return
-  _State.received, _State.agreed = None, (
-      jax.process_count() > 1 and jax.config.jax_enable_preemption_service)
+  _State.received, _State.agreed = None, several
   signals = [s for s in SIGNALS if not (_State.agreed and s == signal.SIGTERM)]
   previous = {s: signal.signal(s, _handler) for s in signals}
   try:
