@@ -9,7 +9,10 @@ events, checkpoints and ``results.json``; running the same command again resumes
 latest checkpoint.
 
 Exit status: 0 done; 2 bad input (config, task, model, data, devices, run directory or
-checkpoint), reported in one line on stderr before anything is compiled or written.
+checkpoint), reported in one line on stderr before anything is compiled or written, or a
+disk that cannot take a write (full, read-only, failing: the line names the file); 128 + the
+signal's number (143, 130) when SIGTERM or SIGINT stopped the run, after the step under way
+and a checkpoint of it (``training/preemption.py``). Rerun the same command to resume.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from cwgnc_jax.training import host_memory
 host_memory.keep_freed_memory()
 
 from cwgnc_jax import files
-from cwgnc_jax.training import checkpoint, loop
+from cwgnc_jax.training import checkpoint, loop, preemption
 # pylint: enable=wrong-import-position
 
 USAGE_ERROR = 2
@@ -39,6 +42,15 @@ USAGE_ERROR = 2
 def fail(message: str) -> None:
   print(f"train.py: error: {message}", file=sys.stderr)
   sys.exit(USAGE_ERROR)
+
+
+def fail_at_once(message: str) -> None:
+  """``fail``, ending the process without its shutdown: after a write the disk refused,
+  orbax's other writer threads of that checkpoint are still running, and fail with
+  tracebacks when the interpreter shuts down under them."""
+  print(f"train.py: error: {message}", file=sys.stderr, flush=True)
+  sys.stdout.flush()
+  os._exit(USAGE_ERROR)  # pylint: disable=protected-access
 
 
 def main(argv: list[str]) -> None:
@@ -55,14 +67,21 @@ def main(argv: list[str]) -> None:
          "trains one seed: use python -m cwgnc_jax.study --seeds-per-program")
   loop.maybe_initialize_distributed(config)
   loop.use_compilation_cache(config)
-  try:
-    run = loop.prepare(config, workdir)
-  except (ValueError, OSError) as e:  # ConfigError, missing files, no hub, bad data
-    fail(str(e))
-  try:
-    results = loop.train(run)
-  except (config_lib.ConfigError, checkpoint.CheckpointError, files.LockedError) as e:
-    fail(str(e))
+  with preemption.handled():  # after jax.distributed's own SIGTERM handler
+    try:
+      try:
+        run = loop.prepare(config, workdir)
+      except (ValueError, OSError) as e:  # ConfigError, missing files, no hub, bad data
+        fail(str(e))
+      try:
+        results = loop.train(run)
+      except (config_lib.ConfigError, checkpoint.CheckpointError, files.LockedError) as e:
+        fail(str(e))
+      except files.WriteError as e:
+        fail_at_once(str(e))
+    except preemption.Stopped as e:
+      print(f"train.py: {e}", file=sys.stderr)
+      sys.exit(e.exit_status)
   summary = {k: results[k] for k in ("task", "method", "seed", "metric", "score",
                                      "majority_score", "failed", "skipped_steps")}
   print(json.dumps(summary))

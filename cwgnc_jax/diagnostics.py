@@ -124,7 +124,8 @@ class GradientNormLog:
       dtype = np.bool_ if key == "clipped" else np.float32
       arrays[key] = np.asarray([values[key] for _, values in self.rows],
                                dtype).reshape(len(self.rows), width)
-    files.write_atomic(self.path, lambda f: np.savez_compressed(f, **arrays), binary=True)
+    with files.writing(self.path):
+      files.write_atomic(self.path, lambda f: np.savez_compressed(f, **arrays), binary=True)
 
 
 def read_gradient_norms(path: str | Path, fix: str = "move it away, or rerun that seed", *,

@@ -107,8 +107,13 @@ def write_hf_folder(out_dir: str | Path, params: Mapping[str, Any], *, base_mode
     for path in staging.iterdir():
       path.chmod(0o644)
     os.rename(staging, out_dir)  # atomic; replaces out_dir only if it is an empty folder
-  except BaseException:
+  except BaseException as e:
     shutil.rmtree(staging, ignore_errors=True)
+    cause = files.disk_error(e)  # a full or read-only disk; safetensors raises its own kind
+    if cause:
+      raise OutputError(f"output folder {out_dir} cannot be written ({cause}; it needs about "
+                        f"{files.size_text(sum(t.nbytes for t in tensors.values()))}): free "
+                        "space or pass another folder") from None
     raise
   return out_dir
 

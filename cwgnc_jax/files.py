@@ -69,6 +69,63 @@ def unwritable_reason(folder: str | os.PathLike) -> str | None:
   return None
 
 
+# The errors of a disk that cannot take a write: full, over quota, read-only, a file over the
+# process's size limit (``ulimit -f``), failing, or not ours to write.
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EIO, errno.EACCES,
+               errno.EPERM)
+
+
+class WriteError(OSError):
+  """A file or folder could not be written for a reason of its disk; the message names it,
+  the cause and the way out, in one line."""
+
+
+def disk_error(error: BaseException) -> str | None:
+  """The cause (``os.strerror``'s words) when ``error``, or one it was raised from, is an
+  OSError of ``DISK_ERRNOS`` or carries one's words in its message (orbax and tensorstore
+  raise ValueError and others quoting the OS error); else None."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno in DISK_ERRNOS:
+      return os.strerror(error.errno)
+    text = str(error)
+    for code in DISK_ERRNOS:
+      if os.strerror(code) in text:
+        return os.strerror(code)
+    error = error.__cause__ or error.__context__
+  return None
+
+
+def size_text(num_bytes: int) -> str:
+  """``num_bytes`` for people: '270 MB', '4.1 GB'."""
+  if num_bytes >= 10**9:
+    return f"{num_bytes / 10**9:.1f} GB"
+  return f"{max(num_bytes / 10**6, 0.1):.3g} MB"
+
+
+# What a run's writer that failed tells: its checkpoints stay valid.
+RERUN = "free space or pass another --workdir; a rerun resumes from the last complete checkpoint"
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike, *, needed: int | None = None,
+            fix: str = RERUN) -> Iterator[None]:
+  """Turns a disk's error raised in the block (``disk_error``) into a WriteError naming
+  ``path``, the cause and ``fix``, with the ``needed`` bytes when known; other errors pass
+  unchanged."""
+  try:
+    yield
+  except WriteError:
+    raise
+  except Exception as error:  # pylint: disable=broad-except  # orbax raises many kinds
+    cause = disk_error(error)
+    if cause is None:
+      raise
+    size = f"; it needs about {size_text(needed)}" if needed else ""
+    raise WriteError(f"cannot write {path} ({cause}{size}); {fix}") from None
+
+
 def _umask() -> int:
   mask = os.umask(0)
   os.umask(mask)

@@ -31,7 +31,10 @@ seeds, those of other invocations with other ``--seeds`` included, earlier or ru
 this one (SPEC section 3):
 ``std`` (population, ddof 0), ``mean``, ``max``, ``min`` of the dev score (x100),
 ``failed_percent`` (runs not beating the majority classifier), and one entry per seed under
-``runs``. Exit status as ``train.py``: 0 done, 2 bad input (one line on stderr).
+``runs``. Exit status as ``train.py``: 0 done, 2 bad input or a disk that cannot take a write
+(one line on stderr), 128 + the signal's number after SIGTERM or SIGINT, which stop the
+program under way after its step with a checkpoint of each of its seeds (the same command
+resumes them).
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ from tqdm import tqdm
 
 from cwgnc_jax import config as config_lib
 from cwgnc_jax import files, metrics
-from cwgnc_jax.training import checkpoint, loop
+from cwgnc_jax.training import checkpoint, loop, preemption
 
 ConfigError = config_lib.ConfigError
 
@@ -336,7 +339,9 @@ def run_study(config_arg: str, overrides: Sequence[tuple[str, str]], seeds: Sequ
       every_seed = sorted(set(every_seed) | set(results))
       summary = summarize(group, config_arg, values, config, every_seed, results)
       if main:
-        files.write_json(group_dir / files.SUMMARY_FILE, summary)
+        with files.writing(group_dir / files.SUMMARY_FILE, fix="free space or pass another "
+                           "--out; a rerun skips the finished seeds"):
+          files.write_json(group_dir / files.SUMMARY_FILE, summary)
     if summary["finished"]:
       progress.set_postfix(mean=f"{summary['mean']:.2f}", std=f"{summary['std']:.2f}",
                            failed=f"{summary['failed_runs']}/{summary['finished']}")
@@ -374,12 +379,20 @@ def main(argv: list[str]) -> None:
   from cwgnc_jax import table1  # pylint: disable=import-outside-toplevel
   if table1.is_plan_command(argv):
     sys.exit(table1.main(argv))
-  try:
-    config_arg, overrides, seeds, out, per_program = parse_args(argv)
-    summary = run_study(config_arg, overrides, seeds, out, per_program)
-  except (ConfigError, checkpoint.CheckpointError, files.LockedError) as e:
-    print(f"cwgnc_jax.study: error: {e}", file=sys.stderr)
-    sys.exit(2)
+  with preemption.handled():
+    try:
+      config_arg, overrides, seeds, out, per_program = parse_args(argv)
+      summary = run_study(config_arg, overrides, seeds, out, per_program)
+    except (ConfigError, checkpoint.CheckpointError, files.LockedError) as e:
+      print(f"cwgnc_jax.study: error: {e}", file=sys.stderr)
+      sys.exit(2)
+    except files.WriteError as e:  # at once, as train.py: orbax's writer threads may still run
+      print(f"cwgnc_jax.study: error: {e}", file=sys.stderr, flush=True)
+      sys.stdout.flush()
+      os._exit(2)  # pylint: disable=protected-access
+    except preemption.Stopped as e:
+      print(f"cwgnc_jax.study: {e}", file=sys.stderr)
+      sys.exit(e.exit_status)
   print(json.dumps({k: summary[k] for k in ("group", "finished", "std", "mean", "max", "min",
                                             "failed_percent")}))
   print(f"summary: {Path(out) / summary['group'] / files.SUMMARY_FILE}", file=sys.stderr)

@@ -219,21 +219,33 @@ def rotated(seeds: Sequence[int], worker: int, workers: int) -> list[int]:
 def work(job: dict[str, Any]) -> int:
   """Trains every group of ``job`` (its seeds rotated for this worker), skipping seeds other
   processes hold; a group that fails is reported and the next one tried. Exit status: 0 if
-  no group failed, else 1."""
-  from cwgnc_jax import study  # pylint: disable=import-outside-toplevel (jax: in workers only)
+  no group failed, else 1; stopped by a signal (the parent forwards SIGINT and SIGTERM as
+  SIGTERM), its program saved at a step boundary as train.py's: 128 + the signal; a disk that
+  refused a write: 2, at once (every later group would write there too)."""
+  # pylint: disable=import-outside-toplevel (jax: in workers only)
+  from cwgnc_jax import study
+  from cwgnc_jax.training import preemption
   status = 0
-  for config_arg, overrides, seeds in job["entries"]:
-    # Progress is this worker's parent's to show.
-    overrides = [tuple(o) for o in overrides] + [("progress", "false")]
-    try:
-      study.run_study(config_arg, overrides, rotated(seeds, job["worker"], job["workers"]),
-                      job["out"], job["seeds_per_program"])
-    except Exception as e:  # pylint: disable=broad-except (the next group may still train)
-      if not isinstance(e, (ConfigError, files.LockedError)):
-        traceback.print_exc()
-      print(f"cwgnc_jax.study: worker {job['worker']}: {config_lib.config_name(config_arg)}: "
-            f"error: {e}", file=sys.stderr, flush=True)
-      status = 1
+  prefix = f"cwgnc_jax.study: worker {job['worker']}"
+  with preemption.handled():
+    for config_arg, overrides, seeds in job["entries"]:
+      # Progress is this worker's parent's to show.
+      overrides = [tuple(o) for o in overrides] + [("progress", "false")]
+      try:
+        study.run_study(config_arg, overrides, rotated(seeds, job["worker"], job["workers"]),
+                        job["out"], job["seeds_per_program"])
+      except preemption.Stopped as e:
+        print(f"{prefix}: {e}", file=sys.stderr, flush=True)
+        return e.exit_status
+      except files.WriteError as e:  # as train.py: orbax's writer threads may still run
+        print(f"{prefix}: error: {e}", file=sys.stderr, flush=True)
+        os._exit(2)  # pylint: disable=protected-access
+      except Exception as e:  # pylint: disable=broad-except (the next group may still train)
+        if not isinstance(e, (ConfigError, files.LockedError)):
+          traceback.print_exc()
+        print(f"{prefix}: {config_lib.config_name(config_arg)}: error: {e}", file=sys.stderr,
+              flush=True)
+        status = 1
   return status
 
 

@@ -28,10 +28,22 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from cwgnc_jax import files
+
 STATE, BEST, META, PREVIOUS = "state", "best", "meta", "previous"
 
 # orbax logs every save at INFO; the run's own log says what matters.
 logging.getLogger("absl").setLevel(logging.WARNING)
+
+
+def _not_a_disk_error(record: logging.LogRecord) -> bool:
+  """False for orbax's log records of a disk's error (a full disk: one traceback per thread
+  that wrote), which ``Checkpointer.save`` reports in one line."""
+  error = record.exc_info[1] if record.exc_info else RuntimeError(record.getMessage())
+  return files.disk_error(error) is None
+
+
+logging.getLogger("absl").addFilter(_not_a_disk_error)
 
 
 def saved_steps(directory: str | Path) -> list[int]:
@@ -75,8 +87,14 @@ class Checkpointer:
       items[BEST] = ocp.args.StandardSave(best)
     if previous is not None:
       items[PREVIOUS] = ocp.args.StandardSave(previous)
-    self._manager.save(step, args=ocp.args.Composite(**items), force=True)
-    self._manager.wait_until_finished()
+    # A full or read-only disk: one line with what the checkpoint needs. orbax leaves the
+    # partial save under its temporary name, which is never taken for a checkpoint.
+    needed = sum(getattr(leaf, "nbytes", 0) for leaf in jax.tree.leaves((state, best, previous)))
+    with files.writing(self.path(step), needed=needed, fix=
+                       "free space, keep fewer checkpoints (--config.keep_checkpoints) or "
+                       "pass another --workdir; a rerun resumes from the last complete one"):
+      self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+      self._manager.wait_until_finished()
 
   def _unusable(self, step: int, error: Exception) -> CheckpointError:
     older = [s for s in self.steps() if s < step]
@@ -126,7 +144,11 @@ class Checkpointer:
     return later
 
   def close(self) -> None:
-    self._manager.close()
+    """Closes the manager (once; later calls do nothing). Every exit must: orbax's cleanup
+    of a manager left open prints a traceback when the process ends."""
+    if self._manager is not None:
+      self._manager.close()
+      self._manager = None
 
 
 

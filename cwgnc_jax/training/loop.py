@@ -16,7 +16,8 @@ S >= 1 runs of one config that differ only in their seed, in lockstep, as one pr
     clip did), computed inside the step, to ``grad_norms.npz`` (``diagnostics.py``);
   * a checkpoint of every seed every ``checkpoint_every`` steps and after every evaluation;
     runs that find checkpoints resume from them (all seeds of a program from the same step)
-    and end exactly as an uninterrupted run would;
+    and end exactly as an uninterrupted run would; SIGTERM or SIGINT (``preemption.py``)
+    stops the loop at the next step boundary, after a checkpoint of every seed at that step;
   * under gradual unfreezing (``config.unfreezing``, ``unfreezing.py``) the run is a sequence
     of stages (iterations), each with its own optimizer (frozen tensors masked out) and
     jitted step (``Stages``); at each iteration's end the dev evaluation and the layer drift
@@ -62,6 +63,7 @@ from cwgnc_jax import diagnostics, files, metrics, models, unfreezing
 from cwgnc_jax.models import mixout
 from cwgnc_jax.data import batching, glue
 from cwgnc_jax.training import checkpoint as checkpoint_lib
+from cwgnc_jax.training import preemption
 from cwgnc_jax.training import step as step_lib
 
 ConfigError = config_lib.ConfigError
@@ -350,13 +352,14 @@ class MetricsLog:
       for line in self.path.read_text().splitlines():
         try:
           record = json.loads(line)
-        except json.JSONDecodeError:  # a line cut short by a kill
+        except json.JSONDecodeError:  # a line cut short by a kill or a full disk
           continue
         if isinstance(record, dict) and isinstance(record.get("step"), int) and (
             record["step"] <= start_step):
           kept.append(line + "\n")
-    files.write_atomic(self.path, lambda f: f.write("".join(kept)))
-    self.file = self.path.open("a")
+    with files.writing(self.path):
+      files.write_atomic(self.path, lambda f: f.write("".join(kept)))
+      self.file = self.path.open("a")
     # Purged from 0 too: a session that died before its first checkpoint left events that
     # its rerun writes again.
     self.tb = SummaryWriter(str(workdir / files.TENSORBOARD_DIR), purge_step=start_step + 1)
@@ -364,20 +367,26 @@ class MetricsLog:
   def write(self, record: dict[str, Any], prefix: str) -> None:
     if not self.enabled:
       return
-    self.file.write(json.dumps(record, sort_keys=True) + "\n")
+    with files.writing(self.path):
+      self.file.write(json.dumps(record, sort_keys=True) + "\n")
     for key, value in record.items():
       if key != "step" and isinstance(value, (int, float)):
         self.tb.add_scalar(f"{prefix}/{key}", value, record["step"])
 
   def flush(self) -> None:
     if self.enabled:
-      self.file.flush()
-      self.tb.flush()
+      with files.writing(self.path):
+        self.file.flush()
+      with files.writing(self.path.parent / files.TENSORBOARD_DIR):
+        self.tb.flush()
 
   def close(self) -> None:
-    if self.enabled:
-      self.file.close()
-      self.tb.close()
+    """Flushes and closes the files (once; later calls do nothing)."""
+    if self.enabled and not self.file.closed:
+      with files.writing(self.path):
+        self.file.close()
+      with files.writing(self.path.parent / files.TENSORBOARD_DIR):
+        self.tb.close()
 
 
 class Clock:
@@ -510,7 +519,8 @@ class Recorder:
                           "train_examples_per_second":
                               totals["program_examples"] / max(totals["train_seconds"], 1e-9)}
     if self.main:
-      files.write_json(self.run.workdir / files.RESULTS_FILE, results)
+      with files.writing(self.run.workdir / files.RESULTS_FILE):
+        files.write_json(self.run.workdir / files.RESULTS_FILE, results)
     return results
 
 
@@ -711,6 +721,7 @@ def train_seeds(runs: Sequence[Run], steps_cache: dict[Any, Any] | None = None, 
   first, config = runs[0], runs[0].config
   mesh, mesh_shape = _mesh(runs, seeds_axis)
   with contextlib.ExitStack() as held:
+    held.enter_context(preemption.deferred())  # a signal stops at a step boundary
     # The main process writes the run directories (the others write only their checkpoint
     # shards), so it alone holds their locks.
     if is_main_process():
@@ -723,8 +734,9 @@ def train_seeds(runs: Sequence[Run], steps_cache: dict[Any, Any] | None = None, 
         held.enter_context(files.locked(run.workdir))
         check_run_dir(run.workdir, run.config)  # again: another process may have been first
         if not (run.workdir / files.CONFIG_FILE).exists():
-          files.write_json(run.workdir / files.CONFIG_FILE,
-                           config_lib.run_identity(run.config))
+          with files.writing(run.workdir / files.CONFIG_FILE):
+            files.write_json(run.workdir / files.CONFIG_FILE,
+                             config_lib.run_identity(run.config))
     starts = {start_step(run.workdir, run.config) for run in runs}
     if len(starts) > 1:
       raise ConfigError(f"the seeds {[r.config.seed for r in runs]} resume from different "
@@ -732,11 +744,13 @@ def train_seeds(runs: Sequence[Run], steps_cache: dict[Any, Any] | None = None, 
     step = starts.pop()
     key = steps_key(first, mesh_shape, config.diagnostics_every > 0)
     stages = Stages(runs, mesh, key, {} if steps_cache is None else steps_cache)
-    return _train(runs, stages, step, mesh, mesh_shape)
+    return _train(runs, stages, step, mesh, mesh_shape, held)
 
 
 def _train(runs: Sequence[Run], stages: Stages, step: int, mesh: jax.sharding.Mesh,
-           mesh_shape: tuple[int, ...]) -> list[dict[str, Any]]:
+           mesh_shape: tuple[int, ...], held: contextlib.ExitStack) -> list[dict[str, Any]]:
+  """The loop of ``train_seeds`` from ``step``; what it opens is closed by ``held``, however
+  it ends."""
   count, first, config = len(runs), runs[0], runs[0].config
   stacked = count > 1
   seed_slice = (lambda tree, s: step_lib.unstack(tree, s)) if stacked else (
@@ -758,6 +772,7 @@ def _train(runs: Sequence[Run], stages: Stages, step: int, mesh: jax.sharding.Me
   for run in runs:
     checkpoints = checkpoint_lib.Checkpointer(run.workdir / files.CHECKPOINTS_DIR,
                                               keep=config.keep_checkpoints)
+    held.callback(_close_quietly, checkpoints.close)
     if step:
       state, meta, best, prior = _restore(run, checkpoints, step, restore_abstract,
                                           with_previous=stage.index > 0)
@@ -771,6 +786,7 @@ def _train(runs: Sequence[Run], stages: Stages, step: int, mesh: jax.sharding.Me
     previous.append(prior)
   for recorder in recorders:
     recorder.begin()
+    held.callback(_close_quietly, recorder.metrics.close)
   shardings = stages.shardings(stage)
   if stacked:
     state = step_lib.put_tree(step_lib.stack(jax.device_get(states)), shardings)
@@ -791,6 +807,28 @@ def _train(runs: Sequence[Run], stages: Stages, step: int, mesh: jax.sharding.Me
                   desc=f"{count} seeds" if stacked else None,
                   disable=not (config.progress and main), file=sys.stderr)
   row_multiple = first.num_devices // mesh_shape[0]
+  held.callback(progress.close)
+  start = step
+
+  def stop_if_asked(step: int) -> None:
+    """At a step boundary: on a signal (``preemption``), saves every seed at ``step`` (when
+    it trained since its last checkpoint) and raises ``Stopped``. The last step is not a
+    boundary: finishing is cheaper than stopping."""
+    if step == total_steps or not preemption.should_stop(step):
+      return
+    for s, recorder in enumerate(recorders):
+      if step > start:
+        recorder.save(step, seed_slice(state, s),
+                      None if previous is None else seed_slice(previous, s))
+      recorder.metrics.close()  # flushes the step records and TensorBoard events
+    paths = [str(r.checkpoints.path(step)) for r in recorders] if step else []
+    progress.close()
+    raise preemption.Stopped(preemption.received(), (
+        f"at step {step}: {'checkpoint' if len(paths) == 1 else 'checkpoints'} "
+        f"{', '.join(paths)}; rerun the same command to resume") if paths else (
+        "at step 0: nothing trained yet; rerun the same command to start"))
+
+  stop_if_asked(step)
   while step < total_steps:
     if step == stage.end_step:  # a GU iteration ended here: the next one starts
       previous = jax.tree.map(jnp.copy, state.params)
@@ -831,9 +869,17 @@ def _train(runs: Sequence[Run], stages: Stages, step: int, mesh: jax.sharding.Me
         for s, recorder in enumerate(recorders):
           recorder.save(step, seed_slice(state, s),
                         None if previous is None else seed_slice(previous, s))
+      stop_if_asked(step)
   progress.close()
   skipped = np.asarray(jax.device_get(step_lib.skipped(state))).reshape(-1)
   return [recorder.finish(int(skipped[s]), step) for s, recorder in enumerate(recorders)]
+
+
+def _close_quietly(close: Callable[[], None]) -> None:
+  """``close()`` on the way out of a loop that failed or stopped: an error of its own (the
+  full disk again) would hide the one that ended the loop."""
+  with contextlib.suppress(Exception):
+    close()
 
 
 def _show(progress: tqdm, recorders: Sequence[Recorder], step_metrics: dict[str, Any],
