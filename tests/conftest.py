@@ -159,3 +159,24 @@ def command_line_error(main, argv: list[str], capsys, prog: str) -> str:
   stderr = capsys.readouterr().err
   assert stderr.startswith(f"{prog}: error: ") and stderr.count("\n") == 1
   return stderr
+
+
+def assert_same_up_to_rounding(a, b) -> None:
+  """``a == b`` for JSON values, but floats at rtol 1e-5: for two computations that differ in
+  their rounding only (another program, another thread count). Scores stay exact: a caller
+  states why its examples are far from the decision boundary."""
+  if isinstance(a, dict):
+    assert isinstance(b, dict) and a.keys() == b.keys()
+    for key in a:
+      if key == "score":
+        assert a[key] == b[key]
+      else:
+        assert_same_up_to_rounding(a[key], b[key])
+  elif isinstance(a, list):
+    assert isinstance(b, list) and len(a) == len(b)
+    for x, y in zip(a, b):
+      assert_same_up_to_rounding(x, y)
+  elif isinstance(a, float):
+    assert b == pytest.approx(a, rel=1e-5, abs=1e-9)
+  else:
+    assert a == b

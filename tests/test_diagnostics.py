@@ -10,6 +10,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from conftest import assert_same_up_to_rounding
 from flax import nnx
 
 from cwgnc_jax import config as config_lib
@@ -224,25 +225,6 @@ def _final_params(workdir: Path):
   return jax.tree.map(np.asarray, state["params"])
 
 
-def _assert_same_up_to_rounding(a, b) -> None:
-  """``a == b`` for JSON values, but floats (not the scores: see the caller) at rtol 1e-5."""
-  if isinstance(a, dict):
-    assert isinstance(b, dict) and a.keys() == b.keys()
-    for key in a:
-      if key == "score":
-        assert a[key] == b[key]
-      else:
-        _assert_same_up_to_rounding(a[key], b[key])
-  elif isinstance(a, list):
-    assert isinstance(b, list) and len(a) == len(b)
-    for x, y in zip(a, b):
-      _assert_same_up_to_rounding(x, y)
-  elif isinstance(a, float):
-    assert b == pytest.approx(a, rel=1e-5, abs=1e-9)
-  else:
-    assert a == b
-
-
 @pytest.mark.real
 def test_run_with_diagnostics_gives_identical_results_and_params(tiny_bert_dir, tiny_rte_dir,
                                                                 tmp_path):
@@ -256,13 +238,13 @@ def test_run_with_diagnostics_gives_identical_results_and_params(tiny_bert_dir, 
     config = _tiny_config(tiny_bert_dir, tiny_rte_dir, f"--config.diagnostics_every={every}")
     results[every] = loop.train(loop.prepare(config, tmp_path / f"every{every}"))
   strip = lambda r: {k: v for k, v in r.items() if k != "timings"}
-  _assert_same_up_to_rounding(strip(results[0]), strip(results[3]))
+  assert_same_up_to_rounding(strip(results[0]), strip(results[3]))
   stored_on = json.loads((tmp_path / "every3" / "results.json").read_text())
   stored_off = json.loads((tmp_path / "every0" / "results.json").read_text())
-  _assert_same_up_to_rounding(strip(stored_on), strip(stored_off))
+  assert_same_up_to_rounding(strip(stored_on), strip(stored_off))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
                _final_params(tmp_path / "every3"), _final_params(tmp_path / "every0"))
-  _assert_same_up_to_rounding(
+  assert_same_up_to_rounding(
       *[[json.loads(line) for line in (tmp_path / f"every{every}" / "metrics.jsonl")
          .read_text().splitlines()] for every in (3, 0)])
   assert not (tmp_path / "every0" / files.GRAD_NORMS_FILE).exists()
