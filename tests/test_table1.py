@@ -156,6 +156,7 @@ def _results(folder: Path) -> dict[tuple[str, int], dict]:
 
 
 @pytest.mark.real
+@pytest.mark.slow
 def test_two_workers_train_what_one_process_trains(tiny_bert_dir, tiny_rte_dir, tmp_path):
   """Two workers (both on this test's cores) over two rows and three seeds: every seed once,
   with the results of one process; each summary lists each seed once. A worker is pinned to
@@ -201,6 +202,7 @@ def _wait(condition, what: str, proc: subprocess.Popen, seconds: float = 300) ->
 
 
 @pytest.mark.real
+@pytest.mark.slow
 def test_a_worker_that_dies_leaves_its_seed_for_a_rerun(tiny_bert_dir, tiny_rte_dir, tmp_path):
   """Two workers, one seed: one trains it, the other finds it taken and ends. The trainer is
   killed (SIGKILL): the command names the seed and exits 1; run again, it trains the seed."""
@@ -229,6 +231,7 @@ def test_a_worker_that_dies_leaves_its_seed_for_a_rerun(tiny_bert_dir, tiny_rte_
 
 
 @pytest.mark.real
+@pytest.mark.slow
 def test_sigterm_stops_every_worker_and_the_runs_resume(tiny_bert_dir, tiny_rte_dir, tmp_path):
   argv = ["--config", "demo", "--seeds", "2", "--workers", "2", "--out", str(tmp_path),
           "--config.checkpoint_every=5", *_tiny(tiny_bert_dir, tiny_rte_dir, epochs=20)]
@@ -286,6 +289,7 @@ def _write_mrpc(folder: Path, split: str, rows: int) -> None:
 
 
 @pytest.mark.real
+@pytest.mark.slow
 def test_the_same_command_runs_mrpc_where_glue_dir_has_it(tiny_bert_dir, tmp_path, monkeypatch):
   glue = tmp_path / "glue"
   _write_mrpc(glue, "train", 16)
