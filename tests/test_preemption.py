@@ -310,7 +310,8 @@ def two_processes(args: list[str], workdir: Path, env: dict[str, str],
   try:
     errors = [process.communicate(timeout=300)[1] for process in processes]
   finally:
-    for process in processes:  # one left waiting for the other: never past the test
+    for process in processes:  # one left waiting for the other: never past the test (SIGKILL:
+      # JAX takes SIGTERM)
       if process.poll() is None:
         process.kill()
         process.wait()
