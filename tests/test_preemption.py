@@ -18,6 +18,7 @@ import os
 import resource
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -38,9 +39,14 @@ STEPS = 12
 # compiles it), 'evaluate' the loop's evaluation, 'save' a checkpoint save -- and again at
 # the save after it (a second signal while saving); 'fail:<point>:<n>:<errno>' makes the
 # n-th call raise that OSError instead: 'save' as orbax reports a failed write (its own
-# words), 'results' the write of results.json.
+# words), 'results' the write of results.json. With several processes (jax.distributed)
+# 'signal' and 'hold' (no signal) then wait until every process has told JAX's preemption
+# service its last step boundary (the sync protocol's counters in the coordination service;
+# it starts at the first SIGTERM of any process): a process held there is at the boundary
+# before the call, so the step agreed on is the n-th whatever the timing.
 HOOK = r"""
-import errno, os, runpy, signal, sys
+import errno, os, runpy, signal, sys, time
+import jax
 import orbax.checkpoint as ocp
 from cwgnc_jax import files
 from cwgnc_jax.training import checkpoint, loop
@@ -54,8 +60,12 @@ def hit():
     return False
   if action == "signal":
     os.kill(os.getpid(), signal.SIGTERM)
-    return False
-  return True
+  if action in ("signal", "hold") and jax.process_count() > 1:
+    from jax._src import distributed  # the counters' keys are XLA's preemption_sync_manager's
+    while (len(distributed.global_state.client.key_value_dir_get("PREEMPTION_CURRENT_COUNTER/"))
+           < jax.process_count()):
+      time.sleep(0.01)
+  return action == "fail"
 
 def os_error(path):
   number = getattr(errno, code[0])
@@ -159,18 +169,19 @@ def restore_here(folder: Path) -> dict:
   return jax.tree.map(np.asarray, checkpointer.restore(folder, target))
 
 
-def assert_same_run(workdir: Path, reference: Path) -> None:
-  """Same results (timings aside), metrics.jsonl, and final checkpoint: the whole train
-  state (parameters, Adam moments, step, RNG, skip count) and the best parameters."""
+def assert_same_run(workdir: Path, reference: Path, steps: int = STEPS) -> None:
+  """Same results (timings aside), metrics.jsonl, and final checkpoint (of step ``steps``):
+  the whole train state (parameters, Adam moments, step, RNG, skip count) and the best
+  parameters."""
   results, expected = (json.loads((folder / files.RESULTS_FILE).read_text())
                        for folder in (workdir, reference))
   del results["timings"], expected["timings"]
   assert results == expected
   assert ((workdir / files.METRICS_FILE).read_text()
           == (reference / files.METRICS_FILE).read_text())
-  assert complete_checkpoints(workdir)[-1] == complete_checkpoints(reference)[-1] == STEPS
+  assert complete_checkpoints(workdir)[-1] == complete_checkpoints(reference)[-1] == steps
   for item in ("state", "best"):
-    got, want = (restore_here(folder / "checkpoints" / str(STEPS) / item)
+    got, want = (restore_here(folder / "checkpoints" / str(steps) / item)
                  for folder in (workdir, reference))
     jax.tree.map(np.testing.assert_array_equal, got, want)
 
@@ -278,6 +289,63 @@ def test_sigterm_stops_a_two_seed_program_at_one_step(config_args, env, tmp_path
   for seed_dir, reference in zip(seeds, expected):
     assert resumed_from(done, seed_dir) == 5
     assert_same_run(seed_dir, reference)
+
+
+def two_processes(args: list[str], workdir: Path, env: dict[str, str],
+                  at: list[str | None] = (None, None)) -> list[subprocess.CompletedProcess]:
+  """train.py as two processes joined through $JAX_COORDINATOR_ADDRESS, 2 CPU devices each,
+  on a (data 2, fsdp 2) mesh across them (as test_train.py's two-process test), process i
+  through ``HOOK`` when ``at[i]`` names a point; each one's status and stderr once both have
+  ended."""
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  flags = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2".strip()
+  processes = [subprocess.Popen(
+      [*([sys.executable, "-c", HOOK] if point else [sys.executable]), "train.py", *args,
+       "--config.mesh.fsdp=2", "--config.fsdp_min_size=1024", "--workdir", str(workdir)],
+      cwd=REPO, text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+      env={**env, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags, "CWGNC_TEST_AT": point or "",
+           "JAX_COORDINATOR_ADDRESS": f"localhost:{port}", "JAX_NUM_PROCESSES": "2",
+           "JAX_PROCESS_ID": str(index)}) for index, point in enumerate(at)]
+  try:
+    errors = [process.communicate(timeout=300)[1] for process in processes]
+  finally:
+    for process in processes:  # one left waiting for the other: never past the test (SIGKILL:
+      # JAX takes SIGTERM)
+      if process.poll() is None:
+        process.kill()
+        process.wait()
+  return [subprocess.CompletedProcess(p.args, p.returncode, "", e)
+          for p, e in zip(processes, errors)]
+
+
+@pytest.mark.slow
+@pytest.mark.real
+def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(config_args, env, tmp_path):
+  """SIGTERM to the second of two processes (4 steps, one evaluation at the end, no
+  checkpoint before it), before its step 2: JAX's preemption service tells the first, which
+  no signal reached, and both stop after step 2, save their shards of it, print one line
+  each and exit 143; the rerun of both ends as an uninterrupted two-process run, bit for
+  bit. The first process is held before its step 2 as well until both have told the service
+  their step (``HOOK``), so the step agreed on does not depend on timing."""
+  args, steps = [*config_args, "--config.num_epochs=1", "--config.checkpoint_every=100"], 4
+  reference = tmp_path / "reference"
+  done = two_processes(args, reference, env)
+  assert [d.returncode for d in done] == [0, 0], [d.stderr for d in done]
+  workdir = tmp_path / "run"
+  stopped = two_processes(args, workdir, env, at=["hold:step:2", "signal:step:2"])
+  assert [one_line(done, 128 + signal.SIGTERM) for done in stopped] == [
+      f"train.py: stopped by SIGTERM at step 2: checkpoint {workdir / 'checkpoints'}/2; "
+      "rerun the same command to resume"] * 2
+  assert complete_checkpoints(workdir) == [2]
+  assert (workdir / files.METRICS_FILE).read_text() == reference_lines(reference, 2)
+  assert not (workdir / files.RESULTS_FILE).exists()
+  rerun = two_processes(args, workdir, env)
+  assert [done.returncode for done in rerun] == [0, 0], [done.stderr for done in rerun]
+  assert all("Traceback" not in done.stderr for done in [*stopped, *rerun])
+  assert resumed_from(rerun[0], workdir) == 2
+  assert_same_run(workdir, reference, steps)
 
 
 def checkpoint_bytes(workdir: Path, step: int) -> int:
