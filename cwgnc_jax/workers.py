@@ -216,6 +216,13 @@ def rotated(seeds: Sequence[int], worker: int, workers: int) -> list[int]:
   return [*seeds[shift:], *seeds[:shift]]
 
 
+def _say(line: str) -> None:
+  """One line on the stderr the workers share, in one write: print's two writes (the text,
+  then the newline) let two workers' lines run together."""
+  sys.stderr.write(f"{line}\n")
+  sys.stderr.flush()
+
+
 def work(job: dict[str, Any]) -> int:
   """Trains every group of ``job`` (its seeds rotated for this worker), skipping seeds other
   processes hold; a group that fails is reported and the next one tried. Exit status: 0 if
@@ -235,16 +242,15 @@ def work(job: dict[str, Any]) -> int:
         study.run_study(config_arg, overrides, rotated(seeds, job["worker"], job["workers"]),
                         job["out"], job["seeds_per_program"])
       except preemption.Stopped as e:
-        print(f"{prefix}: {e}", file=sys.stderr, flush=True)
+        _say(f"{prefix}: {e}")
         return e.exit_status
       except files.WriteError as e:  # as train.py: orbax's writer threads may still run
-        print(f"{prefix}: error: {e}", file=sys.stderr, flush=True)
+        _say(f"{prefix}: error: {e}")
         os._exit(2)  # pylint: disable=protected-access
       except Exception as e:  # pylint: disable=broad-except (the next group may still train)
         if not isinstance(e, (ConfigError, files.LockedError)):
           traceback.print_exc()
-        print(f"{prefix}: {config_lib.config_name(config_arg)}: error: {e}", file=sys.stderr,
-              flush=True)
+        _say(f"{prefix}: {config_lib.config_name(config_arg)}: error: {e}")
         status = 1
   return status
 

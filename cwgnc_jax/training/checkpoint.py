@@ -21,8 +21,9 @@ and prediction): read-only, and without the optimizer.
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -44,6 +45,25 @@ def _not_a_disk_error(record: logging.LogRecord) -> bool:
 
 
 logging.getLogger("absl").addFilter(_not_a_disk_error)
+
+
+def _without_closed_loop_callbacks(hook: Callable[..., None]) -> Callable[..., None]:
+  """``hook`` (``sys.excepthook``), less the ``RuntimeError: Event loop is closed`` that
+  tensorstore prints (PyErr_Print) for each write still pending when orbax gave a failed save
+  up and closed its asyncio loop (a full disk: a handful, before ``Checkpointer.save``'s one
+  line, as the thread timing falls). Only that error, raised by asyncio's own check."""
+  def excepthook(kind, value, traceback) -> None:
+    last = traceback
+    while last is not None and last.tb_next is not None:
+      last = last.tb_next
+    if (kind is RuntimeError and str(value) == "Event loop is closed" and last is not None
+        and last.tb_frame.f_code.co_filename.endswith("base_events.py")):
+      return
+    hook(kind, value, traceback)
+  return excepthook
+
+
+sys.excepthook = _without_closed_loop_callbacks(sys.excepthook)
 
 
 def saved_steps(directory: str | Path) -> list[int]:
