@@ -355,6 +355,7 @@ def _checkpoints(workdir: Path) -> tuple[list[int], list[Path]]:
 
 
 @pytest.mark.real
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_rerun_is_bit_identical(reference, tiny_args, env, tmp_path):
   workdir = tmp_path / "killed"
   process = _start(tiny_args, workdir, env)
@@ -530,6 +531,7 @@ def _wait_for(condition, process: subprocess.Popen, timeout: float = 300.0) -> N
 
 
 @pytest.mark.real
+@pytest.mark.slow
 def test_a_second_process_on_a_run_directory_is_refused(reference, tiny_args, env, tmp_path):
   """While one process trains a run directory (held still with SIGSTOP once it has its
   lock), a second one exits 2 naming the holder and changes nothing; the first then ends

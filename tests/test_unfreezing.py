@@ -326,6 +326,7 @@ def gu_run(tiny_args, env, tmp_path_factory) -> Path:
 
 
 @pytest.mark.real
+@pytest.mark.slow
 def test_gu_run_records_each_iteration(gu_run):
   results = results_of(gu_run)
   records = results["unfreezing"]["iterations"]
@@ -352,6 +353,7 @@ def test_gu_run_records_each_iteration(gu_run):
 
 
 @pytest.mark.real
+@pytest.mark.slow
 def test_gu_run_resumed_mid_iteration_is_bit_identical(gu_run, tiny_args, env, tmp_path):
   """Killed in iteration 1 (after its checkpoint of step 6), the rerun resumes there: the
   finished iteration 0 is not redone and everything ends as in the uninterrupted run."""
@@ -371,6 +373,7 @@ def test_gu_run_resumed_mid_iteration_is_bit_identical(gu_run, tiny_args, env, t
 
 
 @pytest.mark.real
+@pytest.mark.slow
 def test_gu_restart_run_starts_each_iteration_from_the_pretrained_model(tiny_args, env,
                                                                         gu_run, tmp_path):
   args = [*tiny_args, "--config.unfreezing.mode=gu_restart", "--config.unfreezing.iterations=2"]
