@@ -66,6 +66,30 @@ def _without_closed_loop_callbacks(hook: Callable[..., None]) -> Callable[..., N
 sys.excepthook = _without_closed_loop_callbacks(sys.excepthook)
 
 
+def _not_a_failed_read_of_a_failed_restore(record: logging.LogRecord) -> bool:
+  """False for asyncio's "Task exception was never retrieved" of an orbax read task: a
+  restore of a corrupt checkpoint fails on its first bad array, and the reads of its other
+  bad arrays fail in tasks nobody awaits any more, logged when they are garbage-collected
+  (at shutdown, after ``Checkpointer.restore``'s one line). Only tasks raised from orbax."""
+  error = record.exc_info[1] if record.exc_info else None
+  if error is None or not record.getMessage().startswith("Task exception was never retrieved"):
+    return True
+  frames = _traceback_files(error.__traceback__)
+  return not any(f"orbax{sep}checkpoint" in name for name in frames for sep in "/\\")
+
+
+def _traceback_files(tb) -> list[str]:
+  """The file names of a traceback's frames, outermost first."""
+  names = []
+  while tb is not None:
+    names.append(tb.tb_frame.f_code.co_filename)
+    tb = tb.tb_next
+  return names
+
+
+logging.getLogger("asyncio").addFilter(_not_a_failed_read_of_a_failed_restore)
+
+
 def saved_steps(directory: str | Path) -> list[int]:
   """The steps of the complete checkpoints in ``directory``, ascending, read without opening
   an orbax manager (which would create the folder): orbax renames a checkpoint to its bare
