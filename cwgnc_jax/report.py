@@ -59,11 +59,8 @@ import numpy as np
 from scipy import stats as scipy_stats
 
 from cwgnc_jax import config as config_lib
-from cwgnc_jax import diagnostics, files, methods, metrics, paper, paths, stats
+from cwgnc_jax import diagnostics, files, methods, metrics, paper, paths, stats, tasks
 
-TASK_ORDER = ("rte", "mrpc", "cola")
-TASK_NAMES = {"rte": "RTE", "mrpc": "MRPC", "cola": "CoLA"}
-METRIC_NAMES = {"accuracy": "accuracy", "f1": "F1", "mcc": "MCC"}
 GU_NAMES = {"gu": "GU", "gu_restart": "GU (restart)"}
 # Overrides that say where the data is, not what is computed: never part of a row name.
 _LOCATION_KEYS = ("glue_dir", "cache_dir", "task")
@@ -257,15 +254,21 @@ def label_groups(groups: Sequence[Group]) -> None:
 
 # -- Tables. -------------------------------------------------------------------------------
 
+def task_name(task: str) -> str:
+  """The task's display name (``tasks.Task.name``); a task no longer registered, as stored."""
+  return tasks.TASKS[task].name if task in tasks.TASKS else task
+
+
 def _tasks(groups: Sequence[Group]) -> list[str]:
+  """The groups' tasks in the registry's order, then any unregistered ones."""
   present = {g.task for g in groups}
-  return [t for t in TASK_ORDER if t in present] + sorted(present - set(TASK_ORDER))
+  return [t for t in tasks.TASKS if t in present] + sorted(present - set(tasks.TASKS))
 
 
 def _task_header(task: str, groups: Sequence[Group]) -> str:
-  metrics = {g.summary.get("metric") for g in groups if g.task == task} - {None}
-  metric = METRIC_NAMES.get(next(iter(metrics)), "") if len(metrics) == 1 else ""
-  return f"{TASK_NAMES.get(task, task)} ({metric})" if metric else TASK_NAMES.get(task, task)
+  used = {g.summary.get("metric") for g in groups if g.task == task} - {None}
+  metric = metrics.METRICS.get(next(iter(used)), "") if len(used) == 1 else ""
+  return f"{task_name(task)} ({metric})" if metric else task_name(task)
 
 
 def cell(summary: dict[str, Any]) -> str:
@@ -331,7 +334,7 @@ def sweeps(groups: Sequence[Group]) -> dict[tuple[str, float, int], list[Group]]
 def _sweep_title(key: tuple[str, float, int]) -> str:
   task, learning_rate, epochs = key
   rate = np.format_float_scientific(learning_rate, trim="-", exp_digits=1)  # 1e-4, 2.5e-5
-  return f"{TASK_NAMES.get(task, task)}, lr {rate}, {epochs} epochs"
+  return f"{task_name(task)}, lr {rate}, {epochs} epochs"
 
 
 def table2(members: Sequence[Group]) -> str:
@@ -423,7 +426,7 @@ def comparisons(groups: Sequence[Group]) -> list[Compared]:
 def comparison_table(compared: Sequence[Compared], holm: np.ndarray) -> str:
   """The Markdown table of ``compared``, each p-value with its Holm-adjusted one (``holm``:
   three per comparison, in order)."""
-  rows = [f"| {TASK_NAMES.get(c.ours.task, c.ours.task)} | {c.ours.label} | {c.base.label} | "
+  rows = [f"| {task_name(c.ours.task)} | {c.ours.label} | {c.base.label} | "
           f"{_comparison_cells(c.result, holm[3 * i:3 * i + 3])} |"
           for i, c in enumerate(compared)]
   return "\n".join([f"| task | CWGNC | baseline | {HOLM_COLUMNS} |", "|---" * 13 + "|", *rows])
@@ -440,7 +443,7 @@ def settings_list(groups: Sequence[Group]) -> str:
       epochs = f"{gu.get('epochs_per_iteration')} per GU iteration"
     seeds = [run["seed"] for run in g.summary["runs"]]
     lines.append(
-        f"- `{g.path.name}`: {g.label} on {TASK_NAMES.get(g.task, g.task)}, model "
+        f"- `{g.path.name}`: {g.label} on {task_name(g.task)}, model "
         f"{c.get('model')}, lr {c['optimizer']['learning_rate']:g}, epochs {epochs}, batch "
         f"{c.get('batch_size')}, train_limit {c.get('train_limit')}; "
         f"{g.summary['finished']}/{len(g.summary['seeds'])} seeds finished {_seed_list(seeds)}; "
@@ -503,7 +506,7 @@ def figure_scores(groups: Sequence[Group], path: Path) -> str | None:
     ax.set_yticks(range(len(labels)), labels if ax is axes[0][0] else [""] * len(labels))
     ax.set_ylim(len(labels) - 0.5, -0.5)
     ax.set_xlabel(f"dev {_task_header(task, groups)} x100")
-    ax.set_title(TASK_NAMES.get(task, task))
+    ax.set_title(task_name(task))
     ax.grid(axis="x", alpha=0.3)
   handles, names = axes[0][0].get_legend_handles_labels()
   for ax in axes[0][1:]:
@@ -558,7 +561,7 @@ def figure_gu(groups: Sequence[Group], path: Path) -> str | None:
     ax.set_xticks(range(1, length + 1))
     ax.set_xlabel("GU iteration k (trains the head and the top k layers of the stack)")
     ax.set_ylabel(f"dev {_task_header(task, groups)} x100")
-    ax.set_title(TASK_NAMES.get(task, task))
+    ax.set_title(task_name(task))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
   fig.suptitle("Fig. 1: gradual unfreezing, dev score after each iteration (mean ± std)")
@@ -609,7 +612,7 @@ def figure_gu_drift(groups: Sequence[Group], path: Path) -> str | None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
   fig.suptitle(f"Figs. 2, 4, 5: per-layer drift under {g.label} on "
-               f"{TASK_NAMES.get(g.task, g.task)} (mean ± std over {len(runs)} "
+               f"{task_name(g.task)} (mean ± std over {len(runs)} "
                f"seed{'s' if len(runs) > 1 else ''})")
   fig.tight_layout()
   _save(fig, path)
@@ -649,7 +652,7 @@ def figure_drift_by_method(groups: Sequence[Group], path: Path) -> str | None:
       ax.set_ylabel(ylabel)
       ax.ticklabel_format(axis="y", useOffset=False)
       ax.set_xlabel("layer (emb = embeddings, numbers = encoder layers)")
-      ax.set_title(f"{TASK_NAMES.get(task, task)}: {ylabel} against pretrained")
+      ax.set_title(f"{task_name(task)}: {ylabel} against pretrained")
       ax.grid(alpha=0.3)
       ax.legend(fontsize=7)
   fig.suptitle("Per-layer drift from the pretrained model at the end of training "
@@ -713,7 +716,7 @@ def figure_gradient_norms(groups: Sequence[Group], path: Path) -> str | None:
   axes[0].set_ylabel("gradient L2 norm (before clipping)")
   axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
   fig.suptitle(f"Fig. 3: gradient norm of every tensor of encoder layer {layer} "
-               f"(of {len(layers)}), {g.label} on {TASK_NAMES.get(g.task, g.task)}")
+               f"(of {len(layers)}), {g.label} on {task_name(g.task)}")
   fig.tight_layout()
   _save(fig, path)
   return None
@@ -864,8 +867,8 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path,
   lines = ["# Stability study report", ""]
   if command:
     lines += [f"Written by `{command}`.", ""]
-  released = ", ".join(f"{TASK_NAMES[t]} {v:g}"
-                       for t, v in metrics.RELEASED_CODE_THRESHOLDS.items())
+  released = ", ".join(f"{t.name} {t.released_threshold:g}" for t in tasks.TASKS.values()
+                       if t.released_threshold is not None)
   lines += ["Table 1: per task the number of finished seeds n, the Std (population), Mean and "
             "Max of the dev score (x100) over them, and the percentage of failed runs. A "
             "failed run's dev score is not above the majority classifier's (the paper's rule; "
