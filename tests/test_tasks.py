@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,7 @@ import pytest
 from cwgnc_jax import config as config_lib
 from cwgnc_jax import metrics, predict, study, tasks
 from cwgnc_jax.data import glue
-from cwgnc_jax import report as report_lib
+from cwgnc_jax.report import publish
 
 FIXTURES = Path(__file__).parent / "fixtures" / "glue"
 NEW_TASKS = ("sst2", "qnli", "qqp", "mnli")
@@ -141,7 +140,7 @@ def _train_and_report(tiny_bert_dir, task, glue_dir, out: Path) -> tuple[dict, P
   """One seed of ``demo`` on ``task`` (one step: every fixture fits a batch of 16), and its
   report."""
   summary = study.run_study("demo", _overrides(tiny_bert_dir, task, glue_dir), [1], out)
-  report = report_lib.write_report([out], out / "report")
+  report = publish.write_report([out], out / "report")
   return summary, report
 
 
