@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -126,6 +127,19 @@ def test_only_the_paper_s_tasks_have_released_thresholds():
                                        ("glue_dir", str(FIXTURES))])
   with pytest.raises(config_lib.ConfigError, match="'released' has no threshold for task"):
     config_lib.validate(config)
+
+
+def test_a_run_needs_train_and_the_dev_set_it_scores(tmp_path):
+  """Config validation checks the files a run reads: MNLI's train and dev_matched."""
+  config = config_lib.apply_overrides(config_lib.load("rte_cwgnc"),
+                                      [("task", "mnli"), ("glue_dir", str(tmp_path))])
+  (tmp_path / "MNLI").mkdir()
+  shutil.copy(FIXTURES / "MNLI" / "train.tsv", tmp_path / "MNLI" / "train.tsv")
+  with pytest.raises(config_lib.ConfigError, match=r"cannot read .*MNLI/dev_matched\.tsv: .* "
+                     r"must hold MNLI/train\.tsv and MNLI/dev_matched\.tsv$"):
+    config_lib.validate(config)
+  shutil.copy(FIXTURES / "MNLI" / "dev_matched.tsv", tmp_path / "MNLI" / "dev_matched.tsv")
+  config_lib.validate(config)
 
 
 # -- End to end: train, evaluate, report, predict. ------------------------------------------
