@@ -10,9 +10,11 @@ Tasks: the paper's RTE, MRPC and CoLA, and SST-2, QNLI, QQP and MNLI as transfor
     entailment, 1 = neutral, 2 = contradiction.
   * Scores (``metrics.score``, x100): accuracy (RTE, SST-2, QNLI, MNLI), F1 of class 1 (MRPC,
     QQP; their accuracy is reported beside it, as GLUE does), Matthews correlation (CoLA).
-  * A run's score is its task's first dev set. MNLI has two, ``dev_matched`` (the run's score,
-    as GLUE papers report MNLI-m first) and ``dev_mismatched`` (``predict --split dev`` scores
-    it too); its test sets are submitted as ``MNLI-m.tsv`` and ``MNLI-mm.tsv``.
+  * A run's score is its task's first dev set, the split 'dev': training evaluates it, and
+    summaries and reports show it. MNLI has two dev sets: ``dev_matched`` is the run's score
+    (GLUE papers report MNLI-m first); ``dev_mismatched`` is not evaluated while training (a
+    second pass at every evaluation) but ``predict --split dev`` predicts and scores both. Its
+    test sets are submitted as ``MNLI-m.tsv`` and ``MNLI-mm.tsv``.
   * Failure thresholds: the majority classifier's score on every task; the released code's
     fixed thresholds (failure rule 'released') exist for RTE, MRPC and CoLA only.
 
@@ -27,10 +29,12 @@ Any config trains any task: ``python train.py --config rte_cwgnc --config.task=m
 
 Left out: STS-B, a regression task (one float output and Pearson/Spearman scores, where
 everything here is classification: argmax, majority classifier, failed runs); WNLI, whose dev
-set is adversarial to training (every published model scores at or below its 56.3 majority
-baseline, so "failed" would mean every run). The GLUE diagnostic set AX (predicted by an MNLI
-model) is not written. QQP's original ``train.tsv`` holds a few rows with missing columns,
-which the strict reader refuses with their line number: read QQP from the hub, or drop them.
+set is adversarial to its train set (the same sentences with other labels), so that BERT and
+the GLUE baselines do not beat its majority classifier (56.3) and "failed" would mean nearly
+every run. The GLUE diagnostic set AX (predicted by an MNLI model) is not written. The
+original QQP files are known to hold malformed rows (transformers' ``QqpProcessor`` skips rows
+missing a column); the strict reader refuses such a row, naming its line: read QQP from the
+hub, or drop the row.
 """
 
 from __future__ import annotations
