@@ -239,7 +239,8 @@ def main(argv: list[str]) -> None:
   except (ValueError, OSError) as e:  # RunDirError, a missing or wrong TSV, the output file
     fail(str(e))
   print(json.dumps(summary))
-  print(f"predictions: {summary['predictions']}", file=sys.stderr)
+  for written in (summary, *summary.get("other_sets", {}).values()):
+    print(f"predictions: {written['predictions']}", file=sys.stderr)
 
 
 if __name__ == "__main__":

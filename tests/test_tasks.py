@@ -160,7 +160,8 @@ def _train_and_report(tiny_bert_dir, task, glue_dir, out: Path) -> tuple[dict, P
 
 @pytest.mark.real
 @pytest.mark.parametrize("task", NEW_TASKS)
-def test_each_new_task_trains_evaluates_reports_and_predicts(tiny_bert_dir, tmp_path, task):
+def test_each_new_task_trains_evaluates_reports_and_predicts(tiny_bert_dir, tmp_path, capsys,
+                                                             task):
   entry = tasks.get_task(task)
   summary, report = _train_and_report(tiny_bert_dir, task, FIXTURES, tmp_path / "study")
   assert summary["finished"] == 1 and summary["metric"] == entry.metric
@@ -188,6 +189,13 @@ def test_each_new_task_trains_evaluates_reports_and_predicts(tiny_bert_dir, tmp_
   if task == "mnli":
     assert sorted(p.name for p in (tmp_path / "dev").iterdir()) == ["MNLI-m-dev.tsv",
                                                                      "MNLI-mm-dev.tsv"]
+    assert list(dev["other_sets"]) == ["MNLI-mm"]
+    (tmp_path / "cli").mkdir()  # the command line: --out names the folder of both files
+    capsys.readouterr()
+    predict.main([str(run_dir), "--split", "dev", "--out", str(tmp_path / "cli")])
+    assert capsys.readouterr().err.splitlines() == [
+        f"predictions: {tmp_path / 'cli' / name}" for name in ("MNLI-m-dev.tsv",
+                                                                "MNLI-mm-dev.tsv")]
   if task == "qqp":
     assert set(dev["scores"]) == {"f1", "accuracy"}
 
