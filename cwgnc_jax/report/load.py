@@ -232,6 +232,7 @@ def tasks_in(groups: Sequence[Group]) -> list[str]:
 
 
 def task_header(task: str, groups: Sequence[Group]) -> str:
+  """The task's name, with its metric where its groups name one: 'RTE (accuracy)'."""
   used = {g.summary.get("metric") for g in groups if g.task == task} - {None}
   metric = metrics.METRICS.get(next(iter(used)), "") if len(used) == 1 else ""
   return f"{task_name(task)} ({metric})" if metric else task_name(task)
@@ -251,6 +252,7 @@ def sweeps(groups: Sequence[Group]) -> dict[tuple[str, float, int], list[Group]]
 
 
 def sweep_title(key: tuple[str, float, int]) -> str:
+  """A sweep's key (``sweeps``) in words: 'CoLA, lr 2e-5, 5 epochs'."""
   task, learning_rate, epochs = key
   rate = np.format_float_scientific(learning_rate, trim="-", exp_digits=1)  # 1e-4, 2.5e-5
   return f"{task_name(task)}, lr {rate}, {epochs} epochs"
