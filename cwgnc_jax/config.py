@@ -30,7 +30,7 @@ from typing import Any, Mapping, Sequence
 
 import ml_collections
 
-from cwgnc_jax import methods, metrics, optimizers, unfreezing
+from cwgnc_jax import methods, metrics, optimizers, tasks, unfreezing
 from cwgnc_jax.models.bert import DROPOUT_BITS, GELU_FORMS, NOT_HF_FIELDS
 from cwgnc_jax.models.mixout import GRADIENTS as MIXOUT_GRADIENTS
 from cwgnc_jax.data import batching, glue
@@ -348,19 +348,21 @@ def _check_glue(config: ml_collections.ConfigDict) -> None:
   source = glue_source(config)
   if source == "hub":
     return
-  task = glue.get_task(config.task)
+  task = tasks.get_task(config.task)
   folder = Path(source).expanduser()
+  splits = ("train", "dev")  # what a run reads (MNLI: dev_matched.tsv)
+  names = [f"{task.name}/{task.file_stem(split)}.tsv" for split in splits]
   if folder.exists() and not folder.is_dir():
     raise ConfigError(f"the GLUE folder {source} is a file, not a folder: pass a folder "
-                      f"holding {task.name}/train.tsv and {task.name}/dev.tsv")
-  for split in glue.SPLITS:
-    path = folder / task.name / f"{split}.tsv"
+                      f"holding {' and '.join(names)}")
+  for split, name in zip(splits, names):
+    path = folder / name
     if path.is_dir():
       raise ConfigError(f"{path} is a directory, not a file: the GLUE folder {source} must "
-                        f"hold the {task.name} {split} split as the file {task.name}/{split}.tsv")
+                        f"hold the {task.name} {split} split as the file {name}")
     if not os.access(path, os.R_OK):
       raise ConfigError(f"cannot read {path}: the GLUE folder {source} must hold "
-                        f"{task.name}/train.tsv and {task.name}/dev.tsv")
+                        f"{' and '.join(names)}")
 
 
 def _require(condition: bool, message: str) -> None:
@@ -417,13 +419,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
               "unfreezing", "mixout")
   missing = [key for key in required if key not in config]
   _require(not missing, f"config lacks the keys {missing}; start from configs/base.py")
-  _require(str(config.task).lower() in glue.TASKS,
-           f"unknown task {config.task!r}; valid: {', '.join(glue.TASKS)}")
+  _require(str(config.task).lower() in tasks.TASKS,
+           f"unknown task {config.task!r}; valid: {', '.join(tasks.TASKS)}")
   _require(config.method in methods.NAMES,
            f"unknown method {config.method!r}; valid: {', '.join(methods.NAMES)}")
   _require(config.get("failure_rule", "majority") in metrics.FAILURE_RULES,
            f"unknown config.failure_rule {config.get('failure_rule')!r}; valid: "
            f"{', '.join(metrics.FAILURE_RULES)}")
+  _require(config.get("failure_rule") != "released" or
+           tasks.get_task(config.task).released_threshold is not None,
+           f"config.failure_rule 'released' has no threshold for task {config.task!r}: the "
+           f"released code's are for {', '.join(metrics.released_tasks())} only")
   resolve_model(config.model)
   _require(config.dtype in DTYPES,
            f"unknown dtype {config.dtype!r}; valid: {', '.join(DTYPES)}")
@@ -432,7 +438,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for key in ("batch_size", "eval_batch_size", "max_length", "evals_per_epoch",
               "keep_checkpoints", "log_every"):
     _positive_int(config, key)
-  task = glue.get_task(config.task)
+  task = tasks.get_task(config.task)
   special = glue.num_special_tokens(task.is_pair)
   _require(config.max_length > special,
            f"config.max_length must be > {special} for {task.name}: its examples hold {special} "

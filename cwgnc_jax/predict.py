@@ -6,24 +6,30 @@
 predicts every example of the split with the parameters the run's ``results.json`` scored
 (final, or best with ``keep_best``), in packed batches of ``N`` examples (default: the run's
 ``eval_batch_size``), and writes them to ``--out`` (default ``<TASK>.tsv`` for the test split,
-the name the GLUE server expects, ``<TASK>-dev.tsv`` for dev) in the GLUE submission format:
+the name the GLUE server expects, ``<TASK>-dev.tsv`` for dev; MNLI writes two, ``MNLI-m`` and
+``MNLI-mm``, and its ``--out`` is their folder) in the GLUE submission format:
 
   index<TAB>prediction        the header line
   0<TAB>not_entailment        one line per example, in file order
 
-Predictions are label names for RTE (``entailment`` / ``not_entailment``) and 0 / 1 for MRPC
-(1 = equivalent) and CoLA (1 = acceptable), as jiant's GLUE submission formatter writes them
+Predictions are each task's ``Task.submission_labels``: label names for RTE and QNLI
+(``entailment`` / ``not_entailment``) and MNLI (``entailment`` / ``neutral`` /
+``contradiction``), 0 / 1 for MRPC (1 = equivalent), CoLA (1 = acceptable), SST-2 (1 =
+positive) and QQP (1 = duplicate), as jiant's GLUE submission formatter writes them
 (``glue_submission_formatter.py``: header ``index prediction``, ``GlueMixin.get_glue_preds``
 with RTE's labels ``entailment, not_entailment`` and MRPC's and CoLA's ``0, 1``;
 transformers' ``run_glue.py`` writes the same header but label names for every task). The
-index is a test file's own ``index`` column, and the row number (from 0) for dev files, which
-have no index column in MRPC and CoLA.
+index is a test file's own first column (``index``; QQP's ``id``), and the row number (from
+0) for dev files, which have no index column in MRPC, CoLA, SST-2 and QQP.
 
 The split is read from ``--tsv FILE`` when given, else from the run's GLUE folder
 (``config.glue_dir``, else ``$GLUE_DIR``): ``<TASK>/test.tsv`` in the test layout (no labels;
 ``data/glue.py``), ``<TASK>/dev.tsv`` as in training (or the hub's validation split when the
-run read the hub). With labels (dev), the dev metric is computed as the training loop's
-evaluation does and printed with the summary on stdout.
+run read the hub); MNLI's ``test_matched``/``test_mismatched`` and ``dev_matched``/
+``dev_mismatched`` (``--tsv``: the folder holding them). With labels (dev), the dev metric is
+computed as the training loop's evaluation does and printed with the summary on stdout, with
+every metric the task reports (``scores``: MRPC's and QQP's accuracy beside F1); MNLI's
+summary is matched's, the run's score, with mismatched's under ``other_sets``.
 
 Exit status: 0 done; 2 bad input (not a finished run, a missing or wrong TSV, an existing
 or unwritable output file), reported in one line on stderr before any prediction.
@@ -43,7 +49,7 @@ import numpy as np
 from tqdm import tqdm
 
 from cwgnc_jax import config as config_lib
-from cwgnc_jax import files, metrics, saved_run
+from cwgnc_jax import files, metrics, saved_run, tasks
 from cwgnc_jax.data import batching, glue
 from cwgnc_jax.models import bert, loading
 
@@ -52,9 +58,10 @@ SPLITS = ("test", "dev")
 HEADER = ("index", "prediction")
 
 
-def default_output(task_name: str, split: str) -> Path:
-  """``RTE.tsv`` for the test split (the GLUE submission's file name), ``RTE-dev.tsv`` for dev."""
-  return Path(f"{task_name}.tsv" if split == "test" else f"{task_name}-dev.tsv")
+def default_output(submission: str, split: str) -> Path:
+  """``RTE.tsv`` for the test split (the GLUE submission's file name, ``EvalSet.submission``),
+  ``RTE-dev.tsv`` for dev."""
+  return Path(f"{submission}.tsv" if split == "test" else f"{submission}-dev.tsv")
 
 
 def check_output_file(path: str | Path) -> Path:
@@ -69,26 +76,43 @@ def check_output_file(path: str | Path) -> Path:
   return path
 
 
-def read_split(run: saved_run.SavedRun, split: str, tsv: str | Path | None
-               ) -> tuple[list[str], list[glue.Example]]:
-  """``(indices, examples)`` of the run's task: from ``tsv`` when given, else from the run's
-  GLUE source (module docstring). Dev examples keep their labels; test ones have none."""
+def set_files(task: tasks.Task, split: str, tsv: str | Path | None, out: str | Path | None
+              ) -> list[tuple[tasks.EvalSet, Path | None, Path]]:
+  """Per evaluation set of ``task``: the set, the file to read (None: the run's GLUE source)
+  and the submission file to write. With one set, ``tsv`` and ``out`` are files; with several
+  (MNLI), folders holding (to hold) the GLUE files of each set."""
+  found = []
+  for eval_set in task.eval_sets:
+    name = default_output(eval_set.submission, split)
+    if len(task.eval_sets) == 1:
+      found.append((eval_set, tsv, Path(out or name)))
+      continue
+    stem = eval_set.test_file if split == "test" else eval_set.dev_file
+    found.append((eval_set, tsv and Path(tsv) / f"{stem}.tsv", Path(out or ".") / name))
+  return found
+
+
+def read_split(run: saved_run.SavedRun, split: str, eval_set: tasks.EvalSet,
+               tsv: str | Path | None) -> tuple[list[str], list[glue.Example]]:
+  """``(indices, examples)`` of one evaluation set of the run's task: from ``tsv`` when given,
+  else from the run's GLUE source (module docstring). Dev examples keep their labels; test
+  ones have none."""
   task = run.task
   source = config_lib.glue_source(run.config)
   if tsv is None and split == "test":
+    name = f"{task.name}/{eval_set.test_file}.tsv"
     if source == "hub":
       raise ValueError(f"the {task.name} test split is read from a GLUE test file: pass "
-                       "--tsv FILE, or set GLUE_DIR to a folder holding "
-                       f"{task.name}/test.tsv")
-    tsv = Path(source).expanduser() / task.name / "test.tsv"  # as training reads the folder
+                       f"--tsv FILE, or set GLUE_DIR to a folder holding {name}")
+    tsv = Path(source).expanduser() / name  # as training reads the folder
   if tsv is not None and not Path(tsv).is_file():
     raise FileNotFoundError(f"no {task.name} {split} file at {tsv}")
   if split == "test":
     return glue.read_test_tsv(task, Path(tsv))
   if tsv is None:
-    examples = glue.load_examples(task.hub_config, "dev", source)
+    examples = glue.load_examples(task.hub_config, eval_set.split, source)
   else:
-    examples = glue.read_tsv(task, Path(tsv))
+    examples = glue.read_tsv(task, Path(tsv), eval_set.split)
     if not examples:
       raise ValueError(f"{tsv} holds no {task.name} examples")
   return [str(i) for i in range(len(examples))], examples
@@ -114,7 +138,7 @@ def predict_logits(model: bert.BertForSequenceClassification, data: glue.Tokeniz
 
 
 def write_submission(path: str | Path, indices: Sequence[str], predictions: np.ndarray,
-                     task: glue.Task) -> Path:
+                     task: tasks.Task) -> Path:
   """Writes ``index<TAB>prediction`` lines (after that header) to the new file ``path``:
   label ids as the GLUE server expects them (``Task.submission_labels``). The file appears
   complete or not at all (written beside it, then renamed)."""
@@ -135,28 +159,43 @@ def write_submission(path: str | Path, indices: Sequence[str], predictions: np.n
 def predict_run(run_dir: str | Path, split: str, *, tsv: str | Path | None = None,
                 out: str | Path | None = None, batch_size: int | None = None,
                 progress: bool | None = None) -> dict[str, Any]:
-  """Predicts ``split`` with the run in ``run_dir`` and writes the submission file (module
-  docstring); returns the summary: task, split, examples, output file, and with labels the
-  dev metric and score (x100)."""
+  """Predicts ``split`` of each evaluation set of the run's task with the run in ``run_dir``
+  and writes its submission file (module docstring).
+
+  Returns the summary of the task's first set: task, split, examples, output file, and with
+  labels the dev metric and score (x100) and ``scores``, every metric the task reports; a
+  task with several sets (MNLI) adds ``other_sets``, the others' examples, files and scores
+  by submission name (``MNLI-mm``).
+  """
   if split not in SPLITS:
     raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
   if batch_size is not None and batch_size < 1:
     raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
   run = saved_run.open_run(run_dir)
-  out = check_output_file(out if out is not None else default_output(run.task.name, split))
-  indices, examples = read_split(run, split, tsv)
+  planned = [(eval_set, source, check_output_file(path))
+             for eval_set, source, path in set_files(run.task, split, tsv, out)]
+  read = [(eval_set, *read_split(run, split, eval_set, source), path)
+          for eval_set, source, path in planned]
   model = saved_run.load_model(run)
+  tokenizer = loading.load_tokenizer(run.model_name)
   max_length = run.config["max_length"]
-  data = glue.tokenize(examples, loading.load_tokenizer(run.model_name), max_length)
-  logits = predict_logits(model, data, batch_size=batch_size or run.config["eval_batch_size"],
-                          max_length=max_length, progress=progress)
-  predictions = logits.argmax(-1)
-  write_submission(out, indices, predictions, run.task)
+  summaries = {}
+  for eval_set, indices, examples, path in read:
+    data = glue.tokenize(examples, tokenizer, max_length)
+    logits = predict_logits(model, data, max_length=max_length, progress=progress,
+                            batch_size=batch_size or run.config["eval_batch_size"])
+    predictions = logits.argmax(-1)
+    write_submission(path, indices, predictions, run.task)
+    summary = {"examples": len(examples), "predictions": str(path)}
+    if split == "dev":
+      scores = metrics.scores(run.config["task"], predictions, data.labels)
+      summary.update(metric=run.task.metric, score=scores[run.task.metric], scores=scores)
+    summaries[eval_set.submission] = summary
+  first, *others = summaries
   summary = {"task": run.config["task"], "split": split, "result": run.result,
-             "examples": len(examples), "predictions": str(out)}
-  if split == "dev":
-    summary.update(metric=run.task.metric,
-                   score=metrics.score(run.config["task"], predictions, data.labels))
+             **summaries[first]}
+  if others:
+    summary["other_sets"] = {name: summaries[name] for name in others}
   return summary
 
 
@@ -178,9 +217,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                       help="a finished run's directory")
   parser.add_argument("--split", required=True, choices=SPLITS,
                       help="the GLUE split: test (no labels) or dev (and its metric)")
-  parser.add_argument("--tsv", metavar="FILE", type=absolute, help="the split's GLUE TSV file")
+  parser.add_argument("--tsv", metavar="FILE", type=absolute,
+                      help="the split's GLUE TSV file (MNLI: the folder of its two)")
   parser.add_argument("--out", metavar="FILE", type=absolute,
-                      help="the submission file to write (new)")
+                      help="the submission file to write, new (MNLI: the folder of its two)")
   parser.add_argument("--batch-size", type=int, metavar="N",
                       help="examples per packed batch (default: the run's eval_batch_size)")
   return parser.parse_args(argv)
@@ -199,7 +239,8 @@ def main(argv: list[str]) -> None:
   except (ValueError, OSError) as e:  # RunDirError, a missing or wrong TSV, the output file
     fail(str(e))
   print(json.dumps(summary))
-  print(f"predictions: {summary['predictions']}", file=sys.stderr)
+  for written in (summary, *summary.get("other_sets", {}).values()):
+    print(f"predictions: {written['predictions']}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -28,8 +28,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cwgnc_jax import config as config_lib
-from cwgnc_jax import files, paths
-from cwgnc_jax.data import glue
+from cwgnc_jax import files, paths, tasks
 from cwgnc_jax.models import bert, loading
 from cwgnc_jax.training import checkpoint
 
@@ -64,7 +63,7 @@ class SavedRun:
   workdir: Path
   config: dict[str, Any]
   results: dict[str, Any]
-  task: glue.Task
+  task: tasks.Task
 
   @property
   def model_name(self) -> str:
@@ -105,7 +104,7 @@ def open_run(workdir: str | Path) -> SavedRun:
     raise RunDirError(f"{workdir / files.RESULTS_FILE} has result {results['result']!r}, expected "
                       f"one of {sorted(RESULT_ITEMS)}")
   try:
-    task = glue.get_task(config["task"])
+    task = tasks.get_task(config["task"])
   except ValueError as e:
     raise RunDirError(f"{workdir / files.CONFIG_FILE}: {e}") from e
   run = SavedRun(workdir, config, results, task)

@@ -1,6 +1,6 @@
 """Issue 16's re-run: transformers' AdamW (adam_form=transformers) against optax's Adam (the
 earlier groups) for AdamW and CWGNC on CoLA at lr 1e-4 and 2e-4, on the seeds both have, and
-CWGNC against AdamW within each form, with the report's tests (``report.compare_scores``), as
+CWGNC against AdamW within each form, with the report's tests (``report.tables.compare_scores``), as
 Markdown rows; each seed's pair of scores in a comment line above its rows.
 
   python experiments/compare_adam_forms.py [RUNS_DIR]     # default docs/results/runs
@@ -10,7 +10,8 @@ import json
 import sys
 from pathlib import Path
 
-from cwgnc_jax import report, study
+from cwgnc_jax import study
+from cwgnc_jax.report import tables
 
 
 def load(folder: Path, method: str, lr: str, form: str) -> dict[int, tuple[float, bool]]:
@@ -27,14 +28,14 @@ def load(folder: Path, method: str, lr: str, form: str) -> dict[int, tuple[float
 def row(name: str, a: dict, b: dict) -> str:
   scores = [[v[0] for v in runs.values()] for runs in (a, b)]
   failed = [[v[1] for v in runs.values()] for runs in (a, b)]
-  cells = [report.cell({"finished": len(x), **study.aggregate(x, f)})
+  cells = [tables.cell({"finished": len(x), **study.aggregate(x, f)})
            for x, f in zip(scores, failed)]
   return (f"| {name} | {cells[0]} | {cells[1]} | "
-          f"{report.compare_scores(*scores, *map(sum, failed))} |")
+          f"{tables.compare_scores(*scores, *map(sum, failed))} |")
 
 
 def main(runs: Path) -> None:
-  print(f"| comparison | A | B | {report.COMPARISON_COLUMNS} |\n" + "|---" * 10 + "|")
+  print(f"| comparison | A | B | {tables.COMPARISON_COLUMNS} |\n" + "|---" * 10 + "|")
   for folder, lr in ((runs / "study", "0.0001"), (runs / "study_lr2e-4", "0.0002")):
     new = {m: load(folder, m, lr, "transformers") for m in ("adamw", "cwgnc")}
     old = {m: load(folder, m, lr, "optax") for m in ("adamw", "cwgnc")}

@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 import pytest
 
-from cwgnc_jax import files
+from cwgnc_jax import files, tasks
 from cwgnc_jax.data import glue
 
 MRPC_HEADER = "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
@@ -56,17 +56,18 @@ class CountingTokenizer:
 
 
 def test_registry_labels_follow_the_hub():
-  assert glue.get_task("RTE").label_names == ("entailment", "not_entailment")
-  assert glue.get_task("mrpc").label_names[1] == "equivalent"
-  assert glue.get_task("CoLA").label_names[1] == "acceptable"
-  assert {t.num_labels for t in glue.TASKS.values()} == {2}
-  assert [glue.get_task(n).metric for n in ("rte", "mrpc", "cola")] == ["accuracy", "f1", "mcc"]
-  assert not glue.get_task("cola").is_pair and glue.get_task("rte").is_pair
+  assert tasks.get_task("RTE").label_names == ("entailment", "not_entailment")
+  assert tasks.get_task("mrpc").label_names[1] == "equivalent"
+  assert tasks.get_task("CoLA").label_names[1] == "acceptable"
+  assert {tasks.get_task(n).num_labels for n in ("rte", "mrpc", "cola")} == {2}
+  assert [tasks.get_task(n).metric for n in ("rte", "mrpc", "cola")] == ["accuracy", "f1", "mcc"]
+  assert not tasks.get_task("cola").is_pair and tasks.get_task("rte").is_pair
 
 
 def test_unknown_task_lists_the_valid_ones():
-  with pytest.raises(ValueError, match=r"'sst2'.*\['cola', 'mrpc', 'rte'\]"):
-    glue.get_task("sst2")
+  with pytest.raises(ValueError,
+                     match=r"'stsb'.*\['cola', 'mnli', 'mrpc', 'qnli', 'qqp', 'rte', 'sst2'\]"):
+    tasks.get_task("stsb")
 
 
 @pytest.mark.real
@@ -115,7 +116,7 @@ TEST_FILES = {
 @pytest.mark.parametrize("task", sorted(TEST_FILES))
 def test_test_files_give_their_index_and_unlabelled_examples(tmp_path, task):
   path = write(tmp_path / "test.tsv", TEST_FILES[task])
-  indices, examples = glue.read_test_tsv(glue.get_task(task), path)
+  indices, examples = glue.read_test_tsv(tasks.get_task(task), path)
   assert indices == ["0", "1"]
   assert [e.label for e in examples] == [glue.NO_LABEL] * 2
   assert examples[1].id == "test.tsv:3"
@@ -136,7 +137,7 @@ def test_test_files_give_their_index_and_unlabelled_examples(tmp_path, task):
 def test_a_file_that_is_not_a_test_file_is_named(tmp_path, text, problem):
   path = write(tmp_path / "test.tsv", text)
   with pytest.raises(ValueError, match=re.escape(f"{path}{problem}")):
-    glue.read_test_tsv(glue.get_task("rte"), path)
+    glue.read_test_tsv(tasks.get_task("rte"), path)
 
 
 def test_glue_dir_is_the_default_source(tmp_path, monkeypatch):
@@ -194,7 +195,7 @@ def test_a_test_file_that_cannot_be_read_names_file_and_line(tmp_path, row, enco
   module's limit, is one line naming the file and the line."""
   path = tmp_path / "test.tsv"
   path.write_bytes((TEST_FILES["rte"] + row).encode(encoding))
-  assert (one_line_error(ValueError, glue.read_test_tsv, glue.get_task("rte"), path)
+  assert (one_line_error(ValueError, glue.read_test_tsv, tasks.get_task("rte"), path)
           == f"{path}:4: {problem}")
 
 

@@ -29,6 +29,7 @@ import pytest
 from flax import nnx
 
 from cwgnc_jax import config as config_lib
+from cwgnc_jax import tasks
 from cwgnc_jax.data import glue
 from cwgnc_jax.models import bert
 from cwgnc_jax.training import loop
@@ -59,7 +60,7 @@ def _run(dtype: str, seed: int) -> loop.Run:
   no_tokens = np.zeros(0, np.int32)
   examples = glue.TokenizedSplit(no_tokens, no_tokens, np.zeros(TRAIN_EXAMPLES + 1, np.int64),
                                  np.zeros(TRAIN_EXAMPLES, np.int32))
-  return loop.Run(config, Path("unused"), glue.get_task("rte"), examples, examples, params,
+  return loop.Run(config, Path("unused"), tasks.get_task("rte"), examples, examples, params,
                   constants, bert.apply_fn(graphdef), num_devices=1, majority_score=0.0)
 
 

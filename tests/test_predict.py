@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from conftest import command_line_error
 
-from cwgnc_jax import predict, saved_run
+from cwgnc_jax import predict, saved_run, tasks
 from cwgnc_jax.data import batching, glue
 from cwgnc_jax.models import load_tokenizer
 from cwgnc_jax.training import checkpoint
@@ -124,12 +124,12 @@ def test_submission_file_is_index_tab_prediction(tmp_path, task, expected):
   """The GLUE server's format: a header, then the index and the label (names for RTE, 0/1
   for MRPC and CoLA)."""
   path = predict.write_submission(tmp_path / "out.tsv", ["3", "4", "5", "6"],
-                                  np.array([0, 1, 1, 0]), glue.get_task(task))
+                                  np.array([0, 1, 1, 0]), tasks.get_task(task))
   assert path.read_bytes() == ("index\tprediction\n" + "".join(
       f"{i}\t{label}\n" for i, label in zip(range(3, 7), expected))).encode()
   assert sorted(p.name for p in tmp_path.iterdir()) == ["out.tsv"]  # no temporary file left
   with pytest.raises(ValueError, match="already exists"):
-    predict.write_submission(path, ["0"], np.array([1]), glue.get_task(task))
+    predict.write_submission(path, ["0"], np.array([1]), tasks.get_task(task))
   assert path.read_bytes().startswith(b"index\tprediction\n3\t")
 
 
@@ -137,7 +137,7 @@ def test_a_submission_that_cannot_be_written_is_one_line(tmp_path, monkeypatch):
   """The access check passes, the write fails (as under /proc, or on a read-only mount), or
   another process makes the file meanwhile: a ValueError naming the file, which
   ``main`` prints as one line."""
-  task, out = glue.get_task("rte"), tmp_path / "out.tsv"
+  task, out = tasks.get_task("rte"), tmp_path / "out.tsv"
   def fails(error):
     def write_atomic(*_, **__):
       raise error
@@ -160,7 +160,7 @@ def test_test_split_of_each_layout(tiny_rte_run, tmp_path, task):
   run_dir = task_run(tiny_rte_run, task, tmp_path / "run")
   tsv = tmp_path / "test.tsv"
   tsv.write_text(TEST_FILES[task], encoding="utf-8")
-  _, examples = glue.read_test_tsv(glue.get_task(task), tsv)
+  _, examples = glue.read_test_tsv(tasks.get_task(task), tsv)
   logits = split_predictions(run_dir, examples)
   summary = predict.predict_run(run_dir, "test", tsv=tsv, out=tmp_path / "out.tsv")
   assert summary == {"task": task, "split": "test", "result": "best", "examples": 3,
@@ -168,7 +168,7 @@ def test_test_split_of_each_layout(tiny_rte_run, tmp_path, task):
   lines = read_lines(tmp_path / "out.tsv")
   assert lines[0] == ["index", "prediction"]
   assert [index for index, _ in lines[1:]] == ["7", "8", "9"]
-  labels = glue.get_task(task).submission_labels
+  labels = tasks.get_task(task).submission_labels
   assert [prediction for _, prediction in lines[1:]] == [labels[i] for i in logits.argmax(-1)]
 
 

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from cwgnc_jax import config as config_lib
-from cwgnc_jax import diagnostics, files, report, study
+from cwgnc_jax import diagnostics, files, study
+from cwgnc_jax.report import figures, load, main, publish, tables
 
 REPO = Path(__file__).resolve().parent.parent
 LAYERS = ["embeddings", "encoder/layers/0", "encoder/layers/1", "encoder/layers/2", "head"]
@@ -114,7 +115,7 @@ def _table(markdown: str, heading: str) -> list[list[str]]:
 def test_table1_has_the_numbers_of_each_group(studies, tmp_path):
   """The paper's layout: per task n, Std, Mean, Max, failed %, then the paper's BERT-large
   Std / Mean / Max of the row (Table 1; only for a row at its protocol, CWGNC at c = 0.05)."""
-  path = report.write_report([studies / "main", studies / "harsh"], tmp_path)
+  path = publish.write_report([studies / "main", studies / "harsh"], tmp_path)
   text = path.read_text()
   rows = _table(text, f"## Table 1: `{studies / 'main'}`")
   paper = "BERT-large-uncased (paper): Std / Mean / Max"
@@ -150,7 +151,7 @@ def test_table1_has_the_numbers_of_each_group(studies, tmp_path):
 
 
 def test_seed_table_has_every_finished_seed(studies, tmp_path):
-  report.write_report([studies / "main"], tmp_path)
+  publish.write_report([studies / "main"], tmp_path)
   with (tmp_path / "seeds.csv").open(newline="") as f:
     rows = list(csv.DictReader(f))
   bertadam = [r for r in rows if r["method"] == "bertadam"]
@@ -164,7 +165,7 @@ def test_seed_table_has_every_finished_seed(studies, tmp_path):
 
 
 def test_table2_has_one_row_per_threshold(studies, tmp_path):
-  text = report.write_report([studies / "main"], tmp_path).read_text()
+  text = publish.write_report([studies / "main"], tmp_path).read_text()
   rows = _table(text, "### Table 2: CWGNC threshold sweep on CoLA")
   assert rows[0][:7] == ["threshold c", "Std", "Mean", "Max", "Min", "failed %", "seeds"]
   assert [row[0] for row in rows[2:]] == ["0.01", "0.05", "0.5"]
@@ -186,34 +187,34 @@ def test_a_sweep_varies_the_threshold_alone(studies, tmp_path):
   the same Table 2 (nor a sweep alone: one threshold)."""
   make_group(tmp_path, "cola_cwgnc", {"model": "minilm-l6", "optimizer.clip_norm": "0.1",
                                       "optimizer.learning_rate": "1e-3"}, [20.0, 0.0], 0.0)
-  found = report.sweeps(report.find_groups(studies) + report.find_groups(tmp_path))
+  found = load.sweeps(load.find_groups(studies) + load.find_groups(tmp_path))
   assert list(found) == [("cola", 2e-5, 5)]
   assert [g.clip_norm for g in found[("cola", 2e-5, 5)]] == [0.01, 0.05, 0.5]
 
 
 def test_threshold_sweep_figure_counts_the_clipped_steps(studies, tmp_path):
-  groups = {g.clip_norm: g for g in report.sweeps(report.find_groups(studies / "main"))[
+  groups = {g.clip_norm: g for g in load.sweeps(load.find_groups(studies / "main"))[
       ("cola", 2e-5, 5)]}
   for c, group in groups.items():
     for seed in (1, 2, 3):
       log = diagnostics.read_gradient_norms(group.seed_dir(seed) / files.GRAD_NORMS_FILE)
       # pylint: disable-next=protected-access
-      assert report._clipped_fraction(group, seed) == pytest.approx(
+      assert figures._clipped_fraction(group, seed) == pytest.approx(
           np.mean(log["tensor_norms"] > c))
   # The made-up norms are uniform in [0.01, 1) (x30 late in failed runs): a threshold of 0.01
   # clips every tensor at every step, 0.5 about half of them.
-  assert report._clipped_fraction(groups[0.01], 1) == 1.0  # pylint: disable=protected-access
-  assert 0.3 < report._clipped_fraction(groups[0.5], 1) < 0.7  # pylint: disable=protected-access
-  assert report.figure_threshold_sweep(report.find_groups(studies / "main"),
+  assert figures._clipped_fraction(groups[0.01], 1) == 1.0  # pylint: disable=protected-access
+  assert 0.3 < figures._clipped_fraction(groups[0.5], 1) < 0.7  # pylint: disable=protected-access
+  assert figures.figure_threshold_sweep(load.find_groups(studies / "main"),
                                        tmp_path / "t2.png") is None
   assert (tmp_path / "t2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-  assert report.figure_threshold_sweep(report.find_groups(studies / "harsh"),
+  assert figures.figure_threshold_sweep(load.find_groups(studies / "harsh"),
                                        tmp_path / "none.png") == (
       "no task has finished CWGNC runs at two or more thresholds")
 
 
 def test_figures_are_written_or_skipped_with_a_reason(studies, tmp_path):
-  text = report.write_report([studies / "main"], tmp_path).read_text()
+  text = publish.write_report([studies / "main"], tmp_path).read_text()
   for name in ("scores.png", "drift_by_method.png", "fig3_gradient_norms.png"):
     assert f"![{name}]({name})" in text
     assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -221,7 +222,7 @@ def test_figures_are_written_or_skipped_with_a_reason(studies, tmp_path):
   assert not (tmp_path / "fig1_gradual_unfreezing.png").exists()
   # Fig. 3 compares a failed and a successful seed of the baseline with both.
   # pylint: disable-next=protected-access
-  group, failed, good = report._fig3_pick(report.find_groups(studies / "main"))
+  group, failed, good = figures._fig3_pick(load.find_groups(studies / "main"))
   assert (group.method, failed, good) == ("bertadam", 4, 2)
 
 
@@ -234,8 +235,8 @@ def test_figures_of_several_settings_name_each_setting(studies, tmp_path, monkey
     drawn[path.name] = sorted((g.task, g.label) for g in groups)
     return "captured"
 
-  monkeypatch.setattr(report, "FIGURES", (("scores.png", capture, ""),))
-  text = report.write_report([studies / "main", studies / "harsh"], tmp_path).read_text()
+  monkeypatch.setattr(figures, "FIGURES", (("scores.png", capture, ""),))
+  text = publish.write_report([studies / "main", studies / "harsh"], tmp_path).read_text()
   assert _table(text, f"## Table 1: `{studies / 'harsh'}`")[2][0] == "CWGNC (c = 0.05)"
   rte_cwgnc = [label for task, label in drawn["scores.png"]
                if task == "rte" and label.startswith("CWGNC")]
@@ -252,7 +253,7 @@ def test_gradual_unfreezing_figures(studies, tmp_path):
                                    "num_epochs": "None"}, [60.0, 62.0, 58.0], 52.7,
                gu_iterations=5)
   make_group(root, "rte_adamw", {"model": "minilm-l6"}, [61.0, 65.0], 52.7)
-  text = report.write_report([root], tmp_path / "out").read_text()
+  text = publish.write_report([root], tmp_path / "out").read_text()
   for name in ("fig1_gradual_unfreezing.png", "fig2_4_5_gu_drift.png"):
     assert f"![{name}]({name})" in text
   body = {row[0]: row[1] for row in _table(text, "## Table 1")[2:]}
@@ -276,7 +277,7 @@ def test_command_line(studies, tmp_path):
 
 def test_comparisons_test_cwgnc_against_each_baseline_of_its_task(studies, tmp_path):
   from scipy import stats  # pylint: disable=import-outside-toplevel
-  text = report.write_report([studies / "main"], tmp_path).read_text()
+  text = publish.write_report([studies / "main"], tmp_path).read_text()
   rows = _table(text, "### CWGNC against the baselines")
   assert rows[0] == ["task", "CWGNC", "baseline", "seeds", "Std ratio", "p (equal spread)",
                      "Holm", "mean difference", "p (equal means)", "Holm", "failed",
@@ -333,19 +334,19 @@ def test_rows_say_optax_adam_best_evaluation_and_failure_rule(tmp_path):
   (old / files.SUMMARY_FILE).write_text(json.dumps(summary))
   make_group(tmp_path, "rte_mosbach", {}, scores, 52.71)
   make_group(tmp_path, "rte_cwgnc", {"failure_rule": "released"}, scores, 52.71)
-  groups = report.find_groups(tmp_path)
-  report.label_groups(groups)
+  groups = load.find_groups(tmp_path)
+  load.label_groups(groups)
   labels = {g.path.name: g.label for g in groups}
   assert labels[new.name] == "+ bias correction (AdamW)"
   assert labels[old.name] == "+ bias correction (AdamW), optax Adam"
   assert "Mosbach et al., best dev evaluation" in labels.values()
-  table = report.table1(groups)
+  table = tables.table1(groups)
   # 52.8 beats the majority classifier (52.71), not the released threshold (53).
   assert ("| CWGNC (c = 0.05), failure rule 'released' | 3 | 7.1 | 60.9 | 70.0 | 33 | "
           "1.3 / 73.1 / 75.1 |") in table
   assert "| + bias correction (AdamW) | 3 | 7.1 | 60.9 | 70.0 | 0 | 4.0 / 70.6 / 75.5 |" in table
   # seeds.csv judges as the table does, though seed 2's results.json says not failed.
-  report.write_seed_table([g for g in groups if g.method == "cwgnc"], tmp_path / "seeds.csv")
+  tables.write_seed_table([g for g in groups if g.method == "cwgnc"], tmp_path / "seeds.csv")
   with (tmp_path / "seeds.csv").open(newline="") as f:
     assert [r["failed"] for r in csv.DictReader(f)] == ["False", "True", "False"]
 
@@ -358,7 +359,7 @@ def test_a_group_written_before_a_key_was_removed_compares_as_a_new_one(tmp_path
   summary = json.loads((old / files.SUMMARY_FILE).read_text())
   summary["config"]["optimizer"]["released_code"] = False  # as written before the removal
   (old / files.SUMMARY_FILE).write_text(json.dumps(summary))
-  (old_group,), (new_group,) = report.find_groups(tmp_path / "old"), report.find_groups(
+  (old_group,), (new_group,) = load.find_groups(tmp_path / "old"), load.find_groups(
       tmp_path / "new")
   assert old_group.config == new_group.config
   assert old_group.summary["config"]["optimizer"]["released_code"] is False  # file unchanged
@@ -390,7 +391,7 @@ def report_error(argv: list[str], capsys) -> str:
   """The message of the one line ``python -m cwgnc_jax.report ARGV`` prints before it exits
   with status 2."""
   with pytest.raises(SystemExit) as done:
-    report.main(argv)
+    main.main(argv)
   assert done.value.code == 2
   stderr = capsys.readouterr().err
   assert stderr.startswith("cwgnc_jax.report: error: ") and stderr.count("\n") == 1
@@ -453,7 +454,7 @@ def test_a_bad_summary_or_results_file_is_named(small_study, capsys, name, damag
   damage(path)
   study_before, out_before = digests(root), digests(out)
   with pytest.raises(ValueError) as error:
-    report.write_report([root], out)
+    publish.write_report([root], out)
   message = report_error([str(root), "--out", str(out)], capsys)
   assert message == str(error.value)
   assert message.startswith(f"{path}{problem}") and message.endswith(fix)
@@ -479,9 +480,9 @@ def test_a_corrupt_gradient_norm_log_is_named_and_the_earlier_report_kept(small_
   log = root / "rte_cwgnc" / "seed_3" / files.GRAD_NORMS_FILE
   log.write_bytes(log.read_bytes()[:100])
   redraw = lambda groups, path: path.write_text("a new figure") and None
-  monkeypatch.setattr(report, "FIGURES", (("scores.png", redraw, ""),
+  monkeypatch.setattr(figures, "FIGURES", (("scores.png", redraw, ""),
                                           ("fig3_gradient_norms.png",
-                                           report.figure_gradient_norms, "")))
+                                           figures.figure_gradient_norms, "")))
   before = digests(out)
   assert report_error([str(root), "--out", str(out)], capsys) == (
       f"{log} is not a readable gradient-norm log (BadZipFile: File is not a zip file); move "
@@ -494,9 +495,9 @@ def test_the_report_replaces_an_earlier_one_whole(small_study, monkeypatch):
   """Files are moved into place at the end; a figure now skipped is removed."""
   root, out = small_study
   redraw = lambda groups, path: path.write_text("a new figure") and None
-  monkeypatch.setattr(report, "FIGURES", (("fig3_gradient_norms.png", redraw, ""),
+  monkeypatch.setattr(figures, "FIGURES", (("fig3_gradient_norms.png", redraw, ""),
                                           ("scores.png", lambda groups, path: "no data", "")))
-  assert report.write_report([root], out) == out / "report.md"
+  assert publish.write_report([root], out) == out / "report.md"
   assert sorted(p.name for p in out.iterdir()) == ["fig3_gradient_norms.png", "report.md",
                                                    "seeds.csv"]
   assert "`scores.png` skipped: no data." in (out / "report.md").read_text()
@@ -513,7 +514,7 @@ def test_a_report_folder_that_is_a_file_or_not_writable_is_named(small_study, ca
 
   def denied(*args, dir, **kwargs):  # as a non-root user meets a folder it may not write
     raise PermissionError(errno.EACCES, "Permission denied", dir)
-  monkeypatch.setattr(report.tempfile, "mkdtemp", denied)
+  monkeypatch.setattr(publish.tempfile, "mkdtemp", denied)
   before = digests(out)
   assert report_error([str(root), "--out", str(out)], capsys) == (
       f"cannot write the report to {out} (Permission denied): pass --out a folder you can "

@@ -88,8 +88,8 @@ def test_a_folder_that_is_not_a_finished_run_is_named(tiny_rte_run, tmp_path):
   config = json.loads((run / "config.json").read_text())
   (run / "config.json").write_text(json.dumps({**config, "model": str(tmp_path / "gone")}))
   assert f"fine-tuned the model '{tmp_path / 'gone'}', which cannot be loaded" in error(run)
-  (run / "config.json").write_text(json.dumps({**config, "task": "qqp"}))
-  assert "unknown GLUE task 'qqp'" in error(run)
+  (run / "config.json").write_text(json.dumps({**config, "task": "stsb"}))
+  assert "unknown GLUE task 'stsb'" in error(run)
   (run / "config.json").write_text(json.dumps({**config, "dtype": "bfloat32"}))
   assert error(run) == (f"{run / 'config.json'}: dtype 'bfloat32' is not a dtype; not as "
                         "train.py writes it: rerun the run's train.py command")

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from cwgnc_jax import config as config_lib
-from cwgnc_jax import files, report, study
+from cwgnc_jax import files, study
+from cwgnc_jax.report import publish
 from cwgnc_jax.training import loop
 
 REPO = Path(__file__).resolve().parent.parent
@@ -297,7 +298,7 @@ def test_two_seed_study_of_minilm_on_real_rte(glue_dir, minilm_dir, tmp_path):
   assert summary["std"] == pytest.approx(np.std(scores))
   assert summary["mean"] == pytest.approx(np.mean(scores))
   # The report's Table 1 holds the study's numbers; its figures come from the runs' files.
-  text = report.write_report([tmp_path / "runs"], tmp_path / "report").read_text()
+  text = publish.write_report([tmp_path / "runs"], tmp_path / "report").read_text()
   (row,) = [line for line in text.splitlines() if line.startswith("| CWGNC (c = 0.05) |")]
   assert [cell.strip() for cell in row.strip("|").split("|")][1:] == [
       "2", *(f"{summary[k]:.1f}" for k in ("std", "mean", "max")),

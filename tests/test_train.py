@@ -597,7 +597,8 @@ def test_unwritable_run_directories_are_named(tmp_path, monkeypatch):
 
 
 BAD_INPUTS = [
-    (["--config.task=qqp"], "unknown task 'qqp'; valid: rte, mrpc, cola"),
+    (["--config.task=stsb"],
+     "unknown task 'stsb'; valid: rte, mrpc, cola, sst2, qnli, qqp, mnli"),
     (["--config.model=nope"], "unknown model 'nope'; valid: minilm-l6"),
     (["--config.method=sgd"], "unknown method 'sgd'; valid: bertadam"),
     (["--config.glue_dir=/no/such/glue"], "cannot read /no/such/glue/RTE/train.tsv"),

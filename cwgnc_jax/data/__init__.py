@@ -1,7 +1,7 @@
-"""GLUE data: tasks and loaders (glue), batches in the padded or packed layout (batching)."""
+"""GLUE data: loaders (glue; the tasks: ``cwgnc_jax.tasks``), batches in the padded or
+packed layout (batching)."""
 
 from cwgnc_jax.data.batching import (eval_batches, make_batch, packed_row_counts,
                                      packing_efficiency, padded_over_packed, steps_per_epoch,
                                      train_batches)
-from cwgnc_jax.data.glue import (TASKS, Example, Task, TokenizedSplit, get_task, load_examples,
-                                 load_tokenized, tokenize)
+from cwgnc_jax.data.glue import Example, TokenizedSplit, load_examples, load_tokenized, tokenize

@@ -1,21 +1,20 @@
-"""GLUE tasks RTE, MRPC and CoLA: the task registry, the loaders and cached tokenization.
+"""GLUE tasks' loaders and cached tokenization; the tasks themselves are ``cwgnc_jax.tasks``.
 
 Two sources give the same examples:
   * the hub dataset ``nyu-mll/glue`` through ``datasets.load_dataset`` (needs internet, or
     its local cache with ``HF_HUB_OFFLINE=1``);
   * a local folder in the layout of the original GLUE download script,
-    ``<GLUE_DIR>/<RTE|MRPC|CoLA>/{train,dev}.tsv``.
-Label ids are the hub's: RTE 0 = entailment, 1 = not_entailment; MRPC 1 = equivalent;
-CoLA 1 = acceptable.
+    ``<GLUE_DIR>/<TASK>/{train,dev}.tsv`` (MNLI: ``dev_matched.tsv``, ``dev_mismatched.tsv``).
+Each task's file layouts (header, columns, label strings) are its ``tasks.Layout`` entries.
 
-Test files (``test.tsv`` of the GLUE download) have no labels and a layout of their own, each
-with a header and an ``index`` first column: RTE ``index sentence1 sentence2``, MRPC
-``index #1 ID #2 ID #1 String #2 String`` (after a UTF-8 byte-order mark in the public file),
-CoLA ``index sentence``; ``read_test_tsv`` reads them.
+A split is 'train' or one of the task's evaluation sets (``Task.splits``): 'dev', the run's
+score, and MNLI's 'dev_mismatched'. Test files (``test.tsv``, MNLI ``test_matched.tsv`` and
+``test_mismatched.tsv``) have no labels and a layout of their own, their first column the
+index a submission repeats; ``read_test_tsv`` reads them.
 
-Tokenization is ``[CLS] a [SEP] b [SEP]`` (``[CLS] a [SEP]`` for CoLA) with token types
-0 / 1, truncated ``longest_first`` to ``max_length`` tokens, and is cached on disk keyed by
-the examples, the task, the split, the tokenizer and ``max_length``.
+Tokenization is ``[CLS] a [SEP] b [SEP]`` (``[CLS] a [SEP]`` for single-sentence tasks) with
+token types 0 / 1, truncated ``longest_first`` to ``max_length`` tokens, and is cached on disk
+keyed by the examples, the task, the split, the tokenizer and ``max_length``.
 """
 
 from __future__ import annotations
@@ -36,80 +35,13 @@ from typing import Any, Iterator, NamedTuple, Sequence
 import numpy as np
 
 from cwgnc_jax import files
+from cwgnc_jax.tasks import Layout, Task, get_task
 
 HUB_DATASET = "nyu-mll/glue"
-SPLITS = ("train", "dev")
-HUB_SPLITS = {"train": "train", "dev": "validation"}
 DEFAULT_MAX_LENGTH = 128
 DEFAULT_CACHE_DIR = Path("~/.cache/cwgnc_jax")
 # Bump when the cached arrays change meaning, so old caches are never trusted.
 _CACHE_FORMAT = 1
-
-
-@dataclasses.dataclass(frozen=True)
-class Task:
-  """One GLUE task: where its text and labels are, and how it is scored.
-
-  ``label_names[i]`` is the name of label id ``i``. The ``tsv_*`` fields describe the
-  original GLUE train and dev files: ``tsv_header`` is the expected first line (None: no
-  header), and ``tsv_label`` maps the file's label strings to ids. The ``test_*`` fields
-  describe the test file: its header (the ``index`` column first) and its text columns.
-  ``submission_labels[i]`` is how the GLUE server expects label id ``i`` in a submission.
-  """
-  name: str
-  hub_config: str
-  text_columns: tuple[str, ...]
-  label_names: tuple[str, ...]
-  metric: str
-  tsv_header: tuple[str, ...] | None
-  tsv_columns: int
-  tsv_text: tuple[int, ...]
-  tsv_label_column: int
-  tsv_label: dict[str, int]
-  test_header: tuple[str, ...]
-  test_text: tuple[int, ...]
-  submission_labels: tuple[str, ...]
-
-  @property
-  def num_labels(self) -> int:
-    return len(self.label_names)
-
-  @property
-  def is_pair(self) -> bool:
-    return len(self.text_columns) == 2
-
-
-TASKS: dict[str, Task] = {
-    "rte": Task(
-        name="RTE", hub_config="rte", text_columns=("sentence1", "sentence2"),
-        label_names=("entailment", "not_entailment"), metric="accuracy",
-        tsv_header=("index", "sentence1", "sentence2", "label"), tsv_columns=4,
-        tsv_text=(1, 2), tsv_label_column=3,
-        tsv_label={"entailment": 0, "not_entailment": 1},
-        test_header=("index", "sentence1", "sentence2"), test_text=(1, 2),
-        submission_labels=("entailment", "not_entailment")),
-    "mrpc": Task(
-        name="MRPC", hub_config="mrpc", text_columns=("sentence1", "sentence2"),
-        label_names=("not_equivalent", "equivalent"), metric="f1",
-        tsv_header=("Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"), tsv_columns=5,
-        tsv_text=(3, 4), tsv_label_column=0, tsv_label={"0": 0, "1": 1},
-        test_header=("index", "#1 ID", "#2 ID", "#1 String", "#2 String"), test_text=(3, 4),
-        submission_labels=("0", "1")),
-    "cola": Task(
-        name="CoLA", hub_config="cola", text_columns=("sentence",),
-        label_names=("unacceptable", "acceptable"), metric="mcc",
-        tsv_header=None, tsv_columns=4, tsv_text=(3,), tsv_label_column=1,
-        tsv_label={"0": 0, "1": 1},
-        test_header=("index", "sentence"), test_text=(1,), submission_labels=("0", "1")),
-}
-
-
-def get_task(name: str) -> Task:
-  """The task called ``name`` (case-insensitive: 'rte', 'MRPC', 'CoLA')."""
-  task = TASKS.get(str(name).lower())
-  if task is None:
-    raise ValueError(f"unknown GLUE task {name!r}; expected one of {sorted(TASKS)}")
-  return task
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,9 +58,9 @@ class Example:
   id: str
 
 
-def _check_split(split: str) -> str:
-  if split not in SPLITS:
-    raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+def _check_split(task: Task, split: str) -> str:
+  if split not in task.splits:
+    raise ValueError(f"unknown split {split!r}; expected one of {task.splits} for {task.name}")
   return split
 
 
@@ -140,45 +72,47 @@ def default_source() -> str:
 
 def load_examples(task_name: str, split: str, source: str | os.PathLike | None = None
                   ) -> list[Example]:
-  """The examples of one split ('train' or 'dev').
+  """The examples of one split ('train' or an evaluation set's).
 
   Args:
-    task_name: 'rte', 'mrpc' or 'cola'.
-    split: 'train' or 'dev' (the hub's 'validation').
+    task_name: a task of ``tasks.TASKS``.
+    split: 'train' or an evaluation set's (``Task.splits``: 'dev', MNLI's 'dev_mismatched').
     source: a GLUE folder, or 'hub'; default ``$GLUE_DIR`` when set, else 'hub'.
   """
   task = get_task(task_name)
-  _check_split(split)
+  _check_split(task, split)
   source = default_source() if source is None else source
   if str(source) == "hub":
     where, examples = source, _load_hub(task, split)
   else:
     path = _tsv_path(task, split, Path(source).expanduser())
-    where, examples = path, read_tsv(task, path)
+    where, examples = path, read_tsv(task, path, split)
   if not examples:
+    header = task.layout(split).header
     raise ValueError(f"{task.name} {split} split from {where} is empty: expected "
-                     f"{'a header line, then ' if task.tsv_header else ''}one example per line")
+                     f"{'a header line, then ' if header else ''}one example per line")
   return examples
 
 
 def _tsv_path(task: Task, split: str, glue_dir: Path) -> Path:
+  name = f"{task.name}/{task.file_stem(split)}.tsv"
   if glue_dir.exists() and not glue_dir.is_dir():
     raise NotADirectoryError(
         f"GLUE folder {glue_dir} is a file, not a folder; expected a folder holding "
-        f"{task.name}/{split}.tsv (the original GLUE layout), or source='hub'")
+        f"{name} (the original GLUE layout), or source='hub'")
   if not glue_dir.is_dir():
     raise FileNotFoundError(
         f"GLUE folder {glue_dir} does not exist; expected a folder holding "
-        f"{task.name}/{split}.tsv (the original GLUE layout), or source='hub'")
-  path = glue_dir / task.name / f"{split}.tsv"
+        f"{name} (the original GLUE layout), or source='hub'")
+  path = glue_dir / name
   if path.is_dir():
     raise IsADirectoryError(
         f"{path} is a directory, not a file; expected the {task.name} {split} split as the "
-        f"file <GLUE_DIR>/{task.name}/{split}.tsv")
+        f"file <GLUE_DIR>/{name}")
   if not path.is_file():
     raise FileNotFoundError(
         f"{path} does not exist; expected the {task.name} {split} split as "
-        f"<GLUE_DIR>/{task.name}/{split}.tsv")
+        f"<GLUE_DIR>/{name}")
   return path
 
 
@@ -204,32 +138,36 @@ def _tsv_rows(path: Path, what: str) -> Iterator[tuple[int, list[str]]]:
     raise ValueError(f"{path}:{rows.line_num}: {error}; expected {what} per line") from None
 
 
-def read_tsv(task: Task, path: Path) -> list[Example]:
-  """The examples of one GLUE TSV file, read by ``_tsv_rows``.
+def read_tsv(task: Task, path: Path, split: str) -> list[Example]:
+  """The examples of one GLUE TSV file of ``split`` (its layout: ``Task.layout``), read by
+  ``_tsv_rows``.
 
   Text that is not UTF-8, a row with the wrong number of columns or an unknown label, and a
   field the csv module refuses raise a ValueError naming the file and line.
   """
-  path = Path(path)
+  path, layout = Path(path), task.layout(split)
   examples = []
   for line, row in _tsv_rows(path, f"one {task.name} example"):
-    if line == 1 and task.tsv_header is not None:
-      if tuple(row) != task.tsv_header:
+    if line == 1 and layout.header is not None:
+      if tuple(row) != layout.header:
         raise ValueError(
-            f"{path}:1: header {row} is not the {task.name} header {list(task.tsv_header)}")
+            f"{path}:1: header {row} is not the {task.name} header {list(layout.header)}")
       continue
-    if len(row) != task.tsv_columns:
+    if len(row) != layout.columns:
       raise ValueError(
-          f"{path}:{line}: {len(row)} columns, expected {task.tsv_columns} for {task.name}")
-    label = task.tsv_label.get(row[task.tsv_label_column])
+          f"{path}:{line}: {len(row)} columns, expected {layout.columns} for {task.name}")
+    label = task.tsv_label.get(row[layout.label])
     if label is None:
       raise ValueError(
-          f"{path}:{line}: unknown label {row[task.tsv_label_column]!r}, expected one of "
+          f"{path}:{line}: unknown label {row[layout.label]!r}, expected one of "
           f"{sorted(task.tsv_label)}")
-    texts = [row[i] for i in task.tsv_text]
-    examples.append(Example(texts[0], texts[1] if task.is_pair else None, label,
-                            f"{path.name}:{line}"))
+    examples.append(_example(task, layout, row, label, f"{path.name}:{line}"))
   return examples
+
+
+def _example(task: Task, layout: Layout, row: list[str], label: int, where: str) -> Example:
+  texts = [row[i] for i in layout.text]
+  return Example(texts[0], texts[1] if task.is_pair else None, label, where)
 
 
 NO_LABEL = -1  # the label of a test example: GLUE test files have none
@@ -243,23 +181,21 @@ def read_test_tsv(task: Task, path: Path) -> tuple[list[str], list[Example]]:
   wrong number of columns, an index that is not an integer, or no rows at all raise a
   ValueError naming the file (and line).
   """
-  path = Path(path)
+  path, layout = Path(path), task.test
   indices, examples = [], []
   for line, row in _tsv_rows(path, f"one {task.name} test example"):
     if line == 1:
-      if tuple(row) != task.test_header:
+      if tuple(row) != layout.header:
         raise ValueError(f"{path}:1: header {row} is not the {task.name} test header "
-                         f"{list(task.test_header)}")
+                         f"{list(layout.header)}")
       continue
-    if len(row) != len(task.test_header):
+    if len(row) != layout.columns:
       raise ValueError(f"{path}:{line}: {len(row)} columns, expected "
-                       f"{len(task.test_header)} for a {task.name} test file")
+                       f"{layout.columns} for a {task.name} test file")
     if not row[0].isdigit():
       raise ValueError(f"{path}:{line}: index {row[0]!r} is not a non-negative integer")
-    texts = [row[i] for i in task.test_text]
     indices.append(row[0])
-    examples.append(Example(texts[0], texts[1] if task.is_pair else None, NO_LABEL,
-                            f"{path.name}:{line}"))
+    examples.append(_example(task, layout, row, NO_LABEL, f"{path.name}:{line}"))
   if not examples:
     raise ValueError(f"{path} holds no examples below its header")
   return indices, examples
@@ -288,7 +224,8 @@ def _hub_error(task: Task, reason: str) -> ConnectionError:
   return ConnectionError(
       f"cannot load {HUB_DATASET} config {task.hub_config!r} from the Hugging Face hub "
       f"({reason}); without internet set GLUE_DIR (or pass source=) to a folder holding "
-      f"{task.name}/{{train,dev}}.tsv in the original GLUE layout")
+      f"{task.name}/{{{','.join(task.file_stem(split) for split in task.splits)}}}.tsv in "
+      "the original GLUE layout")
 
 
 def _load_hub(task: Task, split: str) -> list[Example]:
@@ -296,12 +233,12 @@ def _load_hub(task: Task, split: str) -> list[Example]:
     raise _hub_error(task, "the hub is unreachable")
   import datasets  # pylint: disable=import-outside-toplevel
   try:
-    rows = datasets.load_dataset(HUB_DATASET, task.hub_config)[HUB_SPLITS[split]]
+    rows = datasets.load_dataset(HUB_DATASET, task.hub_config)[task.hub_split(split)]
   except Exception as e:  # datasets raises many kinds; all mean "not available".
     raise _hub_error(task, f"{type(e).__name__}: {e}") from e
   examples = []
   for row in rows:
-    texts = [row[c] for c in task.text_columns]
+    texts = [row[c] for c in task.hub_text]
     examples.append(Example(texts[0], texts[1] if task.is_pair else None, int(row["label"]),
                             str(row["idx"])))
   return examples
@@ -439,8 +376,8 @@ def load_tokenized(task_name: str, split: str, tokenizer: Any, *,
   """The tokenized split, from the disk cache when an identical one was made before.
 
   Args:
-    task_name: 'rte', 'mrpc' or 'cola'.
-    split: 'train' or 'dev'.
+    task_name: a task of ``tasks.TASKS``.
+    split: 'train' or an evaluation set's (``Task.splits``).
     tokenizer: a transformers fast tokenizer.
     source: a GLUE folder or 'hub' (see ``load_examples``).
     max_length: tokens per example after truncation.
