@@ -310,7 +310,7 @@ def two_processes(args: list[str], workdir: Path, env: dict[str, str],
            "JAX_COORDINATOR_ADDRESS": f"localhost:{port}", "JAX_NUM_PROCESSES": "2",
            "JAX_PROCESS_ID": str(index)}) for index, point in enumerate(at)]
   try:
-    errors = [process.communicate(timeout=300)[1] for process in processes]
+    errors = [process.communicate(timeout=600)[1] for process in processes]
   finally:
     for process in processes:  # one left waiting for the other: never past the test (SIGKILL:
       # JAX takes SIGTERM)
