@@ -86,15 +86,8 @@ def is_cwgnc(name: str) -> bool:
   return name in METHODS and METHODS[name].clips_components
 
 
-def recipe(name: str, *, released_code: bool = False) -> ml_collections.ConfigDict:
-  """The optimizer config of a Table 1 row, for ``optimizers.build_optimizer``.
-
-  ``released_code=True`` with 'cwgnc' is 'cwgnc_released' (the authors' released script).
-  """
-  if released_code:
-    if name != "cwgnc":
-      raise ValueError(f"released_code applies to the 'cwgnc' recipe only, got {name!r}")
-    name = "cwgnc_released"
+def recipe(name: str) -> ml_collections.ConfigDict:
+  """The optimizer config of a Table 1 row, for ``optimizers.build_optimizer``."""
   return optimizers.optimizer_config(**get(name).optimizer)
 
 
