@@ -22,6 +22,7 @@ import pytest
 from flax import nnx
 
 from cwgnc_jax import config as config_lib
+from cwgnc_jax import command_line
 from cwgnc_jax import adam, methods, optimizers, paths, unfreezing
 from cwgnc_jax.models import bert
 from cwgnc_jax.training import loop
@@ -102,12 +103,12 @@ def test_gu_configs(task, monkeypatch):
 def test_bad_gu_config_names_the_key(override, message, monkeypatch):
   monkeypatch.delenv("GLUE_DIR", raising=False)
   with pytest.raises(config_lib.ConfigError) as error:
-    config_lib.from_command_line(["--config", "rte_gu", f"--config.{override}"])
+    command_line.train_config(["--config", "rte_gu", f"--config.{override}"])
   assert str(error.value) == message
 
 
 def test_more_iterations_than_layers_is_a_config_error(tiny_bert_dir, tiny_rte_dir, tmp_path):
-  config, _ = config_lib.from_command_line([
+  config, _ = command_line.train_config([
       "--config", "rte_gu", f"--config.model={tiny_bert_dir}",
       f"--config.glue_dir={tiny_rte_dir}", "--config.unfreezing.iterations=4"])
   with pytest.raises(config_lib.ConfigError, match=r"config.unfreezing.iterations=4 exceeds "
