@@ -87,8 +87,7 @@ def parse(argv: Sequence[str], *, usage: str, flags: Sequence[str] = (),
       raise ConfigError(f"unknown flag {flag}; {usage}")
     i += 1
   if len(words) != len(positionals):
-    raise ConfigError(f"expected {' '.join(positionals)}, got {' '.join(argv) or 'nothing'}; "
-                      f"{usage}")
+    raise ConfigError(f"expected {' '.join(positionals)}, got {' '.join(argv) or 'nothing'}")
   return Args(values, frozenset(given), tuple(pairs), tuple(words))
 
 

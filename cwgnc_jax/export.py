@@ -135,11 +135,13 @@ def main(argv: list[str]) -> None:
     print(__doc__.strip())
     return
   try:
-    # orbax takes absolute paths only
-    run_dir, out_dir = (Path(arg).absolute() for arg in command_line.parse(
-        argv, usage=USAGE, positionals=("RUN_DIR", "OUT_DIR")).positionals)
+    args = command_line.parse(argv, usage=USAGE, positionals=("RUN_DIR", "OUT_DIR"))
+  except command_line.ConfigError as e:
+    command_line.fail(PROG, f"{e} (python -m {PROG} --help)")
+  run_dir, out_dir = (Path(arg).absolute() for arg in args.positionals)  # orbax: absolute only
+  try:
     written = export_run(run_dir, out_dir)
-  except (ValueError, OSError) as e:  # ConfigError, RunDirError, OutputError, missing files
+  except (ValueError, OSError) as e:  # RunDirError, OutputError, missing or wrong files
     command_line.fail(PROG, str(e))
   print(f"exported {run_dir} to {written}", file=sys.stderr)
 

@@ -144,14 +144,9 @@ def add_decayed_weights_after_step(
   return decay if mask is None else optax.masked(decay, mask)
 
 
-
 def bert_adam(
-    learning_rate: optax.ScalarOrSchedule,
-    b1: float = 0.9,
-    b2: float = 0.999,
-    eps: float = 1e-6,
-    weight_decay: float = 0.01,
-    mask: Any = None,
+    learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
+    eps: float = 1e-6, weight_decay: float = 0.01, mask: Any = None
 ) -> optax.GradientTransformation:
   """BertAdam (google-research/bert ``AdamWeightDecayOptimizer``): see the module docstring.
 
@@ -166,15 +161,9 @@ def bert_adam(
 
 
 def adamw(
-    learning_rate: optax.ScalarOrSchedule,
-    b1: float = 0.9,
-    b2: float = 0.999,
-    eps: float = 1e-6,
-    weight_decay: float = 0.01,
-    mask: Any = None,
-    *,
-    form: str = "transformers",
-    per_tensor_count: bool = False,
+    learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
+    eps: float = 1e-6, weight_decay: float = 0.01, mask: Any = None, *,
+    form: str = "transformers", per_tensor_count: bool = False
 ) -> optax.GradientTransformation:
   """AdamW with bias correction ("+ bias correction", Mosbach et al., CWGNC's optimizer).
 

@@ -169,14 +169,14 @@ def parse_args(argv: Sequence[str]) -> dict[str, Any]:
   args = command_line.parse(argv, usage=USAGE, positionals=("RUN_DIR",),
                             flags=("--split", "--tsv", "--out", "--batch-size"))
   split, batch_size = args.values.get("--split"), args.values.get("--batch-size")
-  # In argparse's words: this command used argparse before command_line.py.
+  # In argparse's words, as this command wrote them before command_line.py.
   if split is None:
     raise config_lib.ConfigError("the following arguments are required: --split")
   if split not in SPLITS:
     raise config_lib.ConfigError(f"argument --split: invalid choice: {split!r} (choose from "
                                  f"{', '.join(map(repr, SPLITS))})")
   if batch_size is not None and not batch_size.isdigit():
-    raise config_lib.ConfigError(f"--batch-size {batch_size}: expected an int >= 1")
+    raise config_lib.ConfigError(f"argument --batch-size: invalid int value: {batch_size!r}")
   path = lambda text: None if text is None else Path(text).absolute()
   return {"run_dir": path(args.positionals[0]), "split": split,
           "tsv": path(args.values.get("--tsv")), "out": path(args.values.get("--out")),
@@ -188,7 +188,11 @@ def main(argv: list[str]) -> None:
     print(__doc__.strip())
     return
   try:
-    summary = predict_run(**parse_args(argv))
+    args = parse_args(argv)
+  except config_lib.ConfigError as e:
+    command_line.fail(PROG, f"{e} (python -m {PROG} --help)")
+  try:
+    summary = predict_run(**args)
   except (ValueError, OSError) as e:  # RunDirError, a missing or wrong TSV, the output file
     command_line.fail(PROG, str(e))
   print(json.dumps(summary))
