@@ -25,7 +25,7 @@ import sys
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 # pylint: disable=wrong-import-position
-from cwgnc_jax import config as config_lib
+from cwgnc_jax import command_line, config as config_lib
 from cwgnc_jax.training import host_memory
 
 # Before the first JAX computation starts XLA's threads: XLA's per-step buffers stay mapped
@@ -36,30 +36,20 @@ from cwgnc_jax import files
 from cwgnc_jax.training import checkpoint, loop, preemption
 # pylint: enable=wrong-import-position
 
-USAGE_ERROR = 2
+PROG = "train.py"
 
 
-def fail(message: str) -> None:
-  print(f"train.py: error: {message}", file=sys.stderr)
-  sys.exit(USAGE_ERROR)
-
-
-def fail_at_once(message: str) -> None:
-  """``fail``, ending the process without its shutdown: after a write the disk refused,
-  orbax's other writer threads of that checkpoint are still running, and fail with
-  tracebacks when the interpreter shuts down under them."""
-  print(f"train.py: error: {message}", file=sys.stderr, flush=True)
-  sys.stdout.flush()
-  os._exit(USAGE_ERROR)  # pylint: disable=protected-access
+def fail(message: str, *, at_once: bool = False) -> None:
+  command_line.fail(PROG, message, at_once=at_once)
 
 
 def main(argv: list[str]) -> None:
-  if argv and argv[0] in ("-h", "--help"):
+  if command_line.asks_for_help(argv):
     print(__doc__.strip())
     print("configs:", ", ".join(config_lib.available()))
     return
   try:
-    config, workdir = config_lib.from_command_line(argv)
+    config, workdir = command_line.train_config(argv)
   except config_lib.ConfigError as e:
     fail(str(e))
   if config.mesh.get("seeds", 1) != 1:
@@ -78,7 +68,7 @@ def main(argv: list[str]) -> None:
       except (config_lib.ConfigError, checkpoint.CheckpointError, files.LockedError) as e:
         fail(str(e))
       except files.WriteError as e:
-        fail_at_once(str(e))
+        fail(str(e), at_once=True)
     except preemption.Stopped as e:
       print(f"train.py: {e}", file=sys.stderr)
       sys.exit(e.exit_status)

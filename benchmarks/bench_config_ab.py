@@ -30,7 +30,7 @@ host_memory.keep_freed_memory()  # before JAX starts its threads, as train.py
 
 import jax  # pylint: disable=wrong-import-position
 
-from cwgnc_jax import config as config_lib  # pylint: disable=wrong-import-position
+from cwgnc_jax import command_line  # pylint: disable=wrong-import-position
 from cwgnc_jax.training import loop  # pylint: disable=wrong-import-position
 
 
@@ -56,7 +56,7 @@ def step_programs(argv: Sequence[str], key: str, values: Sequence[str], steps: i
   batch's shape."""
   programs, compile_seconds = {}, {}
   for value in values:
-    config = config_lib.from_command_line([*argv, f"--config.{key}={value}"])[0]
+    config = command_line.train_config([*argv, f"--config.{key}={value}"])[0]
     run = loop.prepare(config, tempfile.mkdtemp(prefix="bench_config_ab_"))
     program = loop.first_stage_program(run)
     batches, holder = program.batches(steps), [program.fresh_state()]
@@ -101,7 +101,7 @@ def main(argv: list[str]) -> None:
   args, rest = parser.parse_known_args(argv)
   config_argv = ["--config", args.config, f"--config.model={args.model}", *rest]
   programs, compile_seconds = step_programs(config_argv, args.key, args.values, args.steps)
-  task = config_lib.from_command_line(config_argv)[0].task
+  task = command_line.train_config(config_argv)[0].task
   report(f"step ({task}, {args.key})", interleaved(programs, args.rounds), per=args.steps,
          compile_seconds=compile_seconds)
 

@@ -30,6 +30,7 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 import jax  # pylint: disable=wrong-import-position
 
 from cwgnc_jax import config as config_lib  # pylint: disable=wrong-import-position
+from cwgnc_jax import command_line  # pylint: disable=wrong-import-position
 from cwgnc_jax import diagnostics, files  # pylint: disable=wrong-import-position
 from cwgnc_jax.training import loop  # pylint: disable=wrong-import-position
 from cwgnc_jax.training import step as step_lib  # pylint: disable=wrong-import-position
@@ -47,7 +48,7 @@ def main(argv: list[str]) -> None:
   parser.add_argument("--steps", type=int, default=10, help="batches per timed pass")
   parser.add_argument("--rounds", type=int, default=3, help="timed passes of each variant")
   args, rest = parser.parse_known_args(argv)
-  config, _ = config_lib.from_command_line(["--config", args.config, *rest])
+  config, _ = command_line.train_config(["--config", args.config, *rest])
   every = config.diagnostics_every or 10
   run = loop.prepare(config, tempfile.mkdtemp(prefix="bench_diagnostics_"))
   programs = {flag: loop.first_stage_program(run, diagnostics=flag) for flag in (False, True)}

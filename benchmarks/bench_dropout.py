@@ -30,7 +30,7 @@ from bench_config_ab import interleaved, report, step_programs  # pylint: disabl
 import jax  # pylint: disable=wrong-import-position
 import jax.numpy as jnp  # pylint: disable=wrong-import-position
 
-from cwgnc_jax import config as config_lib  # pylint: disable=wrong-import-position
+from cwgnc_jax import command_line  # pylint: disable=wrong-import-position
 from cwgnc_jax.models import bert  # pylint: disable=wrong-import-position
 
 
@@ -57,7 +57,7 @@ def main(argv: list[str]) -> None:
   parser.add_argument("--mask-rows", type=int, default=10, help="rows of the mask tensor")
   args, rest = parser.parse_known_args(argv)
   config_argv = ["--config", args.config, f"--config.model={args.model}", *rest]
-  task = config_lib.from_command_line(config_argv)[0].task
+  task = command_line.train_config(config_argv)[0].task
   report("mask", interleaved(mask_programs(args.mask_rows), 5 * args.rounds))
   steps, compile_seconds = step_programs(config_argv, "dropout_bits", bert.DROPOUT_BITS,
                                          args.steps)

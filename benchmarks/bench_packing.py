@@ -28,7 +28,7 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 import jax  # pylint: disable=wrong-import-position
 from tqdm import tqdm  # pylint: disable=wrong-import-position
 
-from cwgnc_jax import config as config_lib  # pylint: disable=wrong-import-position
+from cwgnc_jax import command_line  # pylint: disable=wrong-import-position
 from cwgnc_jax.training import loop  # pylint: disable=wrong-import-position
 from cwgnc_jax.training import step as step_lib  # pylint: disable=wrong-import-position
 
@@ -70,7 +70,7 @@ class Runner:
 
 
 def bench_task(args: argparse.Namespace, rest: list[str], task: str) -> dict[str, dict]:
-  config, _ = config_lib.from_command_line(["--config", args.config, f"--config.task={task}",
+  config, _ = command_line.train_config(["--config", args.config, f"--config.task={task}",
                                             *rest])
   run = loop.prepare(config, tempfile.mkdtemp(prefix="bench_packing_"))
   steps = min(args.steps or run.steps_per_epoch, run.steps_per_epoch)

@@ -36,6 +36,7 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 import jax  # pylint: disable=wrong-import-position
 
 from cwgnc_jax import config as config_lib  # pylint: disable=wrong-import-position
+from cwgnc_jax import command_line  # pylint: disable=wrong-import-position
 from cwgnc_jax import optimizers  # pylint: disable=wrong-import-position
 from cwgnc_jax.training import loop  # pylint: disable=wrong-import-position
 from cwgnc_jax.training import step as step_lib  # pylint: disable=wrong-import-position
@@ -48,7 +49,7 @@ def main(argv: list[str]) -> None:
   parser.add_argument("--steps", type=int, default=8, help="batches per seed per pass")
   parser.add_argument("--rounds", type=int, default=3, help="timed passes of each way")
   args, rest = parser.parse_known_args(argv)
-  config, _ = config_lib.from_command_line(["--config", args.config, *rest])
+  config, _ = command_line.train_config(["--config", args.config, *rest])
   seeds = list(range(1, args.seeds + 1))
   runs = []
   for seed in seeds:

@@ -37,6 +37,7 @@ import jax  # pylint: disable=wrong-import-position
 import jax.numpy as jnp  # pylint: disable=wrong-import-position
 
 from cwgnc_jax import config as config_lib  # pylint: disable=wrong-import-position
+from cwgnc_jax import command_line  # pylint: disable=wrong-import-position
 from cwgnc_jax import models  # pylint: disable=wrong-import-position
 from cwgnc_jax.training import loop  # pylint: disable=wrong-import-position
 from cwgnc_jax.training import step as step_lib  # pylint: disable=wrong-import-position
@@ -65,7 +66,7 @@ def main(argv: list[str]) -> None:
   parser.add_argument("--steps", type=int, default=12, help="batches per timed pass")
   parser.add_argument("--repeats", type=int, default=2, help="timed passes (best reported)")
   args, rest = parser.parse_known_args(argv)
-  config, _ = config_lib.from_command_line(["--config", args.config, *rest])
+  config, _ = command_line.train_config(["--config", args.config, *rest])
   run = loop.prepare(config, tempfile.mkdtemp(prefix="bench_train_"))
   model_config = dataclasses.replace(models.load_config(config.model),
                                      **config_lib.model_overrides(config))

@@ -63,7 +63,7 @@ host_memory.keep_freed_memory()  # before JAX or PyTorch start their threads
 import jax  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
-from cwgnc_jax import config as config_lib  # pylint: disable=wrong-import-position
+from cwgnc_jax import command_line  # pylint: disable=wrong-import-position
 from cwgnc_jax import models  # pylint: disable=wrong-import-position
 from cwgnc_jax.data import batching  # pylint: disable=wrong-import-position
 from cwgnc_jax.training import loop  # pylint: disable=wrong-import-position
@@ -214,7 +214,7 @@ class TorchRunner(Runner):
 
 
 def bench_task(task: str, args: argparse.Namespace, rest: list[str]) -> dict:
-  config, _ = config_lib.from_command_line(["--config", args.config, f"--config.task={task}",
+  config, _ = command_line.train_config(["--config", args.config, f"--config.task={task}",
                                             *rest])
   run = loop.prepare(config, tempfile.mkdtemp(prefix="bench_vs_torch_"))
   runners: list[Runner] = [JaxRunner(run, "packed", args.steps),

@@ -51,7 +51,7 @@ host_memory.keep_freed_memory()  # before JAX starts its threads
 
 import jax  # pylint: disable=wrong-import-position
 
-from cwgnc_jax import config as config_lib  # pylint: disable=wrong-import-position
+from cwgnc_jax import command_line  # pylint: disable=wrong-import-position
 from cwgnc_jax import models  # pylint: disable=wrong-import-position
 from cwgnc_jax.training import loop  # pylint: disable=wrong-import-position
 from host import describe  # pylint: disable=wrong-import-position
@@ -150,7 +150,7 @@ def main(argv: list[str]) -> None:
   parser.add_argument("--top", type=int, default=0, help="also list the N costliest ops")
   parser.add_argument("--keep-trace", default="", help="keep the trace in this folder")
   args, rest = parser.parse_known_args(argv)
-  config, _ = config_lib.from_command_line(["--config", args.config, *rest])
+  config, _ = command_line.train_config(["--config", args.config, *rest])
   run = loop.prepare(config, tempfile.mkdtemp(prefix="profile_step_"))
   program = loop.first_stage_program(run)
   state, constants, train_step = program.fresh_state(), program.constants, program.train_step

@@ -27,9 +27,8 @@ from cwgnc_jax.optimizers import (
     adamw,
     linear_warmup_decay,
     optimizer_config,
-    scale_by_adam_no_bias_correction,
-    scale_by_adam_transformers,
 )
+from cwgnc_jax.adam import scale_by_adam_no_bias_correction, scale_by_adam_transformers
 from cwgnc_jax.methods import METHODS, recipe
 
 # The public API, as README.md lists it ("CWGNC in your own Optax chain").

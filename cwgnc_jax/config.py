@@ -1,10 +1,9 @@
-"""Training configs: loading by name or path, command-line overrides, validation.
+"""Training configs: loading by name or path, overrides, validation.
 
 A config is an ``ml_collections.ConfigDict`` returned by ``get_config()`` in a Python file.
 ``load('rte_cwgnc')`` reads ``configs/rte_cwgnc.py``; ``load('path/to/my.py')`` reads that
-file. The command line of ``train.py`` is::
-
-  --config NAME_OR_PATH  [--config.key.sub=VALUE ...]  [--workdir DIR]
+file. ``train.py`` and the study take it as ``--config NAME_OR_PATH [--config.key.sub=VALUE
+...]`` (``command_line.py``, the one parser of every entry point).
 
 An override's value is parsed as the type of the field it replaces (bool, int, float, str
 taken as is, tuple; 'none' is None except in a string field), so a typo or a wrong type is an
@@ -12,9 +11,24 @@ error, never a silently added key. ``--config.method=NAME`` first sets that meth
 Table 1 row (``methods.apply``: optimizer, epochs, evaluation, Mixout p), then the other
 overrides apply on top.
 
-Every check that can fail on user input lives in ``validate`` (config alone) and
-``check_devices`` (config and the device count), so ``train.py`` reports bad input in one
-line before it loads anything heavy or compiles anything.
+Where bad input is caught, each case in one line (``ConfigError``) before anything compiles:
+
+- ``validate``: the config alone (names, types, ranges, a readable GLUE folder);
+- ``check_devices``: the mesh and the batch sizes against the device count;
+- the training package: ``check_run_dir`` and ``check_resume_step`` the run directory, and
+  ``prepare`` what needs the model's config (``max_length`` against its positions,
+  ``unfreezing.iterations`` against its layers); ``check_together`` seeds of one program;
+- ``train.py``: ``config.mesh.seeds`` is 1; ``study.run_study``: ``--seeds-per-program`` and
+  the device count against ``config.mesh.seeds``;
+- ``command_line.py``: the command line's grammar (flags, values, positional arguments).
+
+Not ``ml_collections.config_flags`` (as flax, big_vision and nanodo use): tried with
+ml_collections 1.1.0 on these configs, it cannot set a plain None field
+(``--config.num_epochs=3`` under ``rte_gu``: UnsupportedOperationError), takes no 'none' for a
+float field (``--config.optimizer.max_grad_norm=none``), sets ``--config.method=mosbach`` alone
+(Mosbach's 20 epochs not brought), loads ``--config`` as a path only (``--config rte_cwgnc``
+fails), reports an unknown key as a bare ``AttributeError: 'bogus'``, and keeps its flags in
+absl's process-wide registry, shared by every parse of one process (the study's tests).
 """
 
 from __future__ import annotations
@@ -257,73 +271,6 @@ def set_method(config: ml_collections.ConfigDict, method: str) -> None:
     methods.apply(config, method)
   except ValueError as e:
     raise ConfigError(str(e)) from None
-
-
-# -- The command line. ---------------------------------------------------------------------
-
-USAGE = ("usage: train.py --config NAME_OR_PATH [--config.KEY=VALUE ...] [--workdir DIR]\n"
-         "  NAME is one of: {names}")
-
-# ``glue_dir`` and ``model`` name folders that the run records (config.json) and that later
-# commands read back (resume, predict, export, a study's other seeds): such a folder is made
-# absolute as the command line is parsed, ``~`` expanded as the loaders expand it, so it names
-# the same folder from any working directory. A value naming no folder stays as given: 'hub',
-# 'none', a short model name, a hub id. (``cache_dir`` is made absolute where it is read:
-# ``glue.cache_folder``, which also reads ``$CWGNC_CACHE``.)
-
-def absolute_folder(key: str, text: str) -> str:
-  """The command-line value ``text`` of config key ``key``; a folder of ``glue_dir`` or
-  ``model`` made absolute."""
-  folder = Path(text).expanduser()
-  if key == "glue_dir" and text not in ("", "hub") and text.lower() not in ("none", "null"):
-    return str(folder.absolute())
-  if key == "model" and text not in MODELS and folder.is_dir():  # as resolve_model decides
-    return str(folder.absolute())
-  return text
-
-
-def parse_args(argv: Sequence[str]) -> tuple[str, list[tuple[str, str]], str | None]:
-  """``(config name or path, [(dotted key, value text)], workdir or None)`` from ``argv``.
-
-  Accepts ``--flag=value`` and ``--flag value``. The workdir comes back absolute, and so do
-  the folders of ``glue_dir`` and ``model`` (``absolute_folder``).
-  """
-  config_arg, workdir, overrides = None, None, []
-  args = list(argv)
-  i = 0
-  while i < len(args):
-    arg = args[i]
-    if not arg.startswith("--"):
-      raise ConfigError(f"unexpected argument {arg!r}; {USAGE.splitlines()[0]}")
-    flag, has_value, value = arg[2:].partition("=")
-    if not has_value:
-      if i + 1 >= len(args) or args[i + 1].startswith("--"):
-        raise ConfigError(f"--{flag} needs a value")
-      value = args[i + 1]
-      i += 1
-    if flag == "config":
-      config_arg = value
-    elif flag == "workdir":
-      workdir = str(Path(value).absolute())
-    elif flag.startswith("config.") and len(flag) > len("config."):
-      key = flag[len("config."):]
-      overrides.append((key, absolute_folder(key, value)))
-    else:
-      raise ConfigError(f"unknown flag --{flag}; {USAGE.splitlines()[0]}")
-    i += 1
-  if config_arg is None:
-    raise ConfigError(f"--config is required; valid names: {', '.join(available())}")
-  return config_arg, overrides, workdir
-
-
-def from_command_line(argv: Sequence[str]) -> tuple[ml_collections.ConfigDict, str]:
-  """The validated config and the run directory (absolute) that ``argv`` ask for."""
-  config_arg, overrides, workdir = parse_args(argv)
-  config = apply_overrides(load(config_arg), overrides)
-  validate(config)
-  if workdir is None:
-    workdir = str(Path("runs", f"{config_name(config_arg)}_seed{config.seed}").absolute())
-  return config, workdir
 
 
 # -- Validation. ---------------------------------------------------------------------------

@@ -8,8 +8,10 @@ For two parameter trees ``a`` and ``b`` of the same model and each component (te
 
 and per layer (``paths.layer_of``: embeddings, encoder/layers/i, head) the maximum RMS
 difference and the minimum cosine similarity over its components: one number per layer
-that says how much its most-changed tensor moved. Computed in float64 on the host, once per
-evaluation or GU iteration, so it costs nothing during training.
+that says how much its most-changed tensor moved. Computed in float64 on the host, outside
+the train step, at every evaluation and GU iteration: a copy of both trees to the host and
+a float64 pass over every parameter, which lengthens each evaluation in proportion to the
+model (a MiniLM-L6-sized tree of 22M parameters: 3.3 s on one core of an EPYC host).
 
 The gradient norms are computed inside the train step (``step.gradient_norms``);
 :class:`GradientNormLog` keeps those of every K-th step and writes them to ``grad_norms.npz``.

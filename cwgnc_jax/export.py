@@ -35,10 +35,8 @@ from typing import Any, Mapping, Sequence
 
 from safetensors.numpy import save_file
 
-from cwgnc_jax import files, saved_run
+from cwgnc_jax import command_line, files, saved_run
 from cwgnc_jax.models import bert, loading
-
-USAGE_ERROR = 2
 
 
 class OutputError(ValueError):
@@ -128,23 +126,23 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
                          label_names=run.task.label_names)
 
 
-def fail(message: str) -> None:
-  print(f"cwgnc_jax.export: error: {' '.join(message.splitlines())}", file=sys.stderr)
-  sys.exit(USAGE_ERROR)
+PROG = "cwgnc_jax.export"
+USAGE = "usage: python -m cwgnc_jax.export RUN_DIR OUT_DIR"
 
 
 def main(argv: list[str]) -> None:
-  if argv and argv[0] in ("-h", "--help"):
+  if command_line.asks_for_help(argv):
     print(__doc__.strip())
     return
-  if len(argv) != 2 or any(arg.startswith("-") for arg in argv):
-    fail(f"expected RUN_DIR OUT_DIR, got {' '.join(argv) or 'nothing'} "
-         "(python -m cwgnc_jax.export --help)")
-  run_dir, out_dir = (Path(arg).absolute() for arg in argv)  # orbax takes absolute paths only
+  try:
+    args = command_line.parse(argv, usage=USAGE, positionals=("RUN_DIR", "OUT_DIR"))
+  except command_line.ConfigError as e:
+    command_line.fail(PROG, f"{e} (python -m {PROG} --help)")
+  run_dir, out_dir = (Path(arg).absolute() for arg in args.positionals)  # orbax: absolute only
   try:
     written = export_run(run_dir, out_dir)
   except (ValueError, OSError) as e:  # RunDirError, OutputError, missing or wrong files
-    fail(str(e))
+    command_line.fail(PROG, str(e))
   print(f"exported {run_dir} to {written}", file=sys.stderr)
 
 

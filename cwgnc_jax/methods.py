@@ -58,7 +58,11 @@ METHODS: Mapping[str, Method] = MappingProxyType({m.name: m for m in (
     Method("bertadam", "Devlin et al. (BertAdam)", {"max_grad_norm": 1.0}, num_epochs=3),
     Method("adamw", "+ bias correction (AdamW)", _ADAMW, num_epochs=3),
     # Mosbach et al.'s row (early_stopping, eval_logging_steps: ~3 evaluations per epoch)
-    # with every dense layer mixed (SPEC section 2: p 0.7, 0.8 or 0.9, unverified).
+    # with every dense layer mixed toward its pretrained weight and every dropout rate 0
+    # (SPEC section 2: p 0.7, 0.8 or 0.9, unverified; --config.mixout.p sets the others), by
+    # the reference implementation's gradient (--config.mixout.gradient=autodiff: the exact
+    # derivative). --config.keep_best=false --config.evals_per_epoch=1 evaluates the final
+    # model instead (SPEC's default protocol).
     Method("mixout", "Lee et al. (Mixout)", _ADAMW, num_epochs=20, evals_per_epoch=3,
            keep_best=True, mixout_p=0.9),
     Method("mosbach", "Mosbach et al.", _ADAMW, num_epochs=20, evals_per_epoch=3,
@@ -86,15 +90,8 @@ def is_cwgnc(name: str) -> bool:
   return name in METHODS and METHODS[name].clips_components
 
 
-def recipe(name: str, *, released_code: bool = False) -> ml_collections.ConfigDict:
-  """The optimizer config of a Table 1 row, for ``optimizers.build_optimizer``.
-
-  ``released_code=True`` with 'cwgnc' is 'cwgnc_released' (the authors' released script).
-  """
-  if released_code:
-    if name != "cwgnc":
-      raise ValueError(f"released_code applies to the 'cwgnc' recipe only, got {name!r}")
-    name = "cwgnc_released"
+def recipe(name: str) -> ml_collections.ConfigDict:
+  """The optimizer config of a Table 1 row, for ``optimizers.build_optimizer``."""
   return optimizers.optimizer_config(**get(name).optimizer)
 
 

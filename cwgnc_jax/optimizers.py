@@ -10,13 +10,9 @@ Recipes (SPEC section 2; Devlin, "+ bias correction", Mosbach et al., CWGNC):
              theta <- theta * (1 - lr_t * wd)                  (decay after the step, masked)
   CWGNC:     AdamW on gradients clipped component-wise first (``clip_by_component_norm``).
 
-transformers' AdamW folds the bias correction into the step size and adds eps to the raw
-``sqrt(v)``; ``optax.scale_by_adam`` adds eps to ``sqrt(v_hat) = sqrt(v / (1-b2^t))``. The two
-agree except where eps is not negligible against ``sqrt(v)``: transformers' effective eps is
-``eps / sqrt(1-b2^t)``, 31.6 times optax's at t = 1. CWGNC's clipped gradients are tiny (a
-BERT-large FFN kernel clipped to 0.05 has entries ~2.4e-5), so there the forms differ most:
-``adam_form`` picks one ('transformers', the default of every bias-corrected recipe, or
-'optax').
+Adam's direction is ``cwgnc_jax.adam``'s; ``adam_form`` picks transformers' form (the default
+of every bias-corrected recipe) or optax's, which differ where eps is not negligible against
+``sqrt(v)``, as it is for CWGNC's clipped gradients (``adam``'s docstring).
 
 Learning rates follow ``linear_warmup_decay``; a global-norm clip (``max_grad_norm``)
 precedes Adam where the recipe has one (after the component clip, if a config sets both).
@@ -36,6 +32,8 @@ import optax
 from jax import lax
 
 from cwgnc_jax import paths
+from cwgnc_jax.adam import (ADAM_FORMS, scale_by_adam_no_bias_correction,
+                            scale_by_adam_per_tensor_count, scale_by_adam_transformers)
 from cwgnc_jax.clipping import COMPONENT_KINDS, clip_by_component_norm
 
 if TYPE_CHECKING:  # configs are the train extra's; the optimizers need jax and optax only
@@ -77,38 +75,6 @@ def linear_warmup_decay(
   return optax.join_schedules([warmup, decay], [warmup_steps])
 
 
-def _scale_by_adam(b1: Any, b2: Any, direction: Callable[[jax.Array, jax.Array, jax.Array],
-                                                          jax.Array]
-                   ) -> optax.GradientTransformation:
-  """Adam's moments and update count, ``m = b1*m + (1-b1)*g``, ``v = b2*v + (1-b2)*g^2``,
-  ``t = t + 1`` (all starting at 0), and per tensor the update ``direction(m, v, t)``. The
-  state is ``optax.ScaleByAdamState``, so tools that read ``mu``/``nu``/``count`` work."""
-
-  def init_fn(params):
-    return optax.ScaleByAdamState(
-        count=jnp.zeros([], jnp.int32),
-        mu=optax.tree_utils.tree_zeros_like(params),
-        nu=optax.tree_utils.tree_zeros_like(params),
-    )
-
-  def update_fn(updates, state, params=None):
-    del params
-    mu = optax.tree_utils.tree_update_moment(updates, state.mu, b1, 1)
-    nu = optax.tree_utils.tree_update_moment_per_elem_norm(updates, state.nu, b2, 2)
-    count = optax.safe_increment(state.count)
-    updates = jax.tree.map(lambda m, v: direction(m, v, count), mu, nu)
-    return updates, optax.ScaleByAdamState(count=count, mu=mu, nu=nu)
-
-  return optax.GradientTransformation(init_fn, update_fn)
-
-
-def scale_by_adam_no_bias_correction(
-    b1: float = 0.9, b2: float = 0.999, eps: float = 1e-6
-) -> optax.GradientTransformation:
-  """Adam's direction without bias correction: ``m / (sqrt(v) + eps)`` (BertAdam)."""
-  return _scale_by_adam(b1, b2, lambda m, v, t: m / (jnp.sqrt(v) + eps))
-
-
 class ScaleByLearningRateState(NamedTuple):
   """The updates applied so far, and the learning rate of the last one."""
   count: jax.Array
@@ -146,59 +112,6 @@ def skipped_steps(opt_state: Any) -> jax.Array:
   return opt_state.total_notfinite
 
 
-ADAM_FORMS = ("transformers", "optax")
-
-
-def _one_minus_power(beta: Any, count: jax.Array) -> jax.Array:
-  """``1 - beta**count`` in float32, accurate where ``beta`` is near 1.
-
-  PyTorch optimizers form it in float64 from Python floats; ``1 - float32(0.999)**t`` loses
-  ~1e-5 to cancellation. ``-expm1(t * log(beta))`` with the log taken in float64 keeps it to
-  float32 rounding (a traced ``beta``, under ``inject_hyperparams``, is taken as it comes).
-  """
-  t = jnp.asarray(count, jnp.float32)
-  if isinstance(beta, (int, float)):
-    if beta == 0:
-      return jnp.ones_like(t)
-    return -jnp.expm1(t * jnp.float32(math.log(beta)))
-  return -jnp.expm1(t * jnp.log(beta))
-
-
-def _bias_corrected_direction(mu: jax.Array, nu: jax.Array, count: jax.Array, b1: Any,
-                              b2: Any, eps: Any, form: str) -> jax.Array:
-  """One tensor's bias-corrected Adam direction after ``count`` >= 1 updates, in ``form``::
-
-    transformers:  sqrt(1-b2^t) / (1-b1^t) * m / (sqrt(v) + eps)
-    optax:         (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps)
-  """
-  correction1, correction2 = _one_minus_power(b1, count), _one_minus_power(b2, count)
-  if form == "transformers":
-    return jnp.sqrt(correction2) / correction1 * mu / (jnp.sqrt(nu) + eps)
-  if form == "optax":
-    return (mu / correction1) / (jnp.sqrt(nu / correction2) + eps)
-  raise ValueError(f"unknown Adam form {form!r}; valid: {', '.join(ADAM_FORMS)}")
-
-
-def scale_by_adam_transformers(
-    b1: float = 0.9, b2: float = 0.999, eps: float = 1e-6
-) -> optax.GradientTransformation:
-  """Adam's direction as transformers' ``AdamW`` computes it (the authors' and Mosbach et
-  al.'s optimizer)::
-
-    m = b1*m + (1-b1)*g,   v = b2*v + (1-b2)*g^2,   t = t + 1
-    u = sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)
-
-  The bias correction is folded into the step size and eps is added to the raw ``sqrt(v)``.
-  This equals ``optax.scale_by_adam`` with eps replaced by ``eps / sqrt(1 - b2^t)`` (31.6x at
-  t = 1, 1.01x by t = 10^4), so the two differ only where ``sqrt(v)`` is within a few orders
-  of eps: tiny (e.g. component-clipped) gradients early in training. The state is
-  ``optax.ScaleByAdamState``, so tools that read ``mu``/``nu``/``count`` work unchanged.
-  """
-
-  return _scale_by_adam(
-      b1, b2, lambda m, v, t: _bias_corrected_direction(m, v, t, b1, b2, eps, "transformers"))
-
-
 def add_decayed_weights_after_step(
     weight_decay: float, learning_rate: optax.ScalarOrSchedule, mask: Any = None
 ) -> optax.GradientTransformation:
@@ -231,59 +144,9 @@ def add_decayed_weights_after_step(
   return decay if mask is None else optax.masked(decay, mask)
 
 
-class ScaleByAdamPerTensorState(NamedTuple):
-  """Adam's moments with one update count per tensor (``count`` has the params' structure)."""
-  count: Any
-  mu: Any
-  nu: Any
-
-
-def scale_by_adam_per_tensor_count(
-    b1: float = 0.9, b2: float = 0.999, eps: float = 1e-6, *, form: str = "transformers"
-) -> optax.GradientTransformation:
-  """Bias-corrected Adam with a count per tensor instead of one per chain.
-
-  For every tensor ``i`` with its own count ``c_i`` (the updates it has had)::
-
-    m_i = b1*m_i + (1-b1)*g_i,  v_i = b2*v_i + (1-b2)*g_i^2,  c_i = c_i + 1
-    u_i = sqrt(1-b2^c_i) / (1-b1^c_i) * m_i / (sqrt(v_i) + eps)          form 'transformers'
-    u_i = (m_i / (1-b1^c_i)) / (sqrt(v_i / (1-b2^c_i)) + eps)            form 'optax'
-
-  While all tensors train from the start, every ``c_i`` equals the single count and the
-  updates are :func:`scale_by_adam_transformers`' or ``optax.scale_by_adam``'s (up to float
-  rounding). It exists for gradual
-  unfreezing: a tensor unfrozen later starts with zero moments and count 0, so its bias
-  correction is that of a fresh Adam (a shared count would make its first steps up to
-  ``(1-b1)/sqrt(1-b2)`` = 3.2 times too large, as BertAdam's are), while tensors already
-  training keep theirs.
-  """
-
-  def init_fn(params):
-    return ScaleByAdamPerTensorState(
-        count=jax.tree.map(lambda _: jnp.zeros([], jnp.int32), params),
-        mu=optax.tree_utils.tree_zeros_like(params),
-        nu=optax.tree_utils.tree_zeros_like(params),
-    )
-
-  def update_fn(updates, state, params=None):
-    del params
-    mu = optax.tree_utils.tree_update_moment(updates, state.mu, b1, 1)
-    nu = optax.tree_utils.tree_update_moment_per_elem_norm(updates, state.nu, b2, 2)
-    count = jax.tree.map(optax.safe_increment, state.count)
-    updates = jax.tree.map(
-        lambda m, v, c: _bias_corrected_direction(m, v, c, b1, b2, eps, form), mu, nu, count)
-    return updates, ScaleByAdamPerTensorState(count=count, mu=mu, nu=nu)
-
-  return optax.GradientTransformation(init_fn, update_fn)
-
-
 def bert_adam(
-    learning_rate: optax.ScalarOrSchedule,
-    b1: float = 0.9,
-    b2: float = 0.999,
-    eps: float = 1e-6,
-    weight_decay: float = 0.01,
-    mask: Any = None,
+    learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
+    eps: float = 1e-6, weight_decay: float = 0.01, mask: Any = None
 ) -> optax.GradientTransformation:
   """BertAdam (google-research/bert ``AdamWeightDecayOptimizer``): see the module docstring.
 
@@ -298,15 +161,9 @@ def bert_adam(
 
 
 def adamw(
-    learning_rate: optax.ScalarOrSchedule,
-    b1: float = 0.9,
-    b2: float = 0.999,
-    eps: float = 1e-6,
-    weight_decay: float = 0.01,
-    mask: Any = None,
-    *,
-    form: str = "transformers",
-    per_tensor_count: bool = False,
+    learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
+    eps: float = 1e-6, weight_decay: float = 0.01, mask: Any = None, *,
+    form: str = "transformers", per_tensor_count: bool = False
 ) -> optax.GradientTransformation:
   """AdamW with bias correction ("+ bias correction", Mosbach et al., CWGNC's optimizer).
 
@@ -480,9 +337,11 @@ def build_optimizer(
     otherwise:         bert_adam(lr_t, b1, b2, eps, weight_decay, mask)
 
   with ``lr_t = linear_warmup_decay(learning_rate, total_steps, warmup_fraction)`` and
-  ``mask = decay_mask(exclude=decay_exclude)``. The result is a plain Optax chain: the
-  train step skips non-finite steps around it (:func:`apply_if_finite`, whose state
-  :func:`init_state` makes); in a loop of your own, ``optax.apply_if_finite`` does the same.
+  ``mask = decay_mask(exclude=decay_exclude)``. The result is that ``optax.chain``, inside
+  ``optax.selective_transform`` when ``trainable`` is given. It applies every step it is
+  given: the train step skips non-finite steps around it (:func:`apply_if_finite`, whose
+  state :func:`init_state` makes); in a loop of your own, ``optax.apply_if_finite`` does the
+  same.
 
   Args:
     opt_config: the optimizer config (the fields of :func:`optimizer_config`).

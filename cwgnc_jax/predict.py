@@ -37,7 +37,6 @@ or unwritable output file), reported in one line on stderr before any prediction
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -48,12 +47,11 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from cwgnc_jax import config as config_lib
+from cwgnc_jax import command_line, config as config_lib
 from cwgnc_jax import files, metrics, saved_run, tasks
 from cwgnc_jax.data import batching, glue
 from cwgnc_jax.models import bert, loading
 
-USAGE_ERROR = 2
 SPLITS = ("test", "dev")
 HEADER = ("index", "prediction")
 
@@ -199,45 +197,43 @@ def predict_run(run_dir: str | Path, split: str, *, tsv: str | Path | None = Non
   return summary
 
 
-class _Parser(argparse.ArgumentParser):
-  """argparse with its usage errors in one line and exit status 2, as the other errors."""
-
-  def error(self, message: str) -> None:
-    fail(f"{message} (python -m cwgnc_jax.predict --help)")
+PROG = "cwgnc_jax.predict"
+USAGE = ("usage: python -m cwgnc_jax.predict RUN_DIR --split {test,dev} [--tsv FILE] "
+         "[--out FILE] [--batch-size N]")
 
 
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-  """The command line, its paths made absolute (orbax takes absolute paths only)."""
-  parser = _Parser(prog="python -m cwgnc_jax.predict",
-                   description=__doc__.split("\n\n")[0],
-                   formatter_class=argparse.RawDescriptionHelpFormatter,
-                   epilog=__doc__.split("\n\n", 2)[2])
-  absolute = lambda text: Path(text).absolute()
-  parser.add_argument("run_dir", metavar="RUN_DIR", type=absolute,
-                      help="a finished run's directory")
-  parser.add_argument("--split", required=True, choices=SPLITS,
-                      help="the GLUE split: test (no labels) or dev (and its metric)")
-  parser.add_argument("--tsv", metavar="FILE", type=absolute,
-                      help="the split's GLUE TSV file (MNLI: the folder of its two)")
-  parser.add_argument("--out", metavar="FILE", type=absolute,
-                      help="the submission file to write, new (MNLI: the folder of its two)")
-  parser.add_argument("--batch-size", type=int, metavar="N",
-                      help="examples per packed batch (default: the run's eval_batch_size)")
-  return parser.parse_args(argv)
-
-
-def fail(message: str) -> None:
-  print(f"cwgnc_jax.predict: error: {' '.join(message.splitlines())}", file=sys.stderr)
-  sys.exit(USAGE_ERROR)
+def parse_args(argv: Sequence[str]) -> dict[str, Any]:
+  """The command line as ``predict_run``'s keyword arguments, its paths made absolute
+  (orbax takes absolute paths only)."""
+  args = command_line.parse(argv, usage=USAGE, positionals=("RUN_DIR",),
+                            flags=("--split", "--tsv", "--out", "--batch-size"))
+  split, batch_size = args.values.get("--split"), args.values.get("--batch-size")
+  # In argparse's words, as this command wrote them before command_line.py.
+  if split is None:
+    raise config_lib.ConfigError("the following arguments are required: --split")
+  if split not in SPLITS:
+    raise config_lib.ConfigError(f"argument --split: invalid choice: {split!r} (choose from "
+                                 f"{', '.join(map(repr, SPLITS))})")
+  if batch_size is not None and not batch_size.isdigit():
+    raise config_lib.ConfigError(f"argument --batch-size: invalid int value: {batch_size!r}")
+  path = lambda text: None if text is None else Path(text).absolute()
+  return {"run_dir": path(args.positionals[0]), "split": split,
+          "tsv": path(args.values.get("--tsv")), "out": path(args.values.get("--out")),
+          "batch_size": None if batch_size is None else int(batch_size)}
 
 
 def main(argv: list[str]) -> None:
-  args = parse_args(argv)
+  if command_line.asks_for_help(argv):
+    print(__doc__.strip())
+    return
   try:
-    summary = predict_run(args.run_dir, args.split, tsv=args.tsv, out=args.out,
-                          batch_size=args.batch_size)
+    args = parse_args(argv)
+  except config_lib.ConfigError as e:
+    command_line.fail(PROG, f"{e} (python -m {PROG} --help)")
+  try:
+    summary = predict_run(**args)
   except (ValueError, OSError) as e:  # RunDirError, a missing or wrong TSV, the output file
-    fail(str(e))
+    command_line.fail(PROG, str(e))
   print(json.dumps(summary))
   for written in (summary, *summary.get("other_sets", {}).values()):
     print(f"predictions: {written['predictions']}", file=sys.stderr)

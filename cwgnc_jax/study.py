@@ -55,7 +55,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from cwgnc_jax import config as config_lib
+from cwgnc_jax import command_line, config as config_lib
 from cwgnc_jax import files, metrics
 from cwgnc_jax.training import checkpoint, loop, preemption
 
@@ -63,6 +63,7 @@ ConfigError = config_lib.ConfigError
 
 DEFAULT_SEEDS = 25  # the paper's seeds per Table 1 cell
 DEFAULT_OUT = os.path.join("runs", "study")
+PROG = "cwgnc_jax.study"
 USAGE = ("usage: python -m cwgnc_jax.study --config NAME_OR_PATH "
          "[--seeds N | --seeds S1,S2-S3,...] [--config.KEY=VALUE ...] [--out DIR] "
          "[--seeds-per-program K]")
@@ -98,39 +99,30 @@ def parse_seeds(text: str) -> list[int]:
   return seeds
 
 
+FLAGS = ("--config", "--seeds", "--out", "--seeds-per-program", "--workdir")
+
+
 def parse_args(argv: Sequence[str]
                ) -> tuple[str, list[tuple[str, str]], list[int], Path, int]:
   """``(config name or path, [(dotted key, value text)], seeds, output folder (absolute),
   seeds per program)``."""
-  seeds, out, per_program, rest = None, None, 1, []
-  args = list(argv)
-  i = 0
-  while i < len(args):
-    flag, has_value, value = args[i].partition("=")
-    if flag in ("--seeds", "--out", "--seeds-per-program"):
-      if not has_value:
-        if i + 1 >= len(args) or args[i + 1].startswith("--"):
-          raise ConfigError(f"{flag} needs a value")
-        value = args[i + 1]
-        i += 1
-      if flag == "--seeds":
-        seeds = parse_seeds(value)
-      elif flag == "--out":
-        out = value
-      elif not value.isdigit() or int(value) < 1:
-        raise ConfigError(f"--seeds-per-program {value}: expected an int >= 1")
-      else:
-        per_program = int(value)
-    elif flag == "--workdir":
-      raise ConfigError(f"--workdir is not a study flag: runs go to --out DIR; {USAGE}")
-    else:
-      rest.append(args[i])
-    i += 1
-  config_arg, overrides, _ = config_lib.parse_args(rest)
-  if any(key == "seed" for key, _ in overrides):
+  return study_args(command_line.parse(argv, usage=USAGE, flags=FLAGS, overrides=True))
+
+
+def study_args(args: command_line.Args
+               ) -> tuple[str, list[tuple[str, str]], list[int], Path, int]:
+  """``parse_args``' tuple from a parsed command line of the study's flags (``FLAGS``)."""
+  if "--workdir" in args.values:
+    raise ConfigError(f"--workdir is not a study flag: runs go to --out DIR; {USAGE}")
+  per_program = args.values.get("--seeds-per-program", "1")
+  if not per_program.isdigit() or int(per_program) < 1:
+    raise ConfigError(f"--seeds-per-program {per_program}: expected an int >= 1")
+  config_arg = command_line.config_arg(args)
+  if any(key == "seed" for key, _ in args.overrides):
     raise ConfigError("--config.seed is not allowed in a study: pass --seeds instead")
-  return (config_arg, overrides, seeds or parse_seeds(str(DEFAULT_SEEDS)),
-          Path(out or DEFAULT_OUT).absolute(), per_program)
+  return (config_arg, list(args.overrides),
+          parse_seeds(args.values.get("--seeds", str(DEFAULT_SEEDS))),
+          Path(args.values.get("--out", DEFAULT_OUT)).absolute(), int(per_program))
 
 
 def _value(config: ml_collections.ConfigDict, dotted: str) -> Any:
@@ -371,7 +363,7 @@ def finished_seeds(group_dir: Path) -> list[int]:
 
 
 def main(argv: list[str]) -> None:
-  if argv and argv[0] in ("-h", "--help"):
+  if command_line.asks_for_help(argv):
     print(__doc__.strip())
     print("configs:", ", ".join(config_lib.available()))
     return
@@ -384,12 +376,9 @@ def main(argv: list[str]) -> None:
       config_arg, overrides, seeds, out, per_program = parse_args(argv)
       summary = run_study(config_arg, overrides, seeds, out, per_program)
     except (ConfigError, checkpoint.CheckpointError, files.LockedError) as e:
-      print(f"cwgnc_jax.study: error: {e}", file=sys.stderr)
-      sys.exit(2)
+      command_line.fail(PROG, str(e))
     except files.WriteError as e:  # at once, as train.py: orbax's writer threads may still run
-      print(f"cwgnc_jax.study: error: {e}", file=sys.stderr, flush=True)
-      sys.stdout.flush()
-      os._exit(2)  # pylint: disable=protected-access
+      command_line.fail(PROG, str(e), at_once=True)
     except preemption.Stopped as e:
       print(f"cwgnc_jax.study: {e}", file=sys.stderr)
       sys.exit(e.exit_status)

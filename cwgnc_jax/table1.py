@@ -37,7 +37,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from cwgnc_jax import config as config_lib
+from cwgnc_jax import command_line, config as config_lib
 from cwgnc_jax import files, methods, study, workers
 from cwgnc_jax.training import checkpoint
 
@@ -104,37 +104,21 @@ def parse_rates(text: str, tasks: Sequence[str]) -> dict[str, str]:
 
 def parse_args(argv: Sequence[str]) -> Plan:
   """The plan of a ``--table1`` or ``--workers`` command line (ConfigError on bad input)."""
-  table1, values, rest = False, {}, []
-  args = list(argv)
-  i = 0
-  while i < len(args):
-    flag, has_value, value = args[i].partition("=")
-    if flag == "--table1":
-      if has_value:
-        raise ConfigError("--table1 takes no value")
-      table1 = True
-    elif flag in _PLAN_FLAGS:
-      if not has_value:
-        if i + 1 >= len(args) or args[i + 1].startswith("--"):
-          raise ConfigError(f"{flag} needs a value")
-        value = args[i + 1]
-        i += 1
-      values[flag] = value
-    else:
-      rest.append(args[i])
-    i += 1
+  args = command_line.parse(argv, usage=study.USAGE, flags=study.FLAGS + _PLAN_FLAGS,
+                            switches=("--table1",), overrides=True)
+  values = args.values
   count = values.get("--workers")
   if count is not None and (not count.isdigit() or int(count) < 1):
     raise ConfigError(f"--workers {count}: expected an int >= 1")
   count = None if count is None else int(count)
-  if not table1:
+  if "--table1" not in args.switches:
     given = [flag for flag in ("--tasks", "--rows", "--lr") if flag in values]
     if given:
       raise ConfigError(f"{given[0]} goes with --table1")
-    config_arg, overrides, seeds, out, per_program = study.parse_args(rest)
+    config_arg, overrides, seeds, out, per_program = study.study_args(args)
     return Plan((Entry(config_arg, tuple(overrides), tuple(seeds)),), out, per_program,
                 count or 1)
-  if any(arg.partition("=")[0] == "--config" for arg in rest):
+  if "--config" in values:
     raise ConfigError("--table1 trains configs/<task>_<row>.py: pass --tasks and --rows, "
                       "not --config")
   tasks = _names(values.get("--tasks", ",".join(TASKS)), "--tasks", TASKS)
@@ -145,8 +129,8 @@ def parse_args(argv: Sequence[str]) -> Plan:
   entries = []
   for task in tasks:
     for row in rows:
-      config_arg, overrides, seeds, out, per_program = study.parse_args(
-          ["--config", f"{task}_{row}", *rest])
+      config_arg, overrides, seeds, out, per_program = study.study_args(
+          dataclasses.replace(args, values={**values, "--config": f"{task}_{row}"}))
       if any(key == _LR_KEY for key, _ in overrides):
         if "--lr" in values:
           raise ConfigError(f"--lr and --config.{_LR_KEY} both set the learning rate: pass "

@@ -22,7 +22,7 @@ Between iterations:
   * GU (``mode='gu'``): the parameters carry over. Tensors already training keep their Adam
     moments and update counts; newly unfrozen tensors start from zero moments and count 0.
     Adam's bias correction counts each tensor's own updates
-    (``optimizers.scale_by_adam_per_tensor_count``), so a newly unfrozen tensor starts as
+    (``adam.scale_by_adam_per_tensor_count``), so a newly unfrozen tensor starts as
     under a fresh Adam and a continuing one goes on as before; the schedule restarts (the
     learning rate and the decay read counts of the iteration's own optimizer).
   * GU restart (``mode='gu_restart'``): every iteration starts again from the pretrained

@@ -18,6 +18,7 @@ import jax
 import pytest
 
 from cwgnc_jax import config as config_lib
+from cwgnc_jax import command_line
 
 REPO = Path(__file__).resolve().parent.parent
 NUM_DEVICES = jax.device_count()
@@ -46,7 +47,7 @@ def inputs(tmp_path, tiny_bert_dir, tiny_rte_dir) -> dict[str, Path]:
   folders = {"model": shutil.copytree(tiny_bert_dir, tmp_path / "model"),
              "glue": shutil.copytree(tiny_rte_dir, tmp_path / "glue"),
              "cache": tmp_path / "cache", "run": tmp_path / "run"}
-  config, _ = config_lib.from_command_line(args(folders))
+  config, _ = command_line.train_config(args(folders))
   (folders["run"] / "checkpoints" / "2").mkdir(parents=True)
   (folders["run"] / "config.json").write_text(json.dumps(config_lib.run_identity(config)))
   (folders["run"] / "metrics.jsonl").write_text('{"step": 1, "loss": 0.69}\n')

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from cwgnc_jax import config as config_lib
+from cwgnc_jax import command_line
 from cwgnc_jax import methods, unfreezing
 from cwgnc_jax.config import ConfigError
 
@@ -31,7 +32,7 @@ OPTIMIZERS = {"bertadam": (False, 2e-5, 0.1, 0.01, 1e-6, 1.0, None),
 
 
 def _cli(*args: str):
-  return config_lib.from_command_line(["--config", "demo", *args])
+  return command_line.train_config(["--config", "demo", *args])
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -162,7 +163,7 @@ def test_method_override_replaces_the_optimizer_first():
 ])
 def test_bad_command_lines_name_the_culprit(args, message):
   with pytest.raises(ConfigError) as error:
-    config_lib.from_command_line(args)
+    command_line.train_config(args)
   assert message in str(error.value)
   assert "\n" not in str(error.value)
 
@@ -171,12 +172,12 @@ def test_a_string_field_takes_none_as_its_text(monkeypatch):
   """'none' is a value of ``unfreezing.mode``: rte_gu with it is a plain 3-epoch run. In a
   field that is not a string, 'none' still unsets it (no global clip)."""
   monkeypatch.delenv("GLUE_DIR", raising=False)
-  config, _ = config_lib.from_command_line(
+  config, _ = command_line.train_config(
       ["--config", "rte_gu", "--config.unfreezing.mode=none", "--config.num_epochs=3"])
   assert (config.unfreezing.mode, config.num_epochs) == ("none", 3)
   assert unfreezing.num_epochs(config, 24) == 3
   assert unfreezing.stages(config, 24, 10) == [unfreezing.Stage(0, 0, 30, None)]
-  config, _ = config_lib.from_command_line(
+  config, _ = command_line.train_config(
       ["--config", "rte_adamw", "--config.optimizer.max_grad_norm=none"])
   assert config.optimizer.max_grad_norm is None
 
@@ -243,12 +244,12 @@ def test_the_seed_range_is_where_jax_keys_are_distinct():
 def test_glue_paths_of_the_wrong_kind_are_named(tmp_path):
   (tmp_path / "RTE" / "train.tsv").mkdir(parents=True)
   with pytest.raises(ConfigError) as error:
-    config_lib.from_command_line(["--config", "demo", f"--config.glue_dir={tmp_path}"])
+    command_line.train_config(["--config", "demo", f"--config.glue_dir={tmp_path}"])
   assert str(error.value).startswith(f"{tmp_path / 'RTE' / 'train.tsv'} is a directory, not a "
                                      "file: the GLUE folder")
   (tmp_path / "glue").write_text("")
   with pytest.raises(ConfigError, match=f"the GLUE folder {tmp_path / 'glue'} is a file, not"):
-    config_lib.from_command_line(["--config", "demo", f"--config.glue_dir={tmp_path / 'glue'}"])
+    command_line.train_config(["--config", "demo", f"--config.glue_dir={tmp_path / 'glue'}"])
 
 
 def test_a_glue_folder_under_home_is_found(tmp_path, monkeypatch):

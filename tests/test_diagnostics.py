@@ -13,7 +13,7 @@ import pytest
 from conftest import assert_same_up_to_rounding
 from flax import nnx
 
-from cwgnc_jax import config as config_lib
+from cwgnc_jax import command_line
 from cwgnc_jax import diagnostics, files, methods, optimizers, paths
 from cwgnc_jax.models import bert
 from cwgnc_jax.training import loop
@@ -216,7 +216,7 @@ def _tiny_config(tiny_bert_dir: Path, tiny_rte_dir: Path, *overrides: str):
           f"--config.glue_dir={tiny_rte_dir}", "--config.batch_size=8",
           "--config.eval_batch_size=8", "--config.layout=padded", "--config.num_epochs=2",
           "--config.progress=false", "--config.optimizer.learning_rate=1e-3", *overrides]
-  return config_lib.from_command_line(args)[0]
+  return command_line.train_config(args)[0]
 
 
 def _final_params(workdir: Path):

@@ -13,6 +13,7 @@ import pytest
 from flax import nnx
 
 from cwgnc_jax import config as config_lib
+from cwgnc_jax import command_line
 from cwgnc_jax import methods, optimizers
 from cwgnc_jax.data import batching, glue
 from cwgnc_jax.models import bert, loading, mixout
@@ -143,7 +144,7 @@ def test_mixout_configs_are_the_mosbach_row_with_p(task, monkeypatch):
 def test_bad_mixout_config_names_the_key(overrides, message, monkeypatch):
   monkeypatch.delenv("GLUE_DIR", raising=False)
   with pytest.raises(config_lib.ConfigError) as error:
-    config_lib.from_command_line(["--config", "rte_mixout", *overrides])
+    command_line.train_config(["--config", "rte_mixout", *overrides])
   assert str(error.value) == message
 
 
@@ -169,7 +170,7 @@ def test_run_dirs_from_before_the_mixout_and_unfreezing_keys_still_resume(tmp_pa
 def test_mixout_config_trains_through_the_loop(tiny_bert_dir, tiny_rte_dir, tmp_path):
   """``rte_mixout`` on a tiny BERT: the run's model has Mixout layers targeting the loaded
   weights and no dropout; two steps of the loop train it, evaluate and write the results."""
-  config, _ = config_lib.from_command_line([
+  config, _ = command_line.train_config([
       "--config", "rte_mixout", f"--config.model={tiny_bert_dir}",
       f"--config.glue_dir={tiny_rte_dir}", "--config.batch_size=8",
       "--config.eval_batch_size=8", "--config.train_limit=16", "--config.num_epochs=1",
@@ -206,7 +207,7 @@ def test_mixout_seeds_share_one_compiled_step_that_takes_the_targets(tiny_bert_d
   differ) share one compiled train step, the second seed trained with the first seed's step
   gets what it gets with a step of its own, and the traced step closes over none of them."""
   def run(seed, name):
-    config, _ = config_lib.from_command_line([
+    config, _ = command_line.train_config([
         "--config", "rte_mixout", f"--config.model={tiny_bert_dir}",
         f"--config.glue_dir={tiny_rte_dir}", "--config.batch_size=8",
         "--config.eval_batch_size=8", "--config.train_limit=16", "--config.num_epochs=1",

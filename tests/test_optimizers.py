@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from cwgnc_jax import methods, optimizers, paths
+from cwgnc_jax import adam, methods, optimizers, paths
 from cwgnc_jax.clipping import clip_by_component_norm, component_norm_stats
 from cwgnc_jax.optimizers import (
     bert_adam,
@@ -20,7 +20,7 @@ from cwgnc_jax.optimizers import (
     linear_warmup_decay,
 )
 from cwgnc_jax.methods import recipe
-from cwgnc_jax.optimizers import ADAM_FORMS
+from cwgnc_jax.adam import ADAM_FORMS
 
 HIDDEN, VOCAB, LABELS = 4, 11, 2
 
@@ -106,8 +106,8 @@ def test_bert_adam_differs_from_adam_by_bias_correction_factor():
   grads = [{"w": rng.standard_normal((5,)).astype(np.float32)} for _ in range(3)]
   # eps = 0 makes the relation exact: Adam = BertAdam * sqrt(1 - b2^t) / (1 - b1^t).
   _, _, ours = run_steps(bert_adam(1.0, b1, b2, eps=0.0, weight_decay=0.0), params, grads)
-  _, _, adam = run_steps(optax.adam(1.0, b1, b2, eps=0.0), params, grads)
-  for t, (u_ours, u_adam) in enumerate(zip(ours, adam), start=1):
+  _, _, optax_adam = run_steps(optax.adam(1.0, b1, b2, eps=0.0), params, grads)
+  for t, (u_ours, u_adam) in enumerate(zip(ours, optax_adam), start=1):
     factor = np.sqrt(1 - b2**t) / (1 - b1**t)
     # rtol: Optax forms 1 - b2^t in float32, and 1 - 0.999 loses ~1e-5 relative to cancellation.
     np.testing.assert_allclose(u_adam["w"], u_ours["w"] * factor, rtol=3e-5)
@@ -153,7 +153,8 @@ def test_each_recipe_decays_exactly_the_masked_leaves(name):
 
 def test_released_cwgnc_recipe():
   released = recipe("cwgnc_released")
-  assert released == recipe("cwgnc", released_code=True)
+  assert released == optimizers.optimizer_config(
+      **methods.METHODS["cwgnc"].optimizer, warmup_fraction=0.0, weight_decay=0.0, eps=1e-8)
   assert (released.warmup_fraction, released.weight_decay, released.eps) == (0.0, 0.0, 1e-8)
   assert released.clip_norm == 0.05 and released.max_grad_norm is None
   paper = recipe("cwgnc")
@@ -282,8 +283,8 @@ def test_invalid_config_raises_naming_field(field, value, message):
 def test_invalid_names_and_steps():
   with pytest.raises(ValueError, match="bertadam, adamw, mixout, mosbach, cwgnc"):
     recipe("lamb")
-  with pytest.raises(ValueError, match="released_code"):
-    recipe("adamw", released_code=True)
+  with pytest.raises(ValueError, match="cwgnc, cwgnc_released"):
+    recipe("adamw_released")  # the released script is a row of CWGNC's only
   with pytest.raises(ValueError, match="total_steps"):
     build_optimizer(recipe("adamw"), 0)
   with pytest.raises(ValueError, match="total_steps"):
@@ -427,7 +428,7 @@ def test_transformers_adam_is_optax_adam_with_eps_over_sqrt_of_correction():
   rng = np.random.default_rng(8)
   params = {"w": np.zeros((6,), np.float32)}
   grads = [{"w": 1e-3 * rng.standard_normal((6,)).astype(np.float32)} for _ in range(4)]
-  _, _, ours = run_steps(optimizers.scale_by_adam_transformers(b1, b2, eps), params, grads)
+  _, _, ours = run_steps(adam.scale_by_adam_transformers(b1, b2, eps), params, grads)
   for t, u in enumerate(ours, start=1):
     theirs = optax.scale_by_adam(b1, b2, eps / math.sqrt(1 - b2**t))
     _, _, expected = run_steps(theirs, params, grads[:t])

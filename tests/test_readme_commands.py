@@ -24,6 +24,7 @@ import pytest
 from safetensors import safe_open
 
 from cwgnc_jax import config as config_lib
+from cwgnc_jax import command_line
 from cwgnc_jax import methods, predict, saved_run, table1
 from cwgnc_jax.data import glue
 from cwgnc_jax.training import checkpoint
@@ -184,7 +185,7 @@ def test_environment_folders_are_absolute(tmp_path, monkeypatch):
   assert glue.default_source() == "hub"
   shutil.copy(config_lib.config_path("demo"), tmp_path / "mine.py")
   assert config_lib.config_path("mine.py") == tmp_path / "mine.py"
-  _, _, workdir = config_lib.parse_args(["--config", "mine.py", "--workdir", "runs/x",
+  _, _, workdir = command_line.train_args(["--config", "mine.py", "--workdir", "runs/x",
                                          "--config.model=minilm-l6"])
   assert workdir == str(tmp_path / "runs/x")
 

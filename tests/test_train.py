@@ -34,6 +34,7 @@ from flax import nnx
 from jax.experimental.compilation_cache import compilation_cache as jax_cache
 
 from cwgnc_jax import config as config_lib
+from cwgnc_jax import command_line
 from cwgnc_jax import files, methods, optimizers
 from cwgnc_jax.models import bert, mixout
 from cwgnc_jax.training import loop
@@ -699,7 +700,7 @@ def test_compilation_cache_takes_effect_in_a_process_that_compiled_before(tmp_pa
     assert set((tmp_path / "xla").iterdir()) == kept
     with pytest.raises(config_lib.ConfigError, match=r"^--config.compilation_cache=maybe: "
                        r"expected true or false$"):
-      config_lib.from_command_line(["--config", "rte_cwgnc", "--config.compilation_cache=maybe"])
+      command_line.train_config(["--config", "rte_cwgnc", "--config.compilation_cache=maybe"])
   finally:
     for name, value in before.items():
       jax.config.update(name, value)

@@ -22,7 +22,8 @@ import pytest
 from flax import nnx
 
 from cwgnc_jax import config as config_lib
-from cwgnc_jax import methods, optimizers, paths, unfreezing
+from cwgnc_jax import command_line
+from cwgnc_jax import adam, methods, optimizers, paths, unfreezing
 from cwgnc_jax.models import bert
 from cwgnc_jax.training import loop
 from cwgnc_jax.training import step as step_lib
@@ -102,12 +103,12 @@ def test_gu_configs(task, monkeypatch):
 def test_bad_gu_config_names_the_key(override, message, monkeypatch):
   monkeypatch.delenv("GLUE_DIR", raising=False)
   with pytest.raises(config_lib.ConfigError) as error:
-    config_lib.from_command_line(["--config", "rte_gu", f"--config.{override}"])
+    command_line.train_config(["--config", "rte_gu", f"--config.{override}"])
   assert str(error.value) == message
 
 
 def test_more_iterations_than_layers_is_a_config_error(tiny_bert_dir, tiny_rte_dir, tmp_path):
-  config, _ = config_lib.from_command_line([
+  config, _ = command_line.train_config([
       "--config", "rte_gu", f"--config.model={tiny_bert_dir}",
       f"--config.glue_dir={tiny_rte_dir}", "--config.unfreezing.iterations=4"])
   with pytest.raises(config_lib.ConfigError, match=r"config.unfreezing.iterations=4 exceeds "
@@ -118,11 +119,11 @@ def test_more_iterations_than_layers_is_a_config_error(tiny_bert_dir, tiny_rte_d
 
 # -- Optimizer state across iterations. ----------------------------------------------------
 
-@pytest.mark.parametrize("form", optimizers.ADAM_FORMS)
+@pytest.mark.parametrize("form", adam.ADAM_FORMS)
 def test_per_tensor_count_adam_is_single_count_adam_and_restarts_bias_correction(form):
   params = {"a": jnp.ones((3, 4)), "b": jnp.zeros(5)}
-  ours = optimizers.scale_by_adam_per_tensor_count(0.9, 0.999, 1e-6, form=form)
-  theirs = (optimizers.scale_by_adam_transformers(0.9, 0.999, 1e-6) if form == "transformers"
+  ours = adam.scale_by_adam_per_tensor_count(0.9, 0.999, 1e-6, form=form)
+  theirs = (adam.scale_by_adam_transformers(0.9, 0.999, 1e-6) if form == "transformers"
             else optax.scale_by_adam(0.9, 0.999, 1e-6))
   s_ours, s_theirs = ours.init(params), theirs.init(params)
   for i in range(4):
@@ -177,8 +178,8 @@ def _nodes(tree, kind):
 
 
 def _adam(opt_state):
-  (adam,) = _nodes(opt_state, optimizers.ScaleByAdamPerTensorState)
-  return adam
+  (state,) = _nodes(opt_state, adam.ScaleByAdamPerTensorState)
+  return state
 
 
 def test_frozen_tensors_stay_put_without_state_and_moments_carry_over():
@@ -208,25 +209,25 @@ def test_frozen_tensors_stay_put_without_state_and_moments_carry_over():
   optimizer, abstract, step = _stage_step(config, stages[1], apply, constants, pretrained, mesh)
   state = jax.jit(unfreezing.next_state, static_argnums=(0, 3))(
       "gu", state, pretrained, optimizer)
-  adam = _adam(state.opt_state)
+  moments = _adam(state.opt_state)
   # Each iteration has its own schedule (the learning rate's and the decay's counts).
   schedules = _nodes(state.opt_state, (optax.ScaleByScheduleState,
                                        optimizers.ScaleByLearningRateState))
   assert [int(s.count) for s in schedules] == [0, 0]
   for field in ("mu", "nu", "count"):
-    new, old = by_path(getattr(adam, field)), by_path(getattr(old_adam, field))
+    new, old = by_path(getattr(moments, field)), by_path(getattr(old_adam, field))
     for path, value in new.items():
       if path.startswith("encoder/layers/0/"):
         assert not np.any(np.asarray(value)), (field, path)
       else:
         np.testing.assert_array_equal(value, old[path])
     assert set(old) < set(new) and not [p for p in new if p.startswith("embeddings")]
-  assert {int(c) for p, c in by_path(adam.count).items()
+  assert {int(c) for p, c in by_path(moments.count).items()
           if not p.startswith("encoder/layers/0/")} == {2}
   before = by_path(jax.device_get(state.params))
   state, _ = step(state, batch)
-  adam = _adam(state.opt_state)
-  counts = by_path(adam.count)
+  moments = _adam(state.opt_state)
+  counts = by_path(moments.count)
   assert {int(c) for p, c in counts.items() if p.startswith("encoder/layers/0/")} == {1}
   assert {int(c) for p, c in counts.items() if not p.startswith("encoder/layers/0/")} == {3}
   after = by_path(jax.device_get(state.params))

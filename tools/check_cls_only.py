@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cwgnc_jax import config as config_lib
+from cwgnc_jax import command_line
 from cwgnc_jax import models
 from cwgnc_jax.models import bert
 from cwgnc_jax.training import loop
@@ -68,7 +68,7 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--batches", type=int, default=2, help="real RTE batches compared")
   args = parser.parse_args()
-  config, _ = config_lib.from_command_line(["--config", "demo"])
+  config, _ = command_line.train_config(["--config", "demo"])
   run = loop.prepare(config, tempfile.mkdtemp(prefix="check_cls_only_"))
   graph_of = lambda c: models.split_params(bert.BertForSequenceClassification(
       c, run.task.num_labels, rngs=nnx.Rngs(0)))[0]
