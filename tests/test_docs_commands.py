@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 
 from cwgnc_jax import config as config_lib
-from cwgnc_jax import predict, table1
+from cwgnc_jax import command_line, predict, table1
 
 REPO = Path(__file__).resolve().parent.parent
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -152,7 +152,7 @@ def check_python(args: list[str]) -> None:
     if rest == ["--help"]:
       help_text("train.py")
     else:
-      config_lib.from_command_line(rest)
+      command_line.train_config(rest)
     return
   assert script.parts[0] in ("benchmarks", "tools", "experiments"), script
   source = (REPO / script).read_text()
