@@ -242,7 +242,7 @@ def test_a_seed_taken_while_its_program_prepares_leaves_the_others_to_train(
       taken.enter_context(files.locked(workdir))  # another open file: flock refuses us
     return prepare(config, workdir)
 
-  monkeypatch.setattr(loop, "prepare", another_process_takes_seed_2)
+  monkeypatch.setattr(run_lib, "prepare", another_process_takes_seed_2)
   with taken:
     summary = study.run_study("demo", overrides, [1, 2, 3], tmp_path, seeds_per_program=3)
   assert [r["seed"] for r in summary["runs"]] == [1, 3]
