@@ -34,6 +34,7 @@ host_memory.keep_freed_memory()
 
 from cwgnc_jax import files
 from cwgnc_jax.training import checkpoint, loop, preemption
+from cwgnc_jax.training import run as run_lib
 # pylint: enable=wrong-import-position
 
 PROG = "train.py"
@@ -55,12 +56,12 @@ def main(argv: list[str]) -> None:
   if config.mesh.get("seeds", 1) != 1:
     fail(f"config.mesh.seeds={config.mesh.seeds} splits seeds trained together; train.py "
          "trains one seed: use python -m cwgnc_jax.study --seeds-per-program")
-  loop.maybe_initialize_distributed(config)
-  loop.use_compilation_cache(config)
+  run_lib.maybe_initialize_distributed(config)
+  run_lib.use_compilation_cache(config)
   with preemption.handled():  # after jax.distributed's own SIGTERM handler
     try:
       try:
-        run = loop.prepare(config, workdir)
+        run = run_lib.prepare(config, workdir)
       except (ValueError, OSError) as e:  # ConfigError, missing files, no hub, bad data
         fail(str(e))
       try:

@@ -1,7 +1,7 @@
 """The training step under two values of one config key, interleaved, and their time ratio.
 
 For each value of ``--key`` (as ``train.py`` would parse ``--config.<key>=<value>``), builds
-the run and its step as ``train.py`` does (``loop.prepare``, ``loop.first_stage_program``),
+the run and its step as ``train.py`` does (``run.prepare``, ``program.first_stage_program``),
 puts the first ``--steps`` batches of epoch 0 on the mesh (the same batches, unless the key
 changes the batching), and times how long the step takes to compile for the first batch's
 shape. Each step advances its own state over its batches; the passes alternate, order
@@ -31,7 +31,8 @@ host_memory.keep_freed_memory()  # before JAX starts its threads, as train.py
 import jax  # pylint: disable=wrong-import-position
 
 from cwgnc_jax import command_line  # pylint: disable=wrong-import-position
-from cwgnc_jax.training import loop  # pylint: disable=wrong-import-position
+from cwgnc_jax.training import program as program_lib  # pylint: disable=wrong-import-position
+from cwgnc_jax.training import run as run_lib  # pylint: disable=wrong-import-position
 
 
 def interleaved(programs: dict[str, Callable[[], None]], rounds: int) -> dict[str, list[float]]:
@@ -57,8 +58,8 @@ def step_programs(argv: Sequence[str], key: str, values: Sequence[str], steps: i
   programs, compile_seconds = {}, {}
   for value in values:
     config = command_line.train_config([*argv, f"--config.{key}={value}"])[0]
-    run = loop.prepare(config, tempfile.mkdtemp(prefix="bench_config_ab_"))
-    program = loop.first_stage_program(run)
+    run = run_lib.prepare(config, tempfile.mkdtemp(prefix="bench_config_ab_"))
+    program = program_lib.first_stage_program(run)
     batches, holder = program.batches(steps), [program.fresh_state()]
     start = time.perf_counter()
     program.train_step.lower(holder[0], batches[0], program.constants).compile()

@@ -1,6 +1,6 @@
 """Cost of the in-step gradient-norm diagnostics (``diagnostics_every``) on training time.
 
-Builds the run as ``train.py`` does (``loop.prepare``) and two jitted train steps from the
+Builds the run as ``train.py`` does (``run.prepare``) and two jitted train steps from the
 same state: without diagnostics, and with them (``step.gradient_norms``: per-tensor norms
 and, for CWGNC, the clip's flags). A pass trains the first ``--steps`` batches of epoch 0;
 the pass with diagnostics also does the loop's host work (``GradientNormLog.take`` every
@@ -32,7 +32,8 @@ import jax  # pylint: disable=wrong-import-position
 from cwgnc_jax import config as config_lib  # pylint: disable=wrong-import-position
 from cwgnc_jax import command_line  # pylint: disable=wrong-import-position
 from cwgnc_jax import diagnostics, files  # pylint: disable=wrong-import-position
-from cwgnc_jax.training import loop  # pylint: disable=wrong-import-position
+from cwgnc_jax.training import program as program_lib  # pylint: disable=wrong-import-position
+from cwgnc_jax.training import run as run_lib  # pylint: disable=wrong-import-position
 from cwgnc_jax.training import step as step_lib  # pylint: disable=wrong-import-position
 
 
@@ -50,8 +51,9 @@ def main(argv: list[str]) -> None:
   args, rest = parser.parse_known_args(argv)
   config, _ = command_line.train_config(["--config", args.config, *rest])
   every = config.diagnostics_every or 10
-  run = loop.prepare(config, tempfile.mkdtemp(prefix="bench_diagnostics_"))
-  programs = {flag: loop.first_stage_program(run, diagnostics=flag) for flag in (False, True)}
+  run = run_lib.prepare(config, tempfile.mkdtemp(prefix="bench_diagnostics_"))
+  programs = {flag: program_lib.first_stage_program(run, diagnostics=flag)
+              for flag in (False, True)}
   states = {flag: program.fresh_state() for flag, program in programs.items()}
   abstract = programs[True].abstract
   names = step_lib.gradient_norm_names(abstract.params, abstract.opt_state)

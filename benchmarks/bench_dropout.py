@@ -7,7 +7,7 @@ processes hits both alike:
          heads, RTE's row length; softmaxed once, outside the timed program), forward and
          backward through the dropout and a matmul against a [128, 32] value block, jitted;
          the mask's share is what differs.
-  step:  the training step of ``--config`` (``train.py``'s: ``loop.prepare``, packed real
+  step:  the training step of ``--config`` (``train.py``'s: ``run.prepare``, packed real
          batches of epoch 0, CWGNC) with ``dropout_bits`` 'hash' and 'threefry', the same
          batches through both (``bench_config_ab.py``); seconds per step and their ratio.
 

@@ -30,6 +30,8 @@ from tqdm import tqdm  # pylint: disable=wrong-import-position
 
 from cwgnc_jax import command_line  # pylint: disable=wrong-import-position
 from cwgnc_jax.training import loop  # pylint: disable=wrong-import-position
+from cwgnc_jax.training import program as program_lib  # pylint: disable=wrong-import-position
+from cwgnc_jax.training import run as run_lib  # pylint: disable=wrong-import-position
 from cwgnc_jax.training import step as step_lib  # pylint: disable=wrong-import-position
 
 LAYOUTS = ("packed", "padded")
@@ -38,11 +40,11 @@ LAYOUTS = ("packed", "padded")
 class Runner:
   """One layout's run: its state, its jitted step, its batches and its clock."""
 
-  def __init__(self, run: loop.Run, layout: str, steps: int):
-    program = loop.first_stage_program(run)
+  def __init__(self, run: run_lib.Run, layout: str, steps: int):
+    program = program_lib.first_stage_program(run)
     self.state, self.constants = program.fresh_state(), program.constants
     self.step, self.eval_step = program.train_step, program.eval_step
-    self.batches = loop.epoch_batches(run, 0, row_multiple=run.num_devices, layout=layout)
+    self.batches = run_lib.epoch_batches(run, 0, row_multiple=run.num_devices, layout=layout)
     self.layout, self.mesh, self.remaining = layout, program.mesh, steps
     self.shapes: set[tuple[int, ...]] = set()
     self.seconds, self.examples, self.tokens, self.slots = 0.0, 0.0, 0, 0
@@ -72,7 +74,7 @@ class Runner:
 def bench_task(args: argparse.Namespace, rest: list[str], task: str) -> dict[str, dict]:
   config, _ = command_line.train_config(["--config", args.config, f"--config.task={task}",
                                             *rest])
-  run = loop.prepare(config, tempfile.mkdtemp(prefix="bench_packing_"))
+  run = run_lib.prepare(config, tempfile.mkdtemp(prefix="bench_packing_"))
   steps = min(args.steps or run.steps_per_epoch, run.steps_per_epoch)
   runners = [Runner(run, layout, steps) for layout in LAYOUTS]
   with tqdm(total=2 * steps, desc=f"{task} packed+padded", unit="step", file=sys.stderr) as bar:

@@ -1,13 +1,13 @@
 """Training several seeds in one compiled program (vmap over seeds) against one after another.
 
-Builds the runs of ``--seeds`` seeds of a config as ``train.py`` does (``loop.prepare``), takes
+Builds the runs of ``--seeds`` seeds of a config as ``train.py`` does (``run.prepare``), takes
 the first ``--steps`` steps of each seed's epoch 0, and trains them two ways from the same
 initial states, on one device:
 
   sequential: the jitted train step of the loop (shared by the seeds), seed after seed, on
               each seed's own batches;
   vmapped:    ``step.jit_train_step(seeds=True)``, all seeds' step i in one call, on the
-              stacked batches the loop gives a program (``loop.program_batches``: the same
+              stacked batches the loop gives a program (``run.program_batches``: the same
               examples; packed, at one row length per step, padded with empty rows to the
               largest row count).
 
@@ -38,7 +38,7 @@ import jax  # pylint: disable=wrong-import-position
 from cwgnc_jax import config as config_lib  # pylint: disable=wrong-import-position
 from cwgnc_jax import command_line  # pylint: disable=wrong-import-position
 from cwgnc_jax import optimizers  # pylint: disable=wrong-import-position
-from cwgnc_jax.training import loop  # pylint: disable=wrong-import-position
+from cwgnc_jax.training import run as run_lib  # pylint: disable=wrong-import-position
 from cwgnc_jax.training import step as step_lib  # pylint: disable=wrong-import-position
 
 
@@ -55,7 +55,7 @@ def main(argv: list[str]) -> None:
   for seed in seeds:
     seed_config = config.copy_and_resolve_references()
     seed_config.seed = seed
-    runs.append(loop.prepare(seed_config, tempfile.mkdtemp(prefix="bench_seeds_")))
+    runs.append(run_lib.prepare(seed_config, tempfile.mkdtemp(prefix="bench_seeds_")))
   run = runs[0]
   mesh = step_lib.make_mesh(1, 1, jax.devices()[:1])
   optimizer = optimizers.build_optimizer(config.optimizer, run.total_steps)
@@ -68,11 +68,11 @@ def main(argv: list[str]) -> None:
   constants = {"sequential": {r.config.seed: step_lib.put_constants(r.constants, mesh, 2**62)
                               for r in runs},
                "vmapped": jax.device_put(step_lib.stack([r.constants for r in runs]))}
-  host = {r.config.seed: list(itertools.islice(loop.epoch_batches(r, 0, row_multiple=1),
+  host = {r.config.seed: list(itertools.islice(run_lib.epoch_batches(r, 0, row_multiple=1),
                                                args.steps)) for r in runs}
   sequential_batches = {s: [step_lib.put_batch(b, mesh) for b in host[s]] for s in seeds}
   stacked = [batch for _, batch in itertools.islice(  # as the loop stacks a program's seeds
-      loop.program_batches(runs, 0, row_multiple=1), args.steps)]
+      run_lib.program_batches(runs, 0, row_multiple=1), args.steps)]
   vmapped_batches = [step_lib.put_batch(b, mesh, seeds=True) for b in stacked]
   examples = sum(float(b["example_mask"].sum()) for s in seeds for b in host[s])
   slots = {"sequential": sum(b["segment_ids"].size for s in seeds for b in host[s]),

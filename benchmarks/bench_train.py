@@ -1,7 +1,7 @@
 """Throughput of the training step of a config, and the fraction of this machine's peak.
 
-Builds the run and its step as ``train.py`` does (``loop.prepare``: model, tokenizer, data;
-``loop.first_stage_program``: the step, without per-tensor gradient norms), takes
+Builds the run and its step as ``train.py`` does (``run.prepare``: model, tokenizer, data;
+``program.first_stage_program``: the step, without per-tensor gradient norms), takes
 the first ``--steps`` batches of epoch 0, runs them once to compile every batch shape, then
 times the same batches again (``--repeats`` times, the best pass reported). Useful FLOPs count
 only real (non-padding) tokens, for forward and backward (``accounting.useful_flops``, with
@@ -39,7 +39,8 @@ import jax.numpy as jnp  # pylint: disable=wrong-import-position
 from cwgnc_jax import config as config_lib  # pylint: disable=wrong-import-position
 from cwgnc_jax import command_line  # pylint: disable=wrong-import-position
 from cwgnc_jax import models  # pylint: disable=wrong-import-position
-from cwgnc_jax.training import loop  # pylint: disable=wrong-import-position
+from cwgnc_jax.training import program as program_lib  # pylint: disable=wrong-import-position
+from cwgnc_jax.training import run as run_lib  # pylint: disable=wrong-import-position
 from cwgnc_jax.training import step as step_lib  # pylint: disable=wrong-import-position
 from accounting import useful_flops  # pylint: disable=wrong-import-position
 from host import describe  # pylint: disable=wrong-import-position
@@ -67,14 +68,14 @@ def main(argv: list[str]) -> None:
   parser.add_argument("--repeats", type=int, default=2, help="timed passes (best reported)")
   args, rest = parser.parse_known_args(argv)
   config, _ = command_line.train_config(["--config", args.config, *rest])
-  run = loop.prepare(config, tempfile.mkdtemp(prefix="bench_train_"))
+  run = run_lib.prepare(config, tempfile.mkdtemp(prefix="bench_train_"))
   model_config = dataclasses.replace(models.load_config(config.model),
                                      **config_lib.model_overrides(config))
 
-  program = loop.first_stage_program(run)
+  program = program_lib.first_stage_program(run)
   mesh, constants, train_step = program.mesh, program.constants, program.train_step
   state = program.fresh_state()
-  batches = list(itertools.islice(loop.epoch_batches(run, 0, row_multiple=run.num_devices),
+  batches = list(itertools.islice(run_lib.epoch_batches(run, 0, row_multiple=run.num_devices),
                                   args.steps))
   flops = sum(useful_flops(b, model_config, run.task.num_labels) for b in batches)
   examples = sum(float(b["example_mask"].sum()) for b in batches)

@@ -66,7 +66,8 @@ import numpy as np  # pylint: disable=wrong-import-position
 from cwgnc_jax import command_line  # pylint: disable=wrong-import-position
 from cwgnc_jax import models  # pylint: disable=wrong-import-position
 from cwgnc_jax.data import batching  # pylint: disable=wrong-import-position
-from cwgnc_jax.training import loop  # pylint: disable=wrong-import-position
+from cwgnc_jax.training import program as program_lib  # pylint: disable=wrong-import-position
+from cwgnc_jax.training import run as run_lib  # pylint: disable=wrong-import-position
 from host import describe  # pylint: disable=wrong-import-position
 
 try:
@@ -106,14 +107,14 @@ class Runner:
 
 
 class JaxRunner(Runner):
-  """This project's jitted step as ``train.py`` builds it (``loop.first_stage_program``),
+  """This project's jitted step as ``train.py`` builds it (``program.first_stage_program``),
   without the per-tensor gradient norms (``--config.diagnostics_every``), as PyTorch's
   loop computes none."""
 
-  def __init__(self, run: loop.Run, layout: str, num_batches: int):
+  def __init__(self, run: run_lib.Run, layout: str, num_batches: int):
     super().__init__(num_batches)
     self.name = f"jax {layout}"
-    program = loop.first_stage_program(run)
+    program = program_lib.first_stage_program(run)
     self.constants, self.train_step = program.constants, program.train_step
     self.batches = program.batches(num_batches, layout=layout)
     throwaway, seen = program.fresh_state(), set()
@@ -154,7 +155,7 @@ AUTOCAST = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float1
 class TorchRunner(Runner):
   """HF ``BertForSequenceClassification`` with the authors' per-tensor clip loop and AdamW."""
 
-  def __init__(self, run: loop.Run, padding: str, num_batches: int):
+  def __init__(self, run: run_lib.Run, padding: str, num_batches: int):
     super().__init__(num_batches)
     config, opt = run.config, run.config.optimizer
     self.name = f"torch {padding}"
@@ -188,7 +189,7 @@ class TorchRunner(Runner):
     del warm
 
   @staticmethod
-  def _optimizer(model: torch.nn.Module, run: loop.Run):
+  def _optimizer(model: torch.nn.Module, run: run_lib.Run):
     opt = run.config.optimizer
     optimizer = torch.optim.AdamW(decay_groups(model, opt.weight_decay), lr=opt.learning_rate,
                                   betas=(opt.b1, opt.b2), eps=opt.eps)
@@ -216,7 +217,7 @@ class TorchRunner(Runner):
 def bench_task(task: str, args: argparse.Namespace, rest: list[str]) -> dict:
   config, _ = command_line.train_config(["--config", args.config, f"--config.task={task}",
                                             *rest])
-  run = loop.prepare(config, tempfile.mkdtemp(prefix="bench_vs_torch_"))
+  run = run_lib.prepare(config, tempfile.mkdtemp(prefix="bench_vs_torch_"))
   runners: list[Runner] = [JaxRunner(run, "packed", args.steps),
                            TorchRunner(run, "pad-128", args.steps),
                            TorchRunner(run, "longest", args.steps)]

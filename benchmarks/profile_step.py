@@ -1,6 +1,6 @@
 """Where a training step's time goes: a ``jax.profiler`` trace summarised by op category.
 
-Builds the run exactly as ``train.py`` does (``loop.prepare``), takes the first ``--steps``
+Builds the run exactly as ``train.py`` does (``run.prepare``), takes the first ``--steps``
 batches of epoch 0, runs them once (compiling every batch shape), then traces them again
 with ``jax.profiler`` and sums, over every XLA:CPU thunk the trace records, its time by the
 category of the HLO instruction it ran (read from the compiled program's text: the
@@ -53,7 +53,8 @@ import jax  # pylint: disable=wrong-import-position
 
 from cwgnc_jax import command_line  # pylint: disable=wrong-import-position
 from cwgnc_jax import models  # pylint: disable=wrong-import-position
-from cwgnc_jax.training import loop  # pylint: disable=wrong-import-position
+from cwgnc_jax.training import program as program_lib  # pylint: disable=wrong-import-position
+from cwgnc_jax.training import run as run_lib  # pylint: disable=wrong-import-position
 from host import describe  # pylint: disable=wrong-import-position
 
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\S+) ([\w\-]+)\(")
@@ -151,8 +152,8 @@ def main(argv: list[str]) -> None:
   parser.add_argument("--keep-trace", default="", help="keep the trace in this folder")
   args, rest = parser.parse_known_args(argv)
   config, _ = command_line.train_config(["--config", args.config, *rest])
-  run = loop.prepare(config, tempfile.mkdtemp(prefix="profile_step_"))
-  program = loop.first_stage_program(run)
+  run = run_lib.prepare(config, tempfile.mkdtemp(prefix="profile_step_"))
+  program = program_lib.first_stage_program(run)
   state, constants, train_step = program.fresh_state(), program.constants, program.train_step
   batches = program.batches(args.steps)
   model_config = models.load_config(config.model)

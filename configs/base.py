@@ -18,6 +18,8 @@ from cwgnc_jax import metrics, methods
 
 def get_config() -> config_dict.ConfigDict:
   """Every key a run reads, at the paper's values (CWGNC on RTE)."""
+  # A new key that is not operational enters the run identity: its value before it existed
+  # goes in ``cwgnc_jax.identity.LATER_KEYS``, or every earlier run directory is refused.
   config = config_dict.ConfigDict()
   # What is trained, on what.
   config.model = "google-bert/bert-large-uncased"  # a short name, a folder or a hub id
@@ -78,7 +80,7 @@ def get_config() -> config_dict.ConfigDict:
   # Tokenized data (and compiled steps, below); None: $CWGNC_CACHE, else ~/.cache/cwgnc_jax.
   config.cache_dir = config_dict.placeholder(str)
   # Compiled steps kept in <cache_dir>/xla (or $JAX_COMPILATION_CACHE_DIR): a run whose batch
-  # shapes an earlier run compiled loads them (loop.use_compilation_cache); False: compile all.
+  # shapes an earlier run compiled loads them (run.use_compilation_cache); False: compile all.
   config.compilation_cache = True
   methods.apply(config, "cwgnc")
   return config

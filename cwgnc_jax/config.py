@@ -34,7 +34,6 @@ absl's process-wide registry, shared by every parse of one process (the study's 
 from __future__ import annotations
 
 import ast
-import copy
 import importlib.util
 import os
 import re
@@ -44,7 +43,7 @@ from typing import Any, Mapping, Sequence
 
 import ml_collections
 
-from cwgnc_jax import methods, metrics, optimizers, tasks, unfreezing
+from cwgnc_jax import identity, methods, metrics, optimizers, tasks, unfreezing
 from cwgnc_jax.models.bert import DROPOUT_BITS, GELU_FORMS, NOT_HF_FIELDS
 from cwgnc_jax.models.mixout import GRADIENTS as MIXOUT_GRADIENTS
 from cwgnc_jax.data import batching, glue
@@ -66,60 +65,14 @@ DTYPES = ("float32", "bfloat16", "float16")
 MAX_SEED = 2**32 - 1
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
-# Fields that change how a run is executed or saved, not what it computes: a run directory
-# may be resumed with other values of these.
-OPERATIONAL_KEYS = ("resume_step", "checkpoint_every", "keep_checkpoints", "log_every",
-                    "progress", "mesh", "distributed", "fsdp_min_size", "cache_dir",
-                    "compilation_cache", "diagnostics_every", "failure_rule")
-
 # The switches. None (``--config.keep_best=none``) would act as False without a word.
 BOOL_KEYS = ("keep_best", "cls_only_last_layer", "progress", "distributed", "compilation_cache")
-
-
-# Groups of keys added after runs were made, each with the key and value that turn it off: a
-# config.json written without the group was trained with it off (the same computation), so a
-# run directory of that age still resumes under a config that leaves it off.
-LATER_GROUPS = {"unfreezing": ("mode", "none"), "mixout": ("p", 0.0)}
-
-# Keys removed since runs were made: an older config.json or summary.json holds them, but
-# nothing ever read them (``optimizer.released_code`` marked the 'cwgnc_released' recipe,
-# whose other fields are what it computes). Readers of stored identities drop them
-# (``without_removed_keys``), so such a run resumes and its group compares as it did.
-REMOVED_KEYS = ("optimizer.released_code",)
-
-# Keys added after runs were made, with the value a config.json without them was trained
-# with: before ``optimizer.adam_form`` existed, bias-corrected Adam was optax's; before
-# ``row_length_step``, packed rows were always max_length long; before ``dropout_bits``,
-# dropout masks were jax.random.bernoulli's; before ``cls_only_last_layer``, the last layer
-# computed every token (the same logits but for float rounding); before ``gelu``, the GELU was
-# jax.nn.gelu's erfc form (the same function but for float rounding).
-LATER_KEYS = {"optimizer.adam_form": "optax", "row_length_step": 0, "dropout_bits": "threefry",
-              "cls_only_last_layer": False, "gelu": "erfc"}
-# Where a later key changes nothing, given a flat run identity ("group.key" -> value), a run
-# directory resumes whatever the key's value: BertAdam (no bias correction) computes the same
-# under either Adam form, padded rows are max_length long either way, and Mixout sets every
-# dropout rate to 0. A key not listed (cls_only_last_layer, gelu: rounding differs in every
-# config) always matters.
-LATER_KEYS_MOOT = {
-    "optimizer.adam_form": lambda flat: not flat.get("optimizer.bias_correction"),
-    "row_length_step": lambda flat: flat.get("layout") == "padded",
-    "dropout_bits": lambda flat: flat.get("mixout.p", 0.0) > 0,
-}
 
 
 def model_overrides(config: ml_collections.ConfigDict | dict) -> dict[str, Any]:
   """The ``BertConfig`` fields a run's config chooses (``models.bert.NOT_HF_FIELDS``: dropout's
   bits, the [CLS]-only last layer, the GELU's form), as that run was trained with them."""
-  return {key: later_key(config, key) for key in NOT_HF_FIELDS}
-
-
-def later_key(config: ml_collections.ConfigDict | dict, key: str) -> Any:
-  """``config``'s value of a ``LATER_KEYS`` key (dotted), or, where the config predates the
-  key, the value its runs were trained with."""
-  *groups, name = key.split(".")
-  for group in groups:
-    config = config.get(group, {})
-  return config.get(name, LATER_KEYS[key])
+  return {key: identity.later_key(config, key) for key in NOT_HF_FIELDS}
 
 
 class ConfigError(ValueError):
@@ -395,9 +348,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _positive_int(config, "checkpoint_every", zero_ok=True)
   if "row_length_step" in config:
     _positive_int(config, "row_length_step", zero_ok=True)
-  _require(later_key(config, "gelu") in GELU_FORMS,
+  _require(identity.later_key(config, "gelu") in GELU_FORMS,
            f"unknown config.gelu {config.get('gelu')!r}; valid: {', '.join(GELU_FORMS)}")
-  _require(later_key(config, "dropout_bits") in DROPOUT_BITS,
+  _require(identity.later_key(config, "dropout_bits") in DROPOUT_BITS,
            f"unknown config.dropout_bits {config.get('dropout_bits')!r}; valid: "
            f"{', '.join(DROPOUT_BITS)}")
   if "fsdp_min_size" in config:
@@ -452,24 +405,3 @@ def check_devices(config: ml_collections.ConfigDict, num_devices: int) -> None:
   for key in ("batch_size", "eval_batch_size"):
     _require(config[key] % num_devices == 0,
              f"config.{key}={config[key]} is not divisible by the {num_devices} devices")
-
-
-def without_removed_keys(identity: dict[str, Any]) -> dict[str, Any]:
-  """A stored run identity (nested, as config.json holds it) without ``REMOVED_KEYS``."""
-  identity = copy.deepcopy(identity)
-  for key in REMOVED_KEYS:
-    *groups, name = key.split(".")
-    values = identity
-    for group in groups:
-      values = values.get(group) if isinstance(values, dict) else None
-    if isinstance(values, dict):
-      values.pop(name, None)
-  return identity
-
-
-def run_identity(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """The config as a dict without the operational keys: what a resumed run must match."""
-  values = config.to_dict()
-  for key in OPERATIONAL_KEYS:
-    values.pop(key, None)
-  return values

@@ -2,7 +2,7 @@
 
 A run directory (``train.py --workdir``, a study's ``<group>/seed_<s>/``) holds::
 
-  config.json      what the run computes (``config.run_identity``)
+  config.json      what the run computes (``identity.run_identity``)
   metrics.jsonl    one line per logged step and per evaluation
   tb/              TensorBoard events
   grad_norms.npz   per-tensor gradient norms (``diagnostics.GradientNormLog``)

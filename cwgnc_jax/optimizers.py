@@ -222,7 +222,8 @@ def cwgnc(
 # -- Recipes and the config-driven builder. ----------------------------------------------
 
 # Devlin et al.'s BertAdam fields (SPEC section 2), the base of every Table 1 row. None: a
-# float that is off unless set (a ``config_dict.placeholder(float)`` in the config).
+# float that is off unless set (a ``config_dict.placeholder(float)`` in the config). A new
+# field enters the run identity: its value before it existed goes in ``identity.LATER_KEYS``.
 _DEVLIN = MappingProxyType(dict(
     learning_rate=2e-5,
     b1=0.9,

@@ -1,7 +1,7 @@
 """A finished training run read back from its directory: its config, task, model and result.
 
 A run directory (``train.py --workdir DIR``, or a study's ``seed_<s>/``) holds ``config.json``
-(the run's config, ``config.run_identity``), ``results.json`` (written when the run ends) and
+(the run's config, ``identity.run_identity``), ``results.json`` (written when the run ends) and
 ``checkpoints/<step>/`` (``training/checkpoint.py``). The result parameters are the ones
 ``results.json`` scored: with ``result == 'final'`` the TrainState's parameters in the
 checkpoint of the run's last step, with ``'best'`` (``keep_best``) the ``best`` item of that

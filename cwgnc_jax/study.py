@@ -16,7 +16,7 @@ group is the config name followed by its overrides, e.g.
 ``--config.diagnostics_every`` leave it unchanged; ``--config.seed`` is refused: the seeds
 come from ``--seeds``).
 
-The seeds train one after the other and share their jitted steps (``loop.steps_key``), so
+The seeds train one after the other and share their jitted steps (``program.steps_key``), so
 each batch shape is compiled once per process, not once per seed. ``--seeds-per-program K``
 trains K seeds at a time as one program instead (``loop.train_seeds``: the step vmapped over
 the seeds); ``--config.mesh.seeds=G`` splits them over G groups of devices (K a multiple of
@@ -56,8 +56,9 @@ import numpy as np
 from tqdm import tqdm
 
 from cwgnc_jax import command_line, config as config_lib
-from cwgnc_jax import files, metrics
-from cwgnc_jax.training import checkpoint, loop, preemption
+from cwgnc_jax import files, identity, metrics
+from cwgnc_jax.training import checkpoint, loop, preemption, rundir
+from cwgnc_jax.training import run as run_lib
 
 ConfigError = config_lib.ConfigError
 
@@ -137,7 +138,7 @@ def group_overrides(config: ml_collections.ConfigDict,
   """The overrides that change what a run computes, by key, with their resolved values
   (``1e-4`` and ``0.0001`` are one value); operational keys are left out."""
   keys = sorted({key for key, _ in overrides
-                 if key.split(".")[0] not in config_lib.OPERATIONAL_KEYS})
+                 if key.split(".")[0] not in identity.OPERATIONAL_KEYS})
   return {key: _value(config, key) for key in keys}
 
 
@@ -175,8 +176,8 @@ def summarize(group: str, config_arg: str, overrides: dict[str, Any],
   seed's results.json was written under, so every seed of a summary is judged alike.
   """
   done = [results[seed] for seed in seeds if seed in results]
-  identity = config_lib.run_identity(config)
-  identity.pop("seed")
+  group_identity = identity.run_identity(config)
+  group_identity.pop("seed")
   majority = done[0]["majority_score"] if done else None
   threshold = lambda r: metrics.failure_threshold(config.task, config.failure_rule,
                                                   r["majority_score"])
@@ -194,7 +195,7 @@ def summarize(group: str, config_arg: str, overrides: dict[str, Any],
       "failure_threshold": threshold(done[0]) if done else None,
       "seeds": list(seeds), "finished": len(done),
       **aggregate([r["score"] for r in runs], [r["failed"] for r in runs]),
-      "failed_runs": sum(r["failed"] for r in runs), "runs": runs, "config": identity,
+      "failed_runs": sum(r["failed"] for r in runs), "runs": runs, "config": group_identity,
   }
 
 
@@ -239,8 +240,8 @@ def open_group(config_arg: str, overrides: Sequence[tuple[str, str]], seeds: Seq
   for seed in sorted(set(seeds) | set(earlier)):
     configs[seed] = config.copy_and_resolve_references()
     configs[seed].seed = seed
-    loop.check_run_dir(files.seed_dir(folder, seed), configs[seed])
-    loop.check_resume_step(files.seed_dir(folder, seed), configs[seed])
+    rundir.check_run_dir(files.seed_dir(folder, seed), configs[seed])
+    rundir.check_resume_step(files.seed_dir(folder, seed), configs[seed])
   return Group(config, values, name, folder, configs, earlier)
 
 
@@ -258,7 +259,7 @@ def run_study(config_arg: str, overrides: Sequence[tuple[str, str]], seeds: Sequ
   opened = open_group(config_arg, overrides, seeds, out)
   config, values, group, group_dir = opened.config, opened.values, opened.name, opened.folder
   configs = opened.configs
-  loop.use_compilation_cache(config)
+  run_lib.use_compilation_cache(config)
   seeds_axis = config.mesh.get("seeds", 1)
   if seeds_per_program % seeds_axis:
     raise ConfigError(f"--seeds-per-program {seeds_per_program} does not split over "
@@ -272,17 +273,17 @@ def run_study(config_arg: str, overrides: Sequence[tuple[str, str]], seeds: Sequ
   results = {seed: read_results(group_dir, seed) for seed in opened.earlier}
   every_seed = sorted(configs)
 
-  main = loop.is_main_process()
+  main = rundir.is_main_process()
   steps_cache: dict[str, Any] = {}
 
-  def prepare(seed: int) -> loop.Run:
+  def prepare(seed: int) -> run_lib.Run:
     try:
-      return loop.prepare(configs[seed], files.seed_dir(group_dir, seed))
+      return run_lib.prepare(configs[seed], files.seed_dir(group_dir, seed))
     except (ValueError, OSError) as e:  # missing files, bad data or weights
       raise ConfigError(f"seed {seed}: {e}") from e
 
   def start(seed: int) -> int:
-    return loop.start_step(files.seed_dir(group_dir, seed), configs[seed])
+    return rundir.start_step(files.seed_dir(group_dir, seed), configs[seed])
 
   def held(seed: int) -> bool:
     return files.is_locked(files.seed_dir(group_dir, seed))

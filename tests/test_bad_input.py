@@ -18,7 +18,7 @@ import jax
 import pytest
 
 from cwgnc_jax import config as config_lib
-from cwgnc_jax import command_line
+from cwgnc_jax import command_line, identity
 
 REPO = Path(__file__).resolve().parent.parent
 NUM_DEVICES = jax.device_count()
@@ -49,7 +49,7 @@ def inputs(tmp_path, tiny_bert_dir, tiny_rte_dir) -> dict[str, Path]:
              "cache": tmp_path / "cache", "run": tmp_path / "run"}
   config, _ = command_line.train_config(args(folders))
   (folders["run"] / "checkpoints" / "2").mkdir(parents=True)
-  (folders["run"] / "config.json").write_text(json.dumps(config_lib.run_identity(config)))
+  (folders["run"] / "config.json").write_text(json.dumps(identity.run_identity(config)))
   (folders["run"] / "metrics.jsonl").write_text('{"step": 1, "loss": 0.69}\n')
   (folders["run"] / "checkpoints" / "2" / "state").write_text("an earlier checkpoint")
   return folders
@@ -196,11 +196,11 @@ def test_a_config_file_that_fails_is_named(train_main, capsys, tmp_path, text, m
 
 
 def test_a_metrics_log_keeps_only_well_formed_records_up_to_the_resumed_step(tmp_path):
-  from cwgnc_jax.training import loop  # pylint: disable=import-outside-toplevel
+  from cwgnc_jax.training import rundir  # pylint: disable=import-outside-toplevel
   lines = ['{"step": 1, "loss": 0.7}', "5", '{"loss": 0.6}', '{"step": "2"}',
            '{"step": 3, "loss": 0.5}', '{"step": 4, "loss": 0.4}', '{"step": 5, "lo']
   (tmp_path / "metrics.jsonl").write_text("\n".join(lines))
-  log = loop.MetricsLog(tmp_path, 3, True)
+  log = rundir.MetricsLog(tmp_path, 3, True)
   log.close()
   assert (tmp_path / "metrics.jsonl").read_text() == f"{lines[0]}\n{lines[4]}\n"
 

@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from cwgnc_jax import config as config_lib
-from cwgnc_jax import command_line
-from cwgnc_jax import methods, unfreezing
+from cwgnc_jax import command_line, identity, methods, unfreezing
 from cwgnc_jax.config import ConfigError
 
 TASKS = ("rte", "mrpc", "cola")
@@ -215,18 +214,18 @@ def test_values_of_the_wrong_type_are_named_in_one_line(override, message):
 def test_a_run_directory_from_before_a_removed_key_resumes(tmp_path):
   """A config.json holding ``optimizer.released_code`` (removed: nothing read it) resumes, with
   either value it was written with; any other difference is still refused."""
-  from cwgnc_jax.training import loop  # pylint: disable=import-outside-toplevel
+  from cwgnc_jax.training import rundir  # pylint: disable=import-outside-toplevel
   for method, released in (("cwgnc_released", True), ("cwgnc", False)):
     config = config_lib.apply_overrides(config_lib.load("rte_cwgnc"), [("method", method)])
     assert "released_code" not in config.optimizer
-    older = config_lib.run_identity(config)
+    older = identity.run_identity(config)
     older["optimizer"]["released_code"] = released
     (tmp_path / "config.json").write_text(json.dumps(older))
-    loop.check_run_dir(tmp_path, config)
+    rundir.check_run_dir(tmp_path, config)
     older["optimizer"]["eps"] = 1e-7
     (tmp_path / "config.json").write_text(json.dumps(older))
     with pytest.raises(ConfigError, match=r"differs in optimizer\.eps\)"):
-      loop.check_run_dir(tmp_path, config)
+      rundir.check_run_dir(tmp_path, config)
 
 
 def test_the_seed_range_is_where_jax_keys_are_distinct():
@@ -281,6 +280,6 @@ def test_run_identity_leaves_out_operational_keys():
   other = config_lib.apply_overrides(config, [("resume_step", "3"), ("checkpoint_every", "7"),
                                               ("mesh.fsdp", "2"), ("progress", "false"),
                                               ("failure_rule", "released")])
-  assert config_lib.run_identity(config) == config_lib.run_identity(other)
+  assert identity.run_identity(config) == identity.run_identity(other)
   seeded = config_lib.apply_overrides(config, [("seed", "2")])
-  assert config_lib.run_identity(config) != config_lib.run_identity(seeded)
+  assert identity.run_identity(config) != identity.run_identity(seeded)

@@ -17,6 +17,8 @@ from cwgnc_jax import command_line
 from cwgnc_jax import diagnostics, files, methods, optimizers, paths
 from cwgnc_jax.models import bert
 from cwgnc_jax.training import loop
+from cwgnc_jax.training import program as program_lib
+from cwgnc_jax.training import run as run_lib
 from cwgnc_jax.training import step as step_lib
 
 
@@ -236,7 +238,7 @@ def test_run_with_diagnostics_gives_identical_results_and_params(tiny_bert_dir, 
   results = {}
   for every in (0, 3):
     config = _tiny_config(tiny_bert_dir, tiny_rte_dir, f"--config.diagnostics_every={every}")
-    results[every] = loop.train(loop.prepare(config, tmp_path / f"every{every}"))
+    results[every] = loop.train(run_lib.prepare(config, tmp_path / f"every{every}"))
   strip = lambda r: {k: v for k, v in r.items() if k != "timings"}
   assert_same_up_to_rounding(strip(results[0]), strip(results[3]))
   stored_on = json.loads((tmp_path / "every3" / "results.json").read_text())
@@ -256,7 +258,7 @@ def test_run_with_diagnostics_gives_identical_results_and_params(tiny_bert_dir, 
   evals = results[3]["evaluations"]
   assert [e["step"] for e in evals] == [4, 8]
   assert set(evals[0]["drift"]) == {"embeddings", "encoder/layers/0", "encoder/layers/1", "head"}
-  pretrained = loop.prepare(_tiny_config(tiny_bert_dir, tiny_rte_dir), tmp_path / "x").params
+  pretrained = run_lib.prepare(_tiny_config(tiny_bert_dir, tiny_rte_dir), tmp_path / "x").params
   expected = diagnostics.layer_drift(_final_params(tmp_path / "every3"), pretrained)
   for layer, values in expected.items():
     assert evals[-1]["drift"][layer] == pytest.approx(values, rel=1e-12)
@@ -273,19 +275,19 @@ def test_run_with_diagnostics_gives_identical_results_and_params(tiny_bert_dir, 
 
 @pytest.mark.real
 def test_the_benchmarks_program_is_the_loops_step(tiny_bert_dir, tiny_rte_dir, tmp_path):
-  """``loop.first_stage_program`` (what the benchmarks time and profile) driven by hand over
+  """``program.first_stage_program`` (what the benchmarks time and profile) driven by hand over
   the run's 8 batches ends at the parameters ``loop.train`` ends at, bit for bit, and its
   eval step gives the run's last evaluation; with diagnostics, its gradient norms at steps 3
   and 6 are the ones the run stored."""
   config = _tiny_config(tiny_bert_dir, tiny_rte_dir, "--config.diagnostics_every=3")
-  results = loop.train(loop.prepare(config, tmp_path / "run"))
+  results = loop.train(run_lib.prepare(config, tmp_path / "run"))
   stored = diagnostics.read_gradient_norms(tmp_path / "run" / files.GRAD_NORMS_FILE)
-  run = loop.prepare(config, tmp_path / "by_hand")
+  run = run_lib.prepare(config, tmp_path / "by_hand")
   batches = [batch for epoch in (0, 1)
-             for batch in loop.epoch_batches(run, epoch, row_multiple=run.num_devices)]
+             for batch in run_lib.epoch_batches(run, epoch, row_multiple=run.num_devices)]
   assert len(batches) == 8
   for with_norms in (False, True):
-    program = loop.first_stage_program(run, diagnostics=with_norms)
+    program = program_lib.first_stage_program(run, diagnostics=with_norms)
     state, norms = program.fresh_state(), []
     for batch in batches:
       state, step_metrics = program.train_step(state, step_lib.put_batch(batch, program.mesh),

@@ -1,7 +1,7 @@
 """The train and eval programs lower for GPU (``cuda``) and TPU on this CPU-only host.
 
 No accelerator is at hand where the suite runs, so this is what keeps the programs
-compilable there. The programs ``train.py`` builds for fine-tuning (``loop.Stages``: the
+compilable there. The programs ``train.py`` builds for fine-tuning (``program.Stages``: the
 train step with per-tensor gradient norms in float32 and in bfloat16, alone and
 seed-stacked, and the eval step) are traced on abstract arrays and lowered to StableHLO for
 each platform (``Traced.lower(lowering_platforms=...)``); nothing is compiled or run. The
@@ -32,7 +32,8 @@ from cwgnc_jax import config as config_lib
 from cwgnc_jax import tasks
 from cwgnc_jax.data import glue
 from cwgnc_jax.models import bert
-from cwgnc_jax.training import loop
+from cwgnc_jax.training import program as program_lib
+from cwgnc_jax.training import run as run_lib
 from cwgnc_jax.training import step as step_lib
 
 PLATFORMS = ("cuda", "tpu")
@@ -49,7 +50,7 @@ ROW_MAJOR_ON_CPU = {"float32": 0,
                     "bfloat16": 2 * (6 * BERT_LARGE_WIDTH["num_hidden_layers"] + 2) - 1}
 
 
-def _run(dtype: str, seed: int) -> loop.Run:
+def _run(dtype: str, seed: int) -> run_lib.Run:
   """A run of the rte_cwgnc config in ``dtype`` on the abstract model, without data."""
   config = config_lib.load("rte_cwgnc")
   config.dtype, config.seed = dtype, seed
@@ -60,7 +61,7 @@ def _run(dtype: str, seed: int) -> loop.Run:
   no_tokens = np.zeros(0, np.int32)
   examples = glue.TokenizedSplit(no_tokens, no_tokens, np.zeros(TRAIN_EXAMPLES + 1, np.int64),
                                  np.zeros(TRAIN_EXAMPLES, np.int32))
-  return loop.Run(config, Path("unused"), tasks.get_task("rte"), examples, examples, params,
+  return run_lib.Run(config, Path("unused"), tasks.get_task("rte"), examples, examples, params,
                   constants, bert.apply_fn(graphdef), num_devices=1, majority_score=0.0)
 
 
@@ -84,11 +85,11 @@ def _batch(seeds: int) -> dict[str, jax.ShapeDtypeStruct]:
 @pytest.fixture(scope="module", params=[("float32", 1), ("bfloat16", 1), ("float32", 2),
                                         ("bfloat16", 2)], ids=lambda p: f"{p[0]}-{p[1]}seeds")
 def programs(request):
-  """``(dtype, train, eval)``: the traced train and eval steps of ``loop.Stages`` for one
+  """``(dtype, train, eval)``: the traced train and eval steps of ``program.Stages`` for one
   seed or two stacked (vmapped), with per-tensor gradient norms."""
   dtype, seeds = request.param
   runs = [_run(dtype, seed) for seed in range(1, seeds + 1)]
-  stages = loop.Stages(runs, step_lib.make_mesh(1, 1, jax.devices()[:1]), "", {},
+  stages = program_lib.Stages(runs, step_lib.make_mesh(1, 1, jax.devices()[:1]), "", {},
                        diagnostics=True)
   stage = stages.all[0]
   shardings = stages.shardings(stage)

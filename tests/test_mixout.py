@@ -13,11 +13,13 @@ import pytest
 from flax import nnx
 
 from cwgnc_jax import config as config_lib
-from cwgnc_jax import command_line
-from cwgnc_jax import methods, optimizers
+from cwgnc_jax import command_line, identity, methods, optimizers
 from cwgnc_jax.data import batching, glue
 from cwgnc_jax.models import bert, loading, mixout
 from cwgnc_jax.training import loop
+from cwgnc_jax.training import program as program_lib
+from cwgnc_jax.training import run as run_lib
+from cwgnc_jax.training import rundir
 from cwgnc_jax.training import step as step_lib
 
 IN, OUT = 64, 8
@@ -152,10 +154,10 @@ def test_run_dirs_from_before_the_mixout_and_unfreezing_keys_still_resume(tmp_pa
   """A config.json without the ``mixout`` and ``unfreezing`` groups was trained with both
   off: it matches a config with both off, and not one that turns either on."""
   config = config_lib.load("rte_cwgnc")
-  older = config_lib.run_identity(config)
+  older = identity.run_identity(config)
   del older["mixout"], older["unfreezing"]
   (tmp_path / "config.json").write_text(json.dumps(older))
-  loop.check_run_dir(tmp_path, config)
+  rundir.check_run_dir(tmp_path, config)
   for key, value, differ in (("mixout", {"p": 0.5, "gradient": "reference"},
                               "mixout.gradient, mixout.p"),
                              ("unfreezing", {"mode": "gu", "iterations": None,
@@ -164,7 +166,7 @@ def test_run_dirs_from_before_the_mixout_and_unfreezing_keys_still_resume(tmp_pa
     other = config.copy_and_resolve_references()
     other[key] = value
     with pytest.raises(config_lib.ConfigError, match=f"differs in {differ}\\)"):
-      loop.check_run_dir(tmp_path, other)
+      rundir.check_run_dir(tmp_path, other)
 
 
 def test_mixout_config_trains_through_the_loop(tiny_bert_dir, tiny_rte_dir, tmp_path):
@@ -175,7 +177,7 @@ def test_mixout_config_trains_through_the_loop(tiny_bert_dir, tiny_rte_dir, tmp_
       f"--config.glue_dir={tiny_rte_dir}", "--config.batch_size=8",
       "--config.eval_batch_size=8", "--config.train_limit=16", "--config.num_epochs=1",
       "--config.layout=padded", "--config.progress=false"])
-  model = loop.load_model(config, 2)
+  model = run_lib.load_model(config, 2)
   assert isinstance(model.classifier, mixout.MixoutLinear) and model.classifier.p == 0.9
   assert isinstance(model.encoder.layers[1].attention.value, mixout.MixoutLinear)
   assert (model.config.hidden_dropout_prob, model.config.attention_probs_dropout_prob,
@@ -183,7 +185,7 @@ def test_mixout_config_trains_through_the_loop(tiny_bert_dir, tiny_rte_dir, tmp_
   plain = loading.from_pretrained(str(tiny_bert_dir), 2, seed=1)
   np.testing.assert_array_equal(model.encoder.layers[1].attention.value.target[...],
                                 plain.encoder.layers[1].attention.value.kernel[...])
-  run = loop.prepare(config, tmp_path / "run")
+  run = run_lib.prepare(config, tmp_path / "run")
   results = loop.train(run)
   assert (results["method"], results["steps"], results["skipped_steps"]) == ("mixout", 2, 0)
   # Mosbach et al.'s evaluation: 3 per epoch (steps 1, 2, 2 of a 2-step epoch: 2 distinct),
@@ -212,12 +214,12 @@ def test_mixout_seeds_share_one_compiled_step_that_takes_the_targets(tiny_bert_d
         f"--config.glue_dir={tiny_rte_dir}", "--config.batch_size=8",
         "--config.eval_batch_size=8", "--config.train_limit=16", "--config.num_epochs=1",
         "--config.layout=padded", "--config.progress=false", f"--config.seed={seed}"])
-    return loop.prepare(config, tmp_path / name)
+    return run_lib.prepare(config, tmp_path / name)
 
   first, second = run(1, "first"), run(2, "second")
   assert not np.array_equal(first.constants["classifier"]["target"][...],
                             second.constants["classifier"]["target"][...])
-  assert loop.steps_key(first, (1, 1), True) == loop.steps_key(second, (1, 1), True)
+  assert program_lib.steps_key(first, (1, 1), True) == program_lib.steps_key(second, (1, 1), True)
   shared: dict = {}
   loop.train(first, shared)
   together = loop.train(second, shared)
@@ -264,7 +266,7 @@ def test_real_minilm_mixout_targets_and_steps(minilm_dir, glue_dir):
 
   tokenizer = loading.load_tokenizer(str(minilm_dir))
   data = glue.load_tokenized("rte", "train", tokenizer, source=str(glue_dir), max_length=128)
-  batch = next(iter(batching.train_batches(loop.head(data, 16), 16, seed=0, epoch=0,
+  batch = next(iter(batching.train_batches(run_lib.head(data, 16), 16, seed=0, epoch=0,
                                            layout="packed", max_length=128)))
   batch = {k: jnp.asarray(v) for k, v in batch.items()}
   apply = bert.apply_fn(graphdef)

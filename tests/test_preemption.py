@@ -51,6 +51,7 @@ import jax
 import orbax.checkpoint as ocp
 from cwgnc_jax import files
 from cwgnc_jax.training import checkpoint, loop
+from cwgnc_jax.training import program as program_lib
 
 action, point, n, *code = os.environ["CWGNC_TEST_AT"].split(":")
 n, calls = int(n), {"count": 0}
@@ -73,14 +74,14 @@ def os_error(path):
   return OSError(number, os.strerror(number), str(path))
 
 if point == "step":
-  jitted = loop.Stages.train_step
+  jitted = program_lib.Stages.train_step
   def train_step(self, stage):
     step = jitted(self, stage)
     def wrapped(*args):
       hit()
       return step(*args)
     return wrapped
-  loop.Stages.train_step = train_step
+  program_lib.Stages.train_step = train_step
 elif point == "evaluate":
   evaluate = loop.evaluate
   def wrapped(*args):

@@ -52,7 +52,7 @@ def test_the_scored_parameters_are_loaded(tiny_rte_run, tmp_path):
 @pytest.mark.real
 def test_the_model_computes_as_the_run_did(tiny_rte_run, tmp_path):
   """The run's model choices reach the loaded model: the run's own values, and for a
-  config.json from before a key, the value it was trained with (``config.LATER_KEYS``)."""
+  config.json from before a key, the value it was trained with (``identity.LATER_KEYS``)."""
   run = saved_run.open_run(copy_run(tiny_rte_run, tmp_path / "run"))
   assert run.config["cls_only_last_layer"] is True and run.config["dropout_bits"] == "hash"
   model_config = saved_run.load_model(run).config

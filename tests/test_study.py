@@ -20,6 +20,7 @@ from cwgnc_jax import config as config_lib
 from cwgnc_jax import files, study
 from cwgnc_jax.report import publish
 from cwgnc_jax.training import loop
+from cwgnc_jax.training import run as run_lib
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -234,7 +235,7 @@ def test_a_seed_taken_while_its_program_prepares_leaves_the_others_to_train(
   """Seeds 1-3 as one program; another process takes seed 2's lock while the program is
   being prepared. The study leaves seed 2 to it and trains seeds 1 and 3 in the next round."""
   overrides = _tiny_overrides(tiny_bert_dir, tiny_rte_dir)
-  prepare, taken = loop.prepare, contextlib.ExitStack()
+  prepare, taken = run_lib.prepare, contextlib.ExitStack()
 
   def another_process_takes_seed_2(config, workdir):
     if config.seed == 2 and not workdir.exists():
@@ -242,7 +243,7 @@ def test_a_seed_taken_while_its_program_prepares_leaves_the_others_to_train(
       taken.enter_context(files.locked(workdir))  # another open file: flock refuses us
     return prepare(config, workdir)
 
-  monkeypatch.setattr(loop, "prepare", another_process_takes_seed_2)
+  monkeypatch.setattr(run_lib, "prepare", another_process_takes_seed_2)
   with taken:
     summary = study.run_study("demo", overrides, [1, 2, 3], tmp_path, seeds_per_program=3)
   assert [r["seed"] for r in summary["runs"]] == [1, 3]

@@ -34,10 +34,11 @@ from flax import nnx
 from jax.experimental.compilation_cache import compilation_cache as jax_cache
 
 from cwgnc_jax import config as config_lib
-from cwgnc_jax import command_line
-from cwgnc_jax import files, methods, optimizers
+from cwgnc_jax import command_line, files, identity, methods, optimizers
 from cwgnc_jax.models import bert, mixout
 from cwgnc_jax.training import loop
+from cwgnc_jax.training import run as run_lib
+from cwgnc_jax.training import rundir
 from cwgnc_jax.training import step as step_lib
 
 REPO = Path(__file__).resolve().parent.parent
@@ -221,7 +222,7 @@ def test_eval_points_and_best_index():
   assert loop.eval_steps(6, 2, 1) == {6, 12}
   assert loop.eval_steps(6, 2, 3) == {2, 4, 6, 8, 10, 12}
   assert loop.eval_steps(5, 1, 2) == {3, 5}
-  assert loop.best_index([{"score": 1.0}, {"score": 3.0}, {"score": 3.0}]) == 1
+  assert rundir.best_index([{"score": 1.0}, {"score": 3.0}, {"score": 3.0}]) == 1
 
 
 # -- Whole runs. ---------------------------------------------------------------------------
@@ -463,27 +464,27 @@ def test_run_dirs_from_before_a_later_key_resume_with_its_old_value(tmp_path, ke
   max_length; jax.random.bernoulli's masks; every token through the last layer): it resumes
   with that value and is refused, naming the key, with today's default; where the key changes
   nothing (padded rows; Mixout, whose dropout rates are all 0) the default resumes it too."""
-  assert config_lib.LATER_KEYS[key] == old
+  assert identity.LATER_KEYS[key] == old
   config = config_lib.load("rte_cwgnc")
   assert config[key] == default
-  older = config_lib.run_identity(config)
+  older = identity.run_identity(config)
   del older[key]
   (tmp_path / "config.json").write_text(json.dumps(older))
   with pytest.raises(config_lib.ConfigError, match=rf"differs in {key}\)"):
-    loop.check_run_dir(tmp_path, config)
-  assert config_lib.later_key(ml_collections.ConfigDict(older), key) == old
+    rundir.check_run_dir(tmp_path, config)
+  assert identity.later_key(ml_collections.ConfigDict(older), key) == old
   with_old = config.copy_and_resolve_references()
   with_old[key] = old
-  loop.check_run_dir(tmp_path, with_old)
+  rundir.check_run_dir(tmp_path, with_old)
   if unaffected is None:
     return
   name, overrides = unaffected
   config = config_lib.load(name)
   config.update(overrides)
-  older = config_lib.run_identity(config)
+  older = identity.run_identity(config)
   del older[key]
   (tmp_path / "config.json").write_text(json.dumps(older))
-  loop.check_run_dir(tmp_path, config)
+  rundir.check_run_dir(tmp_path, config)
 
 
 @pytest.mark.parametrize("method", ["demo", "rte_mixout"])
@@ -495,7 +496,7 @@ def test_the_run_model_draws_the_configs_dropout_bits_and_last_layer(method):
   for bits, cls_only in (("hash", True), ("threefry", True), ("hash", False)):
     config = config_lib.load(method)
     config.model, config.dropout_bits, config.cls_only_last_layer = "minilm-l6", bits, cls_only
-    models_by[bits, cls_only] = loop.load_model(config, 2)
+    models_by[bits, cls_only] = run_lib.load_model(config, 2)
     assert models_by[bits, cls_only].config.dropout_bits == bits
     assert models_by[bits, cls_only].config.cls_only_last_layer is cls_only
   rows, length = 2, 16  # two padded examples of 16 tokens
@@ -517,7 +518,7 @@ def test_the_run_model_draws_the_configs_dropout_bits_and_last_layer(method):
   # config.gelu reaches the model too: jax.nn.gelu's form gives the same logits up to rounding.
   config = config_lib.load(method)
   config.model, config.gelu = "minilm-l6", "erfc"
-  erfc = loop.load_model(config, 2)
+  erfc = run_lib.load_model(config, 2)
   assert (erfc.config.gelu, hashed.config.gelu) == ("erfc", "erf")
   np.testing.assert_allclose(erfc(batch), hashed(batch), rtol=1e-5, atol=1e-6)
   assert not np.array_equal(erfc(batch), hashed(batch))
@@ -686,14 +687,14 @@ def test_compilation_cache_takes_effect_in_a_process_that_compiled_before(tmp_pa
     jax_cache.reset_cache()
     jax.jit(lambda x: x + 1)(1.0)  # the process reads the cache settings: no folder
     config.cache_dir = str(tmp_path)
-    assert loop.use_compilation_cache(config) == tmp_path / "xla"
+    assert run_lib.use_compilation_cache(config) == tmp_path / "xla"
     assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xla")
     jax.jit(lambda x: x * 3 - 2)(jnp.arange(7.0))
     assert any((tmp_path / "xla").iterdir())
     config.cache_dir = str(tmp_path / "other")  # a folder JAX already has stays
-    assert loop.use_compilation_cache(config) == tmp_path / "xla"
+    assert run_lib.use_compilation_cache(config) == tmp_path / "xla"
     config.compilation_cache = False
-    assert loop.use_compilation_cache(config) is None
+    assert run_lib.use_compilation_cache(config) is None
     assert jax.config.jax_enable_compilation_cache is False
     kept = set((tmp_path / "xla").iterdir())
     jax.jit(lambda x: x * 5 - 4)(jnp.arange(7.0))

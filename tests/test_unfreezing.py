@@ -25,7 +25,7 @@ from cwgnc_jax import config as config_lib
 from cwgnc_jax import command_line
 from cwgnc_jax import adam, methods, optimizers, paths, unfreezing
 from cwgnc_jax.models import bert
-from cwgnc_jax.training import loop
+from cwgnc_jax.training import run as run_lib
 from cwgnc_jax.training import step as step_lib
 
 REPO = Path(__file__).resolve().parent.parent
@@ -113,7 +113,7 @@ def test_more_iterations_than_layers_is_a_config_error(tiny_bert_dir, tiny_rte_d
       f"--config.glue_dir={tiny_rte_dir}", "--config.unfreezing.iterations=4"])
   with pytest.raises(config_lib.ConfigError, match=r"config.unfreezing.iterations=4 exceeds "
                      r"the model's 2 layers \+ 1 \(the embeddings, unfrozen last\)"):
-    loop.prepare(config, tmp_path / "run")
+    run_lib.prepare(config, tmp_path / "run")
   assert not (tmp_path / "run").exists()
 
 

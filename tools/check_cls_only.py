@@ -28,7 +28,7 @@ from flax import nnx
 from cwgnc_jax import command_line
 from cwgnc_jax import models
 from cwgnc_jax.models import bert
-from cwgnc_jax.training import loop
+from cwgnc_jax.training import run as run_lib
 
 
 def loss_and_grad(graph: nnx.GraphDef, constants):
@@ -69,14 +69,14 @@ def main() -> None:
   parser.add_argument("--batches", type=int, default=2, help="real RTE batches compared")
   args = parser.parse_args()
   config, _ = command_line.train_config(["--config", "demo"])
-  run = loop.prepare(config, tempfile.mkdtemp(prefix="check_cls_only_"))
+  run = run_lib.prepare(config, tempfile.mkdtemp(prefix="check_cls_only_"))
   graph_of = lambda c: models.split_params(bert.BertForSequenceClassification(
       c, run.task.num_labels, rngs=nnx.Rngs(0)))[0]
   base = models.load_config(config.model)
   steps = {cls_only: loss_and_grad(
       graph_of(dataclasses.replace(base, cls_only_last_layer=cls_only)), run.constants)
            for cls_only in (True, False)}
-  for batch in itertools.islice(loop.epoch_batches(run, 0, row_multiple=1), args.batches):
+  for batch in itertools.islice(run_lib.epoch_batches(run, 0, row_multiple=1), args.batches):
     batch = {k: jnp.asarray(v) for k, v in batch.items()}
     (loss_cls, grads_cls), (loss_all, grads_all) = (steps[c](run.params, batch,
                                                              jax.random.key(3))

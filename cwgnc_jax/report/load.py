@@ -14,8 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from cwgnc_jax import config as config_lib
-from cwgnc_jax import files, methods, metrics, tasks
+from cwgnc_jax import files, identity, methods, metrics, tasks
 
 GU_NAMES = {"gu": "GU", "gu_restart": "GU (restart)"}
 # Overrides that say where the data is, not what is computed: never part of a row name.
@@ -103,11 +102,12 @@ class Group:
   def config(self) -> dict[str, Any]:
     """The group's run identity; keys removed since it was written are dropped, so groups of
     any age compare alike."""
-    return config_lib.without_removed_keys(self.summary["config"])
+    return identity.without_removed_keys(self.summary["config"])
 
   @property
   def unfreezing(self) -> str:
-    return self.config.get("unfreezing", {}).get("mode", "none")
+    key, before = identity.LATER_GROUPS["unfreezing"]  # groups from before GU: "none"
+    return self.config.get("unfreezing", {}).get(key, before)
 
   @property
   def clip_norm(self) -> float | None:
@@ -122,7 +122,8 @@ class Group:
     """'transformers' or 'optax' for bias-corrected Adam (runs made before the key existed
     used optax's), None for BertAdam."""
     optimizer = self.config["optimizer"]
-    return optimizer.get("adam_form", "optax") if optimizer.get("bias_correction") else None
+    form = identity.later_key(self.config, "optimizer.adam_form")
+    return form if optimizer.get("bias_correction") else None
 
   @property
   def failure_rule(self) -> str:
