@@ -312,6 +312,7 @@ def test_two_processes_match_one(one_device, tiny_args, env, tmp_path):
                final_params(workdir), final_params(one_device))
 
 
+@pytest.mark.slow  # a second 18-step train.py run (17 s); in-process reruns are in the fast set
 @pytest.mark.real
 def test_same_seed_gives_identical_results(reference, tiny_args, env, tmp_path):
   # The reference kept freed host memory mapped (train.py's default); this run uses glibc's
