@@ -32,6 +32,7 @@ import jax.numpy as jnp  # pylint: disable=wrong-import-position
 
 from cwgnc_jax import command_line  # pylint: disable=wrong-import-position
 from cwgnc_jax.models import bert  # pylint: disable=wrong-import-position
+from cwgnc_jax.models import dropout as dropout_lib  # pylint: disable=wrong-import-position
 
 
 def mask_programs(rows: int) -> dict:
@@ -41,7 +42,7 @@ def mask_programs(rows: int) -> dict:
   key = jax.random.key(2)
   programs = {}
   for bits in bert.DROPOUT_BITS:
-    loss = lambda p, bits=bits: jnp.sum(jnp.tanh(bert.dropout(p, 0.1, key, bits) @ value))
+    loss = lambda p, bits=bits: jnp.sum(jnp.tanh(dropout_lib.dropout(p, 0.1, key, bits) @ value))
     grad = jax.jit(jax.grad(loss))
     grad(probs).block_until_ready()
     programs[bits] = lambda grad=grad: grad(probs).block_until_ready()

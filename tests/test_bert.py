@@ -16,6 +16,7 @@ from flax import nnx
 from cwgnc_jax import paths
 from cwgnc_jax.data import batching, glue
 from cwgnc_jax.models import bert
+from cwgnc_jax.models import dropout as dropout_lib
 from cwgnc_jax.models import (BertForSequenceClassification, apply_fn, from_pretrained,
                               load_tokenizer, read_bert_weights, split_params, tiny_config)
 
@@ -146,7 +147,7 @@ def test_gelu_is_pytorchs_kernel_down_to_its_zero_tail():
 @pytest.mark.parametrize("bits", bert.DROPOUT_BITS)
 def test_dropout_scales_kept_units(bits):
   x = jnp.ones((200, 500))
-  dropped = np.asarray(bert.dropout(x, 0.1, jax.random.key(0), bits))
+  dropped = np.asarray(dropout_lib.dropout(x, 0.1, jax.random.key(0), bits))
   assert set(np.unique(dropped)) == {0.0, np.float32(1 / 0.9)}
   assert abs((dropped == 0).mean() - 0.1) < 0.005
 
@@ -159,11 +160,11 @@ def test_fused_threefry_bernoulli_is_jax_random_bernoulli_bit_for_bit(shape, p):
   key = jax.random.key(5)
   for k in (key, jax.random.split(key, 3)[2], jax.random.fold_in(key, 11), jax.random.PRNGKey(7)):
     expected = np.asarray(jax.random.bernoulli(k, p, shape))
-    np.testing.assert_array_equal(bert.threefry_bernoulli(k, p, shape), expected)
-    np.testing.assert_array_equal(jax.jit(lambda kk: bert.threefry_bernoulli(kk, p, shape))(k),
+    np.testing.assert_array_equal(dropout_lib.threefry_bernoulli(k, p, shape), expected)
+    np.testing.assert_array_equal(jax.jit(lambda kk: dropout_lib.threefry_bernoulli(kk, p, shape))(k),
                                   expected)
   # The straight-line path is the one taken here (else the test would compare jax to itself).
-  assert bert._fast_bernoulli_applies(key, p, shape)  # pylint: disable=protected-access
+  assert dropout_lib._fast_bernoulli_applies(key, p, shape)  # pylint: disable=protected-access
 
 
 def _lowbias32(x: np.ndarray) -> np.ndarray:
@@ -187,14 +188,14 @@ def test_hash_bernoulli_is_the_documented_hash(p):
     index = np.arange(np.prod(shape), dtype=np.uint32).reshape(shape)
     with np.errstate(over="ignore"):
       bits = _lowbias32(_lowbias32(index ^ k0) ^ k1)
-    np.testing.assert_array_equal(bert.hash_bits(key, shape), bits)
+    np.testing.assert_array_equal(dropout_lib.hash_bits(key, shape), bits)
     expected = bits < np.uint32(min(round(p * 2**32), 2**32 - 1))
-    np.testing.assert_array_equal(bert.hash_bernoulli(key, p, shape), expected)
-    np.testing.assert_array_equal(jax.jit(lambda k: bert.hash_bernoulli(k, p, shape))(key),
+    np.testing.assert_array_equal(dropout_lib.hash_bernoulli(key, p, shape), expected)
+    np.testing.assert_array_equal(jax.jit(lambda k: dropout_lib.hash_bernoulli(k, p, shape))(key),
                                   expected)
 
 
-@pytest.mark.parametrize("bernoulli", [bert.hash_bernoulli, bert.threefry_bernoulli])
+@pytest.mark.parametrize("bernoulli", [dropout_lib.hash_bernoulli, dropout_lib.threefry_bernoulli])
 def test_dropout_keep_rate_and_independence_across_keys(bernoulli):
   """Keep rate 0.9 within 4 standard errors over 2e6 draws; masks of different keys (layers,
   steps: ``split``, ``fold_in``; raw keys one bit apart) agree only as often as independent
@@ -231,8 +232,8 @@ def test_dropout_of_some_entries_takes_the_full_tensors_mask(bits, impl):
   row, position = jnp.array([0, 0, 2, 1]), jnp.array([0, 3, 5, 0])
   take = lambda full: full[row, :, position][:, :, None]  # the attention probabilities' take
   key = jax.random.key(7, impl=impl)
-  some = jax.jit(lambda y: bert.dropout(take(y), 0.3, key, bits, full_shape=y.shape, take=take))
-  every = np.asarray(take(bert.dropout(x, 0.3, key, bits)))
+  some = jax.jit(lambda y: dropout_lib.dropout(take(y), 0.3, key, bits, full_shape=y.shape, take=take))
+  every = np.asarray(take(dropout_lib.dropout(x, 0.3, key, bits)))
   assert every.shape == (4, 4, 1, 6) and 0.1 < (every == 0).mean() < 0.5
   np.testing.assert_array_equal(some(x), every)
 

@@ -1,4 +1,4 @@
-"""Bit statistics of dropout's keyed hash (``models.bert.hash_bits``), beyond the test suite.
+"""Bit statistics of dropout's keyed hash (``models.dropout_lib.hash_bits``), beyond the test suite.
 
 For ``--keys`` keys (``fold_in(key(s), 7)``) and ``--n`` entries each: the balance of each of
 the 32 output bits, and the correlation of every pair of bits (32 x 32) between entries
@@ -16,7 +16,7 @@ import argparse
 import jax
 import numpy as np
 
-from cwgnc_jax.models import bert
+from cwgnc_jax.models import dropout as dropout_lib
 
 LAGS = (1, 2, 3, 4, 8, 32, 128, 1024, 16384)
 
@@ -28,7 +28,7 @@ def main() -> None:
   args = parser.parse_args()
   worst, count = 0.0, 0
   for s in range(args.keys):
-    h = np.asarray(bert.hash_bits(jax.random.fold_in(jax.random.key(s), 7), (args.n,)))
+    h = np.asarray(dropout_lib.hash_bits(jax.random.fold_in(jax.random.key(s), 7), (args.n,)))
     bits = ((h[:, None] >> np.arange(32, dtype=np.uint32)) & 1).astype(np.float32) - 0.5
     balance = np.abs(bits.mean(0)) / (0.5 / np.sqrt(args.n))
     worst, count = max(worst, balance.max()), count + 32
