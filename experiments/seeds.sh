@@ -13,3 +13,15 @@ except ConfigError as e:
   sys.exit(2)
 ' "$1"
 }
+
+# `study_seed CONFIG SEED LR EPOCHS OUT [--config.KEY=VALUE ...]` trains one seed of one
+# group as every MiniLM-L6 study script here does (the extra overrides after the shared ones,
+# the order the existing group folders were named in).
+study_seed() {
+  local config="$1" seed="$2" lr="$3" epochs="$4" out="$5"
+  shift 5
+  python -m cwgnc_jax.study --config "$config" --seeds "$seed-$seed" \
+    --config.model=minilm-l6 --config.optimizer.learning_rate="$lr" \
+    --config.num_epochs="$epochs" --config.eval_batch_size=64 --config.progress=false \
+    "$@" --out "$out"
+}

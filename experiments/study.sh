@@ -16,9 +16,6 @@ source experiments/seeds.sh
 seeds="$(expand_seeds "$seeds")"
 for seed in $seeds; do
   for method in adamw bertadam cwgnc; do
-    python -m cwgnc_jax.study --config "${task}_${method}" --seeds "$seed-$seed" \
-      --config.model=minilm-l6 --config.optimizer.learning_rate="$lr" \
-      --config.num_epochs="$epochs" --config.eval_batch_size=64 --config.progress=false \
-      --out "$out"
+    study_seed "${task}_${method}" "$seed" "$lr" "$epochs" "$out"
   done
 done

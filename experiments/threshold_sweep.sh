@@ -14,9 +14,6 @@ source experiments/seeds.sh
 seeds="$(expand_seeds "$seeds")"
 for seed in $seeds; do
   for c in $thresholds; do
-    python -m cwgnc_jax.study --config "${task}_cwgnc" --seeds "$seed-$seed" \
-      --config.model=minilm-l6 --config.optimizer.learning_rate="$lr" \
-      --config.num_epochs="$epochs" --config.eval_batch_size=64 --config.progress=false \
-      --config.optimizer.clip_norm="$c" --out runs/study
+    study_seed "${task}_cwgnc" "$seed" "$lr" "$epochs" runs/study --config.optimizer.clip_norm="$c"
   done
 done
