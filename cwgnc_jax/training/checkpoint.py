@@ -47,23 +47,40 @@ def _not_a_disk_error(record: logging.LogRecord) -> bool:
 logging.getLogger("absl").addFilter(_not_a_disk_error)
 
 
+def _is_closed_loop_callback(kind: type, value: BaseException, traceback) -> bool:
+  """Whether an error is the ``RuntimeError: Event loop is closed`` that tensorstore reports
+  for each write still pending when orbax gave a failed save up and closed its asyncio loop
+  (a full disk: a handful, before ``Checkpointer.save``'s one line, as the thread timing
+  falls). Only that error, raised by asyncio's own check."""
+  last = traceback
+  while last is not None and last.tb_next is not None:
+    last = last.tb_next
+  return (kind is RuntimeError and str(value) == "Event loop is closed" and last is not None
+          and last.tb_frame.f_code.co_filename.endswith("base_events.py"))
+
+
 def _without_closed_loop_callbacks(hook: Callable[..., None]) -> Callable[..., None]:
-  """``hook`` (``sys.excepthook``), less the ``RuntimeError: Event loop is closed`` that
-  tensorstore prints (PyErr_Print) for each write still pending when orbax gave a failed save
-  up and closed its asyncio loop (a full disk: a handful, before ``Checkpointer.save``'s one
-  line, as the thread timing falls). Only that error, raised by asyncio's own check."""
+  """``hook`` (``sys.excepthook``, which tensorstore's ``PyErr_Print`` calls), less the
+  closed-loop callbacks."""
   def excepthook(kind, value, traceback) -> None:
-    last = traceback
-    while last is not None and last.tb_next is not None:
-      last = last.tb_next
-    if (kind is RuntimeError and str(value) == "Event loop is closed" and last is not None
-        and last.tb_frame.f_code.co_filename.endswith("base_events.py")):
-      return
-    hook(kind, value, traceback)
+    if not _is_closed_loop_callback(kind, value, traceback):
+      hook(kind, value, traceback)
   return excepthook
 
 
+def _without_unraisable_closed_loop_callbacks(hook: Callable[..., None]
+                                              ) -> Callable[..., None]:
+  """``hook`` (``sys.unraisablehook``, which tensorstore's ``PyErr_WriteUnraisable`` calls:
+  with no object, Python prints a bare traceback), less the closed-loop callbacks."""
+  def unraisablehook(unraisable) -> None:
+    if not _is_closed_loop_callback(unraisable.exc_type, unraisable.exc_value,
+                                    unraisable.exc_traceback):
+      hook(unraisable)
+  return unraisablehook
+
+
 sys.excepthook = _without_closed_loop_callbacks(sys.excepthook)
+sys.unraisablehook = _without_unraisable_closed_loop_callbacks(sys.unraisablehook)
 
 
 def _not_a_failed_read_of_a_failed_restore(record: logging.LogRecord) -> bool:
