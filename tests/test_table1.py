@@ -186,7 +186,7 @@ def test_two_workers_train_what_one_process_trains(tiny_bert_dir, tiny_rte_dir, 
   # Run again: nothing left to train, nothing trained again.
   again = _study([*argv, "--workers", "2", "--out", str(tmp_path / "two")])
   assert again.wait(timeout=600) == 0
-  assert _results(tmp_path / "two") == one
+  assert _results(tmp_path / "two") == two  # the same files: nothing trained again
 
 
 def _children(pid: int) -> list[int]:
