@@ -130,18 +130,27 @@ class Task:
 
 _NLI_LABELS = ("entailment", "not_entailment")
 _NUMBERED = {"0": 0, "1": 1}
+
+
+def _two_way_entailment(name: str, hub_config: str, first: str, second: str,
+                        released_threshold: float | None = None) -> Task:
+  """RTE and QNLI: ``index first second label`` files, entailment / not_entailment labels,
+  scored by accuracy, submitted by label name."""
+  return Task(
+      name=name, hub_config=hub_config, hub_text=(first, second), label_names=_NLI_LABELS,
+      metric="accuracy", train=Layout(("index", first, second, "label"), 4, (1, 2), 3),
+      test=Layout(("index", first, second), 3, (1, 2)),
+      tsv_label={label: i for i, label in enumerate(_NLI_LABELS)},
+      submission_labels=_NLI_LABELS, eval_sets=one_eval_set(name),
+      released_threshold=released_threshold)
+
 _MNLI_COLUMNS = ("index", "promptID", "pairID", "genre", "sentence1_binary_parse",
                  "sentence2_binary_parse", "sentence1_parse", "sentence2_parse", "sentence1",
                  "sentence2")
 
 TASKS: dict[str, Task] = {
-    "rte": Task(
-        name="RTE", hub_config="rte", hub_text=("sentence1", "sentence2"),
-        label_names=_NLI_LABELS, metric="accuracy",
-        train=Layout(("index", "sentence1", "sentence2", "label"), 4, (1, 2), 3),
-        test=Layout(("index", "sentence1", "sentence2"), 3, (1, 2)),
-        tsv_label={"entailment": 0, "not_entailment": 1}, submission_labels=_NLI_LABELS,
-        eval_sets=one_eval_set("RTE"), released_threshold=53.0),
+    "rte": _two_way_entailment("RTE", "rte", "sentence1", "sentence2",
+                               released_threshold=53.0),
     "mrpc": Task(
         name="MRPC", hub_config="mrpc", hub_text=("sentence1", "sentence2"),
         label_names=("not_equivalent", "equivalent"), metric="f1",
@@ -162,13 +171,7 @@ TASKS: dict[str, Task] = {
         train=Layout(("sentence", "label"), 2, (0,), 1),
         test=Layout(("index", "sentence"), 2, (1,)),
         tsv_label=_NUMBERED, submission_labels=("0", "1"), eval_sets=one_eval_set("SST-2")),
-    "qnli": Task(
-        name="QNLI", hub_config="qnli", hub_text=("question", "sentence"),
-        label_names=_NLI_LABELS, metric="accuracy",
-        train=Layout(("index", "question", "sentence", "label"), 4, (1, 2), 3),
-        test=Layout(("index", "question", "sentence"), 3, (1, 2)),
-        tsv_label={"entailment": 0, "not_entailment": 1}, submission_labels=_NLI_LABELS,
-        eval_sets=one_eval_set("QNLI")),
+    "qnli": _two_way_entailment("QNLI", "qnli", "question", "sentence"),
     "qqp": Task(
         name="QQP", hub_config="qqp", hub_text=("question1", "question2"),
         label_names=("not_duplicate", "duplicate"), metric="f1",

@@ -25,3 +25,19 @@ study_seed() {
     --config.num_epochs="$epochs" --config.eval_batch_size=64 --config.progress=false \
     "$@" --out "$out"
 }
+
+# `study_groups SEEDS LR EPOCHS OUT GROUP...` trains every GROUP ("CONFIG [--config.KEY=VALUE
+# ...]") for the first seed, then every GROUP for the next: an interrupted study has (nearly)
+# as many seeds per group, and rerunning skips finished seeds and resumes the unfinished one.
+study_groups() {
+  local seeds lr="$2" epochs="$3" out="$4" seed group config extra
+  seeds="$(expand_seeds "$1")"
+  shift 4
+  for seed in $seeds; do
+    for group in "$@"; do
+      read -r config extra <<< "$group"
+      # shellcheck disable=SC2086  # the group's overrides, one word each
+      study_seed "$config" "$seed" "$lr" "$epochs" "$out" $extra
+    done
+  done
+}

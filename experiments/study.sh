@@ -13,9 +13,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 task="$1" lr="$2" epochs="$3" seeds="$4" out="${5:-runs/study}"
 source experiments/seeds.sh
-seeds="$(expand_seeds "$seeds")"
-for seed in $seeds; do
-  for method in adamw bertadam cwgnc; do
-    study_seed "${task}_${method}" "$seed" "$lr" "$epochs" "$out"
-  done
-done
+study_groups "$seeds" "$lr" "$epochs" "$out" "${task}_adamw" "${task}_bertadam" "${task}_cwgnc"

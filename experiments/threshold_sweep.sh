@@ -11,9 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 task="$1" lr="$2" epochs="$3" seeds="$4" thresholds="$5"
 source experiments/seeds.sh
-seeds="$(expand_seeds "$seeds")"
-for seed in $seeds; do
-  for c in $thresholds; do
-    study_seed "${task}_cwgnc" "$seed" "$lr" "$epochs" runs/study --config.optimizer.clip_norm="$c"
-  done
+groups=()
+for c in $thresholds; do
+  groups+=("${task}_cwgnc --config.optimizer.clip_norm=$c")
 done
+study_groups "$seeds" "$lr" "$epochs" runs/study "${groups[@]}"
