@@ -183,10 +183,12 @@ def test_two_workers_train_what_one_process_trains(tiny_bert_dir, tiny_rte_dir, 
     assert summary["seeds"] == [1, 2, 3] and summary["finished"] == 3
     for run in summary["runs"]:
       assert run["score"] == two[(group, run["seed"])]["score"]
-  # Run again: nothing left to train, nothing trained again.
+  # Run again: nothing left to train, nothing trained again (no results file rewritten).
+  written = {p: p.stat().st_mtime_ns for p in (tmp_path / "two").glob("*/seed_*/results.json")}
   again = _study([*argv, "--workers", "2", "--out", str(tmp_path / "two")])
   assert again.wait(timeout=600) == 0
-  assert _results(tmp_path / "two") == two  # the same files: nothing trained again
+  assert _results(tmp_path / "two") == two
+  assert {p: p.stat().st_mtime_ns for p in written} == written and len(written) == 6
 
 
 def _children(pid: int) -> list[int]:
