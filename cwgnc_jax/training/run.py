@@ -19,7 +19,7 @@ from flax import nnx
 from jax.experimental.compilation_cache import compilation_cache as jax_cache
 
 from cwgnc_jax import config as config_lib
-from cwgnc_jax import identity, metrics, models, unfreezing
+from cwgnc_jax import identity, metrics, models, tasks, unfreezing
 from cwgnc_jax.models import mixout
 from cwgnc_jax.data import batching, glue
 from cwgnc_jax.training import rundir
@@ -72,7 +72,7 @@ class Run:
   """A run ready to train: validated config, data and pretrained parameters in host memory."""
   config: ml_collections.ConfigDict
   workdir: Path
-  task: glue.Task
+  task: tasks.Task
   train_data: glue.TokenizedSplit
   dev_data: glue.TokenizedSplit
   params: Any
@@ -134,7 +134,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | Path) -> Run:
   workdir = Path(workdir)
   rundir.check_run_dir(workdir, config)
   rundir.check_resume_step(workdir, config)
-  task = glue.get_task(config.task)
+  task = tasks.get_task(config.task)
   model_config = models.load_config(config.model)
   if config.max_length > model_config.max_position_embeddings:
     raise ConfigError(f"config.max_length={config.max_length} exceeds the model's "
