@@ -66,9 +66,9 @@ def main(argv: list[str]) -> None:
         fail(str(e))
       try:
         results = loop.train(run)
-      except (config_lib.ConfigError, checkpoint.CheckpointError, files.LockedError) as e:
+      except (config_lib.ConfigError, files.LockedError) as e:
         fail(str(e))
-      except files.WriteError as e:
+      except (checkpoint.CheckpointError, files.WriteError) as e:
         fail(str(e), at_once=True)
     except preemption.Stopped as e:
       print(f"train.py: {e}", file=sys.stderr)

@@ -376,9 +376,9 @@ def main(argv: list[str]) -> None:
     try:
       config_arg, overrides, seeds, out, per_program = parse_args(argv)
       summary = run_study(config_arg, overrides, seeds, out, per_program)
-    except (ConfigError, checkpoint.CheckpointError, files.LockedError) as e:
+    except (ConfigError, files.LockedError) as e:
       command_line.fail(PROG, str(e))
-    except files.WriteError as e:  # at once, as train.py: orbax's writer threads may still run
+    except (checkpoint.CheckpointError, files.WriteError) as e:  # orbax's work left behind
       command_line.fail(PROG, str(e), at_once=True)
     except preemption.Stopped as e:
       print(f"cwgnc_jax.study: {e}", file=sys.stderr)

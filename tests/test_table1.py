@@ -14,6 +14,7 @@ import pytest
 
 from cwgnc_jax import config as config_lib
 from cwgnc_jax import files, methods, study, table1, workers
+from cwgnc_jax.training import checkpoint
 from conftest import assert_same_up_to_rounding, command_line_error
 
 REPO = Path(__file__).resolve().parent.parent
@@ -91,6 +92,29 @@ def test_bad_input_exits_2_in_one_line(argv, message, capsys, tmp_path):
                              "cwgnc_jax.study")
   assert message in error
   assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("error, at_once", [
+    (files.LockedError("run folder /r is in use by process 7"), False),
+    (files.WriteError("cannot write /r/results.json (No space left on device)"), True),
+    (checkpoint.CheckpointError("checkpoint /r/checkpoints/2 cannot be restored (x)"), True),
+])
+def test_a_seed_that_fails_in_one_process_ends_it_as_a_one_group_study_does(
+    error, at_once, capsys, monkeypatch, tmp_path):
+  """--workers 1 trains in this process: a seed's error is one line and status 2, and a
+  write the disk refused or a checkpoint that cannot be restored ends the process without
+  its shutdown, where orbax's threads and reads left behind would print (``at_once``)."""
+  def run_study(*args):
+    raise error
+  def exit_at_once(status):
+    raise SystemExit(f"at once {status}")
+  monkeypatch.setattr(study, "run_study", run_study)
+  monkeypatch.setattr(os, "_exit", exit_at_once)
+  argv = ["--config", "rte_adamw", "--seeds", "1", "--workers", "1", "--out", str(tmp_path)]
+  with pytest.raises(SystemExit) as exit_info:
+    study.main(argv)
+  assert exit_info.value.code == ("at once 2" if at_once else 2)
+  assert capsys.readouterr().err == f"cwgnc_jax.study: error: {error}\n"
 
 
 def test_workers_get_their_own_cores_and_gpus():
