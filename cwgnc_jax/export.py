@@ -37,6 +37,7 @@ from safetensors.numpy import save_file
 
 from cwgnc_jax import command_line, files, saved_run
 from cwgnc_jax.models import bert, loading
+from cwgnc_jax.training import checkpoint
 
 
 class OutputError(ValueError):
@@ -141,6 +142,8 @@ def main(argv: list[str]) -> None:
   run_dir, out_dir = (Path(arg).absolute() for arg in args.positionals)  # orbax: absolute only
   try:
     written = export_run(run_dir, out_dir)
+  except checkpoint.CheckpointError as e:  # orbax's reads of its other arrays left behind
+    command_line.fail(PROG, str(e), at_once=True)
   except (ValueError, OSError) as e:  # RunDirError, OutputError, missing or wrong files
     command_line.fail(PROG, str(e))
   print(f"exported {run_dir} to {written}", file=sys.stderr)

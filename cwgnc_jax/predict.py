@@ -51,6 +51,7 @@ from cwgnc_jax import command_line, config as config_lib
 from cwgnc_jax import files, metrics, saved_run, tasks
 from cwgnc_jax.data import batching, glue
 from cwgnc_jax.models import bert, loading
+from cwgnc_jax.training import checkpoint
 
 SPLITS = ("test", "dev")
 HEADER = ("index", "prediction")
@@ -232,6 +233,8 @@ def main(argv: list[str]) -> None:
     command_line.fail(PROG, f"{e} (python -m {PROG} --help)")
   try:
     summary = predict_run(**args)
+  except checkpoint.CheckpointError as e:  # orbax's reads of its other arrays left behind
+    command_line.fail(PROG, str(e), at_once=True)
   except (ValueError, OSError) as e:  # RunDirError, a missing or wrong TSV, the output file
     command_line.fail(PROG, str(e))
   print(json.dumps(summary))

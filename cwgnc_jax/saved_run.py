@@ -14,7 +14,9 @@ Mixout run has the same parameter names and evaluates with its weights unmixed, 
 model computes what the run's evaluation computed.
 
 Bad input (not a run, an unfinished run, a missing checkpoint, a base model that cannot be
-found) raises ``RunDirError`` with one line naming the file and what was expected.
+found) raises ``RunDirError`` with one line naming the file and what was expected; a
+checkpoint that is there but cannot be read raises ``checkpoint.CheckpointError``, also one
+line (a command ends at once on it: ``command_line.fail``).
 """
 
 from __future__ import annotations
@@ -135,10 +137,7 @@ def load_model(run: SavedRun) -> bert.BertForSequenceClassification:
   expected = {paths.path_to_str(path): leaf.shape for path, leaf
               in jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(abstract_params))}
   item = RESULT_ITEMS[run.result]
-  try:
-    stored = checkpoint.read_params(run.checkpoint_dir, item)
-  except checkpoint.CheckpointError as e:
-    raise RunDirError(str(e)) from e
+  stored = checkpoint.read_params(run.checkpoint_dir, item)
   restored = {paths.path_to_str(path): leaf
               for path, leaf in jax.tree_util.tree_leaves_with_path(stored)}
   differ = sorted(set(expected) ^ set(restored)) or sorted(

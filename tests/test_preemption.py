@@ -402,18 +402,29 @@ def test_a_disk_that_cannot_take_a_write_is_one_line_and_a_rerun_resumes(
 @pytest.mark.real
 def test_a_corrupt_checkpoint_is_the_last_line_printed(tiny_rte_run, tiny_rte_command, tmp_path):
   """The one line naming a checkpoint whose data files are cut short is all stderr holds:
-  train.py ends at once after it (CI saw the reads of the other corrupt arrays print 3,586
-  lines as their coroutines were finalized at shutdown; this host's timing never did). On a
-  copy of conftest's finished tiny run (checkpoints at steps 1 and 2), so no run of its own."""
+  train.py, predict and export end at once after it (CI saw the reads of the other corrupt
+  arrays print 3,586 lines as their coroutines were finalized at shutdown; this host's timing
+  never did). On a copy of conftest's finished tiny run (checkpoints at steps 1 and 2), so no
+  run of its own."""
   args, env = tiny_rte_command
   workdir = tmp_path / "corrupt"
   shutil.copytree(tiny_rte_run, workdir)
-  (workdir / files.RESULTS_FILE).unlink()
   last = max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
-  data = list((workdir / "checkpoints" / str(last) / "state").glob("ocdbt.process_0/d/*"))
-  assert data
+  data = list((workdir / "checkpoints" / str(last)).glob("*/ocdbt.process_0/d/*"))
+  assert {path.parts[-4] for path in data} == {"state", "best"}  # the run kept its best
   for path in data:
     path.write_bytes(path.read_bytes()[:10])  # the data files, as the issue's run had them
+  item = workdir / "checkpoints" / str(last) / "best"  # what predict and export read
+  for command in (["-m", "cwgnc_jax.predict", str(workdir), "--split", "dev", "--out",
+                   str(tmp_path / "predictions.tsv")],
+                  ["-m", "cwgnc_jax.export", str(workdir), str(tmp_path / "exported")]):
+    done = run(command, env)
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"{command[1]}: error: cannot read the parameters of "
+                                  f"checkpoint item {item} (")
+    assert done.stderr.count("\n") == 1, done.stderr
+  assert not (tmp_path / "exported").exists() and not (tmp_path / "predictions.tsv").exists()
+  (workdir / files.RESULTS_FILE).unlink()
   done = train(args, workdir, env)
   assert done.returncode == 2
   assert done.stderr.startswith(f"train.py: error: checkpoint {workdir / 'checkpoints'}/"

@@ -97,7 +97,9 @@ def test_a_folder_that_is_not_a_finished_run_is_named(tiny_rte_run, tmp_path):
   assert error(run).startswith(f"{run / 'config.json'}:1: not valid JSON (")
   (run / "config.json").write_text(json.dumps(config))
   (run / "checkpoints" / str(results["steps"]) / "best" / "_METADATA").unlink()
+  with pytest.raises(checkpoint.CheckpointError) as info:  # there, but unreadable
+    saved_run.load_model(saved_run.open_run(run))
   assert (f"cannot read the parameters of checkpoint item "
-          f"{run / 'checkpoints' / str(results['steps']) / 'best'}" in error(run))
+          f"{run / 'checkpoints' / str(results['steps']) / 'best'}" in str(info.value))
   shutil.rmtree(run / "checkpoints" / str(results["steps"]))
   assert (f"{run / 'checkpoints' / str(results['steps'])} is missing" in error(run))
