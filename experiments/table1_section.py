@@ -1,13 +1,21 @@
-"""Rewrites docs/results.md's '## Table 1 at our scale (in progress)' section from the raw
-runs committed under docs/results/runs/table1 (collected with experiments/collect.sh): the
-rows' seeds, spreads and minutes, the per-seed scores, and CWGNC against each baseline with
-Holm's correction over the tests shown.
-  python experiments/table1_section.py
+"""Writes docs/results.md's Table 1 section and its line of the Status table from the raw runs
+committed under docs/results/runs/table1 (collected with experiments/collect.sh): each row's
+seeds, spread and minutes per seed, the per-seed scores, and CWGNC against each baseline on
+the seeds both have, with Holm's correction over every test the section shows.
+
+  python experiments/table1_section.py           # rewrites docs/results.md
+  python experiments/table1_section.py --check   # exits 1 when the page differs from the runs
+
+tests/test_results_page.py runs the check, so the page says what its runs say.
 """
+
+from __future__ import annotations
+
 import json
 import statistics
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -15,80 +23,151 @@ from cwgnc_jax import stats  # pylint: disable=wrong-import-position
 
 RUNS = REPO / "docs" / "results" / "runs" / "table1"
 RESULTS_PAGE = REPO / "docs" / "results.md"
-ROWS = {"bertadam": "BertAdam, 3 epochs", "adamw": "AdamW, 3 epochs",
-        "mixout": "Mixout, 20 epochs, best of 60", "mosbach": "Mosbach et al., 20 epochs, best of 60",
-        "cwgnc": "CWGNC, 5 epochs"}
-TASKS = {"cola": ("CoLA (MCC)", "1e-4"), "rte": ("RTE (accuracy)", "2e-5")}
-groups = {}
-for path in sorted(RUNS.glob("*/summary.json")):
-  s = json.loads(path.read_text())
-  groups[(s["task"], s["method"])] = s
-lines = ["| task | row | seeds done | Std | Mean | Max | Min | failed | median minutes per seed |",
-         "|---|---|---|---|---|---|---|---|---|"]
-for task, (task_name, lr) in TASKS.items():
-  for row, row_name in ROWS.items():
-    s = groups.get((task, row))
-    if s is None:
-      lines.append(f"| {task_name} | {row_name} | not yet run | | | | | | |")
-      continue
-    n = s["finished"]
-    mins = statistics.median(r["seconds"] for r in s["runs"]) / 60
-    lines.append(f"| {task_name} | {row_name} | {n} of 10 (seeds {min(s['seeds'])}-{max(s['seeds'])}) | "
-                 f"{s['std']:.1f} | {s['mean']:.1f} | {s['max']:.1f} | {s['min']:.1f} | "
-                 f"{s['failed_runs']}/{n} | {mins:.1f} |")
-lines.append("| RTE, lr 2e-4 | AdamW and CWGNC, 3 epochs | not yet run | | | | | | |")
-table = "\n".join(lines)
+TITLE = "## Table 1 at our scale (in progress)"
+NEXT_TITLE = "## The equal-epoch ablation"
+STATUS_ROW = "| Table 1 at each row's own protocol"
+SEEDS = 10  # per group, the study's aim
 
-# CWGNC against each baseline that has seeds, on the seeds both have: uncorrected and Holm.
-comparisons = []
-for task, (task_name, _) in TASKS.items():
-  c = groups.get((task, "cwgnc"))
-  for row in ("bertadam", "adamw", "mixout", "mosbach"):
-    b = groups.get((task, row))
-    if c is None or b is None:
-      continue
-    both = sorted(set(c["seeds"]) & set(b["seeds"]))
-    cs = {r["seed"]: r for r in c["runs"]}; bs = {r["seed"]: r for r in b["runs"]}
-    cmp = stats.compare([cs[i]["score"] for i in both], [bs[i]["score"] for i in both],
-                        sum(cs[i]["failed"] for i in both), sum(bs[i]["failed"] for i in both))
-    comparisons.append((task_name, ROWS[row].split(",")[0], both, cmp))
-family = [p for *_, cmp in comparisons for p in cmp.pvalues]
-holm = list(stats.holm(family)) if family else []
-cmp_lines = []
-for i, (task_name, row_name, both, cmp) in enumerate(comparisons):
-  h = holm[3 * i: 3 * i + 3]
-  p = cmp.pvalues
-  cmp_lines.append(
-      f"| {task_name} | CWGNC (5 epochs) vs {row_name} | {len(both)} | {cmp.std_ratio:.2f} | "
-      f"{p[0]:.3f} ({h[0]:.3f}) | {cmp.mean_difference:+.1f} | {p[1]:.3f} ({h[1]:.3f}) | "
-      f"{p[2]:.3f} ({h[2]:.3f}) |")
-print(table)
-print("\n".join(cmp_lines))
+ROW_NAMES = {"bertadam": "BertAdam", "adamw": "AdamW", "mixout": "Mixout",
+             "mosbach": "Mosbach et al.", "cwgnc": "CWGNC"}
+TASK_NAMES = {"cola": "CoLA", "rte": "RTE"}
 
-significant = [f"{task_name} CWGNC vs {row_name} ({test} p {h[j]:.3f})"
-               for i, (task_name, row_name, _, _) in enumerate(comparisons)
-               for j, test, h in zip(range(3), ("Brown-Forsythe", "Welch", "Fisher"),
-                                     [holm[3 * i: 3 * i + 3]] * 3) if h[j] < 0.05]
-smallest = min((p for p in family if p == p), default=float("nan"))
-verdict = (f"**Significant after Holm's correction: {'; '.join(significant)}**" if significant
-           else f"**No comparison is significant** (smallest uncorrected p {smallest:.2f})")
 
-per_seed = []
-for (task, row), s in sorted(groups.items()):
-  scores = " / ".join(f"{r['score']:.2f}" for r in sorted(s["runs"], key=lambda r: r["seed"]))
-  per_seed.append(f"- {TASKS[task][0].split(' ')[0]} {ROWS[row].split(',')[0]}: {scores}")
-cmp_table = "\n".join(["| task | comparison | seeds | std ratio | Brown-Forsythe p (Holm) | "
-                       "mean difference | Welch p (Holm) | Fisher p on failures (Holm) |",
-                       "|---|---|---|---|---|---|---|---|", *cmp_lines])
-section = f"""## Table 1 at our scale (in progress)
+class Setting(NamedTuple):
+  """One group of the table: a row at a task, rate and number of epochs."""
+  task: str
+  row: str
+  learning_rate: float
+  epochs: int
+  best_of: int  # evaluations kept the best of; 1: the final parameters
+
+  @property
+  def protocol(self) -> str:
+    best = f", best of {self.best_of}" if self.best_of > 1 else ""
+    return f"{ROW_NAMES[self.row]}, {self.epochs} epochs{best}"
+
+  @property
+  def place(self) -> str:
+    return f"{TASK_NAMES[self.task]}, lr {self.learning_rate:.0e}".replace("e-0", "e-")
+
+
+# The table's groups in the page's order: each row at its own protocol at the task's rate,
+# then the harsh pair (RTE at lr 2e-4, 3 epochs for both).
+SETTINGS = [
+    *(Setting(task, row, rate, epochs, best_of)
+      for task, rate in (("cola", 1e-4), ("rte", 2e-5))
+      for row, epochs, best_of in (("bertadam", 3, 1), ("adamw", 3, 1), ("mixout", 20, 60),
+                                   ("mosbach", 20, 60), ("cwgnc", 5, 1))),
+    Setting("rte", "adamw", 2e-4, 3, 1), Setting("rte", "cwgnc", 2e-4, 3, 1),
+]
+
+
+def setting_of(summary: dict) -> Setting:
+  config = summary["config"]
+  best_of = config["num_epochs"] * config["evals_per_epoch"] if config["keep_best"] else 1
+  return Setting(summary["task"], summary["method"], config["optimizer"]["learning_rate"],
+                 config["num_epochs"], best_of)
+
+
+def read_groups(runs: Path) -> dict[Setting, dict]:
+  groups = {}
+  for path in sorted(runs.glob("*/summary.json")):
+    summary = json.loads(path.read_text())
+    groups[setting_of(summary)] = summary
+  unknown = sorted(s.place + " " + s.protocol for s in groups if s not in SETTINGS)
+  if unknown:
+    sys.exit(f"{runs}: groups outside the table's settings: {unknown}")
+  return groups
+
+
+def group_line(setting: Setting, summary: dict | None) -> str:
+  if summary is None:
+    return f"| {setting.place} | {setting.protocol} | not yet run | | | | | | |"
+  n, seeds = summary["finished"], summary["seeds"]
+  minutes = statistics.median(run["seconds"] for run in summary["runs"]) / 60
+  return (f"| {setting.place} | {setting.protocol} | {n} of {SEEDS} (seeds "
+          f"{_seed_ranges(seeds)}) | {summary['std']:.1f} | {summary['mean']:.1f} | "
+          f"{summary['max']:.1f} | {summary['min']:.1f} | {summary['failed_runs']}/{n} | "
+          f"{minutes:.1f} |")
+
+
+def _seed_ranges(seeds: list[int]) -> str:
+  """``[1, 2, 3, 5]`` -> ``'1-3, 5'``."""
+  ranges, start = [], seeds[0]
+  for previous, seed in zip(seeds, [*seeds[1:], None]):
+    if seed != previous + 1:
+      ranges.append(f"{start}-{previous}" if previous > start else f"{start}")
+      start = seed
+  return ", ".join(ranges)
+
+
+class Comparison(NamedTuple):
+  cwgnc: Setting
+  baseline: Setting
+  seeds: list[int]
+  result: stats.Comparison
+
+
+def comparisons(groups: dict[Setting, dict]) -> list[Comparison]:
+  """CWGNC against each baseline at the same task and rate, on the seeds both have."""
+  found = []
+  for cwgnc in (s for s in SETTINGS if s.row == "cwgnc" and s in groups):
+    for baseline in (s for s in SETTINGS if s.row != "cwgnc" and s in groups
+                     and (s.task, s.learning_rate) == (cwgnc.task, cwgnc.learning_rate)):
+      c = {run["seed"]: run for run in groups[cwgnc]["runs"]}
+      b = {run["seed"]: run for run in groups[baseline]["runs"]}
+      both = sorted(set(c) & set(b))
+      if len(both) < 2:
+        continue
+      found.append(Comparison(cwgnc, baseline, both, stats.compare(
+          [c[i]["score"] for i in both], [b[i]["score"] for i in both],
+          sum(c[i]["failed"] for i in both), sum(b[i]["failed"] for i in both))))
+  return found
+
+
+TESTS = ("Brown-Forsythe", "Welch", "Fisher")
+
+
+def section(groups: dict[Setting, dict]) -> str:
+  found = comparisons(groups)
+  family = [p for c in found for p in c.result.pvalues]
+  holm = list(stats.holm(family)) if family else []
+  table = "\n".join([
+      "| task, learning rate | row | seeds done | Std | Mean | Max | Min | failed | "
+      "median minutes per seed |", "|---|---|---|---|---|---|---|---|---|",
+      *(group_line(s, groups.get(s)) for s in SETTINGS)])
+  compared = []
+  significant = []
+  for i, c in enumerate(found):
+    p, h = c.result.pvalues, holm[3 * i: 3 * i + 3]
+    compared.append(
+        f"| {c.cwgnc.place} | {c.cwgnc.protocol} vs {c.baseline.protocol} | {len(c.seeds)} | "
+        f"{c.result.std_ratio:.2f} | {p[0]:.3f} ({h[0]:.3f}) | "
+        f"{c.result.mean_difference:+.1f} | {p[1]:.3f} ({h[1]:.3f}) | "
+        f"{p[2]:.3f} ({h[2]:.3f}) |")
+    significant += [f"{c.cwgnc.place}, CWGNC vs {ROW_NAMES[c.baseline.row]}, {test} "
+                    f"(Holm p {h[j]:.3f})" for j, test in enumerate(TESTS) if h[j] < 0.05]
+  smallest = min((p for p in family if p == p), default=float("nan"))
+  verdict = (f"**Significant after Holm's correction: {'; '.join(significant)}**"
+             if significant else
+             f"**No comparison is significant** (smallest uncorrected p {smallest:.2f})")
+  comparison_table = "\n".join([
+      "| task, learning rate | comparison | seeds | std ratio | Brown-Forsythe p (Holm) | "
+      "mean difference | Welch p (Holm) | Fisher p on failures (Holm) |",
+      "|---|---|---|---|---|---|---|---|", *compared])
+  per_seed = "\n".join(
+      f"- {s.place}, {s.protocol}: " + " / ".join(
+          f"{run['score']:.2f}" for run in sorted(groups[s]["runs"], key=lambda r: r["seed"]))
+      for s in SETTINGS if s in groups)
+  return f"""{TITLE}
 
 Every row of the paper's Table 1 at its own protocol (`cwgnc_jax.methods`: BertAdam and
 AdamW 3 epochs, Mixout and Mosbach et al. 20 epochs keeping the best of 3 evaluations per
 epoch, CWGNC 5 epochs), MiniLM-L6, float32, transformers' AdamW form for the bias-corrected
 rows (the default), one learning rate per task for every row (RTE 2e-5, CoLA 1e-4), seeds
-1-10. All from **one pinned commit, 1cb9873** (a worktree: `git worktree add ../t1 1cb9873`),
-one process pinned to one core, seed by seed (RTE's AdamW and CWGNC seeds alternate, so the
-two groups grow together):
+1-{SEEDS}; and the harsh pair, RTE at lr 2e-4 with AdamW and CWGNC for 3 epochs each. All from
+**one pinned commit, 1cb9873** (a worktree: `git worktree add ../t1 1cb9873`), one process
+pinned to each core, seed by seed (a pair's seeds alternate, so its two groups grow together):
 
 ```bash
 GLUE_DIR=../shared/glue taskset -c 1 python -m cwgnc_jax.study --config rte_cwgnc --seeds S-S \\
@@ -96,35 +175,69 @@ GLUE_DIR=../shared/glue taskset -c 1 python -m cwgnc_jax.study --config rte_cwgn
     --out runs/table1
 ```
 
-(`<task>_<row>` and the task's rate for the other groups). On main, `python -m cwgnc_jax.study
---table1 --tasks rte,cola --seeds 10 --config.model=minilm-l6 --config.progress=false --out
-runs/table1` plans the same group folders (tested), so it resumes these runs; main's training
-arithmetic is still the pinned commit's (the optimizers' digests and the suite's bit-for-bit
-resume tests).
+(`<task>_<row>` and the task's rate for the other groups; the harsh pair adds
+`--config.num_epochs=3` at rate 2e-4). On main, `python -m cwgnc_jax.study --table1 --tasks
+rte,cola --seeds 10 --config.model=minilm-l6 --config.progress=false --out runs/table1` plans
+the same group folders (tested), so it resumes these runs; main's training arithmetic is still
+the pinned commit's (the optimizers' digests and the suite's bit-for-bit resume tests).
 
 {table}
 
-Minutes per seed are the median of the runs' recorded training and evaluation time on one
-core (a seed paused while tests were timed counts its pause). Scores per seed (dev score x100
-at the end of training, seeds in order):
+Scores are the dev set's Matthews correlation (CoLA) or accuracy (RTE), x100; a run fails
+when it scores no better than predicting the majority class. Minutes per seed are the median of the runs' recorded training and evaluation time on one
+core (a seed paused while tests or benchmarks were timed counts its pause). Scores per seed,
+at the end of training or the best evaluation's (best of), seeds in order:
 
-{chr(10).join(per_seed)}
+{per_seed}
 
-CWGNC against each baseline with seeds, on the seeds both have (uncorrected p, Holm's over the
-{len(family)} tests of this table in brackets; `cwgnc_jax.stats.compare`):
+CWGNC against each baseline at the same task and rate, on the seeds both have (uncorrected p,
+Holm's over the {len(family)} tests of this table in brackets; `cwgnc_jax.stats.compare`):
 
-{cmp_table}
+{comparison_table}
 
-{verdict}. This page makes no claim about Table 1 at our scale until every row has its 10
-seeds.
-(For reference only, not a test: CWGNC's 3-epoch CoLA groups below scored 26.9-27.5 on
-average at this rate; 5 epochs score {groups[('cola', 'cwgnc')]['mean']:.1f}.) The raw runs:
-`docs/results/runs/table1/`; `python -m cwgnc_jax.report docs/results/runs/table1 --out DIR`
-prints them in the paper's layout with the same tests; `python experiments/table1_section.py`
-writes this section from them.
+{verdict}. This page makes no claim about Table 1 at our scale until every row has its
+{SEEDS} seeds. The raw runs: `docs/results/runs/table1/`; `python -m cwgnc_jax.report
+docs/results/runs/table1 --out DIR` prints them in the paper's layout with the same tests, and
+`python experiments/table1_section.py` writes this section and the Status line from them.
 
 """
-p = RESULTS_PAGE; t = p.read_text()
-start = t.index("## Table 1 at our scale (in progress)")
-end = t.index("## The equal-epoch ablation", start)
-p.write_text(t[:start] + section + t[end:])
+
+
+def status_row(groups: dict[Setting, dict]) -> str:
+  done = [f"{s.place} {ROW_NAMES[s.row]} ({s.epochs} epochs): {groups[s]['finished']}"
+          for s in SETTINGS if s in groups]
+  state = "done" if all(groups.get(s, {}).get("finished") == SEEDS for s in SETTINGS) else (
+      "in progress")
+  return (f"{STATUS_ROW} (RTE and CoLA, seeds 1-{SEEDS}, and the RTE harsh pair; one pinned "
+          f"commit) | {state} | seeds done: {'; '.join(done)}; the other groups not yet run; "
+          "see the next section |")
+
+
+def page(text: str, groups: dict[Setting, dict]) -> str:
+  """``text`` (docs/results.md) with the section and the Status line written anew."""
+  start = text.index(TITLE)
+  end = text.index(NEXT_TITLE, start)
+  text = text[:start] + section(groups) + text[end:]
+  lines = text.split("\n")
+  rows = [i for i, line in enumerate(lines) if line.startswith(STATUS_ROW)]
+  assert len(rows) == 1, f"{RESULTS_PAGE}: expected one Status line starting {STATUS_ROW!r}"
+  lines[rows[0]] = status_row(groups)
+  return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+  groups = read_groups(RUNS)
+  text = RESULTS_PAGE.read_text()
+  written = page(text, groups)
+  if argv == ["--check"]:
+    if written != text:
+      print(f"{RESULTS_PAGE} differs from the runs in {RUNS}: run python "
+            "experiments/table1_section.py", file=sys.stderr)
+      return 1
+    return 0
+  RESULTS_PAGE.write_text(written)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))

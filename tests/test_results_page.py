@@ -1,0 +1,52 @@
+"""docs/results.md's Table 1 section says what its committed runs say
+(``experiments/table1_section.py``)."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+_SPEC = importlib.util.spec_from_file_location("table1_section",
+                                               REPO / "experiments" / "table1_section.py")
+table1_section = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(table1_section)
+
+
+def test_the_page_is_what_the_committed_runs_write(capsys):
+  """Collecting runs without rewriting the section (or editing its numbers by hand) fails."""
+  assert table1_section.main(["--check"]) == 0, capsys.readouterr().err
+
+
+def test_each_group_lands_in_its_own_setting():
+  """A group's setting comes from its recorded config: the harsh pair (RTE at 2e-4, 3 epochs)
+  is not the RTE AdamW row at 2e-5, and a best-of row counts its evaluations."""
+  summary = json.loads(next(table1_section.RUNS.glob("rte_adamw__*/summary.json")).read_text())
+  Setting = table1_section.Setting
+  assert table1_section.setting_of(summary) == Setting("rte", "adamw", 2e-5, 3, 1)
+  harsh = copy.deepcopy(summary)
+  harsh["config"]["optimizer"]["learning_rate"] = 2e-4
+  assert table1_section.setting_of(harsh) == Setting("rte", "adamw", 2e-4, 3, 1)
+  mosbach = copy.deepcopy(summary)
+  mosbach["method"] = "mosbach"
+  mosbach["config"].update(num_epochs=20, evals_per_epoch=3, keep_best=True)
+  assert table1_section.setting_of(mosbach) in table1_section.SETTINGS
+  assert table1_section.setting_of(mosbach).protocol == "Mosbach et al., 20 epochs, best of 60"
+  assert table1_section.Setting("rte", "cwgnc", 2e-4, 3, 1).place == "RTE, lr 2e-4"
+
+
+def test_a_verdict_names_what_survives_holm():
+  """With a made-up CWGNC group whose every run scores far above AdamW's on the same seeds,
+  the section names the Welch test as significant; with the committed runs it names none."""
+  groups = table1_section.read_groups(table1_section.RUNS)
+  assert "**No comparison is significant**" in table1_section.section(groups)
+  adamw = next(s for s in groups if s.row == "adamw" and s.learning_rate == 2e-5)
+  cwgnc = table1_section.Setting("rte", "cwgnc", 2e-5, 5, 1)
+  better = copy.deepcopy(groups[adamw])
+  for run in better["runs"]:
+    run["score"] += 20 + run["seed"] % 2  # unequal, so the spreads differ a little
+  text = table1_section.section({adamw: groups[adamw], cwgnc: better})
+  assert "**Significant after Holm's correction: RTE, lr 2e-5, CWGNC vs AdamW, Welch" in text
+  assert table1_section._seed_ranges([1, 2, 3, 5, 7, 8]) == "1-3, 5, 7-8"  # pylint: disable=protected-access
