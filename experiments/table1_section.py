@@ -83,7 +83,7 @@ def read_groups(runs: Path) -> dict[Setting, dict]:
 def group_line(setting: Setting, summary: dict | None) -> str:
   if summary is None:
     return f"| {setting.place} | {setting.protocol} | not yet run | | | | | | |"
-  n, seeds = summary["finished"], summary["seeds"]
+  n, seeds = summary["finished"], sorted(run["seed"] for run in summary["runs"])  # finished
   minutes = statistics.median(run["seconds"] for run in summary["runs"]) / 60
   return (f"| {setting.place} | {setting.protocol} | {n} of {SEEDS} (seeds "
           f"{_seed_ranges(seeds)}) | {summary['std']:.1f} | {summary['mean']:.1f} | "
