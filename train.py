@@ -40,8 +40,8 @@ from cwgnc_jax.training import run as run_lib
 PROG = "train.py"
 
 
-def fail(message: str, *, at_once: bool = False) -> None:
-  command_line.fail(PROG, message, at_once=at_once)
+def fail(message: str) -> None:
+  command_line.fail(PROG, message)
 
 
 def main(argv: list[str]) -> None:
@@ -66,10 +66,9 @@ def main(argv: list[str]) -> None:
         fail(str(e))
       try:
         results = loop.train(run)
-      except (config_lib.ConfigError, files.LockedError) as e:
-        fail(str(e))
-      except (checkpoint.CheckpointError, files.WriteError) as e:
-        fail(str(e), at_once=True)
+      except (config_lib.ConfigError, files.LockedError, checkpoint.CheckpointError,
+              files.WriteError) as e:
+        command_line.fail_on(PROG, e)
     except preemption.Stopped as e:
       print(f"train.py: {e}", file=sys.stderr)
       sys.exit(e.exit_status)

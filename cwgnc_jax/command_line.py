@@ -114,6 +114,12 @@ def fail(prog: str, message: str, *, at_once: bool = False) -> NoReturn:
   sys.exit(USAGE_ERROR)
 
 
+def fail_on(prog: str, error: Exception) -> NoReturn:
+  """``fail`` with ``error``'s message, ``at_once`` where its class says it leaves orbax's
+  work behind (``leaves_orbax_work``: ``files.WriteError``, ``checkpoint.CheckpointError``)."""
+  fail(prog, str(error), at_once=getattr(error, "leaves_orbax_work", False))
+
+
 # -- The config: --config NAME_OR_PATH and its overrides. -----------------------------------
 
 # ``glue_dir`` and ``model`` name folders that the run records (config.json) and that later

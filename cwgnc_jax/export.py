@@ -142,10 +142,9 @@ def main(argv: list[str]) -> None:
   run_dir, out_dir = (Path(arg).absolute() for arg in args.positionals)  # orbax: absolute only
   try:
     written = export_run(run_dir, out_dir)
-  except checkpoint.CheckpointError as e:  # orbax's reads of its other arrays left behind
-    command_line.fail(PROG, str(e), at_once=True)
-  except (ValueError, OSError) as e:  # RunDirError, OutputError, missing or wrong files
-    command_line.fail(PROG, str(e))
+  except (ValueError, OSError,  # RunDirError, OutputError, missing or wrong files
+          checkpoint.CheckpointError) as e:
+    command_line.fail_on(PROG, e)
   print(f"exported {run_dir} to {written}", file=sys.stderr)
 
 

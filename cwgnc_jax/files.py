@@ -78,6 +78,7 @@ DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EIO, 
 class WriteError(OSError):
   """A file or folder could not be written for a reason of its disk; the message names it,
   the cause and the way out, in one line."""
+  leaves_orbax_work = True  # a checkpoint's other writer threads: command_line.fail_on
 
 
 def disk_error(error: BaseException) -> str | None:

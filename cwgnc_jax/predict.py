@@ -233,10 +233,9 @@ def main(argv: list[str]) -> None:
     command_line.fail(PROG, f"{e} (python -m {PROG} --help)")
   try:
     summary = predict_run(**args)
-  except checkpoint.CheckpointError as e:  # orbax's reads of its other arrays left behind
-    command_line.fail(PROG, str(e), at_once=True)
-  except (ValueError, OSError) as e:  # RunDirError, a missing or wrong TSV, the output file
-    command_line.fail(PROG, str(e))
+  except (ValueError, OSError,  # RunDirError, a missing or wrong TSV, the output file
+          checkpoint.CheckpointError) as e:
+    command_line.fail_on(PROG, e)
   print(json.dumps(summary))
   for written in (summary, *summary.get("other_sets", {}).values()):
     print(f"predictions: {written['predictions']}", file=sys.stderr)

@@ -376,10 +376,8 @@ def main(argv: list[str]) -> None:
     try:
       config_arg, overrides, seeds, out, per_program = parse_args(argv)
       summary = run_study(config_arg, overrides, seeds, out, per_program)
-    except (ConfigError, files.LockedError) as e:
-      command_line.fail(PROG, str(e))
-    except (checkpoint.CheckpointError, files.WriteError) as e:  # orbax's work left behind
-      command_line.fail(PROG, str(e), at_once=True)
+    except (ConfigError, files.LockedError, checkpoint.CheckpointError, files.WriteError) as e:
+      command_line.fail_on(PROG, e)
     except preemption.Stopped as e:
       print(f"cwgnc_jax.study: {e}", file=sys.stderr)
       sys.exit(e.exit_status)

@@ -161,19 +161,15 @@ def main(argv: Sequence[str]) -> int:
     folders = check(plan)
     count = plan.workers or workers.default_workers()
     assigned = workers.assignments(count)
-  except ConfigError as e:
-    command_line.fail(study.PROG, str(e))
-  except checkpoint.CheckpointError as e:
-    command_line.fail(study.PROG, str(e), at_once=True)
+  except (ConfigError, checkpoint.CheckpointError) as e:
+    command_line.fail_on(study.PROG, e)
   if count == 1:
     try:
       for entry in plan.entries:
         _print_summary(study.run_study(entry.config_arg, entry.overrides, entry.seeds,
                                        plan.out, plan.seeds_per_program))
-    except (ConfigError, files.LockedError) as e:
-      command_line.fail(study.PROG, str(e))
-    except (checkpoint.CheckpointError, files.WriteError) as e:  # as study.main
-      command_line.fail(study.PROG, str(e), at_once=True)
+    except (ConfigError, files.LockedError, checkpoint.CheckpointError, files.WriteError) as e:
+      command_line.fail_on(study.PROG, e)
     return 0
   status, unfinished = workers.run(plan, folders, assigned)
   for folder in dict.fromkeys(folders.values()):

@@ -119,6 +119,7 @@ def saved_steps(directory: str | Path) -> list[int]:
 
 class CheckpointError(RuntimeError):
   """A checkpoint exists but cannot be restored; the message names it and the way out."""
+  leaves_orbax_work = True  # the reads of its other arrays: command_line.fail_on
 
 
 class Checkpointer:
