@@ -320,6 +320,22 @@ def test_comparisons_test_cwgnc_against_each_baseline_of_its_task(studies, tmp_p
   assert "Holm's (`stats.holm`) over the family of all 15 tests on this page" in text
 
 
+def test_cwgnc_meets_only_the_baselines_of_its_learning_rate(tmp_path):
+  """A harsher rate is another question: CWGNC at 4e-4 is not tested against AdamW at 2e-5,
+  nor CWGNC at 2e-5 (5 epochs, its own protocol) against AdamW at 4e-4 (3 epochs)."""
+  make_group(tmp_path, "rte_cwgnc", {}, [70.0, 71.0, 72.5], 52.7)
+  make_group(tmp_path, "rte_adamw", {}, [69.0, 52.0, 70.5], 52.7)
+  harsh = {"optimizer.learning_rate": "4e-4", "num_epochs": "3"}
+  make_group(tmp_path, "rte_cwgnc", harsh, [60.0, 52.0, 65.0], 52.7)
+  make_group(tmp_path, "rte_adamw", harsh, [50.0, 55.0, 51.0], 52.7)
+  groups = load.find_groups(tmp_path)
+  load.label_groups(groups)
+  pairs = [(c.ours.config["optimizer"]["learning_rate"], c.ours.config["num_epochs"],
+            c.base.config["optimizer"]["learning_rate"], c.base.config["num_epochs"])
+           for c in tables.comparisons(groups)]
+  assert sorted(pairs) == [(2e-5, 5, 2e-5, 3), (4e-4, 3, 4e-4, 3)]
+
+
 def test_rows_say_optax_adam_best_evaluation_and_failure_rule(tmp_path):
   """Groups trained before ``optimizer.adam_form`` existed (no key in their config) used
   optax's Adam: their rows say so beside the transformers-form rows of the same method;

@@ -16,8 +16,9 @@ RUN_DIR is one setting (model, learning rates, epochs): it gets its own tables. 
     when a RUN_DIR holds CWGNC groups of at least two thresholds on that task at one learning
     rate and number of epochs; from three thresholds on, with the rank correlation of score and
     log c (``sweep_trend``).
-  * CWGNC against each baseline of its task (``comparisons``): are the differences in
-    spread, mean and failures larger than the seeds' noise? Two-sided p-values
+  * CWGNC against each baseline of its task at the same learning rate and scale
+    (``comparisons``): are the differences in spread, mean and failures larger than the
+    seeds' noise? Two-sided p-values
     (``stats.compare``), each beside its Holm-adjusted value over every test on the page
     (``stats.holm``).
   * ``scores.png``: every seed's score and each group's mean +- std against the majority

@@ -126,6 +126,17 @@ class Group:
     return form if optimizer.get("bias_correction") else None
 
   @property
+  def setting(self) -> tuple:
+    """What a comparison of methods holds equal (``tables.comparisons``): the task, the
+    learning rate, and the model, data and batch every row shares. Each row's own protocol
+    (optimizer recipe, epochs, evaluations kept) may differ, as in the paper's Table 1; groups
+    at another rate or scale answer another question (a harsher rate, a smaller model)."""
+    config = self.config
+    return (self.task, config["optimizer"]["learning_rate"], config["model"],
+            config["batch_size"], config.get("train_limit"), config.get("max_length"),
+            config.get("dtype"))
+
+  @property
   def failure_rule(self) -> str:
     return self.summary.get("failure_rule", "majority")
 

@@ -128,21 +128,22 @@ HOLM_COLUMNS = ("seeds | Std ratio | p (equal spread) | Holm | mean difference |
 
 @dataclasses.dataclass(frozen=True)
 class Compared:
-  """CWGNC (``ours``) against a baseline of its task."""
+  """CWGNC (``ours``) against a baseline of its setting."""
   ours: Group
   base: Group
   result: stats.Comparison
 
 
 def comparisons(groups: Sequence[Group]) -> list[Compared]:
-  """CWGNC against each baseline of its task, where both have at least
-  ``MIN_SEEDS_TO_COMPARE`` finished seeds, by task and row order."""
+  """CWGNC against each baseline of its setting (``Group.setting``: the same task, rate and
+  scale), where both have at least ``MIN_SEEDS_TO_COMPARE`` finished seeds, by task and row
+  order."""
   found = []
   for task in tasks_in(groups):
     plain = sorted((g for g in groups if g.task == task and g.unfreezing == "none"
                     and len(_scores(g)) >= MIN_SEEDS_TO_COMPARE), key=row_order)
     for ours in (g for g in plain if g.is_cwgnc):
-      for base in (g for g in plain if not g.is_cwgnc):
+      for base in (g for g in plain if not g.is_cwgnc and g.setting == ours.setting):
         failed = [sum(run["failed"] for run in g.summary["runs"] if "score" in run)
                   for g in (ours, base)]
         found.append(Compared(ours, base, stats.compare(_scores(ours), _scores(base),
@@ -244,6 +245,8 @@ def markdown(settings: Sequence[tuple[Path, Sequence[Group]]], command: str | No
         lines += [trend, ""]
     if found:
       lines += [f"### CWGNC against the baselines (`{run_dir}`)", "",
+                "Each CWGNC group against each baseline of its task at the same learning "
+                "rate, model, data and batch (each row at its own protocol). "
                 "Std ratio: CWGNC's std over the baseline's. p-values, two-sided: "
                 "Brown-Forsythe (equal spread), Welch (equal means), Fisher exact (equal "
                 "failure rates); each uncorrected, then Holm's (`stats.holm`) over the family "
