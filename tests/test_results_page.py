@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import subprocess
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -50,3 +51,24 @@ def test_a_verdict_names_what_survives_holm():
   text = table1_section.section({adamw: groups[adamw], cwgnc: better})
   assert "**Significant after Holm's correction: RTE, lr 2e-5, CWGNC vs AdamW, Welch" in text
   assert table1_section._seed_ranges([1, 2, 3, 5, 7, 8]) == "1-3, 5, 7-8"  # pylint: disable=protected-access
+
+
+def test_collect_copies_finished_seeds_and_the_groups_that_have_one(tmp_path):
+  """experiments/collect.sh: a finished seed's results, config and gradient norms and its
+  group's summary come; checkpoints, an unfinished seed, and a group a study has only started
+  (its summary lists no run) stay behind, so the page never meets an empty group."""
+  runs, dest = tmp_path / "runs", tmp_path / "dest"
+  files = {"cola_mosbach__x/summary.json": "{}",  # started: no seed finished yet
+           "cola_mosbach__x/seed_1/config.json": "{}",
+           "cola_adamw__x/summary.json": "{}",
+           "cola_adamw__x/seed_1/results.json": "{}", "cola_adamw__x/seed_1/config.json": "{}",
+           "cola_adamw__x/seed_1/grad_norms.npz": "", "cola_adamw__x/seed_1/checkpoints/9/a": "",
+           "cola_adamw__x/seed_2/config.json": "{}"}  # in flight
+  for name, text in files.items():
+    (runs / name).parent.mkdir(parents=True, exist_ok=True)
+    (runs / name).write_text(text)
+  subprocess.run(["bash", str(REPO / "experiments" / "collect.sh"), str(runs), str(dest)],
+                 check=True)
+  assert sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file()) == [
+      "cola_adamw__x/seed_1/config.json", "cola_adamw__x/seed_1/grad_norms.npz",
+      "cola_adamw__x/seed_1/results.json", "cola_adamw__x/summary.json"]
