@@ -85,8 +85,8 @@ def group_line(setting: Setting, summary: dict | None) -> str:
     return f"| {setting.place} | {setting.protocol} | not yet run | | | | | | |"
   n, seeds = summary["finished"], sorted(run["seed"] for run in summary["runs"])  # finished
   minutes = statistics.median(run["seconds"] for run in summary["runs"]) / 60
-  return (f"| {setting.place} | {setting.protocol} | {n} of {SEEDS} (seeds "
-          f"{_seed_ranges(seeds)}) | {summary['std']:.1f} | {summary['mean']:.1f} | "
+  return (f"| {setting.place} | {setting.protocol} | {n} of {SEEDS} "
+          f"(seed{'s' if n > 1 else ''} {_seed_ranges(seeds)}) | {summary['std']:.1f} | {summary['mean']:.1f} | "
           f"{summary['max']:.1f} | {summary['min']:.1f} | {summary['failed_runs']}/{n} | "
           f"{minutes:.1f} |")
 
