@@ -77,3 +77,20 @@ def test_collect_copies_finished_seeds_and_the_groups_that_have_one(tmp_path):
   assert sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file()) == [
       "cola_adamw__x/seed_1/config.json", "cola_adamw__x/seed_1/grad_norms.npz",
       "cola_adamw__x/seed_1/results.json", "cola_adamw__x/summary.json"]
+
+
+def test_a_best_of_row_gives_its_last_evaluation_beside_its_best(tmp_path):
+  """The best of 60 evaluations is picked on the dev set it is scored on; the page also gives
+  each seed's last evaluation (the end of training), which the final-score rows compare to."""
+  for seed, scores in ((1, [20.0, 33.5, 31.0]), (2, [25.0, 30.0, 29.0])):
+    (tmp_path / "g" / f"seed_{seed}").mkdir(parents=True)
+    (tmp_path / "g" / f"seed_{seed}" / "results.json").write_text(json.dumps(
+        {"evaluations": [{"score": x} for x in scores]}))
+  summary = {"group": "g", "runs": [{"seed": 2, "score": 30.0}, {"seed": 1, "score": 33.5}]}
+  mosbach = table1_section.Setting("cola", "mosbach", 1e-4, 20, 60)
+  assert table1_section.seed_line(mosbach, summary, tmp_path) == (
+      "- CoLA, lr 1e-4, Mosbach et al., 20 epochs, best of 60: 33.50 / 30.00; "
+      "at the last evaluation 31.00 / 29.00 (mean 30.0)")
+  adamw = table1_section.Setting("cola", "adamw", 1e-4, 3, 1)  # no evaluations read
+  assert table1_section.seed_line(adamw, summary, tmp_path / "absent") == (
+      "- CoLA, lr 1e-4, AdamW, 3 epochs: 33.50 / 30.00")
