@@ -20,6 +20,7 @@ from typing import NamedTuple
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from cwgnc_jax import stats  # pylint: disable=wrong-import-position
+from cwgnc_jax.report.tables import MIN_SEEDS_TO_COMPARE  # pylint: disable=wrong-import-position
 
 RUNS = REPO / "docs" / "results" / "runs" / "table1"
 RESULTS_PAGE = REPO / "docs" / "results.md"
@@ -109,7 +110,8 @@ class Comparison(NamedTuple):
 
 
 def comparisons(groups: dict[Setting, dict]) -> list[Comparison]:
-  """CWGNC against each baseline at the same task and rate, on the seeds both have."""
+  """CWGNC against each baseline at the same task and rate, on the seeds both have (at least
+  ``MIN_SEEDS_TO_COMPARE``)."""
   found = []
   for cwgnc in (s for s in SETTINGS if s.row == "cwgnc" and s in groups):
     for baseline in (s for s in SETTINGS if s.row != "cwgnc" and s in groups
@@ -117,7 +119,7 @@ def comparisons(groups: dict[Setting, dict]) -> list[Comparison]:
       c = {run["seed"]: run for run in groups[cwgnc]["runs"]}
       b = {run["seed"]: run for run in groups[baseline]["runs"]}
       both = sorted(set(c) & set(b))
-      if len(both) < 2:
+      if len(both) < MIN_SEEDS_TO_COMPARE:
         continue
       found.append(Comparison(cwgnc, baseline, both, stats.compare(
           [c[i]["score"] for i in both], [b[i]["score"] for i in both],
@@ -208,8 +210,9 @@ like-for-like reading. Scores per seed, seeds in order:
 
 {per_seed}
 
-CWGNC against each baseline at the same task and rate, on the seeds both have (uncorrected p,
-Holm's over the {len(family)} tests of this table in brackets; `cwgnc_jax.stats.compare`):
+CWGNC against each baseline at the same task and rate, on the seeds both have once they have
+{MIN_SEEDS_TO_COMPARE} (uncorrected p, Holm's over the {len(family)} tests of this table in brackets;
+`cwgnc_jax.stats.compare`):
 
 {comparison_table}
 

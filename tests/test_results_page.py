@@ -94,3 +94,16 @@ def test_a_best_of_row_gives_its_last_evaluation_beside_its_best(tmp_path):
   adamw = table1_section.Setting("cola", "adamw", 1e-4, 3, 1)  # no evaluations read
   assert table1_section.seed_line(adamw, summary, tmp_path / "absent") == (
       "- CoLA, lr 1e-4, AdamW, 3 epochs: 33.50 / 30.00")
+
+
+def test_a_comparison_waits_for_three_common_seeds():
+  """Two seeds give no spread test (Brown-Forsythe's p is nan): a baseline with fewer than
+  three seeds in common with CWGNC is listed in the table, not yet compared."""
+  groups = table1_section.read_groups(table1_section.RUNS)
+  cwgnc = next(s for s in groups if s.row == "cwgnc" and s.task == "cola")
+  mosbach = table1_section.Setting("cola", "mosbach", 1e-4, 20, 60)
+  for seeds, compared in ((2, False), (3, True)):
+    made_up = copy.deepcopy(groups[cwgnc])
+    made_up["runs"] = made_up["runs"][:seeds]
+    found = table1_section.comparisons({cwgnc: groups[cwgnc], mosbach: made_up})
+    assert [c.baseline for c in found] == ([mosbach] if compared else [])
