@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from cwgnc_jax import stats  # pylint: disable=wrong-import-position
+from cwgnc_jax import files, stats  # pylint: disable=wrong-import-position
 from cwgnc_jax.report.tables import MIN_SEEDS_TO_COMPARE  # pylint: disable=wrong-import-position
 
 RUNS = REPO / "docs" / "results" / "runs" / "table1"
@@ -87,9 +87,9 @@ def group_line(setting: Setting, summary: dict | None) -> str:
   n, seeds = summary["finished"], sorted(run["seed"] for run in summary["runs"])  # finished
   minutes = statistics.median(run["seconds"] for run in summary["runs"]) / 60
   return (f"| {setting.place} | {setting.protocol} | {n} of {SEEDS} "
-          f"(seed{'s' if n > 1 else ''} {_seed_ranges(seeds)}) | {summary['std']:.1f} | {summary['mean']:.1f} | "
-          f"{summary['max']:.1f} | {summary['min']:.1f} | {summary['failed_runs']}/{n} | "
-          f"{minutes:.1f} |")
+          f"(seed{'s' if n > 1 else ''} {_seed_ranges(seeds)}) | {summary['std']:.1f} | "
+          f"{summary['mean']:.1f} | {summary['max']:.1f} | {summary['min']:.1f} | "
+          f"{summary['failed_runs']}/{n} | {minutes:.1f} |")
 
 
 def _seed_ranges(seeds: list[int]) -> str:
@@ -133,7 +133,8 @@ TESTS = ("Brown-Forsythe", "Welch", "Fisher")
 def last_evaluations(summary: dict, runs: Path) -> list[float]:
   """A best-of group's score at its last evaluation (the end of training), per seed in
   order, from the runs' results.json."""
-  return [json.loads((runs / summary["group"] / f"seed_{seed}" / "results.json").read_text()
+  group = runs / summary["group"]
+  return [json.loads((files.seed_dir(group, seed) / files.RESULTS_FILE).read_text()
                      )["evaluations"][-1]["score"]
           for seed in sorted(run["seed"] for run in summary["runs"])]
 
@@ -210,9 +211,9 @@ like-for-like reading. Scores per seed, seeds in order:
 
 {per_seed}
 
-CWGNC against each baseline at the same task and rate, on the seeds both have once they have
-{MIN_SEEDS_TO_COMPARE} (uncorrected p, Holm's over the {len(family)} tests of this table in brackets;
-`cwgnc_jax.stats.compare`):
+CWGNC against each baseline at the same task and rate, on the seeds both have once they
+have {MIN_SEEDS_TO_COMPARE} (uncorrected p, Holm's over the {len(family)} tests of this table in
+brackets; `cwgnc_jax.stats.compare`):
 
 {comparison_table}
 
