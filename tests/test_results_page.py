@@ -54,7 +54,9 @@ def test_a_verdict_names_what_survives_holm():
   text = table1_section.section({adamw: groups[adamw], cwgnc: shifted(20)})
   assert "**Significant after Holm's correction: RTE, lr 2e-5, CWGNC vs AdamW, Welch" in text
   text = table1_section.section({adamw: groups[adamw], cwgnc: shifted(0)})
-  assert "**No comparison is significant** (smallest uncorrected p" in text
+  assert ("**No comparison is significant** after Holm's correction (the smallest uncorrected "
+          "p, 0.") in text
+  assert "RTE, lr 2e-5, CWGNC vs AdamW, " in text.split("(the smallest uncorrected p")[1]
   assert table1_section._seed_ranges([1, 2, 3, 5, 7, 8]) == "1-3, 5, 7-8"  # pylint: disable=protected-access
 
 
