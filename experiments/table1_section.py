@@ -223,7 +223,8 @@ brackets; `cwgnc_jax.stats.compare`):
 {comparison_table}
 
 {verdict}.
-This page makes no claim about Table 1 at our scale until every row has its {SEEDS} seeds. The raw runs: `docs/results/runs/table1/`; `python -m cwgnc_jax.report
+This page makes no claim about Table 1 at our scale until every row has its {SEEDS} seeds.
+The raw runs: `docs/results/runs/table1/`; `python -m cwgnc_jax.report
 docs/results/runs/table1 --out DIR` prints them in the paper's layout with the same tests, and
 `python experiments/table1_section.py` writes this section and the Status line from them.
 
