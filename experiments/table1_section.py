@@ -19,8 +19,8 @@ from typing import NamedTuple
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from cwgnc_jax import files, stats  # pylint: disable=wrong-import-position
-from cwgnc_jax.report.tables import MIN_SEEDS_TO_COMPARE  # pylint: disable=wrong-import-position
+from cwgnc_jax import stats  # pylint: disable=wrong-import-position
+from cwgnc_jax.report import load, tables  # pylint: disable=wrong-import-position
 
 RUNS = REPO / "docs" / "results" / "runs" / "table1"
 RESULTS_PAGE = REPO / "docs" / "results.md"
@@ -102,55 +102,38 @@ def _seed_ranges(seeds: list[int]) -> str:
   return ", ".join(ranges)
 
 
-class Comparison(NamedTuple):
-  cwgnc: Setting
-  baseline: Setting
-  seeds: list[int]
-  result: stats.Comparison
+def comparisons(groups: dict[Setting, dict], runs: Path = RUNS) -> list[tables.Compared]:
+  """CWGNC against each baseline at its task and rate, as the report compares them
+  (``tables.comparisons``: every finished seed of each, once both have
+  ``tables.MIN_SEEDS_TO_COMPARE``; a best-of baseline at its best and at its last
+  evaluation), so the page and ``python -m cwgnc_jax.report`` give the same p-values."""
+  return tables.comparisons([load.Group(runs / summary["group"], summary)
+                             for summary in groups.values()])
 
 
-def comparisons(groups: dict[Setting, dict]) -> list[Comparison]:
-  """CWGNC against each baseline at the same task and rate, on the seeds both have (at least
-  ``MIN_SEEDS_TO_COMPARE``)."""
-  found = []
-  for cwgnc in (s for s in SETTINGS if s.row == "cwgnc" and s in groups):
-    for baseline in (s for s in SETTINGS if s.row != "cwgnc" and s in groups
-                     and (s.task, s.learning_rate) == (cwgnc.task, cwgnc.learning_rate)):
-      c = {run["seed"]: run for run in groups[cwgnc]["runs"]}
-      b = {run["seed"]: run for run in groups[baseline]["runs"]}
-      both = sorted(set(c) & set(b))
-      if len(both) < MIN_SEEDS_TO_COMPARE:
-        continue
-      found.append(Comparison(cwgnc, baseline, both, stats.compare(
-          [c[i]["score"] for i in both], [b[i]["score"] for i in both],
-          sum(c[i]["failed"] for i in both), sum(b[i]["failed"] for i in both))))
-  return found
+def reading(compared: tables.Compared) -> str:
+  """The baseline of a comparison as the page names it."""
+  base = setting_of(compared.base.summary)
+  if compared.at_last_evaluation:
+    return f"{ROW_NAMES[base.row]}, {base.epochs} epochs, last evaluation"
+  return base.protocol
 
 
 TESTS = ("Brown-Forsythe", "Welch", "Fisher")
-
-
-def last_evaluations(summary: dict, runs: Path) -> list[float]:
-  """A best-of group's score at its last evaluation (the end of training), per seed in
-  order, from the runs' results.json."""
-  group = runs / summary["group"]
-  return [json.loads((files.seed_dir(group, seed) / files.RESULTS_FILE).read_text()
-                     )["evaluations"][-1]["score"]
-          for seed in sorted(run["seed"] for run in summary["runs"])]
 
 
 def seed_line(setting: Setting, summary: dict, runs: Path) -> str:
   scores = [run["score"] for run in sorted(summary["runs"], key=lambda r: r["seed"])]
   line = f"- {setting.place}, {setting.protocol}: " + " / ".join(f"{x:.2f}" for x in scores)
   if setting.best_of > 1:
-    last = last_evaluations(summary, runs)
+    last, _ = tables.last_evaluations(load.Group(runs / summary["group"], summary))
     line += ("; at the last evaluation " + " / ".join(f"{x:.2f}" for x in last) +
              f" (mean {statistics.mean(last):.1f})")
   return line
 
 
 def section(groups: dict[Setting, dict], runs: Path = RUNS) -> str:
-  found = comparisons(groups)
+  found = comparisons(groups, runs)
   family = [p for c in found for p in c.result.pvalues]
   holm = list(stats.holm(family)) if family else []
   table = "\n".join([
@@ -162,13 +145,20 @@ def section(groups: dict[Setting, dict], runs: Path = RUNS) -> str:
   named = []  # (uncorrected p, Holm p, what): every test, to name the closest to significance
   for i, c in enumerate(found):
     p, h = c.result.pvalues, holm[3 * i: 3 * i + 3]
+    ours = setting_of(c.ours.summary)
+    pair = lambda j: f"{tables.format_p(p[j])} ({tables.format_p(h[j])})"  # pylint: disable=cell-var-from-loop
     compared.append(
-        f"| {c.cwgnc.place} | {c.cwgnc.protocol} vs {c.baseline.protocol} | {len(c.seeds)} | "
-        f"{c.result.std_ratio:.2f} | {p[0]:.3f} ({h[0]:.3f}) | "
-        f"{c.result.mean_difference:+.1f} | {p[1]:.3f} ({h[1]:.3f}) | "
-        f"{p[2]:.3f} ({h[2]:.3f}) |")
-    names = [f"{c.cwgnc.place}, CWGNC vs {ROW_NAMES[c.baseline.row]}, {test}" for test in TESTS]
-    significant += [f"{names[j]} (Holm p {h[j]:.3f})" for j in range(3) if h[j] < 0.05]
+        f"| {ours.place} | {ours.protocol} vs {reading(c)} | {c.result.n[0]}, {c.result.n[1]} | "
+        f"{c.result.std_ratio:.2f} | {pair(0)} | {c.result.mean_difference:+.1f} | {pair(1)} | "
+        f"{pair(2)} |")
+    against = ROW_NAMES[c.base.method] + (" at its last evaluation" if c.at_last_evaluation
+                                          else "")
+    names = [f"{ours.place}, CWGNC vs {against}, {test}" for test in TESTS]
+    r = c.result
+    difference = [f"std ratio {r.std_ratio:.2f}, ", f"mean difference {r.mean_difference:+.1f}, ",
+                  f"failed {r.failed[0]}/{r.n[0]} vs {r.failed[1]}/{r.n[1]}, "]
+    significant += [f"{names[j]} ({difference[j]}Holm p {tables.format_p(h[j])})"
+                    for j in range(3) if h[j] < 0.05]
     named += [(p[j], h[j], names[j]) for j in range(3) if p[j] == p[j]]  # NaN: no spread
   if significant:
     verdict = f"**Significant after Holm's correction: {'; '.join(significant)}**"
@@ -216,9 +206,11 @@ like-for-like reading. Scores per seed, seeds in order:
 
 {per_seed}
 
-CWGNC against each baseline at the same task and rate, on the seeds both have once they
-have {MIN_SEEDS_TO_COMPARE} (uncorrected p, Holm's over the {len(family)} tests of this table in
-brackets; `cwgnc_jax.stats.compare`):
+CWGNC against each baseline at the same task and rate, every finished seed of each once both
+have {tables.MIN_SEEDS_TO_COMPARE} (seeds: CWGNC's, the baseline's); a best-of row twice, at its
+best evaluation (its protocol) and at its last (like for like), failures there by the same
+threshold (uncorrected p, Holm's over the {len(family)} tests of this table in brackets;
+`cwgnc_jax.report.tables.comparisons`, as the report computes them):
 
 {comparison_table}
 

@@ -9,6 +9,10 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
+
+from made_up_runs import make_group
+
 REPO = Path(__file__).resolve().parent.parent
 _SPEC = importlib.util.spec_from_file_location("table1_section",
                                                REPO / "experiments" / "table1_section.py")
@@ -38,22 +42,23 @@ def test_each_group_lands_in_its_own_setting():
   assert table1_section.Setting("rte", "cwgnc", 2e-4, 3, 1).place == "RTE, lr 2e-4"
 
 
-def test_a_verdict_names_what_survives_holm():
-  """Against a committed AdamW group, a made-up CWGNC group whose every run scores far above
-  it on the same seeds is named significant (Welch); one that scores about the same is not."""
-  groups = table1_section.read_groups(table1_section.RUNS)
-  adamw = next(s for s in groups if s.row == "adamw" and s.learning_rate == 2e-5)
-  cwgnc = table1_section.Setting("rte", "cwgnc", 2e-5, 5, 1)
+COLA = {"model": "minilm-l6", "optimizer.learning_rate": "1e-4"}
+RTE = {"model": "minilm-l6", "optimizer.learning_rate": "2e-5"}
 
-  def shifted(points: float) -> dict:
-    group = copy.deepcopy(groups[adamw])
-    for run in group["runs"]:
-      run["score"] += points + 0.5 * (run["seed"] % 2)  # unequal, so the spreads differ
-    return group
 
-  text = table1_section.section({adamw: groups[adamw], cwgnc: shifted(20)})
-  assert "**Significant after Holm's correction: RTE, lr 2e-5, CWGNC vs AdamW, Welch" in text
-  text = table1_section.section({adamw: groups[adamw], cwgnc: shifted(0)})
+def test_a_verdict_names_what_survives_holm(tmp_path):
+  """A made-up CWGNC group scoring far above AdamW's on every seed is named significant
+  (Welch, with its mean difference); one scoring about the same is not, and the verdict names
+  the comparison closest to significance."""
+  adamw = [55.0, 56.5, 54.0, 57.0, 55.5, 56.0]
+  for shift, root in ((20.0, tmp_path / "far"), (0.0, tmp_path / "near")):
+    make_group(root, "rte_adamw", RTE, adamw, 52.7)
+    make_group(root, "rte_cwgnc", RTE, [x + shift + 0.4 * (i % 2) for i, x in enumerate(adamw)],
+               52.7)
+  text = table1_section.section(table1_section.read_groups(tmp_path / "far"), tmp_path / "far")
+  assert ("**Significant after Holm's correction: RTE, lr 2e-5, CWGNC vs AdamW, Welch (mean "
+          "difference +20.2, Holm p <0.001)") in text
+  text = table1_section.section(table1_section.read_groups(tmp_path / "near"), tmp_path / "near")
   assert ("**No comparison is significant** after Holm's correction (the smallest uncorrected "
           "p, 0.") in text
   assert "RTE, lr 2e-5, CWGNC vs AdamW, " in text.split("(the smallest uncorrected p")[1]
@@ -84,28 +89,41 @@ def test_collect_copies_finished_seeds_and_the_groups_that_have_one(tmp_path):
 def test_a_best_of_row_gives_its_last_evaluation_beside_its_best(tmp_path):
   """The best of 60 evaluations is picked on the dev set it is scored on; the page also gives
   each seed's last evaluation (the end of training), which the final-score rows compare to."""
-  for seed, scores in ((1, [20.0, 33.5, 31.0]), (2, [25.0, 30.0, 29.0])):
-    (tmp_path / "g" / f"seed_{seed}").mkdir(parents=True)
-    (tmp_path / "g" / f"seed_{seed}" / "results.json").write_text(json.dumps(
-        {"evaluations": [{"score": x} for x in scores]}))
-  summary = {"group": "g", "runs": [{"seed": 2, "score": 30.0}, {"seed": 1, "score": 33.5}]}
-  mosbach = table1_section.Setting("cola", "mosbach", 1e-4, 20, 60)
-  assert table1_section.seed_line(mosbach, summary, tmp_path) == (
+  make_group(tmp_path, "cola_mosbach", COLA, [33.5, 30.0], 0.0, last_scores=[31.0, 29.0])
+  make_group(tmp_path, "cola_adamw", COLA, [33.5, 30.0], 0.0)
+  lines = [table1_section.seed_line(setting, summary, tmp_path)
+           for setting, summary in table1_section.read_groups(tmp_path).items()]
+  assert sorted(lines) == [
+      "- CoLA, lr 1e-4, AdamW, 3 epochs: 33.50 / 30.00",
       "- CoLA, lr 1e-4, Mosbach et al., 20 epochs, best of 60: 33.50 / 30.00; "
-      "at the last evaluation 31.00 / 29.00 (mean 30.0)")
-  adamw = table1_section.Setting("cola", "adamw", 1e-4, 3, 1)  # no evaluations read
-  assert table1_section.seed_line(adamw, summary, tmp_path / "absent") == (
-      "- CoLA, lr 1e-4, AdamW, 3 epochs: 33.50 / 30.00")
+      "at the last evaluation 31.00 / 29.00 (mean 30.0)"]
 
 
-def test_a_comparison_waits_for_three_common_seeds():
+def test_a_comparison_waits_for_three_seeds_a_side(tmp_path):
   """Two seeds give no spread test (Brown-Forsythe's p is nan): a baseline with fewer than
-  three seeds in common with CWGNC is listed in the table, not yet compared."""
-  groups = table1_section.read_groups(table1_section.RUNS)
-  cwgnc = next(s for s in groups if s.row == "cwgnc" and s.task == "cola")
-  mosbach = table1_section.Setting("cola", "mosbach", 1e-4, 20, 60)
+  three finished seeds is listed in the table, not yet compared."""
   for seeds, compared in ((2, False), (3, True)):
-    made_up = copy.deepcopy(groups[cwgnc])
-    made_up["runs"] = made_up["runs"][:seeds]
-    found = table1_section.comparisons({cwgnc: groups[cwgnc], mosbach: made_up})
-    assert [c.baseline for c in found] == ([mosbach] if compared else [])
+    root = tmp_path / str(seeds)
+    make_group(root, "cola_cwgnc", COLA, [28.0, 25.0, 29.5], 0.0)
+    make_group(root, "cola_mosbach", COLA, [33.0, 34.0, 32.0][:seeds], 0.0)
+    found = table1_section.comparisons(table1_section.read_groups(root), root)
+    assert [(c.base.method, c.at_last_evaluation) for c in found] == (
+        [("mosbach", False), ("mosbach", True)] if compared else [])
+
+
+def test_a_best_of_baseline_is_compared_at_its_best_and_at_its_last_evaluation(tmp_path):
+  """Mosbach et al.'s score is its best of 60 evaluations; CWGNC's is its end of training.
+  The like-for-like row reads the baseline's last evaluation and counts a failure there by
+  the group's threshold: made-up runs 10 points above CWGNC at best and 1 point above at the
+  last evaluation, but for one failing there (-29.5), give mean differences -10 and +19."""
+  cwgnc = [28.0, 25.0, 29.5]
+  make_group(tmp_path, "cola_cwgnc", COLA, cwgnc, 0.0)
+  make_group(tmp_path, "cola_mosbach", COLA, [x + 10 for x in cwgnc], 0.0,
+             last_scores=[29.0, 26.0, -29.5])
+  best, last = table1_section.comparisons(table1_section.read_groups(tmp_path), tmp_path)
+  assert (best.at_last_evaluation, last.at_last_evaluation) == (False, True)
+  assert best.result.mean_difference == pytest.approx(-10.0)
+  assert last.result.mean_difference == pytest.approx((-1 - 1 + 59.0) / 3)
+  assert (table1_section.reading(best), table1_section.reading(last)) == (
+      "Mosbach et al., 20 epochs, best of 60", "Mosbach et al., 20 epochs, last evaluation")
+  assert (best.result.failed, last.result.failed) == ((0, 0), (0, 1))

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import stats as scipy_stats
 
-from cwgnc_jax import paper, stats
+from cwgnc_jax import metrics, paper, stats
 from cwgnc_jax.report.load import (Group, row_order, sweep_title, sweeps, task_header,
                                    task_name, tasks_in)
 from cwgnc_jax.tasks import TASKS
@@ -99,14 +99,15 @@ def _scores(group: Group) -> np.ndarray:
   return np.array([run["score"] for run in group.summary["runs"] if "score" in run])
 
 
-def _p(value: float) -> str:
+def format_p(value: float) -> str:
+  """A p-value as the report prints it: three decimals, '<0.001' below, '-' for no test."""
   return "-" if np.isnan(value) else "<0.001" if value < 1e-3 else f"{value:.3f}"
 
 
 def _comparison_cells(c: stats.Comparison, holm: Sequence[float] | None = None) -> str:
   """The Markdown cells of a comparison; with ``holm``, each p-value's Holm-adjusted value
   beside it."""
-  p = [_p(v) if holm is None else f"{_p(v)} | {_p(h)}" for v, h in
+  p = [format_p(v) if holm is None else f"{format_p(v)} | {format_p(h)}" for v, h in
        zip(c.pvalues, holm if holm is not None else c.pvalues)]
   ratio = "-" if np.isnan(c.std_ratio) else f"{c.std_ratio:.2f}"
   return (f"{c.n[0]}, {c.n[1]} | {ratio} | {p[0]} | {c.mean_difference:+.1f} | {p[1]} | "
@@ -128,33 +129,57 @@ HOLM_COLUMNS = ("seeds | Std ratio | p (equal spread) | Holm | mean difference |
 
 @dataclasses.dataclass(frozen=True)
 class Compared:
-  """CWGNC (``ours``) against a baseline of its setting."""
+  """CWGNC (``ours``) against a baseline of its setting; a best-of baseline also at its last
+  evaluation (``at_last_evaluation``)."""
   ours: Group
   base: Group
   result: stats.Comparison
+  at_last_evaluation: bool = False
+
+  @property
+  def base_label(self) -> str:
+    return f"{self.base.label}, read at its last evaluation" if self.at_last_evaluation else (
+        self.base.label)
+
+
+def last_evaluations(group: Group) -> tuple[list[float], int] | None:
+  """A best-of group's scores at its last evaluation (the end of training) and how many of
+  them fail there (the summary's threshold); None where a result lists no evaluation."""
+  results = group.results()
+  if any(not results[seed].get("evaluations") for seed in results):
+    return None
+  scores = [results[seed]["evaluations"][-1]["score"] for seed in sorted(results)]
+  threshold = group.summary["failure_threshold"]
+  return scores, sum(metrics.is_failed(score, threshold) for score in scores)
 
 
 def comparisons(groups: Sequence[Group]) -> list[Compared]:
   """CWGNC against each baseline of its setting (``Group.setting``: the same task, rate and
   scale), where both have at least ``MIN_SEEDS_TO_COMPARE`` finished seeds, by task and row
-  order."""
+  order. A baseline scored at its best dev evaluation (Mosbach et al.'s protocol, picked on
+  the dev set it is scored on) is compared twice: so, and at its last evaluation, like for
+  like with CWGNC's score at the end of its training."""
   found = []
   for task in tasks_in(groups):
     plain = sorted((g for g in groups if g.task == task and g.unfreezing == "none"
                     and len(_scores(g)) >= MIN_SEEDS_TO_COMPARE), key=row_order)
     for ours in (g for g in plain if g.is_cwgnc):
+      ours_failed = sum(run["failed"] for run in ours.summary["runs"] if "score" in run)
       for base in (g for g in plain if not g.is_cwgnc and g.setting == ours.setting):
-        failed = [sum(run["failed"] for run in g.summary["runs"] if "score" in run)
-                  for g in (ours, base)]
+        failed = sum(run["failed"] for run in base.summary["runs"] if "score" in run)
         found.append(Compared(ours, base, stats.compare(_scores(ours), _scores(base),
-                                                        *failed)))
+                                                        ours_failed, failed)))
+        last = last_evaluations(base) if base.config.get("keep_best") else None
+        if last is not None:
+          found.append(Compared(ours, base, stats.compare(_scores(ours), last[0], ours_failed,
+                                                          last[1]), at_last_evaluation=True))
   return found
 
 
 def comparison_table(compared: Sequence[Compared], holm: np.ndarray) -> str:
   """The Markdown table of ``compared``, each p-value with its Holm-adjusted one (``holm``:
   three per comparison, in order)."""
-  rows = [f"| {task_name(c.ours.task)} | {c.ours.label} | {c.base.label} | "
+  rows = [f"| {task_name(c.ours.task)} | {c.ours.label} | {c.base_label} | "
           f"{_comparison_cells(c.result, holm[3 * i:3 * i + 3])} |"
           for i, c in enumerate(compared)]
   return "\n".join([f"| task | CWGNC | baseline | {HOLM_COLUMNS} |", "|---" * 13 + "|", *rows])
@@ -247,7 +272,9 @@ def markdown(settings: Sequence[tuple[Path, Sequence[Group]]], command: str | No
     if found:
       lines += [f"### CWGNC against the baselines (`{run_dir}`)", "",
                 "Each CWGNC group against each baseline of its task at the same learning "
-                "rate, model, data and batch (each row at its own protocol). "
+                "rate, model, data and batch (each row at its own protocol); a row scored "
+                "at its best dev evaluation twice, so and read at its last evaluation (like "
+                "for like with CWGNC's final model, failures there by the same threshold). "
                 "Std ratio: CWGNC's std over the baseline's. p-values, two-sided: "
                 "Brown-Forsythe (equal spread), Welch (equal means), Fisher exact (equal "
                 "failure rates); each uncorrected, then Holm's (`stats.holm`) over the family "
