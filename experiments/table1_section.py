@@ -215,7 +215,8 @@ threshold (uncorrected p, Holm's over the {len(family)} tests of this table in b
 {comparison_table}
 
 {verdict}.
-This page makes no claim about Table 1 at our scale until every row has its {SEEDS} seeds.
+Until every row has its {SEEDS} seeds these tests are interim: a row of fewer seeds can still
+move, and the family grows as rows are added.
 The raw runs: `docs/results/runs/table1/`; `python -m cwgnc_jax.report
 docs/results/runs/table1 --out DIR` prints them in the paper's layout with the same tests, and
 `python experiments/table1_section.py` writes this section and the Status line from them.
