@@ -122,6 +122,10 @@ def reading(compared: tables.Compared) -> str:
 TESTS = ("Brown-Forsythe", "Welch", "Fisher")
 
 
+def _with_holm(p: float, holm: float) -> str:
+  return f"{tables.format_p(p)} ({tables.format_p(holm)})"
+
+
 def seed_line(setting: Setting, summary: dict, runs: Path) -> str:
   scores = [run["score"] for run in sorted(summary["runs"], key=lambda r: r["seed"])]
   line = f"- {setting.place}, {setting.protocol}: " + " / ".join(f"{x:.2f}" for x in scores)
@@ -146,11 +150,11 @@ def section(groups: dict[Setting, dict], runs: Path = RUNS) -> str:
   for i, c in enumerate(found):
     p, h = c.result.pvalues, holm[3 * i: 3 * i + 3]
     ours = setting_of(c.ours.summary)
-    pair = lambda j: f"{tables.format_p(p[j])} ({tables.format_p(h[j])})"  # pylint: disable=cell-var-from-loop
     compared.append(
         f"| {ours.place} | {ours.protocol} vs {reading(c)} | {c.result.n[0]}, {c.result.n[1]} | "
-        f"{c.result.std_ratio:.2f} | {pair(0)} | {c.result.mean_difference:+.1f} | {pair(1)} | "
-        f"{pair(2)} |")
+        f"{c.result.std_ratio:.2f} | {_with_holm(p[0], h[0])} | "
+        f"{c.result.mean_difference:+.1f} | {_with_holm(p[1], h[1])} | "
+        f"{_with_holm(p[2], h[2])} |")
     against = ROW_NAMES[c.base.method] + (" at its last evaluation" if c.at_last_evaluation
                                           else "")
     names = [f"{ours.place}, CWGNC vs {against}, {test}" for test in TESTS]
@@ -165,7 +169,7 @@ def section(groups: dict[Setting, dict], runs: Path = RUNS) -> str:
   else:
     p, h, name = min(named, default=(float("nan"), float("nan"), "no test"))
     verdict = (f"**No comparison is significant** after Holm's correction (the smallest "
-               f"uncorrected p, {p:.3f}: {name}; Holm p {h:.3f})")
+               f"uncorrected p, {tables.format_p(p)}: {name}; Holm p {tables.format_p(h)})")
   comparison_table = "\n".join([
       "| task, learning rate | comparison | seeds | std ratio | Brown-Forsythe p (Holm) | "
       "mean difference | Welch p (Holm) | Fisher p on failures (Holm) |",

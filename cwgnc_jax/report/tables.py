@@ -273,8 +273,9 @@ def markdown(settings: Sequence[tuple[Path, Sequence[Group]]], command: str | No
       lines += [f"### CWGNC against the baselines (`{run_dir}`)", "",
                 "Each CWGNC group against each baseline of its task at the same learning "
                 "rate, model, data and batch (each row at its own protocol); a row scored "
-                "at its best dev evaluation twice, so and read at its last evaluation (like "
-                "for like with CWGNC's final model, failures there by the same threshold). "
+                "at its best dev evaluation is compared twice: so, and read at its last "
+                "evaluation (like for like with CWGNC's final model; failures there by the "
+                "same threshold). "
                 "Std ratio: CWGNC's std over the baseline's. p-values, two-sided: "
                 "Brown-Forsythe (equal spread), Welch (equal means), Fisher exact (equal "
                 "failure rates); each uncorrected, then Holm's (`stats.holm`) over the family "
