@@ -99,6 +99,11 @@ def _scores(group: Group) -> np.ndarray:
   return np.array([run["score"] for run in group.summary["runs"] if "score" in run])
 
 
+def _failures(group: Group) -> int:
+  """How many of the group's finished seeds failed, as its summary judges them."""
+  return sum(run["failed"] for run in group.summary["runs"] if "score" in run)
+
+
 def format_p(value: float) -> str:
   """A p-value as the report prints it: three decimals, '<0.001' below, '-' for no test."""
   return "-" if np.isnan(value) else "<0.001" if value < 1e-3 else f"{value:.3f}"
@@ -164,15 +169,14 @@ def comparisons(groups: Sequence[Group]) -> list[Compared]:
     plain = sorted((g for g in groups if g.task == task and g.unfreezing == "none"
                     and len(_scores(g)) >= MIN_SEEDS_TO_COMPARE), key=row_order)
     for ours in (g for g in plain if g.is_cwgnc):
-      ours_failed = sum(run["failed"] for run in ours.summary["runs"] if "score" in run)
       for base in (g for g in plain if not g.is_cwgnc and g.setting == ours.setting):
-        failed = sum(run["failed"] for run in base.summary["runs"] if "score" in run)
         found.append(Compared(ours, base, stats.compare(_scores(ours), _scores(base),
-                                                        ours_failed, failed)))
+                                                        _failures(ours), _failures(base))))
         last = last_evaluations(base) if base.config.get("keep_best") else None
         if last is not None:
-          found.append(Compared(ours, base, stats.compare(_scores(ours), last[0], ours_failed,
-                                                          last[1]), at_last_evaluation=True))
+          found.append(Compared(ours, base, stats.compare(_scores(ours), last[0],
+                                                          _failures(ours), last[1]),
+                                at_last_evaluation=True))
   return found
 
 
