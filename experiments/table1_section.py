@@ -1,12 +1,16 @@
-"""Writes docs/results.md's Table 1 section and its line of the Status table from the raw runs
-committed under docs/results/runs/table1 (collected with experiments/collect.sh): each row's
-seeds, spread and minutes per seed, the per-seed scores, and CWGNC against each baseline on
-the seeds both have, with Holm's correction over every test the section shows.
+"""Writes what the pages say of Table 1 at our scale from the raw runs committed under
+docs/results/runs/table1 (collected with experiments/collect.sh):
 
-  python experiments/table1_section.py           # rewrites docs/results.md
-  python experiments/table1_section.py --check   # exits 1 when the page differs from the runs
+- docs/results.md's Table 1 section (each row's seeds, spread and minutes per seed, the
+  per-seed scores, and CWGNC against each baseline on every finished seed of each, with Holm's
+  correction over every test the section shows) and its line of the Status table;
+- the findings in plain words, in the results page's "What the numbers show" and in README.md's
+  results section, with the table in the paper's layout beside the paper's numbers.
 
-tests/test_results_page.py runs the check, so the page says what its runs say.
+  python experiments/table1_section.py           # rewrites docs/results.md and README.md
+  python experiments/table1_section.py --check   # exits 1 when a page differs from the runs
+
+tests/test_results_page.py runs the check, so the pages say what their runs say.
 """
 
 from __future__ import annotations
@@ -19,11 +23,15 @@ from typing import NamedTuple
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from cwgnc_jax import stats  # pylint: disable=wrong-import-position
+from cwgnc_jax import paper, stats  # pylint: disable=wrong-import-position
 from cwgnc_jax.report import load, tables  # pylint: disable=wrong-import-position
 
 RUNS = REPO / "docs" / "results" / "runs" / "table1"
 RESULTS_PAGE = REPO / "docs" / "results.md"
+README = REPO / "README.md"
+# The written parts of the hand-written pages lie between these two lines.
+WRITTEN = "<!-- written by experiments/table1_section.py from docs/results/runs/table1 -->"
+WRITTEN_END = "<!-- end of what experiments/table1_section.py writes -->"
 TITLE = "## Table 1 at our scale (in progress)"
 NEXT_TITLE = "## The equal-epoch ablation"
 STATUS_ROW = "| Table 1 at each row's own protocol"
@@ -52,15 +60,14 @@ class Setting(NamedTuple):
     return f"{TASK_NAMES[self.task]}, lr {self.learning_rate:.0e}".replace("e-0", "e-")
 
 
+RATES = {"cola": 1e-4, "rte": 2e-5}  # one learning rate per task for every row
+ROWS = (("bertadam", 3, 1), ("adamw", 3, 1), ("mixout", 20, 60), ("mosbach", 20, 60),
+        ("cwgnc", 5, 1))  # each row's own protocol: epochs, evaluations kept the best of
 # The table's groups in the page's order: each row at its own protocol at the task's rate,
 # then the harsh pair (RTE at lr 2e-4, 3 epochs for both).
-SETTINGS = [
-    *(Setting(task, row, rate, epochs, best_of)
-      for task, rate in (("cola", 1e-4), ("rte", 2e-5))
-      for row, epochs, best_of in (("bertadam", 3, 1), ("adamw", 3, 1), ("mixout", 20, 60),
-                                   ("mosbach", 20, 60), ("cwgnc", 5, 1))),
-    Setting("rte", "adamw", 2e-4, 3, 1), Setting("rte", "cwgnc", 2e-4, 3, 1),
-]
+TABLE = [Setting(task, row, rate, epochs, best_of)
+         for task, rate in RATES.items() for row, epochs, best_of in ROWS]
+SETTINGS = [*TABLE, Setting("rte", "adamw", 2e-4, 3, 1), Setting("rte", "cwgnc", 2e-4, 3, 1)]
 
 
 def setting_of(summary: dict) -> Setting:
@@ -111,6 +118,15 @@ def comparisons(groups: dict[Setting, dict], runs: Path = RUNS) -> list[tables.C
                              for summary in groups.values()])
 
 
+def tested(groups: dict[Setting, dict], runs: Path = RUNS
+           ) -> list[tuple[tables.Compared, list[float]]]:
+  """Each comparison with its three Holm-adjusted p-values (spread, means, failures), Holm's
+  correction taken over every test of every comparison."""
+  found = comparisons(groups, runs)
+  holm = list(stats.holm([p for c in found for p in c.result.pvalues])) if found else []
+  return [(c, holm[3 * i: 3 * i + 3]) for i, c in enumerate(found)]
+
+
 def reading(compared: tables.Compared) -> str:
   """The baseline of a comparison as the page names it."""
   base = setting_of(compared.base.summary)
@@ -137,9 +153,7 @@ def seed_line(setting: Setting, summary: dict, runs: Path) -> str:
 
 
 def section(groups: dict[Setting, dict], runs: Path = RUNS) -> str:
-  found = comparisons(groups, runs)
-  family = [p for c in found for p in c.result.pvalues]
-  holm = list(stats.holm(family)) if family else []
+  found = tested(groups, runs)
   table = "\n".join([
       "| task, learning rate | row | seeds done | Std | Mean | Max | Min | failed | "
       "median minutes per seed |", "|---|---|---|---|---|---|---|---|---|",
@@ -147,8 +161,8 @@ def section(groups: dict[Setting, dict], runs: Path = RUNS) -> str:
   compared = []
   significant = []
   named = []  # (uncorrected p, Holm p, what): every test, to name the closest to significance
-  for i, c in enumerate(found):
-    p, h = c.result.pvalues, holm[3 * i: 3 * i + 3]
+  for c, h in found:
+    p = c.result.pvalues
     ours = setting_of(c.ours.summary)
     compared.append(
         f"| {ours.place} | {ours.protocol} vs {reading(c)} | {c.result.n[0]}, {c.result.n[1]} | "
@@ -213,7 +227,7 @@ like-for-like reading. Scores per seed, seeds in order:
 CWGNC against each baseline at the same task and rate, every finished seed of each once both
 have {tables.MIN_SEEDS_TO_COMPARE} (seeds: CWGNC's, the baseline's); a best-of row twice, at its
 best evaluation (its protocol) and at its last (like for like), failures there by the same
-threshold (uncorrected p, Holm's over the {len(family)} tests of this table in brackets;
+threshold (uncorrected p, Holm's over the {3 * len(found)} tests of this table in brackets;
 `cwgnc_jax.report.tables.comparisons`, as the report computes them):
 
 {comparison_table}
@@ -223,10 +237,93 @@ Until every row has its {SEEDS} seeds these tests are interim: a row of fewer se
 move, and the family grows as rows are added.
 The raw runs: `docs/results/runs/table1/`; `python -m cwgnc_jax.report
 docs/results/runs/table1 --out DIR` prints them in the paper's layout with the same tests, and
-`python experiments/table1_section.py` writes this section and the Status line from them.
+`python experiments/table1_section.py` writes this section, the Status line and the findings
+(in "What the numbers show" and in README.md) from them.
 
 """
 
+
+def paper_layout(groups: dict[Setting, dict]) -> str:
+  """Table 1 in the paper's layout, rows by tasks, beside the paper's BERT-large numbers."""
+  header = ["row, its protocol", *(s.place for s in TABLE if s.row == "cwgnc"),
+            *(f"{TASK_NAMES[task]}, the paper ({paper.MODEL})" for task in RATES)]
+  lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+  for row, *_ in ROWS:
+    settings = [s for s in TABLE if s.row == row]  # one per task, in RATES' order
+    ours = ["not yet run" if s not in groups else (
+        f"{groups[s]['std']:.1f} / {groups[s]['mean']:.1f} / {groups[s]['max']:.1f} "
+        f"({groups[s]['failed_runs']}/{groups[s]['finished']})") for s in settings]
+    theirs = [" / ".join(f"{v:.1f}" for v in paper.TABLE1[row][task]) for task in RATES]
+    lines.append(f"| {settings[0].protocol} | " + " | ".join(ours + theirs) + " |")
+  return "\n".join(lines)
+
+
+def _equals(p: float) -> str:
+  """``'= 0.005'``, ``'< 0.001'``: a p-value in a sentence."""
+  text = tables.format_p(p)
+  return f"< {text[1:]}" if text.startswith("<") else f"= {text}"
+
+
+def _difference(c: tables.Compared, test: int, holm: float) -> str:
+  """What test ``test`` (0 spread, 1 means, 2 failures) of ``c`` found, in words, CWGNC
+  first; a best-of baseline named with the evaluation it was read at."""
+  r, base = c.result, ROW_NAMES[c.base.method]
+  at, note = "", ""
+  if c.at_last_evaluation:
+    at = " at its last evaluation"
+  elif c.base.config.get("keep_best"):
+    at, note = " at its best dev evaluation", ", a best picked on the dev set it is scored on"
+  holm_p = _equals(holm)
+  if test == 0:
+    said = (f"CWGNC's spread is {'smaller' if r.std_ratio < 1 else 'larger'} than {base}'s{at} "
+            f"(std ratio {r.std_ratio:.2f}; Brown-Forsythe, Holm p {holm_p})")
+  elif test == 1:
+    ours = c.ours.summary["mean"]
+    said = (f"CWGNC's mean is {'above' if r.mean_difference > 0 else 'below'} {base}'s{at} "
+            f"({ours:.1f} against {ours - r.mean_difference:.1f}; Welch, Holm p {holm_p})")
+  else:
+    (fa, fb), (na, nb) = r.failed, r.n
+    said = (f"CWGNC fails {'less' if fa * nb < fb * na else 'more'} often than {base}{at} "
+            f"({fa}/{na} against {fb}/{nb}; Fisher, Holm p {holm_p})")
+  return said + note
+
+
+def findings(groups: dict[Setting, dict], runs: Path, section_name: str) -> str:
+  """Table 1 at our scale in two or three plain sentences: how far the runs are, the paper's
+  claim (a lower std and a higher mean than every baseline) counted against each baseline at
+  its protocol, and every difference that survives Holm's correction, for or against CWGNC;
+  a best-of baseline's other reading beside it where that one does not. ``section_name``:
+  where the tests are shown."""
+  found = tested(groups, runs)
+  done = sum(groups.get(s, {}).get("finished") == SEEDS for s in TABLE)
+  state = (f"All {len(TABLE)} cells have their {SEEDS} seeds." if done == len(TABLE) else
+           f"Interim: {done} of the {len(TABLE)} cells have their {SEEDS} seeds and "
+           f"{sum(s not in groups for s in TABLE)} are not yet run, so these numbers can still "
+           "move.")
+  at_protocol = [c for c, _ in found
+                 if not c.at_last_evaluation and setting_of(c.ours.summary) in TABLE]
+  lower = sum(c.result.std_ratio < 1 for c in at_protocol)
+  higher = sum(c.result.mean_difference > 0 for c in at_protocol)
+  claim = (f"The paper's claim, a lower std and a higher mean than every baseline, holds here "
+           f"against {lower} of the {len(at_protocol)} (task, baseline) pairs compared so far "
+           f"for the std and {higher} for the mean")
+  significant = []
+  for c, holm in found:
+    for test in (t for t in range(3) if holm[t] < 0.05):
+      said = f"on {setting_of(c.ours.summary).place}, {_difference(c, test, holm[test])}"
+      other = next((h for d, h in found if d.base is c.base and d is not c), None)
+      if other is not None and other[test] >= 0.05:
+        said += (f"; at its {'best' if c.at_last_evaluation else 'last'} evaluation, not "
+                 f"significant (Holm p {_equals(other[test])})")
+      significant.append(said)
+  tests = f"Holm's correction over the {3 * len(found)} tests of {section_name}"
+  if not significant:
+    verdict = f"no difference survives {tests}"
+  else:
+    verdict = (f"after {tests}, " + ("one difference is significant: " if len(significant) == 1
+                                     else f"{len(significant)} differences are significant: ")
+               + "; ".join(significant))
+  return f"{state} {claim}; {verdict}."
 
 def status_row(groups: dict[Setting, dict]) -> str:
   done = [f"{s.place} {ROW_NAMES[s.row]} ({s.epochs} epochs): {groups[s]['finished']}"
@@ -238,29 +335,50 @@ def status_row(groups: dict[Setting, dict]) -> str:
           "see the next section |")
 
 
-def page(text: str, groups: dict[Setting, dict]) -> str:
-  """``text`` (docs/results.md) with the section and the Status line written anew."""
+def _written(text: str, path: Path, written: str) -> str:
+  """``text`` (the page at ``path``) with ``written`` between its WRITTEN and WRITTEN_END
+  lines."""
+  if text.count(WRITTEN) != 1 or text.count(WRITTEN_END) != 1:
+    sys.exit(f"{path}: expected one line {WRITTEN!r} and one {WRITTEN_END!r} after it")
+  head, rest = text.split(WRITTEN + "\n")
+  return f"{head}{WRITTEN}\n{written}\n{WRITTEN_END}{rest.split(WRITTEN_END, 1)[1]}"
+
+
+def results_page(text: str, groups: dict[Setting, dict], runs: Path = RUNS) -> str:
+  """``text`` (docs/results.md) with the section, the Status line and the findings written
+  anew."""
   start = text.index(TITLE)
   end = text.index(NEXT_TITLE, start)
-  text = text[:start] + section(groups) + text[end:]
+  text = text[:start] + section(groups, runs) + text[end:]
   lines = text.split("\n")
   rows = [i for i, line in enumerate(lines) if line.startswith(STATUS_ROW)]
-  assert len(rows) == 1, f"{RESULTS_PAGE}: expected one Status line starting {STATUS_ROW!r}"
+  if len(rows) != 1:
+    sys.exit(f"{RESULTS_PAGE}: expected one Status line starting {STATUS_ROW!r}")
   lines[rows[0]] = status_row(groups)
-  return "\n".join(lines)
+  return _written("\n".join(lines), RESULTS_PAGE,
+                  "- **Table 1 at each row's own protocol** (the section above). " +
+                  findings(groups, runs, "the Table 1 section"))
+
+
+def readme(text: str, groups: dict[Setting, dict], runs: Path = RUNS) -> str:
+  """``text`` (README.md) with Table 1 in the paper's layout and the findings written anew."""
+  return _written(text, README, paper_layout(groups) + "\n\n" +
+                  findings(groups, runs, "docs/results.md's Table 1 section"))
 
 
 def main(argv: list[str]) -> int:
   groups = read_groups(RUNS)
-  text = RESULTS_PAGE.read_text()
-  written = page(text, groups)
+  pages = {RESULTS_PAGE: results_page, README: readme}
+  texts = {path: path.read_text() for path in pages}
+  written = {path: write(texts[path], groups) for path, write in pages.items()}
+  stale = [path for path in pages if written[path] != texts[path]]
   if argv == ["--check"]:
-    if written != text:
-      print(f"{RESULTS_PAGE} differs from the runs in {RUNS}: run python "
-            "experiments/table1_section.py", file=sys.stderr)
-      return 1
-    return 0
-  RESULTS_PAGE.write_text(written)
+    for path in stale:
+      print(f"{path} differs from the runs in {RUNS}: run python experiments/table1_section.py",
+            file=sys.stderr)
+    return 1 if stale else 0
+  for path in stale:
+    path.write_text(written[path])
   return 0
 
 

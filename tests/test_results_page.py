@@ -1,5 +1,5 @@
-"""docs/results.md's Table 1 section says what its committed runs say
-(``experiments/table1_section.py``)."""
+"""docs/results.md's Table 1 section, its findings and README.md's results say what their
+committed runs say (``experiments/table1_section.py``)."""
 
 from __future__ import annotations
 
@@ -21,8 +21,32 @@ _SPEC.loader.exec_module(table1_section)
 
 
 def test_the_page_is_what_the_committed_runs_write(capsys):
-  """Collecting runs without rewriting the section (or editing its numbers by hand) fails."""
+  """Collecting runs without rewriting the pages (or editing their numbers by hand) fails."""
   assert table1_section.main(["--check"]) == 0, capsys.readouterr().err
+
+
+def test_a_number_edited_by_hand_in_the_readme_fails_the_check(tmp_path, monkeypatch, capsys):
+  """The README's written table is checked like the results page: one mean edited by hand
+  (CWGNC on CoLA) fails the check, naming README.md; rewriting mends it."""
+  readme = tmp_path / "README.md"
+  text = table1_section.README.read_text()
+  cwgnc = next(line for line in text.split(table1_section.WRITTEN)[1].splitlines()
+               if line.startswith("| CWGNC"))
+  edited = cwgnc.replace(" / ", " / 9", 1)
+  readme.write_text(text.replace(cwgnc, edited))
+  monkeypatch.setattr(table1_section, "README", readme)
+  assert table1_section.main(["--check"]) == 1
+  assert capsys.readouterr().err.startswith(f"{readme} differs from the runs")
+  monkeypatch.setattr(table1_section, "RESULTS_PAGE", tmp_path / "results.md")
+  (tmp_path / "results.md").write_text(table1_section.REPO.joinpath("docs/results.md").read_text())
+  assert table1_section.main([]) == 0
+  assert readme.read_text() == text
+
+
+def test_a_page_without_its_written_lines_is_named():
+  """A page that lost a marker line is named with the lines expected, not written to."""
+  with pytest.raises(SystemExit, match="README.md: expected one line '<!-- written by"):
+    table1_section.readme("## Results at our scale\n", {})
 
 
 def test_each_group_lands_in_its_own_setting():
@@ -127,3 +151,39 @@ def test_a_best_of_baseline_is_compared_at_its_best_and_at_its_last_evaluation(t
   assert (table1_section.reading(best), table1_section.reading(last)) == (
       "Mosbach et al., 20 epochs, best of 60", "Mosbach et al., 20 epochs, last evaluation")
   assert (best.result.failed, last.result.failed) == ((0, 0), (0, 1))
+
+
+def _findings(root: Path) -> str:
+  return table1_section.findings(table1_section.read_groups(root), root, "the section")
+
+
+def test_the_findings_say_a_difference_for_cwgnc_or_against_it_plainly(tmp_path):
+  """Made-up groups: CWGNC far above AdamW on every seed is a significant higher mean; about
+  the same is no significant difference; the paper's claim is counted per pair."""
+  adamw = [55.0, 56.5, 54.0, 57.0, 55.5, 56.0]
+  for shift, root in ((20.0, tmp_path / "far"), (0.0, tmp_path / "near")):
+    make_group(root, "rte_adamw", RTE, adamw, 52.7)
+    make_group(root, "rte_cwgnc", RTE, [x + shift + 0.4 * (i % 2) for i, x in enumerate(adamw)],
+               52.7)
+  far, near = _findings(tmp_path / "far"), _findings(tmp_path / "near")
+  assert far.startswith("Interim: 0 of the 10 cells have their 10 seeds and 8 are not yet run")
+  assert ("holds here against 0 of the 1 (task, baseline) pairs compared so far for the std "
+          "and 1 for the mean; after Holm's correction over the 3 tests of the section, one "
+          "difference is significant: on RTE, lr 2e-5, CWGNC's mean is above AdamW's (75.9 "
+          "against 55.7; Welch, Holm p < 0.001).") in far
+  assert near.endswith("for the mean; no difference survives Holm's correction over the 3 "
+                       "tests of the section.")
+
+
+def test_the_findings_give_a_best_of_baseline_at_both_readings(tmp_path):
+  """Mosbach et al. 10 points above CWGNC at its best evaluation and level at its last: the
+  significant difference is against CWGNC, named with its reading, the other reading beside."""
+  cwgnc = [28.0, 25.0, 29.5, 27.0, 26.5]
+  make_group(tmp_path, "cola_cwgnc", COLA, cwgnc, 0.0)
+  make_group(tmp_path, "cola_mosbach", COLA, [x + 10.2 for x in cwgnc], 0.0,
+             last_scores=[29.0, 24.0, 28.5, 28.0, 26.0])
+  found = _findings(tmp_path)
+  assert ("one difference is significant: on CoLA, lr 1e-4, CWGNC's mean is below Mosbach et "
+          "al.'s at its best dev evaluation (27.2 against 37.4; Welch, Holm p < 0.001), a best "
+          "picked on the dev set it is scored on; at its last evaluation, not significant (Holm "
+          "p = 1.000).") in found
