@@ -1,5 +1,6 @@
 """Writes what the pages say of Table 1 at our scale from the raw runs committed under
-docs/results/runs/table1 (collected with experiments/collect.sh):
+docs/results/runs/table1 and, for the harsh pair, docs/results/runs/table1_harsh (collected
+with experiments/collect.sh):
 
 - docs/results.md's Table 1 section (each row's seeds, spread and minutes per seed, the
   per-seed scores, and CWGNC against each baseline on every finished seed of each, with Holm's
@@ -15,7 +16,6 @@ tests/test_results_page.py runs the check, so the pages say what their runs say.
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -26,11 +26,13 @@ sys.path.insert(0, str(REPO))
 from cwgnc_jax import paper, stats  # pylint: disable=wrong-import-position
 from cwgnc_jax.report import load, tables  # pylint: disable=wrong-import-position
 
-RUNS = REPO / "docs" / "results" / "runs" / "table1"
+RUNS = REPO / "docs" / "results" / "runs" / "table1"  # the table's ten groups
+# The harsh pair is another setting: a folder of its own, so the report prints it apart.
+HARSH_RUNS = REPO / "docs" / "results" / "runs" / "table1_harsh"
 RESULTS_PAGE = REPO / "docs" / "results.md"
 README = REPO / "README.md"
 # The written parts of the hand-written pages lie between these two lines.
-WRITTEN = "<!-- written by experiments/table1_section.py from docs/results/runs/table1 -->"
+WRITTEN = "<!-- written by experiments/table1_section.py from the committed Table 1 runs -->"
 WRITTEN_END = "<!-- end of what experiments/table1_section.py writes -->"
 TITLE = "## Table 1 at our scale (in progress)"
 NEXT_TITLE = "## The equal-epoch ablation"
@@ -77,20 +79,22 @@ def setting_of(summary: dict) -> Setting:
                  config["num_epochs"], best_of)
 
 
-def read_groups(runs: Path) -> dict[Setting, dict]:
+def read_groups(*folders: Path) -> dict[Setting, load.Group]:
+  """The groups below ``folders`` (each summary.json read and checked), by setting."""
   groups = {}
-  for path in sorted(runs.glob("*/summary.json")):
-    summary = json.loads(path.read_text())
-    groups[setting_of(summary)] = summary
+  for folder in folders:
+    for group in load.find_groups(folder):
+      groups[setting_of(group.summary)] = group
   unknown = sorted(s.place + " " + s.protocol for s in groups if s not in SETTINGS)
   if unknown:
-    sys.exit(f"{runs}: groups outside the table's settings: {unknown}")
+    sys.exit(f"{', '.join(map(str, folders))}: groups outside the table's settings: {unknown}")
   return groups
 
 
-def group_line(setting: Setting, summary: dict | None) -> str:
-  if summary is None:
+def group_line(setting: Setting, group: load.Group | None) -> str:
+  if group is None:
     return f"| {setting.place} | {setting.protocol} | not yet run | | | | | | |"
+  summary = group.summary
   n, seeds = summary["finished"], sorted(run["seed"] for run in summary["runs"])  # finished
   minutes = statistics.median(run["seconds"] for run in summary["runs"]) / 60
   return (f"| {setting.place} | {setting.protocol} | {n} of {SEEDS} "
@@ -109,20 +113,18 @@ def _seed_ranges(seeds: list[int]) -> str:
   return ", ".join(ranges)
 
 
-def comparisons(groups: dict[Setting, dict], runs: Path = RUNS) -> list[tables.Compared]:
+def comparisons(groups: dict[Setting, load.Group]) -> list[tables.Compared]:
   """CWGNC against each baseline at its task and rate, as the report compares them
   (``tables.comparisons``: every finished seed of each, once both have
   ``tables.MIN_SEEDS_TO_COMPARE``; a best-of baseline at its best and at its last
   evaluation), so the page and ``python -m cwgnc_jax.report`` give the same p-values."""
-  return tables.comparisons([load.Group(runs / summary["group"], summary)
-                             for summary in groups.values()])
+  return tables.comparisons(list(groups.values()))
 
 
-def tested(groups: dict[Setting, dict], runs: Path = RUNS
-           ) -> list[tuple[tables.Compared, list[float]]]:
+def tested(groups: dict[Setting, load.Group]) -> list[tuple[tables.Compared, list[float]]]:
   """Each comparison with its three Holm-adjusted p-values (spread, means, failures), Holm's
   correction taken over every test of every comparison."""
-  found = comparisons(groups, runs)
+  found = comparisons(groups)
   holm = list(stats.holm([p for c in found for p in c.result.pvalues])) if found else []
   return [(c, holm[3 * i: 3 * i + 3]) for i, c in enumerate(found)]
 
@@ -142,18 +144,18 @@ def _with_holm(p: float, holm: float) -> str:
   return f"{tables.format_p(p)} ({tables.format_p(holm)})"
 
 
-def seed_line(setting: Setting, summary: dict, runs: Path) -> str:
-  scores = [run["score"] for run in sorted(summary["runs"], key=lambda r: r["seed"])]
+def seed_line(setting: Setting, group: load.Group) -> str:
+  scores = [run["score"] for run in sorted(group.summary["runs"], key=lambda r: r["seed"])]
   line = f"- {setting.place}, {setting.protocol}: " + " / ".join(f"{x:.2f}" for x in scores)
   if setting.best_of > 1:
-    last, _ = tables.last_evaluations(load.Group(runs / summary["group"], summary))
+    last, _ = tables.last_evaluations(group)
     line += ("; at the last evaluation " + " / ".join(f"{x:.2f}" for x in last) +
              f" (mean {statistics.mean(last):.1f})")
   return line
 
 
-def section(groups: dict[Setting, dict], runs: Path = RUNS) -> str:
-  found = tested(groups, runs)
+def section(groups: dict[Setting, load.Group]) -> str:
+  found = tested(groups)
   table = "\n".join([
       "| task, learning rate | row | seeds done | Std | Mean | Max | Min | failed | "
       "median minutes per seed |", "|---|---|---|---|---|---|---|---|---|",
@@ -188,7 +190,7 @@ def section(groups: dict[Setting, dict], runs: Path = RUNS) -> str:
       "| task, learning rate | comparison | seeds | std ratio | Brown-Forsythe p (Holm) | "
       "mean difference | Welch p (Holm) | Fisher p on failures (Holm) |",
       "|---|---|---|---|---|---|---|---|", *compared])
-  per_seed = "\n".join(seed_line(s, groups[s], runs) for s in SETTINGS if s in groups)
+  per_seed = "\n".join(seed_line(s, groups[s]) for s in SETTINGS if s in groups)
   return f"""{TITLE}
 
 Every row of the paper's Table 1 at its own protocol (`cwgnc_jax.methods`: BertAdam and
@@ -206,7 +208,8 @@ GLUE_DIR=../shared/glue taskset -c 1 python -m cwgnc_jax.study --config rte_cwgn
 ```
 
 (`<task>_<row>` and the task's rate for the other groups; the harsh pair adds
-`--config.num_epochs=3` at rate 2e-4). On main, `python -m cwgnc_jax.study --table1 --tasks
+`--config.num_epochs=3` at rate 2e-4, its groups then moved to a folder of their own,
+`table1_harsh`, as another setting). On main, `python -m cwgnc_jax.study --table1 --tasks
 rte,cola --seeds 10 --config.model=minilm-l6 --config.progress=false --out runs/table1` plans
 the same group folders (tested), so it resumes these runs; main's training arithmetic is still
 the pinned commit's (the optimizers' digests and the suite's bit-for-bit resume tests).
@@ -235,24 +238,26 @@ threshold (uncorrected p, Holm's over the {3 * len(found)} tests of this table i
 {verdict}.
 Until every row has its {SEEDS} seeds these tests are interim: a row of fewer seeds can still
 move, and the family grows as rows are added.
-The raw runs: `docs/results/runs/table1/`; `python -m cwgnc_jax.report
-docs/results/runs/table1 --out DIR` prints them in the paper's layout with the same tests, and
+The raw runs: `docs/results/runs/table1/` and `docs/results/runs/table1_harsh/`; `python -m
+cwgnc_jax.report docs/results/runs/table1 docs/results/runs/table1_harsh --out DIR` prints them
+in the paper's layout, one table per setting, with the same tests, and
 `python experiments/table1_section.py` writes this section, the Status line and the findings
 (in "What the numbers show" and in README.md) from them.
 
 """
 
 
-def paper_layout(groups: dict[Setting, dict]) -> str:
+def paper_layout(groups: dict[Setting, load.Group]) -> str:
   """Table 1 in the paper's layout, rows by tasks, beside the paper's BERT-large numbers."""
   header = ["row, its protocol", *(s.place for s in TABLE if s.row == "cwgnc"),
             *(f"{TASK_NAMES[task]}, the paper ({paper.MODEL})" for task in RATES)]
   lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
   for row, *_ in ROWS:
     settings = [s for s in TABLE if s.row == row]  # one per task, in RATES' order
-    ours = ["not yet run" if s not in groups else (
-        f"{groups[s]['std']:.1f} / {groups[s]['mean']:.1f} / {groups[s]['max']:.1f} "
-        f"({groups[s]['failed_runs']}/{groups[s]['finished']})") for s in settings]
+    summaries = [groups[s].summary if s in groups else None for s in settings]
+    ours = ["not yet run" if x is None else (
+        f"{x['std']:.1f} / {x['mean']:.1f} / {x['max']:.1f} ({x['failed_runs']}/{x['finished']})")
+        for x in summaries]
     theirs = [" / ".join(f"{v:.1f}" for v in paper.TABLE1[row][task]) for task in RATES]
     lines.append(f"| {settings[0].protocol} | " + " | ".join(ours + theirs) + " |")
   return "\n".join(lines)
@@ -288,14 +293,14 @@ def _difference(c: tables.Compared, test: int, holm: float) -> str:
   return said + note
 
 
-def findings(groups: dict[Setting, dict], runs: Path, section_name: str) -> str:
+def findings(groups: dict[Setting, load.Group], section_name: str) -> str:
   """Table 1 at our scale in two or three plain sentences: how far the runs are, the paper's
   claim (a lower std and a higher mean than every baseline) counted against each baseline at
   its protocol, and every difference that survives Holm's correction, for or against CWGNC;
   a best-of baseline's other reading beside it where that one does not. ``section_name``:
   where the tests are shown."""
-  found = tested(groups, runs)
-  done = sum(groups.get(s, {}).get("finished") == SEEDS for s in TABLE)
+  found = tested(groups)
+  done = sum(s in groups and groups[s].summary["finished"] == SEEDS for s in TABLE)
   state = (f"All {len(TABLE)} cells have their {SEEDS} seeds." if done == len(TABLE) else
            f"Interim: {done} of the {len(TABLE)} cells have their {SEEDS} seeds and "
            f"{sum(s not in groups for s in TABLE)} are not yet run, so these numbers can still "
@@ -325,11 +330,11 @@ def findings(groups: dict[Setting, dict], runs: Path, section_name: str) -> str:
                + "; ".join(significant))
   return f"{state} {claim}; {verdict}."
 
-def status_row(groups: dict[Setting, dict]) -> str:
-  done = [f"{s.place} {ROW_NAMES[s.row]} ({s.epochs} epochs): {groups[s]['finished']}"
+def status_row(groups: dict[Setting, load.Group]) -> str:
+  finished = {s: group.summary["finished"] for s, group in groups.items()}
+  done = [f"{s.place} {ROW_NAMES[s.row]} ({s.epochs} epochs): {finished[s]}"
           for s in SETTINGS if s in groups]
-  state = "done" if all(groups.get(s, {}).get("finished") == SEEDS for s in SETTINGS) else (
-      "in progress")
+  state = "done" if all(finished.get(s) == SEEDS for s in SETTINGS) else "in progress"
   return (f"{STATUS_ROW} (RTE and CoLA, seeds 1-{SEEDS}, and the RTE harsh pair; one pinned "
           f"commit) | {state} | seeds done: {'; '.join(done)}; the other groups not yet run; "
           "see the next section |")
@@ -344,12 +349,12 @@ def _written(text: str, path: Path, written: str) -> str:
   return f"{head}{WRITTEN}\n{written}\n{WRITTEN_END}{rest.split(WRITTEN_END, 1)[1]}"
 
 
-def results_page(text: str, groups: dict[Setting, dict], runs: Path = RUNS) -> str:
+def results_page(text: str, groups: dict[Setting, load.Group]) -> str:
   """``text`` (docs/results.md) with the section, the Status line and the findings written
   anew."""
   start = text.index(TITLE)
   end = text.index(NEXT_TITLE, start)
-  text = text[:start] + section(groups, runs) + text[end:]
+  text = text[:start] + section(groups) + text[end:]
   lines = text.split("\n")
   rows = [i for i, line in enumerate(lines) if line.startswith(STATUS_ROW)]
   if len(rows) != 1:
@@ -357,25 +362,25 @@ def results_page(text: str, groups: dict[Setting, dict], runs: Path = RUNS) -> s
   lines[rows[0]] = status_row(groups)
   return _written("\n".join(lines), RESULTS_PAGE,
                   "- **Table 1 at each row's own protocol** (the section above). " +
-                  findings(groups, runs, "the Table 1 section"))
+                  findings(groups, "the Table 1 section"))
 
 
-def readme(text: str, groups: dict[Setting, dict], runs: Path = RUNS) -> str:
+def readme(text: str, groups: dict[Setting, load.Group]) -> str:
   """``text`` (README.md) with Table 1 in the paper's layout and the findings written anew."""
   return _written(text, README, paper_layout(groups) + "\n\n" +
-                  findings(groups, runs, "docs/results.md's Table 1 section"))
+                  findings(groups, "docs/results.md's Table 1 section"))
 
 
 def main(argv: list[str]) -> int:
-  groups = read_groups(RUNS)
+  groups = read_groups(RUNS, HARSH_RUNS)
   pages = {RESULTS_PAGE: results_page, README: readme}
   texts = {path: path.read_text() for path in pages}
   written = {path: write(texts[path], groups) for path, write in pages.items()}
   stale = [path for path in pages if written[path] != texts[path]]
   if argv == ["--check"]:
     for path in stale:
-      print(f"{path} differs from the runs in {RUNS}: run python experiments/table1_section.py",
-            file=sys.stderr)
+      print(f"{path} differs from the runs in {RUNS} and {HARSH_RUNS}: run python "
+            "experiments/table1_section.py", file=sys.stderr)
     return 1 if stale else 0
   for path in stale:
     path.write_text(written[path])

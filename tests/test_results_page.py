@@ -49,6 +49,22 @@ def test_a_page_without_its_written_lines_is_named():
     table1_section.readme("## Results at our scale\n", {})
 
 
+def test_the_report_prints_the_table_in_the_papers_layout():
+  """``python -m cwgnc_jax.report`` on the two committed folders: Table 1 has one row per
+  method, each task's group in its column (one learning rate per task), and the harsh pair is
+  a table of its own; were the pair in the table's folder, AdamW and CWGNC would each split
+  into a row per learning rate."""
+  from cwgnc_jax.report import load  # pylint: disable=import-outside-toplevel
+  (_, table), (_, harsh) = load.load_settings([table1_section.RUNS, table1_section.HARSH_RUNS])
+  rows = {}
+  for group in table:
+    rows.setdefault(group.label, []).append(group.task)
+  assert all("[" not in label and len(tasks) == len(set(tasks)) for label, tasks in rows.items())
+  assert {g.method for g in table} <= set(table1_section.ROW_NAMES)
+  assert sorted((g.task, g.method, g.config["optimizer"]["learning_rate"]) for g in harsh) == [
+      ("rte", "adamw", 2e-4), ("rte", "cwgnc", 2e-4)]
+
+
 def test_each_group_lands_in_its_own_setting():
   """A group's setting comes from its recorded config: the harsh pair (RTE at 2e-4, 3 epochs)
   is not the RTE AdamW row at 2e-5, and a best-of row counts its evaluations."""
@@ -79,10 +95,10 @@ def test_a_verdict_names_what_survives_holm(tmp_path):
     make_group(root, "rte_adamw", RTE, adamw, 52.7)
     make_group(root, "rte_cwgnc", RTE, [x + shift + 0.4 * (i % 2) for i, x in enumerate(adamw)],
                52.7)
-  text = table1_section.section(table1_section.read_groups(tmp_path / "far"), tmp_path / "far")
+  text = table1_section.section(table1_section.read_groups(tmp_path / "far"))
   assert ("**Significant after Holm's correction: RTE, lr 2e-5, CWGNC vs AdamW, Welch (mean "
           "difference +20.2, Holm p <0.001)") in text
-  text = table1_section.section(table1_section.read_groups(tmp_path / "near"), tmp_path / "near")
+  text = table1_section.section(table1_section.read_groups(tmp_path / "near"))
   assert ("**No comparison is significant** after Holm's correction (the smallest uncorrected "
           "p, 0.") in text
   assert "RTE, lr 2e-5, CWGNC vs AdamW, " in text.split("(the smallest uncorrected p")[1]
@@ -115,8 +131,8 @@ def test_a_best_of_row_gives_its_last_evaluation_beside_its_best(tmp_path):
   each seed's last evaluation (the end of training), which the final-score rows compare to."""
   make_group(tmp_path, "cola_mosbach", COLA, [33.5, 30.0], 0.0, last_scores=[31.0, 29.0])
   make_group(tmp_path, "cola_adamw", COLA, [33.5, 30.0], 0.0)
-  lines = [table1_section.seed_line(setting, summary, tmp_path)
-           for setting, summary in table1_section.read_groups(tmp_path).items()]
+  lines = [table1_section.seed_line(setting, group)
+           for setting, group in table1_section.read_groups(tmp_path).items()]
   assert sorted(lines) == [
       "- CoLA, lr 1e-4, AdamW, 3 epochs: 33.50 / 30.00",
       "- CoLA, lr 1e-4, Mosbach et al., 20 epochs, best of 60: 33.50 / 30.00; "
@@ -130,7 +146,7 @@ def test_a_comparison_waits_for_three_seeds_a_side(tmp_path):
     root = tmp_path / str(seeds)
     make_group(root, "cola_cwgnc", COLA, [28.0, 25.0, 29.5], 0.0)
     make_group(root, "cola_mosbach", COLA, [33.0, 34.0, 32.0][:seeds], 0.0)
-    found = table1_section.comparisons(table1_section.read_groups(root), root)
+    found = table1_section.comparisons(table1_section.read_groups(root))
     assert [(c.base.method, c.at_last_evaluation) for c in found] == (
         [("mosbach", False), ("mosbach", True)] if compared else [])
 
@@ -144,7 +160,7 @@ def test_a_best_of_baseline_is_compared_at_its_best_and_at_its_last_evaluation(t
   make_group(tmp_path, "cola_cwgnc", COLA, cwgnc, 0.0)
   make_group(tmp_path, "cola_mosbach", COLA, [x + 10 for x in cwgnc], 0.0,
              last_scores=[29.0, 26.0, -29.5])
-  best, last = table1_section.comparisons(table1_section.read_groups(tmp_path), tmp_path)
+  best, last = table1_section.comparisons(table1_section.read_groups(tmp_path))
   assert (best.at_last_evaluation, last.at_last_evaluation) == (False, True)
   assert best.result.mean_difference == pytest.approx(-10.0)
   assert last.result.mean_difference == pytest.approx((-1 - 1 + 59.0) / 3)
@@ -154,7 +170,7 @@ def test_a_best_of_baseline_is_compared_at_its_best_and_at_its_last_evaluation(t
 
 
 def _findings(root: Path) -> str:
-  return table1_section.findings(table1_section.read_groups(root), root, "the section")
+  return table1_section.findings(table1_section.read_groups(root), "the section")
 
 
 def test_the_findings_say_a_difference_for_cwgnc_or_against_it_plainly(tmp_path):
