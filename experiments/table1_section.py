@@ -11,6 +11,9 @@ with experiments/collect.sh):
   python experiments/table1_section.py           # rewrites docs/results.md and README.md
   python experiments/table1_section.py --check   # exits 1 when a page differs from the runs
 
+Writing also draws every seed's score (docs/results/table1_scores.png); the check leaves the
+figure alone, as its pixels differ from one matplotlib and its fonts to another.
+
 tests/test_results_page.py runs the check, so the pages say what their runs say.
 """
 
@@ -24,12 +27,14 @@ from typing import NamedTuple
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from cwgnc_jax import paper, stats  # pylint: disable=wrong-import-position
-from cwgnc_jax.report import load, tables  # pylint: disable=wrong-import-position
+from cwgnc_jax.report import figures, load, tables  # pylint: disable=wrong-import-position
 
 RUNS = REPO / "docs" / "results" / "runs" / "table1"  # the table's ten groups
 # The harsh pair is another setting: a folder of its own, so the report prints it apart.
 HARSH_RUNS = REPO / "docs" / "results" / "runs" / "table1_harsh"
 RESULTS_PAGE = REPO / "docs" / "results.md"
+FIGURE_LINK = "results/table1_scores.png"  # from the results page; drawn on writing, not checked
+FIGURE = RESULTS_PAGE.parent / FIGURE_LINK
 README = REPO / "README.md"
 # The written parts of the hand-written pages lie between these two lines.
 WRITTEN = "<!-- written by experiments/table1_section.py from the committed Table 1 runs -->"
@@ -216,6 +221,11 @@ the pinned commit's (the optimizers' digests and the suite's bit-for-bit resume 
 
 {table}
 
+![Table 1 at our scale: every seed's score]({FIGURE_LINK})
+
+Filled dots: each seed's score (a best-of row's best evaluation); hollow, joined to it: the same
+seed's last evaluation; diamonds: mean ± std; dashed: the majority classifier.
+
 Scores are the dev set's Matthews correlation (CoLA) or accuracy (RTE), x100; a run fails
 when it scores no better than predicting the majority class. Minutes per seed are the median
 of the runs' recorded training and evaluation time on one core (a seed paused while tests or
@@ -384,6 +394,9 @@ def main(argv: list[str]) -> int:
     return 1 if stale else 0
   for path in stale:
     path.write_text(written[path])
+  table = [groups[s] for s in TABLE if s in groups]
+  load.label_groups(table)
+  figures.figure_scores(table, FIGURE)
   return 0
 
 

@@ -169,6 +169,23 @@ def test_figures_are_written_or_skipped_with_a_reason(studies, tmp_path):
   assert (group.method, failed, good) == ("bertadam", 4, 2)
 
 
+def test_a_best_of_row_is_drawn_at_its_best_and_its_last_evaluation(tmp_path):
+  """scores.png takes each seed's score and, for a best-of row only, the same seed's last
+  evaluation, both in seed order (made-up runs: seed 2 best 30.0, last 21.5)."""
+  cola = {"model": "minilm-l6", "optimizer.learning_rate": "1e-4"}
+  make_group(tmp_path, "cola_mosbach", cola, [33.5, 30.0, -1.0], 0.0,
+             last_scores=[31.0, 21.5, -2.0])
+  make_group(tmp_path, "cola_cwgnc", cola, [28.0, 27.0, 29.0], 0.0)
+  mosbach, cwgnc = sorted(load.find_groups(tmp_path), key=lambda g: g.method != "mosbach")
+  scores, failed, last = figures.seed_points(mosbach)
+  assert scores.tolist() == [33.5, 30.0, -1.0] and failed.tolist() == [False, False, True]
+  assert last.tolist() == [31.0, 21.5, -2.0]
+  assert figures.seed_points(cwgnc)[2] is None
+  load.label_groups([mosbach, cwgnc])
+  assert figures.figure_scores([mosbach, cwgnc], tmp_path / "s.png") is None
+  assert (tmp_path / "s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_figures_of_several_settings_name_each_setting(studies, tmp_path, monkeypatch):
   """Groups of two settings that share a row name in their own tables (CWGNC on RTE at two
   learning rates) get the value that tells them apart in the figures, which show both."""

@@ -23,11 +23,13 @@ _SPEC.loader.exec_module(table1_section)
 def test_the_page_is_what_the_committed_runs_write(capsys):
   """Collecting runs without rewriting the pages (or editing their numbers by hand) fails."""
   assert table1_section.main(["--check"]) == 0, capsys.readouterr().err
+  assert table1_section.FIGURE.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the page shows it
 
 
 def test_a_number_edited_by_hand_in_the_readme_fails_the_check(tmp_path, monkeypatch, capsys):
   """The README's written table is checked like the results page: one mean edited by hand
-  (CWGNC on CoLA) fails the check, naming README.md; rewriting mends it."""
+  (CWGNC on CoLA) fails the check, naming README.md; rewriting mends it and draws the
+  figure."""
   readme = tmp_path / "README.md"
   text = table1_section.README.read_text()
   cwgnc = next(line for line in text.split(table1_section.WRITTEN)[1].splitlines()
@@ -38,9 +40,11 @@ def test_a_number_edited_by_hand_in_the_readme_fails_the_check(tmp_path, monkeyp
   assert table1_section.main(["--check"]) == 1
   assert capsys.readouterr().err.startswith(f"{readme} differs from the runs")
   monkeypatch.setattr(table1_section, "RESULTS_PAGE", tmp_path / "results.md")
+  monkeypatch.setattr(table1_section, "FIGURE", tmp_path / "table1_scores.png")
   (tmp_path / "results.md").write_text(table1_section.REPO.joinpath("docs/results.md").read_text())
   assert table1_section.main([]) == 0
   assert readme.read_text() == text
+  assert (tmp_path / "table1_scores.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_a_page_without_its_written_lines_is_named():

@@ -22,7 +22,8 @@ RUN_DIR is one setting (model, learning rates, epochs): it gets its own tables. 
     (``stats.compare``), each beside its Holm-adjusted value over every test on the page
     (``stats.holm``).
   * ``scores.png``: every seed's score and each group's mean +- std against the majority
-    classifier (the spread Table 1 summarizes).
+    classifier (the spread Table 1 summarizes); a best-of row's seeds also at their last
+    evaluation.
   * ``fig1_gradual_unfreezing.png``: dev score after each GU iteration (mean +- std over
     seeds) for GU and GU restart, and full fine-tuning with the same optimizer (Fig. 1);
     needs groups trained with ``unfreezing.mode`` 'gu' / 'gu_restart' (their results.json

@@ -10,6 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from cwgnc_jax import diagnostics, files, paths
+from cwgnc_jax.report import tables
 from cwgnc_jax.report.load import (Group, row_order, sweep_title, sweeps, task_header,
                                    task_name, tasks_in)
 
@@ -27,9 +28,19 @@ def _save(fig, path: Path) -> None:
   _pyplot().close(fig)
 
 
+def seed_points(group: Group) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+  """A group's finished seeds in seed order: their scores, whether each failed, and for a
+  best-of group (Mosbach et al.'s protocol) each seed's last evaluation (else None)."""
+  runs = sorted(group.summary["runs"], key=lambda run: run["seed"])
+  last = tables.last_evaluations(group) if group.config.get("keep_best") else None
+  return (np.array([run["score"] for run in runs]), np.array([run["failed"] for run in runs]),
+          None if last is None else np.array(last[0]))
+
+
 def figure_scores(groups: Sequence[Group], path: Path) -> str | None:
-  """Every seed's score and each group's mean +- std, per task; returns None when drawn, and
-  the reason it is not ('no finished seeds') otherwise, as every figure does."""
+  """Every seed's score and each group's mean +- std, per task; for a best-of group, each
+  seed's last evaluation too, joined to its best. Returns None when drawn, and the reason it
+  is not ('no finished seeds') otherwise, as every figure does."""
   groups = [g for g in groups if g.summary["finished"]]
   if not groups:
     return "no finished seeds"
@@ -39,15 +50,21 @@ def figure_scores(groups: Sequence[Group], path: Path) -> str | None:
   # Room for the row names (about 0.08 inch a character) beside the task panels.
   width = 4.2 * len(tasks) + 0.5 + 0.08 * max(len(label) for label in labels)
   fig, axes = plt.subplots(1, len(tasks), figsize=(width, 0.5 * len(labels) + 2), squeeze=False)
+  drawn = set()  # legend entries given once, on whichever panel first draws them
   for ax, task in zip(axes[0], tasks):
     members = {g.label: g for g in groups if g.task == task}
     for y, label in enumerate(labels):
       if label not in members:
         continue
       s = members[label].summary
-      scores = np.array([run["score"] for run in s["runs"]])
-      failed = np.array([run["failed"] for run in s["runs"]])
+      scores, failed, last = seed_points(members[label])
       jitter = np.linspace(-0.15, 0.15, len(scores)) if len(scores) > 1 else np.zeros(1)
+      if last is not None:  # how far the best-of pick lies above the end of training
+        ax.hlines(y + jitter, np.minimum(last, scores), np.maximum(last, scores), color="gray",
+                  lw=0.6, zorder=2)
+        ax.scatter(last, y + jitter, s=14, facecolors="none", edgecolors="tab:blue", zorder=3,
+                   label="last evaluation (best-of rows)" if "last" not in drawn else None)
+        drawn.add("last")
       # Seeds drawn over the mean marker, so a lone seed stays visible.
       ax.scatter(scores[~failed], y + jitter[~failed], s=14, color="tab:blue", alpha=0.7,
                  zorder=3, label="seed" if y == 0 else None)
@@ -69,7 +86,7 @@ def figure_scores(groups: Sequence[Group], path: Path) -> str | None:
       if n not in names:
         handles.append(h)
         names.append(n)
-  fig.legend(handles, names, loc="lower center", ncol=4, bbox_to_anchor=(0.5, -0.02),
+  fig.legend(handles, names, loc="lower center", ncol=len(names), bbox_to_anchor=(0.5, -0.02),
              frameon=False)
   fig.suptitle("Dev score of every seed (x = failed: not above the majority classifier)")
   fig.tight_layout(rect=(0, 0.08, 1, 1))
@@ -340,7 +357,7 @@ def figure_threshold_sweep(groups: Sequence[Group], path: Path) -> str | None:
 FIGURES = (
     ("scores.png", figure_scores,
      "Every seed's dev score (x: failed) and each group's mean ± std; dashed: the majority "
-     "classifier."),
+     "classifier; hollow, joined to a best-of row's seed: its last evaluation."),
     ("fig1_gradual_unfreezing.png", figure_gu,
      "Fig. 1: dev score after each gradual-unfreezing iteration (mean ± std over seeds); "
      "the line and band: full fine-tuning with the same optimizer."),
