@@ -353,10 +353,10 @@ def status_row(groups: dict[Setting, load.Group]) -> str:
 def _written(text: str, path: Path, written: str) -> str:
   """``text`` (the page at ``path``) with ``written`` between its WRITTEN and WRITTEN_END
   lines."""
-  if text.count(WRITTEN) != 1 or text.count(WRITTEN_END) != 1:
+  start, end = text.find(WRITTEN), text.find(WRITTEN_END)
+  if text.count(WRITTEN) != 1 or text.count(WRITTEN_END) != 1 or not 0 <= start < end:
     sys.exit(f"{path}: expected one line {WRITTEN!r} and one {WRITTEN_END!r} after it")
-  head, rest = text.split(WRITTEN + "\n")
-  return f"{head}{WRITTEN}\n{written}\n{WRITTEN_END}{rest.split(WRITTEN_END, 1)[1]}"
+  return f"{text[:start]}{WRITTEN}\n{written}\n{text[end:]}"
 
 
 def results_page(text: str, groups: dict[Setting, load.Group]) -> str:

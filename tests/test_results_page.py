@@ -48,9 +48,12 @@ def test_a_number_edited_by_hand_in_the_readme_fails_the_check(tmp_path, monkeyp
 
 
 def test_a_page_without_its_written_lines_is_named():
-  """A page that lost a marker line is named with the lines expected, not written to."""
-  with pytest.raises(SystemExit, match="README.md: expected one line '<!-- written by"):
-    table1_section.readme("## Results at our scale\n", {})
+  """A page that lost its marker lines, or has them in the wrong order, is named with the
+  lines expected, not written to."""
+  swapped = f"{table1_section.WRITTEN_END}\n{table1_section.WRITTEN}\n"
+  for text in ("## Results at our scale\n", swapped):
+    with pytest.raises(SystemExit, match="README.md: expected one line '<!-- written by"):
+      table1_section.readme(text, {})
 
 
 def test_the_report_prints_the_table_in_the_papers_layout():
