@@ -304,7 +304,7 @@ def _difference(c: tables.Compared, test: int, holm: float) -> str:
 
 
 def findings(groups: dict[Setting, load.Group], section_name: str) -> str:
-  """Table 1 at our scale in two or three plain sentences: how far the runs are, the paper's
+  """Table 1 at our scale in plain sentences: how far the runs are, the paper's
   claim (a lower std and a higher mean than every baseline) counted against each baseline at
   its protocol, and every difference that survives Holm's correction, for or against CWGNC;
   a best-of baseline's other reading beside it where that one does not. ``section_name``:
@@ -325,20 +325,18 @@ def findings(groups: dict[Setting, load.Group], section_name: str) -> str:
   significant = []
   for c, holm in found:
     for test in (t for t in range(3) if holm[t] < 0.05):
-      said = f"on {setting_of(c.ours.summary).place}, {_difference(c, test, holm[test])}"
+      said = f"On {setting_of(c.ours.summary).place}, {_difference(c, test, holm[test])}"
       other = next((h for d, h in found if d.base is c.base and d is not c), None)
       if other is not None and other[test] >= 0.05:
         said += (f"; at its {'best' if c.at_last_evaluation else 'last'} evaluation, not "
                  f"significant (Holm p {_equals(other[test])})")
-      significant.append(said)
+      significant.append(said + ".")
   tests = f"Holm's correction over the {3 * len(found)} tests of {section_name}"
   if not significant:
-    verdict = f"no difference survives {tests}"
-  else:
-    verdict = (f"after {tests}, " + ("one difference is significant: " if len(significant) == 1
-                                     else f"{len(significant)} differences are significant: ")
-               + "; ".join(significant))
-  return f"{state} {claim}; {verdict}."
+    return f"{state} {claim}. No difference survives {tests}."
+  count = ("one difference is" if len(significant) == 1 else
+           f"{len(significant)} differences are")
+  return f"{state} {claim}. After {tests}, {count} significant. " + " ".join(significant)
 
 def status_row(groups: dict[Setting, load.Group]) -> str:
   finished = {s: group.summary["finished"] for s, group in groups.items()}

@@ -191,10 +191,10 @@ def test_the_findings_say_a_difference_for_cwgnc_or_against_it_plainly(tmp_path)
   far, near = _findings(tmp_path / "far"), _findings(tmp_path / "near")
   assert far.startswith("Interim: 0 of the 10 cells have their 10 seeds and 8 are not yet run")
   assert ("holds here against 0 of the 1 (task, baseline) pairs compared so far for the std "
-          "and 1 for the mean; after Holm's correction over the 3 tests of the section, one "
-          "difference is significant: on RTE, lr 2e-5, CWGNC's mean is above AdamW's (75.9 "
+          "and 1 for the mean. After Holm's correction over the 3 tests of the section, one "
+          "difference is significant. On RTE, lr 2e-5, CWGNC's mean is above AdamW's (75.9 "
           "against 55.7; Welch, Holm p < 0.001).") in far
-  assert near.endswith("for the mean; no difference survives Holm's correction over the 3 "
+  assert near.endswith("for the mean. No difference survives Holm's correction over the 3 "
                        "tests of the section.")
 
 
@@ -206,7 +206,7 @@ def test_the_findings_give_a_best_of_baseline_at_both_readings(tmp_path):
   make_group(tmp_path, "cola_mosbach", COLA, [x + 10.2 for x in cwgnc], 0.0,
              last_scores=[29.0, 24.0, 28.5, 28.0, 26.0])
   found = _findings(tmp_path)
-  assert ("one difference is significant: on CoLA, lr 1e-4, CWGNC's mean is below Mosbach et "
+  assert ("one difference is significant. On CoLA, lr 1e-4, CWGNC's mean is below Mosbach et "
           "al.'s at its best dev evaluation (27.2 against 37.4; Welch, Holm p < 0.001), a best "
           "picked on the dev set it is scored on; at its last evaluation, not significant (Holm "
           "p = 1.000).") in found
