@@ -338,6 +338,7 @@ def findings(groups: dict[Setting, load.Group], section_name: str) -> str:
            f"{len(significant)} differences are")
   return f"{state} {claim}. After {tests}, {count} significant. " + " ".join(significant)
 
+
 def status_row(groups: dict[Setting, load.Group]) -> str:
   finished = {s: group.summary["finished"] for s, group in groups.items()}
   done = [f"{s.place} {ROW_NAMES[s.row]} ({s.epochs} epochs): {finished[s]}"
