@@ -96,6 +96,11 @@ def read_groups(*folders: Path) -> dict[Setting, load.Group]:
   return groups
 
 
+def _std(summary: dict) -> str:
+  """A group's std, or ``'-'`` where one seed leaves it undefined."""
+  return f"{summary['std']:.1f}" if summary["finished"] > 1 else "-"
+
+
 def group_line(setting: Setting, group: load.Group | None) -> str:
   if group is None:
     return f"| {setting.place} | {setting.protocol} | not yet run | | | | | | |"
@@ -103,7 +108,7 @@ def group_line(setting: Setting, group: load.Group | None) -> str:
   n, seeds = summary["finished"], sorted(run["seed"] for run in summary["runs"])  # finished
   minutes = statistics.median(run["seconds"] for run in summary["runs"]) / 60
   return (f"| {setting.place} | {setting.protocol} | {n} of {SEEDS} "
-          f"(seed{'s' if n > 1 else ''} {_seed_ranges(seeds)}) | {summary['std']:.1f} | "
+          f"(seed{'s' if n > 1 else ''} {_seed_ranges(seeds)}) | {_std(summary)} | "
           f"{summary['mean']:.1f} | {summary['max']:.1f} | {summary['min']:.1f} | "
           f"{summary['failed_runs']}/{n} | {minutes:.1f} |")
 
@@ -266,7 +271,7 @@ def paper_layout(groups: dict[Setting, load.Group]) -> str:
     settings = [s for s in TABLE if s.row == row]  # one per task, in RATES' order
     summaries = [groups[s].summary if s in groups else None for s in settings]
     ours = ["not yet run" if x is None else (
-        f"{x['std']:.1f} / {x['mean']:.1f} / {x['max']:.1f} ({x['failed_runs']}/{x['finished']})")
+        f"{_std(x)} / {x['mean']:.1f} / {x['max']:.1f} ({x['failed_runs']}/{x['finished']})")
         for x in summaries]
     theirs = [" / ".join(f"{v:.1f}" for v in paper.TABLE1[row][task]) for task in RATES]
     lines.append(f"| {settings[0].protocol} | " + " | ".join(ours + theirs) + " |")
@@ -303,6 +308,22 @@ def _difference(c: tables.Compared, test: int, holm: float) -> str:
   return said + note
 
 
+def _count(n: int, singular: str, plural: str) -> str:
+  """``'1 is'``, ``'3 are'``: a count and its verb."""
+  return f"{n} {singular if n == 1 else plural}"
+
+
+def progress(groups: dict[Setting, load.Group]) -> str:
+  """How far the table's runs are, in one sentence."""
+  done = sum(s in groups and groups[s].summary["finished"] == SEEDS for s in TABLE)
+  if done == len(TABLE):
+    return f"All {len(TABLE)} cells have their {SEEDS} seeds."
+  missing = sum(s not in groups for s in TABLE)
+  return (f"Interim: {done} of the {len(TABLE)} cells have their {SEEDS} seeds, "
+          f"{_count(len(TABLE) - done - missing, 'has', 'have')} fewer and "
+          f"{_count(missing, 'is', 'are')} not yet run, so these numbers can still move.")
+
+
 def findings(groups: dict[Setting, load.Group], section_name: str) -> str:
   """Table 1 at our scale in plain sentences: how far the runs are, the paper's
   claim (a lower std and a higher mean than every baseline) counted against each baseline at
@@ -310,11 +331,7 @@ def findings(groups: dict[Setting, load.Group], section_name: str) -> str:
   a best-of baseline's other reading beside it where that one does not. ``section_name``:
   where the tests are shown."""
   found = tested(groups)
-  done = sum(s in groups and groups[s].summary["finished"] == SEEDS for s in TABLE)
-  state = (f"All {len(TABLE)} cells have their {SEEDS} seeds." if done == len(TABLE) else
-           f"Interim: {done} of the {len(TABLE)} cells have their {SEEDS} seeds and "
-           f"{sum(s not in groups for s in TABLE)} are not yet run, so these numbers can still "
-           "move.")
+  state = progress(groups)
   at_protocol = [c for c, _ in found
                  if not c.at_last_evaluation and setting_of(c.ours.summary) in TABLE]
   lower = sum(c.result.std_ratio < 1 for c in at_protocol)

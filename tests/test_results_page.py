@@ -189,7 +189,8 @@ def test_the_findings_say_a_difference_for_cwgnc_or_against_it_plainly(tmp_path)
     make_group(root, "rte_cwgnc", RTE, [x + shift + 0.4 * (i % 2) for i, x in enumerate(adamw)],
                52.7)
   far, near = _findings(tmp_path / "far"), _findings(tmp_path / "near")
-  assert far.startswith("Interim: 0 of the 10 cells have their 10 seeds and 8 are not yet run")
+  assert far.startswith("Interim: 0 of the 10 cells have their 10 seeds, 2 have fewer and 8 "
+                        "are not yet run")
   assert ("holds here against 0 of the 1 (task, baseline) pairs compared so far for the std "
           "and 1 for the mean. After Holm's correction over the 3 tests of the section, one "
           "difference is significant. On RTE, lr 2e-5, CWGNC's mean is above AdamW's (75.9 "
@@ -210,3 +211,15 @@ def test_the_findings_give_a_best_of_baseline_at_both_readings(tmp_path):
           "al.'s at its best dev evaluation (27.2 against 37.4; Welch, Holm p < 0.001), a best "
           "picked on the dev set it is scored on; at its last evaluation, not significant (Holm "
           "p = 1.000).") in found
+
+
+def test_a_cell_with_one_seed_has_no_std_and_is_counted_as_begun(tmp_path):
+  """One seed gives no std (the summary's 0.0 is not a spread); the sentence on the runs'
+  progress counts a begun cell apart from the cells not yet run, each with its own verb."""
+  make_group(tmp_path, "rte_mosbach", RTE, [62.1], 52.7, last_scores=[60.0])
+  groups = table1_section.read_groups(tmp_path)
+  assert "| - / 62.1 / 62.1 (0/1) |" in table1_section.paper_layout(groups)
+  assert "| 1 of 10 (seed 1) | - | 62.1 |" in table1_section.section(groups)
+  assert table1_section.progress(groups) == (
+      "Interim: 0 of the 10 cells have their 10 seeds, 1 has fewer and 9 are not yet run, so "
+      "these numbers can still move.")
