@@ -96,11 +96,6 @@ def read_groups(*folders: Path) -> dict[Setting, load.Group]:
   return groups
 
 
-def _std(summary: dict) -> str:
-  """A group's std, or ``'-'`` where one seed leaves it undefined."""
-  return f"{summary['std']:.1f}" if summary["finished"] > 1 else "-"
-
-
 def group_line(setting: Setting, group: load.Group | None) -> str:
   if group is None:
     return f"| {setting.place} | {setting.protocol} | not yet run | | | | | | |"
@@ -108,7 +103,7 @@ def group_line(setting: Setting, group: load.Group | None) -> str:
   n, seeds = summary["finished"], sorted(run["seed"] for run in summary["runs"])  # finished
   minutes = statistics.median(run["seconds"] for run in summary["runs"]) / 60
   return (f"| {setting.place} | {setting.protocol} | {n} of {SEEDS} "
-          f"(seed{'s' if n > 1 else ''} {_seed_ranges(seeds)}) | {_std(summary)} | "
+          f"(seed{'s' if n > 1 else ''} {_seed_ranges(seeds)}) | {tables.std_text(summary)} | "
           f"{summary['mean']:.1f} | {summary['max']:.1f} | {summary['min']:.1f} | "
           f"{summary['failed_runs']}/{n} | {minutes:.1f} |")
 
@@ -271,7 +266,8 @@ def paper_layout(groups: dict[Setting, load.Group]) -> str:
     settings = [s for s in TABLE if s.row == row]  # one per task, in RATES' order
     summaries = [groups[s].summary if s in groups else None for s in settings]
     ours = ["not yet run" if x is None else (
-        f"{_std(x)} / {x['mean']:.1f} / {x['max']:.1f} ({x['failed_runs']}/{x['finished']})")
+        f"{tables.std_text(x)} / {x['mean']:.1f} / {x['max']:.1f} "
+        f"({x['failed_runs']}/{x['finished']})")
         for x in summaries]
     theirs = [" / ".join(f"{v:.1f}" for v in paper.TABLE1[row][task]) for task in RATES]
     lines.append(f"| {settings[0].protocol} | " + " | ".join(ours + theirs) + " |")

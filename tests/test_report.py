@@ -345,6 +345,20 @@ def test_rows_say_optax_adam_best_evaluation_and_failure_rule(tmp_path):
     assert [r["failed"] for r in csv.DictReader(f)] == ["False", "True", "False"]
 
 
+def test_a_group_of_one_seed_shows_no_std(tmp_path):
+  """One finished seed has no spread: its Std is '-', in Table 1, in a cell and in Table 2,
+  not the summary's 0.0; from two seeds on the population std is shown."""
+  make_group(tmp_path / "one", "rte_cwgnc", {}, [62.0], 52.71)
+  make_group(tmp_path / "two", "rte_cwgnc", {}, [62.0, 64.0], 52.71)
+  (one,), (two,) = load.find_groups(tmp_path / "one"), load.find_groups(tmp_path / "two")
+  load.label_groups([one])
+  assert "| CWGNC (c = 0.05) | 1 | - | 62.0 | 62.0 | 0 | 1.3 / 73.1 / 75.1 |" in tables.table1(
+      [one])
+  assert tables.cell(one.summary) == "- / 62.0 / 62.0 (0% failed, n=1)"
+  assert "| 0.05 | - | 62.0 | 62.0 | 62.0 | 0 | 1 |" in tables.table2([one])
+  assert tables.cell(two.summary) == "1.0 / 63.0 / 64.0 (0% failed, n=2)"
+
+
 def test_a_group_written_before_a_key_was_removed_compares_as_a_new_one(tmp_path):
   """Summaries written while ``optimizer.released_code`` existed hold it: GU's figure finds
   its full fine-tuning group by the optimizer, so the key must not make them differ."""

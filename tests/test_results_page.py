@@ -6,11 +6,13 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import shlex
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from cwgnc_jax.report import publish
 from made_up_runs import make_group
 
 REPO = Path(__file__).resolve().parent.parent
@@ -223,3 +225,16 @@ def test_a_cell_with_one_seed_has_no_std_and_is_counted_as_begun(tmp_path):
   assert table1_section.progress(groups) == (
       "Interim: 0 of the 10 cells have their 10 seeds, 1 has fewer and 9 are not yet run, so "
       "these numbers can still move.")
+
+
+def test_the_committed_report_is_what_the_report_writes_from_its_runs(monkeypatch):
+  """docs/results/report.md (the equal-epoch ablation's report) down to its figures is what
+  ``cwgnc_jax.report`` now writes from the folders its header names: a change to the report's
+  tables fails here until the page is written again (it had kept the layout before Table 1's)."""
+  text = (REPO / "docs" / "results" / "report.md").read_text()
+  command = text.splitlines()[2].removeprefix("Written by `").removesuffix("`.")
+  args = shlex.split(command)[3:]  # after "python -m cwgnc_jax.report"
+  monkeypatch.chdir(REPO)  # the page names its folders as given, relative to the repository
+  folders = args[:args.index("--out")]
+  assert text.startswith("\n".join(publish.render(folders, command).lines) + "\n"), (
+      f"docs/results/report.md differs from the runs: run {command}")

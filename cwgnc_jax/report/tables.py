@@ -17,11 +17,18 @@ from cwgnc_jax.report.load import (Group, row_order, sweep_title, sweeps, task_h
                                    task_name, tasks_in)
 from cwgnc_jax.tasks import TASKS
 
+
+def std_text(summary: dict[str, Any]) -> str:
+  """A group's std to one decimal, or ``'-'`` below two finished seeds: one score has no
+  spread (the summary's 0.0 for it is not a measured one)."""
+  return f"{summary['std']:.1f}" if summary["finished"] > 1 else "-"
+
+
 def cell(summary: dict[str, Any]) -> str:
   """``Std / Mean / Max (failed %, n)`` of a group, one decimal as in the paper."""
   if not summary["finished"]:
     return "-"
-  return (f"{summary['std']:.1f} / {summary['mean']:.1f} / {summary['max']:.1f} "
+  return (f"{std_text(summary)} / {summary['mean']:.1f} / {summary['max']:.1f} "
           f"({summary['failed_percent']:.0f}% failed, n={summary['finished']})")
 
 
@@ -39,8 +46,8 @@ def _numbers(summary: dict[str, Any]) -> list[str]:
   """n, Std, Mean, Max, failed % of a group, one decimal as in the paper."""
   if not summary["finished"]:
     return ["0", "-", "-", "-", "-"]
-  return [str(summary["finished"]), *(f"{summary[k]:.1f}" for k in ("std", "mean", "max")),
-          f"{summary['failed_percent']:.0f}"]
+  return [str(summary["finished"]), std_text(summary), f"{summary['mean']:.1f}",
+          f"{summary['max']:.1f}", f"{summary['failed_percent']:.0f}"]
 
 
 def table1(groups: Sequence[Group]) -> str:
@@ -71,7 +78,7 @@ def table2(members: Sequence[Group]) -> str:
   for g in members:
     s = g.summary
     if s["finished"]:
-      values = (f"{s['std']:.1f} | {s['mean']:.1f} | {s['max']:.1f} | {s['min']:.1f} | "
+      values = (f"{std_text(s)} | {s['mean']:.1f} | {s['max']:.1f} | {s['min']:.1f} | "
                 f"{s['failed_percent']:.0f}")
     else:
       values = " | ".join("-" * 5)
