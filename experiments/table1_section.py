@@ -315,9 +315,12 @@ def progress(groups: dict[Setting, load.Group]) -> str:
   if done == len(TABLE):
     return f"All {len(TABLE)} cells have their {SEEDS} seeds."
   missing = sum(s not in groups for s in TABLE)
-  return (f"Interim: {done} of the {len(TABLE)} cells have their {SEEDS} seeds, "
-          f"{_count(len(TABLE) - done - missing, 'has', 'have')} fewer and "
-          f"{_count(missing, 'is', 'are')} not yet run, so these numbers can still move.")
+  rest = [f"{_count(n, singular, plural)} {what}" for n, singular, plural, what in (
+      (len(TABLE) - done - missing, "has", "have", "fewer"),
+      (missing, "is", "are", "not yet run")) if n]
+  return (f"Interim: {done} of the {len(TABLE)} cells have their {SEEDS} seeds"
+          f"{', ' if len(rest) > 1 else ' and '}{' and '.join(rest)}, so these numbers can "
+          "still move.")
 
 
 def findings(groups: dict[Setting, load.Group], section_name: str) -> str:

@@ -8,6 +8,7 @@ import importlib.util
 import json
 import shlex
 import subprocess
+import types
 from pathlib import Path
 
 import pytest
@@ -238,3 +239,18 @@ def test_the_committed_report_is_what_the_report_writes_from_its_runs(monkeypatc
   folders = args[:args.index("--out")]
   assert text.startswith("\n".join(publish.render(folders, command).lines) + "\n"), (
       f"docs/results/report.md differs from the runs: run {command}")
+
+
+@pytest.mark.parametrize("seeds, said", [
+    ([10] * 10, "All 10 cells have their 10 seeds."),
+    ([10] * 6 + [7, 6, 1, 1], "Interim: 6 of the 10 cells have their 10 seeds and 4 have fewer, "
+                              "so these numbers can still move."),
+    ([10] * 9, "Interim: 9 of the 10 cells have their 10 seeds and 1 is not yet run, so these "
+               "numbers can still move."),
+    ([10, 3], "Interim: 1 of the 10 cells have their 10 seeds, 1 has fewer and 8 are not yet "
+              "run, so these numbers can still move."),
+])
+def test_the_progress_sentence_names_only_the_kinds_of_cell_there_are(seeds, said):
+  groups = {setting: types.SimpleNamespace(summary={"finished": n})
+            for setting, n in zip(table1_section.TABLE, seeds)}
+  assert table1_section.progress(groups) == said
