@@ -318,7 +318,8 @@ def progress(groups: dict[Setting, load.Group]) -> str:
   rest = [f"{_count(n, singular, plural)} {what}" for n, singular, plural, what in (
       (len(TABLE) - done - missing, "has", "have", "fewer"),
       (missing, "is", "are", "not yet run")) if n]
-  return (f"Interim: {done} of the {len(TABLE)} cells have their {SEEDS} seeds"
+  return (f"Interim: {done} of the {len(TABLE)} cells "
+          f"{'has its' if done == 1 else 'have their'} {SEEDS} seeds"
           f"{', ' if len(rest) > 1 else ' and '}{' and '.join(rest)}, so these numbers can "
           "still move.")
 

@@ -1,5 +1,6 @@
 """docs/results.md's Table 1 section, its findings and README.md's results say what their
-committed runs say (``experiments/table1_section.py``)."""
+committed runs say (``experiments/table1_section.py``), and so does the committed equal-epoch
+report, docs/results/report.md."""
 
 from __future__ import annotations
 
@@ -247,7 +248,7 @@ def test_the_committed_report_is_what_the_report_writes_from_its_runs(monkeypatc
                               "so these numbers can still move."),
     ([10] * 9, "Interim: 9 of the 10 cells have their 10 seeds and 1 is not yet run, so these "
                "numbers can still move."),
-    ([10, 3], "Interim: 1 of the 10 cells have their 10 seeds, 1 has fewer and 8 are not yet "
+    ([10, 3], "Interim: 1 of the 10 cells has its 10 seeds, 1 has fewer and 8 are not yet "
               "run, so these numbers can still move."),
 ])
 def test_the_progress_sentence_names_only_the_kinds_of_cell_there_are(seeds, said):
