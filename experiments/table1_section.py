@@ -315,9 +315,9 @@ def progress(groups: dict[Setting, load.Group]) -> str:
   if done == len(TABLE):
     return f"All {len(TABLE)} cells have their {SEEDS} seeds."
   missing = sum(s not in groups for s in TABLE)
-  rest = [f"{_count(n, singular, plural)} {what}" for n, singular, plural, what in (
-      (len(TABLE) - done - missing, "has", "have", "fewer"),
-      (missing, "is", "are", "not yet run")) if n]
+  begun = len(TABLE) - done - missing
+  rest = ([f"{_count(begun, 'has', 'have')} fewer"] if begun else []) + (
+      [f"{_count(missing, 'is', 'are')} not yet run"] if missing else [])
   return (f"Interim: {done} of the {len(TABLE)} cells "
           f"{'has its' if done == 1 else 'have their'} {SEEDS} seeds"
           f"{', ' if len(rest) > 1 else ' and '}{' and '.join(rest)}, so these numbers can "
