@@ -255,3 +255,35 @@ def test_the_progress_sentence_names_only_the_kinds_of_cell_there_are(seeds, sai
   groups = {setting: types.SimpleNamespace(summary={"finished": n})
             for setting, n in zip(table1_section.TABLE, seeds)}
   assert table1_section.progress(groups) == said
+
+
+def test_a_complete_table_is_no_longer_called_in_progress(tmp_path):
+  """Once every group has its 10 seeds the page drops what it says of a table in flight (the
+  title's "(in progress)", the interim warning, "compared so far") and the Status line says
+  "done"; one seed short, each comes back and the line names the group and its count."""
+  scores = [50.0 + 0.7 * i for i in range(10)]
+  for task, overrides in (("cola", COLA), ("rte", RTE)):
+    for row, *_ in table1_section.ROWS:
+      best_of = row in ("mixout", "mosbach")
+      make_group(tmp_path / "table", f"{task}_{row}", overrides, scores, 10.0,
+                 last_scores=[x - 1 for x in scores] if best_of else None)
+  harsh = {**RTE, "optimizer.learning_rate": "2e-4", "num_epochs": "3"}
+  make_group(tmp_path / "table", "rte_adamw", harsh, scores, 10.0)
+  make_group(tmp_path / "ten", "rte_cwgnc", harsh, scores, 10.0)
+  make_group(tmp_path / "nine", "rte_cwgnc", harsh, scores[:9], 10.0)
+
+  groups = table1_section.read_groups(tmp_path / "table", tmp_path / "ten")
+  section = table1_section.section(groups)
+  findings = table1_section.findings(groups, "the section")
+  assert section.startswith("## Table 1 at our scale\n") and "interim" not in section
+  assert findings.startswith("All 10 cells have their 10 seeds.") and "so far" not in findings
+  assert ("| done | **12 of the 12 groups have their 10 seeds**; see the next section |"
+          ) in table1_section.status_row(groups)
+
+  groups = table1_section.read_groups(tmp_path / "table", tmp_path / "nine")
+  section = table1_section.section(groups)
+  assert section.startswith("## Table 1 at our scale (in progress)\n")
+  assert "these tests are interim" in section
+  assert ("| in progress | **11 of the 12 groups have their 10 seeds**; seeds done in the "
+          "others: RTE, lr 2e-4 CWGNC (3 epochs): 9; see the next section |"
+          ) in table1_section.status_row(groups)
