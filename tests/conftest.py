@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cwgnc_jax.training import host_memory
@@ -180,3 +181,16 @@ def assert_same_up_to_rounding(a, b) -> None:
     assert b == pytest.approx(a, rel=1e-5, abs=1e-9)
   else:
     assert a == b
+
+
+def tiny_batch(example_mask=(1.0, 1.0, 1.0, 1.0)) -> dict[str, np.ndarray]:
+  """A host batch for the tiny BERT: 4 packed rows of 16 random tokens, one example each,
+  labels 0 1 1 0, weighted by ``example_mask``."""
+  rng = np.random.default_rng(0)
+  return {"input_ids": rng.integers(1, 100, (4, 16)).astype(np.int32),
+          "token_type_ids": np.zeros((4, 16), np.int32),
+          "position_ids": np.tile(np.arange(16, dtype=np.int32), (4, 1)),
+          "segment_ids": np.ones((4, 16), np.int32),
+          "cls_index": np.arange(4, dtype=np.int32) * 16,
+          "labels": np.array([0, 1, 1, 0], np.int32),
+          "example_mask": np.asarray(example_mask, np.float32)}

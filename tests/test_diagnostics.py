@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from conftest import assert_same_up_to_rounding
+from conftest import assert_same_up_to_rounding, tiny_batch
 from flax import nnx
 
 from cwgnc_jax import command_line
@@ -72,18 +72,6 @@ def test_drift_of_mismatched_trees_names_the_tensor():
 
 # -- Gradient norms in the step. ------------------------------------------------------------
 
-def _tiny_batch(mesh):
-  rng = np.random.default_rng(0)
-  return step_lib.put_batch({
-      "input_ids": rng.integers(1, 100, (4, 16)).astype(np.int32),
-      "token_type_ids": np.zeros((4, 16), np.int32),
-      "position_ids": np.tile(np.arange(16, dtype=np.int32), (4, 1)),
-      "segment_ids": np.ones((4, 16), np.int32),
-      "cls_index": np.arange(4, dtype=np.int32) * 16,
-      "labels": np.array([0, 1, 1, 0], np.int32),
-      "example_mask": np.ones(4, np.float32)}, mesh)
-
-
 @pytest.fixture(scope="module")
 def tiny():
   """A 1-layer tiny BERT, a batch, the dropout key of step 0 of seed 0, and the gradient of
@@ -93,7 +81,7 @@ def tiny():
   graphdef, constants, params = bert.split_params(model)
   apply = bert.apply_fn(graphdef)
   mesh = step_lib.make_mesh(1, 1, jax.devices()[:1])
-  batch = _tiny_batch(mesh)
+  batch = step_lib.put_batch(tiny_batch(), mesh)
   key = jax.random.fold_in(jax.random.key(0), 0)
 
   def loss_fn(p):

@@ -30,6 +30,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import pytest
+from conftest import tiny_batch
 from flax import nnx
 from jax.experimental.compilation_cache import compilation_cache as jax_cache
 
@@ -153,15 +154,7 @@ def _tiny_step_inputs(diagnostics=False):
   jitted = step_lib.jit_train_step(bert.apply_fn(graphdef), optimizer, mesh,
                                    step_lib.shardings_of(abstract), diagnostics=diagnostics)
   step = lambda state, batch: jitted(state, batch, constants)
-  rng = np.random.default_rng(0)
-  tokens = {"input_ids": rng.integers(1, 100, (4, 16)).astype(np.int32),
-           "token_type_ids": np.zeros((4, 16), np.int32),
-           "position_ids": np.tile(np.arange(16, dtype=np.int32), (4, 1)),
-           "segment_ids": np.ones((4, 16), np.int32),
-           "cls_index": np.arange(4, dtype=np.int32) * 16,
-           "labels": np.array([0, 1, 1, 0], np.int32)}
-  batch = lambda mask: step_lib.put_batch(
-      {**tokens, "example_mask": np.asarray(mask, np.float32)}, mesh)
+  batch = lambda mask: step_lib.put_batch(tiny_batch(mask), mesh)
   return state, step, batch
 
 

@@ -19,6 +19,7 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
+from conftest import tiny_batch
 from flax import nnx
 
 from cwgnc_jax import config as config_lib
@@ -150,15 +151,7 @@ def _tiny_setup(num_layers: int = 2):
                                              rngs=nnx.Rngs(0))
   graphdef, constants, params = bert.split_params(model)
   mesh = step_lib.make_mesh(1, 1, jax.devices()[:1])
-  rng = np.random.default_rng(0)
-  batch = step_lib.put_batch({
-      "input_ids": rng.integers(1, 100, (4, 16)).astype(np.int32),
-      "token_type_ids": np.zeros((4, 16), np.int32),
-      "position_ids": np.tile(np.arange(16, dtype=np.int32), (4, 1)),
-      "segment_ids": np.ones((4, 16), np.int32),
-      "cls_index": np.arange(4, dtype=np.int32) * 16,
-      "labels": np.array([0, 1, 1, 0], np.int32),
-      "example_mask": np.ones(4, np.float32)}, mesh)
+  batch = step_lib.put_batch(tiny_batch(), mesh)
   return bert.apply_fn(graphdef), constants, params, mesh, batch
 
 
