@@ -67,7 +67,9 @@ DEFAULT_OUT = os.path.join("runs", "study")
 PROG = "cwgnc_jax.study"
 USAGE = ("usage: python -m cwgnc_jax.study --config NAME_OR_PATH "
          "[--seeds N | --seeds S1,S2-S3,...] [--config.KEY=VALUE ...] [--out DIR] "
-         "[--seeds-per-program K]")
+         "[--seeds-per-program K] [--workers N], or python -m cwgnc_jax.study --table1 "
+         "[--tasks rte,mrpc,cola] [--rows ROW,...] [--lr TASK=RATE,...] [--seeds ...] "
+         "[--workers N] [--config.KEY=VALUE ...] [--out DIR]")
 
 
 # -- The command line. ---------------------------------------------------------------------

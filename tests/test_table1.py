@@ -86,6 +86,10 @@ def test_table1_trains_the_groups_of_the_one_group_commands(tmp_path):
     (["--config", "rte_adamw", "--workers", "2", "--tasks", "rte"], "--tasks goes with --table1"),
     (["--table1", "--tasks", "rte", "--config.seed=3"], "--seeds instead"),
     (["--table1", "--tasks", "rte", "--config.num_epochs=0"], "num_epochs"),
+    # A misspelt flag: the usage shows both forms, each with its flags.
+    (["--table1", "--task", "rte"], "[--lr TASK=RATE,...] [--seeds ...] [--workers N]"),
+    (["--config", "rte_adamw", "--worker", "2"], "or python -m cwgnc_jax.study --table1 "
+                                                 "[--tasks rte,mrpc,cola] [--rows ROW,...]"),
 ])
 def test_bad_input_exits_2_in_one_line(argv, message, capsys, tmp_path):
   error = command_line_error(study.main, [*argv, "--out", str(tmp_path / "out")], capsys,
